@@ -1,0 +1,22 @@
+# Two entry points (see README): `make demo` runs the whole pipeline on the real data, `make test` runs the tests.
+# Both create ./.venv on first use. Override the interpreter with PYTHON=python3.x, the data with DATA=...
+PYTHON ?= python3
+VENV := .venv
+DATA ?= ../shared/data/cifar10-jpeg.tar.gz
+
+$(VENV)/installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	# PyTorch first, pinned: the versions these machines (and CI) have on disk.
+	$(VENV)/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	touch $@
+
+.PHONY: install test demo
+install: $(VENV)/installed
+
+test: $(VENV)/installed
+	$(VENV)/bin/python -m pytest -q
+
+demo: $(VENV)/installed
+	DATA=$(DATA) VENV=$(VENV) bash scripts/demo.sh

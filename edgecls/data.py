@@ -1,0 +1,642 @@
+"""CIFAR-10 as uint8 arrays, from whichever form the user has, with a cache of the decoded pixels (torch-free).
+
+Accepted forms (`load_cifar10` works out which one it was given):
+
+- the official python form: the extracted `cifar-10-batches-py/` folder (or a folder holding it), or
+  `cifar-10-python.tar.gz` itself (or a folder holding it): pickled `data_batch_1..5`, `test_batch`, `batches.meta`;
+- an image-folder tree `train/<class>/*` and `test/<class>/*` of 32x32 JPEG or PNG images (or a folder holding
+  exactly one such tree);
+- a `.tar` / `.tar.gz` of such a tree, with `train/` and `test/` at its root or inside one top-level folder
+  (the form of ../shared/data/cifar10-jpeg.tar.gz). Archives are read in memory, never extracted.
+
+The location is `--data`, else `$EDGECLS_DATA`, else `DEFAULT_DATA_DIR`. Decoded arrays are cached as .npz under
+`$EDGECLS_CACHE` (default `~/.cache/edgecls`), one file per source path, so a second run does not decode 60,000
+JPEGs again; the cache is rebuilt when the source's size or modification time changes.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import pickle
+import re
+import sys
+import tarfile
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from edgecls.artifacts import atomic_write
+from edgecls.errors import EdgeclsError
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+
+DEFAULT_DATA_DIR = Path("data")
+"""Where the data is looked for when neither --data nor $EDGECLS_DATA says: ./data, relative to the working folder."""
+
+DATA_ENV = "EDGECLS_DATA"
+CACHE_ENV = "EDGECLS_CACHE"
+CACHE_VERSION = 1  # bump when the cached arrays' meaning changes, so old cache files are ignored
+
+IMAGE_SIZE = 32
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+_ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+_OFFICIAL_DIR = "cifar-10-batches-py"
+_OFFICIAL_ARCHIVE = "cifar-10-python.tar.gz"
+_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+_BATCH_FILES = (*_TRAIN_BATCHES, "test_batch", "batches.meta")
+_SPLITS = ("train", "test")
+# An image member of a tree archive: [top/]train|test/<class>/<file>
+_TREE_MEMBER = re.compile(r"(?:([^/]+)/)?(train|test)/([^/]+)/([^/]+)")
+_DECODE_CHUNK = 1000
+_POOL_MIN_IMAGES = 8192  # below this, starting worker processes costs more than it saves
+
+_HOW_TO_GET = (
+    f"run with --download, or fetch {CIFAR10_URL} (or an image-folder tree) and pass its path with --data "
+    f"or ${DATA_ENV}"
+)
+
+# (name, bytes) of one encoded image, or of one batch file; the name is what error messages show.
+_Blob = tuple[str, bytes]
+
+
+@dataclass(eq=False)
+class Cifar10:
+    """The data set in memory: images N x 32 x 32 x 3 uint8 RGB (C-contiguous), labels int64 indexing class_names."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    class_names: list[str]
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        self.class_names = [str(name) for name in self.class_names]
+        for split in _SPLITS:
+            images = np.ascontiguousarray(getattr(self, f"{split}_images"))
+            labels = np.ascontiguousarray(getattr(self, f"{split}_labels"), dtype=np.int64)
+            if images.dtype != np.uint8 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
+                raise ValueError(f"{split} images must be uint8 N x 32 x 32 x 3, got {images.dtype} {images.shape}")
+            if labels.shape != (len(images),):
+                raise ValueError(f"{split} labels must be shaped ({len(images)},), got {labels.shape}")
+            if len(labels) and (labels.min() < 0 or labels.max() >= len(self.class_names)):
+                raise ValueError(f"{split} labels must lie in 0..{len(self.class_names) - 1}")
+            setattr(self, f"{split}_images", images)
+            setattr(self, f"{split}_labels", labels)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """Short sha256 of class names and each split's (label, pixels) pairs.
+
+        The pairs are hashed as a sorted multiset, so the same images give the same fingerprint whatever form
+        they were read from (pickled batches keep CIFAR-10's order, image folders group by class).
+        """
+        digest = hashlib.sha256(json.dumps(self.class_names).encode())
+        for split in _SPLITS:
+            images, labels = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
+            digest.update(f"|{split}:{len(labels)}|".encode())
+            rows = images.reshape(len(images), -1)
+            pairs = sorted(
+                int(label).to_bytes(4, "little") + hashlib.blake2b(row, digest_size=16).digest()
+                for label, row in zip(labels, rows)
+            )
+            digest.update(b"".join(pairs))
+        return digest.hexdigest()[:16]
+
+    def subset(self, train: int | None = None, test: int | None = None, seed: int = 0) -> "Cifar10":
+        """A smaller copy with `train` / `test` images (None: all), stratified by class, chosen with `seed`.
+
+        Each class keeps its share of the split (largest remainders get the rounding), and the chosen images keep
+        their original relative order.
+        """
+        rng = np.random.default_rng(seed)
+        train_index = _stratified_indices(self.train_labels, train, len(self.class_names), rng)
+        test_index = _stratified_indices(self.test_labels, test, len(self.class_names), rng)
+        return Cifar10(
+            train_images=self.train_images[train_index],
+            train_labels=self.train_labels[train_index],
+            test_images=self.test_images[test_index],
+            test_labels=self.test_labels[test_index],
+            class_names=list(self.class_names),
+            source=f"{self.source} (subset: {len(train_index)} train / {len(test_index)} test, seed {seed})",
+        )
+
+
+def resolve_data_path(data: str | os.PathLike | None) -> Path:
+    """The data location: `data` (the --data option), else $EDGECLS_DATA, else DEFAULT_DATA_DIR."""
+    if data is not None and str(data) != "":
+        return Path(data).expanduser()
+    from_env = os.environ.get(DATA_ENV, "")
+    if from_env:
+        return Path(from_env).expanduser()
+    return DEFAULT_DATA_DIR
+
+
+def load_cifar10(data: str | os.PathLike | None = None, download: bool = False, cache: bool = True) -> Cifar10:
+    """Read CIFAR-10 from the location `resolve_data_path(data)` names, in any form this module accepts.
+
+    download: when nothing is at the location yet, fetch the official form there with torchvision first.
+    cache: reuse (and write) the decoded arrays under $EDGECLS_CACHE or ~/.cache/edgecls.
+    Every problem with the data is an EdgeclsError naming the file at fault.
+    """
+    location = resolve_data_path(data)
+    source = _locate(location)
+    if source is None and download:
+        _download(location)
+        source = _locate(location)
+    if source is None:
+        raise _no_data_error(location)
+    kind, path = source
+    if not cache:
+        return _read_source(kind, path)
+    cache_file = cache_path_for(path)
+    signature = _source_signature(path)
+    cached = _read_cache(cache_file, signature)
+    if cached is not None:
+        return cached
+    dataset = _read_source(kind, path)
+    _write_cache(cache_file, signature, dataset)
+    return dataset
+
+
+def cache_dir() -> Path:
+    """$EDGECLS_CACHE, else ~/.cache/edgecls."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "edgecls").expanduser()
+
+
+def cache_path_for(source: Path) -> Path:
+    """The cache file of one data source: one per resolved path, overwritten when the source changes."""
+    key = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:16]
+    return cache_dir() / f"cifar10-{key}.npz"
+
+
+# --- finding the data ------------------------------------------------------------------------------------------
+
+
+def _locate(location: Path) -> tuple[str, Path] | None:
+    """("batches" | "tree" | "archive", path) for what is at `location`, or None when no CIFAR-10 data is there."""
+    if location.is_file():
+        if location.name.lower().endswith(_ARCHIVE_SUFFIXES):
+            return "archive", location
+        raise EdgeclsError(
+            f"{location} is neither a folder nor a .tar/.tar.gz archive; "
+            f"pass the CIFAR-10 folder or archive with --data"
+        )
+    if not location.is_dir():
+        return None
+    for folder in (location, location / _OFFICIAL_DIR):
+        if any((folder / name).is_file() for name in _BATCH_FILES):
+            return "batches", folder
+    if _is_tree(location):
+        return "tree", location
+    if (location / _OFFICIAL_ARCHIVE).is_file():
+        return "archive", location / _OFFICIAL_ARCHIVE
+    subfolders = [entry for entry in location.iterdir() if entry.is_dir() and not entry.name.startswith(".")]
+    if len(subfolders) == 1 and _is_tree(subfolders[0]):
+        return "tree", subfolders[0]
+    return None
+
+
+def _is_tree(folder: Path) -> bool:
+    return any((folder / split).is_dir() for split in _SPLITS)
+
+
+def _no_data_error(location: Path) -> EdgeclsError:
+    if not location.exists():
+        return EdgeclsError(f"no CIFAR-10 data at {location}: {_HOW_TO_GET}")
+    entries = [entry for entry in location.iterdir() if not entry.name.startswith(".")]
+    if not entries:
+        return EdgeclsError(f"data folder {location} is empty: {_HOW_TO_GET}")
+    archives = sorted(entry.name for entry in entries if entry.name.lower().endswith(_ARCHIVE_SUFFIXES))
+    hint = f"; to use {archives[0]}, pass {location / archives[0]} with --data" if archives else f"; {_HOW_TO_GET}"
+    return EdgeclsError(
+        f"{location} holds no CIFAR-10 data (expected {_OFFICIAL_DIR}/, {_OFFICIAL_ARCHIVE}, or train/<class>/ and "
+        f"test/<class>/ image folders){hint}"
+    )
+
+
+def _download(folder: Path) -> None:
+    try:
+        from torchvision.datasets import CIFAR10
+    except ImportError as exc:
+        raise EdgeclsError(
+            f"--download needs torchvision (pip install torchvision); or fetch {CIFAR10_URL} by hand"
+        ) from exc
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        CIFAR10(root=str(folder), train=True, download=True)
+    except Exception as exc:  # network, TLS, disk and checksum failures all leave the user the same choices
+        raise EdgeclsError(
+            f"downloading CIFAR-10 into {folder} failed ({_one_line(exc)}); fetch {CIFAR10_URL} by hand and pass it "
+            f"with --data (or put it in {folder})"
+        ) from exc
+
+
+def _read_source(kind: str, path: Path) -> Cifar10:
+    if kind == "batches":
+        return _read_batch_folder(path)
+    if kind == "tree":
+        return _read_tree_folder(path)
+    return _read_archive(path)
+
+
+# --- the official python form ----------------------------------------------------------------------------------
+
+
+def _read_batch_folder(folder: Path) -> Cifar10:
+    blobs = {}
+    for name in _BATCH_FILES:
+        file = folder / name
+        if not file.is_file():
+            raise EdgeclsError(
+                f"{folder} lacks {name}: the CIFAR-10 batches are incomplete; "
+                f"fetch {CIFAR10_URL} again or use --download"
+            )
+        blobs[name] = (str(file), _read_file(file))
+    return _from_batches(blobs, f"CIFAR-10 python batches in {folder}")
+
+
+def _from_batches(blobs: dict[str, _Blob], source: str) -> Cifar10:
+    """Build the data set from the six pickled files, keyed by their base names."""
+    meta_name, meta_bytes = blobs["batches.meta"]
+    meta = _unpickle(meta_bytes, meta_name)
+    try:
+        class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in _field(meta, "label_names")]
+    except (KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+        raise _not_a_batch(meta_name, "no label_names") from exc
+    splits = {}
+    for split, names in (("train", _TRAIN_BATCHES), ("test", ("test_batch",))):
+        parts = [_parse_batch(*blobs[name], num_classes=len(class_names)) for name in names]
+        splits[split] = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+    return Cifar10(*splits["train"], *splits["test"], class_names=class_names, source=source)
+
+
+def _parse_batch(name: str, data: bytes, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    batch = _unpickle(data, name)
+    try:
+        pixels = np.asarray(_field(batch, "data"))
+        labels = np.asarray(_field(batch, "labels"), dtype=np.int64)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _not_a_batch(name, "no data/labels") from exc
+    if pixels.dtype != np.uint8 or pixels.ndim != 2 or pixels.shape[1] != 3 * IMAGE_SIZE * IMAGE_SIZE:
+        raise _not_a_batch(name, f"data is {pixels.dtype} {pixels.shape}, expected uint8 N x 3072")
+    if labels.shape != (len(pixels),) or (len(labels) and (labels.min() < 0 or labels.max() >= num_classes)):
+        raise _not_a_batch(name, f"labels do not match the {len(pixels)} images and {num_classes} classes")
+    # Each row holds the red, green and blue planes of one image, each 32 x 32 row-major.
+    images = pixels.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), labels
+
+
+def _field(record: object, key: str) -> object:
+    """Python 2 pickles read with encoding='bytes' have bytes keys; accept str keys too."""
+    if not isinstance(record, dict):
+        raise TypeError("not a dict")
+    return record[key.encode()] if key.encode() in record else record[key]
+
+
+def _not_a_batch(name: str, why: str) -> EdgeclsError:
+    return EdgeclsError(f"{name} is not a CIFAR-10 batch file ({why}); fetch {CIFAR10_URL} again or use --download")
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Allows only what CIFAR-10 batches hold (numpy arrays in dicts and lists), so a doctored file cannot run code."""
+
+    _ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),  # how Python 3 writes bytes in protocol-2 pickles
+    }
+
+    def find_class(self, module: str, name: str) -> object:
+        # The official files were written by numpy 1, which named the module numpy.core; numpy 2 moved it.
+        if module.startswith("numpy.core.") and hasattr(np, "_core"):
+            module = "numpy._core." + module[len("numpy.core.") :]
+        if (module.replace("numpy.core.", "numpy._core."), name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _unpickle(data: bytes, name: str) -> object:
+    try:
+        return _BatchUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except Exception as exc:  # unpickling a damaged file can raise almost anything
+        raise EdgeclsError(
+            f"{name} is corrupt or truncated ({_one_line(exc)}); fetch {CIFAR10_URL} again or use --download"
+        ) from exc
+
+
+# --- image folders and archives --------------------------------------------------------------------------------
+
+
+def _read_tree_folder(root: Path) -> Cifar10:
+    tree: dict[str, dict[str, list[_Blob]]] = {}
+    for split in _SPLITS:
+        folder = root / split
+        if not folder.is_dir():
+            raise EdgeclsError(
+                f"{root} has no {split}/ folder: an image-folder data set needs train/<class>/ and test/<class>/"
+            )
+        class_dirs = [entry for entry in sorted(folder.iterdir()) if entry.is_dir() and not entry.name.startswith(".")]
+        tree[split] = {
+            class_dir.name: [
+                (str(file), _read_file(file)) for file in sorted(class_dir.iterdir()) if _is_image(file.name)
+            ]
+            for class_dir in class_dirs
+        }
+    return _from_tree(tree, str(root), f"image folders in {root}")
+
+
+def _read_archive(path: Path) -> Cifar10:
+    """One streaming pass over the archive: batch files and tree images are kept in memory, nothing is extracted."""
+    batches: dict[str, _Blob] = {}
+    tree: dict[str, dict[str, list[_Blob]]] = {split: {} for split in _SPLITS}
+    tops: set[str] = set()
+    try:
+        _check_tar_end(path)
+        with tarfile.open(path, "r|*") as archive:
+            for member in archive:
+                name = member.name
+                while name.startswith("./"):
+                    name = name[2:]
+                base = name.rsplit("/", 1)[-1]
+                if not member.isfile() or base.startswith("."):  # ._* files are macOS metadata, not images
+                    continue
+                if base in _BATCH_FILES:
+                    batches[base] = (f"{path}:{name}", _read_member(archive, member))
+                    continue
+                match = _TREE_MEMBER.fullmatch(name)
+                if match and _is_image(base):
+                    top, split, class_name, _ = match.groups()
+                    tops.add(top or "")
+                    tree[split].setdefault(class_name, []).append((f"{path}:{name}", _read_member(archive, member)))
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise EdgeclsError(
+            f"archive {path} is corrupt or truncated ({_one_line(exc)}); download or copy it again"
+        ) from exc
+    if batches:
+        missing = [name for name in _BATCH_FILES if name not in batches]
+        if missing:
+            raise EdgeclsError(
+                f"archive {path} lacks {', '.join(missing)}: it is incomplete; fetch {CIFAR10_URL} again"
+            )
+        return _from_batches(batches, f"CIFAR-10 python batches in {path}")
+    if not any(tree.values()):
+        raise EdgeclsError(
+            f"archive {path} holds no CIFAR-10 data: expected {_OFFICIAL_DIR}/ batches or train/<class>/ and "
+            f"test/<class>/ images, at its root or inside one folder"
+        )
+    if len(tops) > 1:
+        raise EdgeclsError(
+            f"archive {path} has images under several top-level folders ({', '.join(sorted(tops))}); "
+            f"keep train/ and test/ at its root or inside one folder"
+        )
+    for split in tree.values():
+        for images in split.values():
+            images.sort()
+    prefix = next(iter(tops))
+    return _from_tree(tree, f"{path}:{prefix}" if prefix else str(path), f"image-folder archive {path}")
+
+
+def _check_tar_end(path: Path) -> None:
+    """Raise tarfile.ReadError when an uncompressed tar lacks its end marker (two zero blocks): it was cut short.
+
+    tarfile stops quietly at a header cut short; compressed archives need no check, their decompressor raises.
+    """
+    with open(path, "rb") as handle:
+        if handle.read(6).startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ")):  # gzip, bzip2, xz
+            return
+        size = handle.seek(0, os.SEEK_END)
+        handle.seek(max(size - 1024, 0))
+        tail = handle.read()
+    if size % 512 or size < 1024 or tail.count(0) != len(tail):
+        raise tarfile.ReadError("no end-of-archive marker")
+
+
+def _read_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise EdgeclsError(f"cannot read {path} ({exc.strerror}); check that it is a readable file") from exc
+
+
+def _read_member(archive: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    handle = archive.extractfile(member)
+    assert handle is not None  # regular files always have contents
+    data = handle.read()
+    if len(data) != member.size:
+        raise tarfile.ReadError(f"{member.name} ends after {len(data)} of {member.size} bytes")
+    return data
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(_IMAGE_SUFFIXES) and not name.startswith(".")
+
+
+def _from_tree(tree: dict[str, dict[str, list[_Blob]]], where: str, source: str) -> Cifar10:
+    """Decode a {split: {class: [(name, encoded image)]}} tree; images keep the order given within each class."""
+    for split in _SPLITS:
+        if not any(tree.get(split, {}).values()):
+            raise EdgeclsError(f"no JPEG or PNG images in {where}/{split}/<class>/; put the {split} images there")
+    class_names = _class_order(tree["train"], tree["test"], where)
+    blobs: list[_Blob] = []
+    labels: dict[str, list[int]] = {split: [] for split in _SPLITS}
+    for split in _SPLITS:
+        for label, class_name in enumerate(class_names):
+            images = tree[split][class_name]
+            blobs.extend(images)
+            labels[split].extend([label] * len(images))
+    pixels = decode_images(blobs)
+    n_train = len(labels["train"])
+    return Cifar10(
+        train_images=pixels[:n_train],
+        train_labels=np.array(labels["train"], dtype=np.int64),
+        test_images=pixels[n_train:],
+        test_labels=np.array(labels["test"], dtype=np.int64),
+        class_names=class_names,
+        source=source,
+    )
+
+
+def _class_order(train: Iterable[str], test: Iterable[str], where: str) -> list[str]:
+    """CIFAR-10's label order when the class names are exactly CIFAR-10's, else sorted names."""
+    train_names, test_names = set(train), set(test)
+    if train_names != test_names:
+        only_train = ", ".join(sorted(train_names - test_names)) or "none"
+        only_test = ", ".join(sorted(test_names - train_names)) or "none"
+        raise EdgeclsError(
+            f"class folders differ between train/ and test/ in {where} (only in train: {only_train}; only in test: "
+            f"{only_test}); give both the same class folders"
+        )
+    if train_names == set(CIFAR10_CLASSES):
+        return list(CIFAR10_CLASSES)
+    return sorted(train_names)
+
+
+def decode_images(blobs: list[_Blob], workers: int | None = None) -> np.ndarray:
+    """Decode 32x32 JPEG/PNG images to N x 32 x 32 x 3 uint8 RGB, with a progress bar.
+
+    workers: processes to decode with (None: one per core, up to 8, for large sets; 1 below _POOL_MIN_IMAGES or
+    where processes cannot be forked).
+    """
+    if workers is None:
+        large = len(blobs) >= _POOL_MIN_IMAGES
+        workers = min(_usable_cores(), 8) if large and "fork" in multiprocessing.get_all_start_methods() else 1
+    pixels = np.empty((len(blobs), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    chunks = [blobs[start : start + _DECODE_CHUNK] for start in range(0, len(blobs), _DECODE_CHUNK)]
+    with tqdm(total=len(blobs), desc="decoding images", unit="img", file=sys.stderr) as bar:
+        if workers <= 1:
+            decoded: Iterable[np.ndarray] = map(_decode_chunk, chunks)
+            for start, chunk in zip(range(0, len(blobs), _DECODE_CHUNK), decoded):
+                pixels[start : start + len(chunk)] = chunk
+                bar.update(len(chunk))
+            return pixels
+        # fork, not spawn/forkserver: those re-run the caller's __main__, which breaks scripts without a main guard.
+        # The children only decode with Pillow, so threads the parent may run (torch) are no danger to them.
+        pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+        try:
+            for start, chunk in zip(range(0, len(blobs), _DECODE_CHUNK), pool.map(_decode_chunk, chunks)):
+                pixels[start : start + len(chunk)] = chunk
+                bar.update(len(chunk))
+        finally:
+            pool.shutdown(cancel_futures=True)
+    return pixels
+
+
+def _decode_chunk(blobs: list[_Blob]) -> np.ndarray:
+    return np.stack([_decode_image(data, name) for name, data in blobs])
+
+
+def _decode_image(data: bytes, name: str) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.size != (IMAGE_SIZE, IMAGE_SIZE):
+                width, height = image.size
+                raise EdgeclsError(
+                    f"image {name} is {width}x{height} pixels; CIFAR-10 images are {IMAGE_SIZE}x{IMAGE_SIZE}: "
+                    f"resize or remove it"
+                )
+            image.load()
+            rgb = image if image.mode == "RGB" else image.convert("RGB")  # grayscale, palette, RGBA, CMYK
+            return np.asarray(rgb, dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise EdgeclsError(f"cannot decode image {name} ({_one_line(exc)}); replace or remove the file") from exc
+
+
+# --- the cache -------------------------------------------------------------------------------------------------
+
+
+def _source_signature(path: Path) -> str:
+    """What identifies the source's contents cheaply: path, and sizes and mtimes of its files (for a folder, all)."""
+    resolved = path.resolve()
+    if resolved.is_file():
+        stat = resolved.stat()
+        files = [("", stat.st_size, stat.st_mtime_ns)]
+    else:
+        files = []
+        for folder, subfolders, names in os.walk(resolved):
+            subfolders.sort()
+            for name in sorted(names):
+                stat = os.stat(os.path.join(folder, name))
+                files.append((os.path.relpath(os.path.join(folder, name), resolved), stat.st_size, stat.st_mtime_ns))
+    listing = hashlib.sha256(json.dumps(files).encode()).hexdigest()
+    return json.dumps({"version": CACHE_VERSION, "path": str(resolved), "files": listing})
+
+
+def _read_cache(cache_file: Path, signature: str) -> Cifar10 | None:
+    """The cached data set, or None when there is none for this signature or the file is damaged."""
+    if not cache_file.is_file():
+        return None
+    try:
+        with np.load(cache_file, allow_pickle=False) as stored:
+            if str(stored["signature"]) != signature:
+                return None
+            return Cifar10(
+                train_images=stored["train_images"],
+                train_labels=stored["train_labels"],
+                test_images=stored["test_images"],
+                test_labels=stored["test_labels"],
+                class_names=[str(name) for name in stored["class_names"]],
+                source=str(stored["source"]),
+            )
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        print(f"warning: ignoring damaged data cache {cache_file} ({_one_line(exc)}); rebuilding it", file=sys.stderr)
+        return None
+
+
+def _write_cache(cache_file: Path, signature: str, dataset: Cifar10) -> None:
+    try:
+        with atomic_write(cache_file, "wb") as handle:
+            np.savez(
+                handle,
+                signature=np.array(signature),
+                train_images=dataset.train_images,
+                train_labels=dataset.train_labels,
+                test_images=dataset.test_images,
+                test_labels=dataset.test_labels,
+                class_names=np.array(dataset.class_names),
+                source=np.array(dataset.source),
+            )
+    except (EdgeclsError, OSError) as exc:  # a missing cache only costs time, so it must not stop the run
+        print(
+            f"warning: could not write the data cache {cache_file} ({_one_line(exc)}); "
+            f"set ${CACHE_ENV} to a writable folder",
+            file=sys.stderr,
+        )
+
+
+# --- helpers ---------------------------------------------------------------------------------------------------
+
+
+def _stratified_indices(
+    labels: np.ndarray, count: int | None, num_classes: int, rng: np.random.Generator
+) -> np.ndarray:
+    if count is None or count >= len(labels):
+        return np.arange(len(labels))
+    if count < 0:
+        raise EdgeclsError(f"a subset needs a size of 0 or more images, got {count}")
+    members = [np.flatnonzero(labels == label) for label in range(num_classes)]
+    sizes = np.array([len(m) for m in members], dtype=np.int64)
+    quota, remainder = np.divmod(count * sizes, len(labels))
+    # Integer shares round down; the images that leaves over go to the classes with the largest remainders.
+    quota[np.argsort(-remainder, kind="stable")[: count - int(quota.sum())]] += 1
+    chosen = [rng.permutation(m)[:q] for m, q in zip(members, quota)]
+    return np.sort(np.concatenate(chosen))
+
+
+def _usable_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):  # Linux: the cores this process may run on, not all the machine's
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+__all__ = [
+    "CIFAR10_CLASSES",
+    "CIFAR10_URL",
+    "DEFAULT_DATA_DIR",
+    "Cifar10",
+    "cache_dir",
+    "cache_path_for",
+    "decode_images",
+    "load_cifar10",
+    "resolve_data_path",
+]

@@ -1,0 +1,86 @@
+"""PyTorch-side evaluation: logits and accuracy for a model on uint8 images."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgecls.preprocess import Preprocessing
+
+
+def normalize_on_device(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 N x 3 x H x W on any device -> float32 standardized; the same arithmetic as Preprocessing.normalize."""
+    return (images.float() * (1 / 255) - mean.view(1, 3, 1, 1)) * (1 / std).view(1, 3, 1, 1)
+
+
+def center_crop_nchw(images: torch.Tensor, size: int) -> torch.Tensor:
+    height, width = images.shape[-2:]
+    top, left = (height - size) // 2, (width - size) // 2
+    return images[..., top : top + size, left : left + size]
+
+
+@torch.no_grad()
+def torch_logits(model: nn.Module, images: np.ndarray | torch.Tensor, preprocess: Preprocessing,
+                 batch_size: int = 500, device: torch.device | str | None = None, mirror: bool = False) -> np.ndarray:
+    """Float32 logits of `model` (eval mode) on uint8 images (N x H x W x 3 numpy, or N x 3 x H x W tensor).
+
+    Images are center-cropped and standardized exactly as the deployment preprocessing does. With `mirror`,
+    the logits of the crop and of its horizontal mirror are averaged.
+    """
+    device = torch.device(device or next(model.parameters()).device)
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(images).permute(0, 3, 1, 2)
+    mean = torch.tensor(preprocess.mean, device=device)
+    std = torch.tensor(preprocess.std, device=device)
+    model.eval()
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        batch = center_crop_nchw(images[start : start + batch_size].to(device), preprocess.crop_size)
+        batch = normalize_on_device(batch, mean, std)
+        logits = model(batch).float()
+        if mirror:
+            logits = (logits + model(batch.flip(-1)).float()) / 2
+        outputs.append(logits.cpu())
+    return torch.cat(outputs).numpy()
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy in percent."""
+    return float(100.0 * np.mean(np.argmax(logits, axis=1) == labels))
+
+
+def per_class_accuracy(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> list[float]:
+    predictions = np.argmax(logits, axis=1)
+    return [float(100.0 * np.mean(predictions[labels == c] == c)) if np.any(labels == c) else float("nan")
+            for c in range(num_classes)]
+
+
+@dataclass
+class EvalReport:
+    model: str
+    accuracy: float
+    per_class: list[float]
+    class_names: list[str]
+    images: int
+
+
+def evaluate_checkpoint(checkpoint: str, data: str | None = None, *, mirror: bool = False,
+                        device: str | None = None) -> EvalReport:
+    """Test-split accuracy of a checkpoint; refuses data whose classes differ from the model's."""
+    from edgecls.checkpoint import load_checkpoint
+    from edgecls.data import load_cifar10
+    from edgecls.errors import EdgeclsError
+
+    saved = load_checkpoint(checkpoint)
+    dataset = load_cifar10(data)
+    if list(dataset.class_names) != list(saved.preprocess.class_names):
+        raise EdgeclsError(f"the data at {dataset.source} has classes {dataset.class_names}, "
+                           f"but {checkpoint} was trained on {list(saved.preprocess.class_names)}")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    logits = torch_logits(saved.build_model().to(dev), dataset.test_images, saved.preprocess, device=dev, mirror=mirror)
+    return EvalReport(saved.model_name, accuracy(logits, dataset.test_labels),
+                      per_class_accuracy(logits, dataset.test_labels, len(dataset.class_names)),
+                      list(dataset.class_names), len(dataset.test_labels))

@@ -1,0 +1,125 @@
+"""The deployment preprocessing, in numpy only (torch-free, so the runtime can use it on a device).
+
+The values come from the preprocessing record stored with the model (docs/FORMATS.md); this module
+only applies them: channels to RGB, resize the shorter side to `input_size` when the image has another
+size, center-crop to `crop_size`, scale to 0..1, standardize, HWC -> NCHW.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgecls.errors import EdgeclsError
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    class_names: tuple[str, ...]
+    input_size: int = 32
+    crop_size: int = 28
+    channel_order: str = "RGB"
+    layout: str = "NCHW"
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> "Preprocessing":
+        try:
+            return cls(
+                mean=tuple(float(v) for v in record["mean"]),
+                std=tuple(float(v) for v in record["std"]),
+                class_names=tuple(str(n) for n in record["class_names"]),
+                input_size=int(record["input_size"]),
+                crop_size=int(record["crop_size"]),
+                channel_order=str(record.get("channel_order", "RGB")),
+                layout=str(record.get("layout", "NCHW")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EdgeclsError(f"preprocessing record is incomplete or malformed ({exc!r}); re-export the model") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        record = asdict(self)
+        record["mean"], record["std"] = list(self.mean), list(self.std)
+        record["class_names"] = list(self.class_names)
+        return record
+
+    def __call__(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+        """uint8 HWC images (an N x H x W x C array, one H x W x C image, or a list) -> float32 NCHW."""
+        return self.normalize(self.crop_batch(images))
+
+    def crop_batch(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+        """Bring images to uint8 N x crop x crop x 3, before normalization."""
+        if isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[-1] == 3:
+            if images.shape[1:3] == (self.input_size, self.input_size):
+                return center_crop(images, self.crop_size)  # the common case: no per-image work
+            images = list(images)
+        elif isinstance(images, np.ndarray) and images.ndim in (2, 3):
+            images = [images]
+        elif isinstance(images, np.ndarray):
+            raise EdgeclsError(f"expected uint8 images shaped N x H x W x 3 or H x W x C, got shape {images.shape}")
+        if len(images) == 0:
+            raise EdgeclsError("no images to classify")
+        return np.stack([self._fit_one(np.asarray(image)) for image in images])
+
+    def normalize(self, crops: np.ndarray) -> np.ndarray:
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(1, 3, 1, 1)
+        inv_std = (1.0 / np.asarray(self.std, dtype=np.float32)).reshape(1, 3, 1, 1)
+        chw = crops.transpose(0, 3, 1, 2).astype(np.float32) * np.float32(1 / 255)
+        return np.ascontiguousarray((chw - mean) * inv_std)
+
+    def _fit_one(self, image: np.ndarray) -> np.ndarray:
+        image = to_rgb(image)
+        if image.shape[:2] != (self.input_size, self.input_size):
+            image = resize_shorter_side(image, self.input_size)
+            image = center_crop(image[None], self.input_size)[0]
+        return center_crop(image[None], self.crop_size)[0]
+
+
+def to_rgb(image: np.ndarray) -> np.ndarray:
+    """Grayscale (H x W or H x W x 1) and RGBA (alpha dropped) to H x W x 3 uint8."""
+    if image.dtype != np.uint8:
+        raise EdgeclsError(f"images must be uint8 (0..255), got {image.dtype}; convert them before classifying")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise EdgeclsError(
+            f"cannot use an image of shape {image.shape}: expected H x W with 1 (gray), 3 (RGB) or 4 (RGBA) channels"
+        )
+    if image.shape[2] == 1:
+        return np.repeat(image, 3, axis=2)
+    return image[:, :, :3]
+
+
+def center_crop(images: np.ndarray, size: int) -> np.ndarray:
+    """Center crop of N x H x W x C images; the same offsets torch code uses: (H - size) // 2."""
+    height, width = images.shape[1:3]
+    if height < size or width < size:
+        raise EdgeclsError(f"image of {height}x{width} pixels is smaller than the {size}x{size} crop")
+    top, left = (height - size) // 2, (width - size) // 2
+    return images[:, top : top + size, left : left + size]
+
+
+def resize_shorter_side(image: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resize (half-pixel centers) so that the shorter side becomes `size`."""
+    height, width = image.shape[:2]
+    scale = size / min(height, width)
+    new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
+
+    def sample_positions(new: int, old: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        pos = np.clip((np.arange(new) + 0.5) * (old / new) - 0.5, 0, old - 1)
+        low = np.floor(pos).astype(np.int64)
+        high = np.minimum(low + 1, old - 1)
+        return low, high, (pos - low).astype(np.float32)
+
+    y0, y1, wy = sample_positions(new_h, height)
+    x0, x1, wx = sample_positions(new_w, width)
+    pixels = image.astype(np.float32)
+    rows = pixels[y0] * (1 - wy)[:, None, None] + pixels[y1] * wy[:, None, None]
+    out = rows[:, x0] * (1 - wx)[None, :, None] + rows[:, x1] * wx[None, :, None]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+__all__ = ["Preprocessing", "center_crop", "resize_shorter_side", "to_rgb"]

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole pipeline on the real CIFAR-10: train -> export fp32/fp16/int8 (+ TensorRT engines where TensorRT
+# exists) -> bench every artifact. On a CUDA machine it trains the full default recipe; on a CPU-only
+# machine a short run on a subset, so that every stage still runs for real in a few minutes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+DATA=${DATA:-../shared/data/cifar10-jpeg.tar.gz}
+edgecls() { "$VENV/bin/edgecls" "$@"; }
+
+if "$VENV/bin/python" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
+    edgecls train --model new2 --data "$DATA"
+else
+    echo "demo: no CUDA GPU here: training new2 for 2 epochs on 10,000 training images on the CPU (a real run needs a GPU)"
+    edgecls train --model new2 --data "$DATA" --epochs 2 --batch-size 128 --train-images 10000
+fi
+edgecls eval --checkpoint checkpoints/new2.pt --data "$DATA"
+edgecls export --checkpoint checkpoints/new2.pt --data "$DATA" --fp16 --int8
+edgecls bench --all checkpoints/new2.pt --data "$DATA" --json results/demo-bench.json
