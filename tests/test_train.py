@@ -145,3 +145,4 @@ def test_cli_bad_input_exits_non_zero_with_one_line(tiny_data_dir, trained_check
         assert result.exit_code == 2, result.output
         assert message in result.output and result.output.count("\n") == 1
     assert existing.read_bytes() == before
+
