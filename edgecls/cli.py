@@ -191,4 +191,88 @@ def build_engine_command(onnx_file: str, plan: str | None, batch: str, workspace
 # --- end export/build commands ---
 
 # --- bench/predict commands ---
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise EdgeclsError(f"--batch-sizes {text!r} is not a comma-separated list of positive integers, e.g. 1,8,64,256")
+    return sizes
+
+
+@main.command()
+@click.option("--engine", help="Model to measure: a checkpoint (.pt), an ONNX file (.onnx) or a TensorRT plan (.plan).")
+@click.option("--all", "all_checkpoint", metavar="CHECKPOINT",
+              help="Instead of --engine: one row for every artifact of this checkpoint's model (export/, engines/).")
+@click.option("--data", help=DATA_HELP)
+@click.option("--reference", help="Original model to compare with: a checkpoint, or reference logits (.npz). "
+                                  "Default: <model>.reference.npz saved at export, when found.")
+@click.option("--batch-sizes", help="Comma-separated batch sizes to time.  [default: 1,8,64,256; with --all: 1,256]")
+@click.option("--duration", type=float, help="Seconds of timing per batch size.  [default: 2; with --all: 0.5]")
+@click.option("--warmup", type=float, help="Seconds of warm-up before each timing.  [default: 0.5; with --all: 0.2]")
+@click.option("--provider", default="cpu", show_default=True, help="ONNX Runtime provider: cpu, cuda, tensorrt.")
+@click.option("--threads", type=int, help="CPU threads for ONNX Runtime / PyTorch (default: theirs).")
+@click.option("--device", help="Device for checkpoints: cpu, cuda. Default: cuda when available.")
+@click.option("--export-dir", default="export", show_default=True, help="With --all: where the ONNX files are.")
+@click.option("--engines-dir", default="engines", show_default=True, help="With --all: where the TensorRT plans are.")
+@click.option("--json", "json_path", help="Also write every figure, with the environment, to this JSON file.")
+@click.option("--max-drop", type=float, metavar="POINTS", help="Exit 1 if accuracy is more than POINTS below the reference's.")
+@click.option("--min-agreement", type=float, metavar="PERCENT", help="Exit 1 if top-1 agreement with the reference is below PERCENT.")
+def bench(engine: str | None, all_checkpoint: str | None, data: str | None, reference: str | None,
+          batch_sizes: str | None, duration: float | None, warmup: float | None, provider: str, threads: int | None,
+          device: str | None, export_dir: str, engines_dir: str, json_path: str | None, max_drop: float | None,
+          min_agreement: float | None) -> None:
+    """Accuracy, parity with the original model, latency and throughput of a model file.
+
+    Example: edgecls bench --engine export/new2.int8.onnx --data ../shared/data/cifar10-jpeg.tar.gz --min-agreement 99
+    """
+    from edgecls.artifacts import write_json
+    from edgecls.bench import apply_gates, bench_all, bench_model, format_all, format_report, json_ready
+    from edgecls.data import load_cifar10
+
+    if (engine is None) == (all_checkpoint is None):
+        raise click.UsageError("give exactly one of --engine PATH or --all CHECKPOINT")
+    sizes = _batch_sizes(batch_sizes or ("1,256" if all_checkpoint else "1,8,64,256"))
+    progress = sys.stderr.isatty()
+    dataset = load_cifar10(data)
+    if all_checkpoint:
+        result = bench_all(all_checkpoint, dataset, reference, export_dir=export_dir, engines_dir=engines_dir,
+                           batch_sizes=sizes, duration=0.5 if duration is None else duration,
+                           warmup=0.2 if warmup is None else warmup, provider=provider, threads=threads,
+                           device=device, max_drop=max_drop, min_agreement=min_agreement, progress=progress)
+        click.echo(format_all(result))
+        passed = result["passed"]
+    else:
+        result = bench_model(engine, dataset, reference, batch_sizes=sizes, duration=2.0 if duration is None else duration,
+                             warmup=0.5 if warmup is None else warmup, provider=provider, threads=threads,
+                             device=device, progress=progress)
+        passed = apply_gates(result, max_drop, min_agreement)["passed"]
+        click.echo(format_report(result))
+    if json_path:
+        write_json(json_path, json_ready(result))
+        click.echo(f"figures written to {json_path}")
+    if not passed:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True)
+@click.option("--engine", required=True, help="An exported model (.onnx) or a TensorRT plan (.plan).")
+@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True, help="Labels to show per image.")
+@click.option("--provider", default="cpu", show_default=True, help="ONNX Runtime provider: cpu, cuda, tensorrt.")
+def predict(images: tuple[str, ...], engine: str, top_k: int, provider: str) -> None:
+    """Classify image files (or the images in directories): top-k labels with probabilities.
+
+    Example: edgecls predict photos/ cat.jpg --engine export/new2.onnx --top-k 3
+    """
+    from edgecls.runtime import Classifier
+    from edgecls.runtime.images import expand_paths, read_image
+
+    files = expand_paths(images)
+    pixels = [read_image(path) for path in files]  # every file is checked before any model work
+    with Classifier.load(engine, provider=provider) as classifier:
+        predictions = classifier.classify(pixels)
+    for path, ranked in zip(files, predictions.top_k(top_k)):
+        click.echo(f"{path}: " + "  ".join(f"{name} {probability:.3f}" for name, probability in ranked))
 # --- end bench/predict commands ---

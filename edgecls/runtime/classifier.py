@@ -1,0 +1,126 @@
+"""Classify uint8 images with any runner: preprocessing and class names come from the model's own metadata."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgecls.errors import EdgeclsError
+from edgecls.preprocess import Preprocessing
+from edgecls.runtime.base import Runner
+
+Images = np.ndarray | Sequence[np.ndarray]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)  # keeps exp() finite whatever the logit scale
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """What a classification returns; row i belongs to input image i."""
+
+    logits: np.ndarray  # float32, N x classes
+    probabilities: np.ndarray  # float32, N x classes, rows sum to 1
+    indices: np.ndarray  # int64, N: the top-1 class index
+    class_names: tuple[str, ...]
+
+    @property
+    def names(self) -> list[str]:
+        return [self.class_names[i] for i in self.indices]
+
+    def top_k(self, k: int) -> list[list[tuple[str, float]]]:
+        """For each image, the k most probable (class name, probability) pairs, most probable first."""
+        k = max(1, min(k, self.probabilities.shape[1]))
+        order = np.argsort(-self.probabilities, axis=1, kind="stable")[:, :k]
+        return [[(self.class_names[c], float(row[c])) for c in cols] for row, cols in zip(self.probabilities, order)]
+
+
+def open_runner(path: str | Path, provider: str = "cpu", threads: int | None = None) -> Runner:
+    """The runner for a model file, chosen by its suffix; nothing is opened until `activate()`."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        from edgecls.runtime.onnx_backend import OnnxRunner
+
+        return OnnxRunner(path, provider=provider, threads=threads)
+    if suffix in (".plan", ".engine"):
+        from edgecls.runtime.tensorrt_backend import TensorRTRunner
+
+        return TensorRTRunner(path)
+    raise EdgeclsError(f"{path}: unknown model type {suffix or '(no suffix)'}; give an .onnx file or a TensorRT .plan")
+
+
+class Classifier:
+    """Images in, class indices, names and probabilities out, in batches the engine accepts."""
+
+    def __init__(self, runner: Runner, batch_size: int | None = None) -> None:
+        if batch_size is not None and batch_size < 1:
+            raise EdgeclsError(f"batch size must be at least 1, got {batch_size}")
+        self.runner = runner.activate()
+        self.metadata = runner.metadata
+        try:
+            self.preprocess = Preprocessing.from_dict(self.metadata["preprocess"])
+        except BaseException:
+            runner.deactivate()
+            raise
+        self.class_names = self.preprocess.class_names
+        limit = runner.max_batch
+        if batch_size is not None:
+            limit = batch_size if limit is None else min(limit, batch_size)
+        self.batch_size = limit  # None: the whole input in one call
+
+    @classmethod
+    def load(
+        cls, path: str | Path, provider: str = "cpu", threads: int | None = None, batch_size: int | None = None
+    ) -> "Classifier":
+        """Open an .onnx (ONNX Runtime, `provider` cpu/cuda/...) or a TensorRT .plan (with its .plan.json)."""
+        return cls(open_runner(path, provider=provider, threads=threads), batch_size=batch_size)
+
+    def close(self) -> None:
+        self.runner.deactivate()
+
+    def __enter__(self) -> "Classifier":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.runner.describe(), "path": str(self.runner.path), "model": self.metadata.get("model"),
+                "precision": self.metadata.get("precision"), "max_batch": self.batch_size}
+
+    def logits(self, images: Images) -> np.ndarray:
+        """float32 logits, N x classes, for uint8 HWC images (N x H x W x C array, one image, or a list)."""
+        if isinstance(images, np.ndarray) and images.ndim in (2, 3):
+            images = [images]  # one image, as Preprocessing reads a 2-D or 3-D array
+        elif isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[-1] != 3:
+            images = list(images)  # gray or RGBA batch: converted image by image
+        count = len(images)
+        if count == 0:
+            raise EdgeclsError("no images to classify")
+        step = count if self.batch_size is None else self.batch_size
+        chunks = [self._run(self.preprocess(images[start : start + step])) for start in range(0, count, step)]
+        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+
+    def classify(self, images: Images) -> Predictions:
+        logits = self.logits(images)
+        return Predictions(logits, softmax(logits), logits.argmax(axis=1).astype(np.int64), self.class_names)
+
+    def run_preprocessed(self, batch: np.ndarray) -> np.ndarray:
+        """Logits of an already preprocessed float32 NCHW batch that fits the engine."""
+        return self._run(batch)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        count = len(batch)
+        if count < self.runner.min_batch:
+            # An engine whose profile starts above 1: pad with zeros, then drop the padding's outputs.
+            pad = np.zeros((self.runner.min_batch - count, *batch.shape[1:]), dtype=batch.dtype)
+            batch = np.concatenate([batch, pad])
+        logits = self.runner.infer({self.runner.input_name: batch})[self.runner.output_name]
+        return np.asarray(logits[:count], dtype=np.float32)

@@ -1,0 +1,93 @@
+"""ONNX Runtime backend: any exported edgecls .onnx file, on the execution provider asked for (CPU by default)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgecls.errors import EdgeclsError
+from edgecls.runtime.base import Runner, parse_metadata
+
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+
+class OnnxRunner(Runner):
+    backend = "onnxruntime"
+
+    def __init__(self, path: str | Path, provider: str = "cpu", threads: int | None = None) -> None:
+        super().__init__(path)
+        self.provider = PROVIDERS.get(provider.lower(), provider)
+        self.threads = threads
+        self.session: Any = None
+
+    def _open(self) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise EdgeclsError("onnxruntime is not installed; `pip install onnxruntime` to run .onnx models") from exc
+        if not self.path.is_file():
+            raise EdgeclsError(f"model file {self.path} does not exist; check the path or run `edgecls export`")
+        available = ort.get_available_providers()
+        if self.provider not in available:
+            raise EdgeclsError(
+                f"ONNX Runtime provider {self.provider} is not available here; choose one of {', '.join(available)}"
+            )
+        options = ort.SessionOptions()
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=[self.provider])
+        except Exception as exc:  # onnxruntime raises its own classes for truncated or foreign files
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise EdgeclsError(
+                f"{self.path} is not a readable ONNX model ({first_line[:200]}); re-export it with `edgecls export`"
+            ) from exc
+        raw = self.session.get_modelmeta().custom_metadata_map.get("edgecls")
+        self.metadata = parse_metadata(raw, str(self.path))
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name for o in self.session.get_outputs()}
+        if self.input_name not in inputs or self.output_name not in outputs:
+            raise EdgeclsError(
+                f"{self.path} lacks the input {self.input_name!r} or output {self.output_name!r} its metadata names; "
+                "re-export it"
+            )
+        batch_dim = inputs[self.input_name].shape[0]
+        if isinstance(batch_dim, int) and batch_dim > 0:  # exported with a fixed batch: feed exactly that
+            self.min_batch = self.max_batch = batch_dim
+
+    def _close(self) -> None:
+        self.session = None
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = [self.output_name]
+        return dict(zip(names, self.session.run(names, feed)))
+
+    def model_only(self, feed: dict[str, np.ndarray]) -> Callable[[], None] | None:
+        if self.provider != "CPUExecutionProvider":
+            return None  # on a GPU provider session.run includes the copies; they cannot be told apart here
+        names = [self.output_name]
+
+        def run() -> None:
+            self.session.run(names, feed)
+
+        return run
+
+    def describe(self) -> dict[str, Any]:
+        threads = self.threads
+        if threads is None and self.session is not None:
+            threads = self.session.get_session_options().intra_op_num_threads
+        return {
+            "backend": self.backend,
+            "provider": self.provider,
+            "device": "cpu" if self.provider == "CPUExecutionProvider" else "gpu",
+            # 0 means ONNX Runtime's own default (one thread per physical core)
+            "threads": threads or 0,
+            "cpu_count": os.cpu_count(),
+        }

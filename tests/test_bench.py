@@ -1,0 +1,203 @@
+"""edgecls bench: parity figures on constructed flips, gates, --json, references that do not belong, --all."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgecls.bench import parity
+from edgecls.cli import main
+
+FAST = ["--batch-sizes", "1,4", "--duration", "0.05", "--warmup", "0.01"]
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("EDGECLS_CACHE", str(tmp_path_factory.getbasetemp() / "bench_cache"))
+    monkeypatch.delenv("EDGECLS_DATA", raising=False)
+
+
+@pytest.fixture(scope="module")
+def exported(trained_checkpoint, tiny_data_dir, tmp_path_factory) -> Path:
+    """Exported from the same data the bench reads (--data tiny_data_dir), so the reference's indices refer to
+    the test split in the order that loading gives."""
+    from edgecls.data import load_cifar10
+    from edgecls.export import export_model
+
+    out = tmp_path_factory.mktemp("bench_export") / "export"
+    export_model(trained_checkpoint("new2"), out, data=load_cifar10(tiny_data_dir, cache=False), fp16=True,
+                 progress=False)
+    return out
+
+
+def bench(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["bench", *args])
+    return result.exit_code, result.output
+
+
+def write_reference(source: Path, target: Path, logits: np.ndarray | None = None, **meta_changes: str) -> Path:
+    with np.load(source) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    meta = {**json.loads(str(arrays["meta"])), **meta_changes}
+    arrays["meta"] = np.array(json.dumps(meta))
+    if logits is not None:
+        arrays["logits"] = logits.astype(np.float32)
+    np.savez(target, **arrays)
+    return target
+
+
+def test_parity_counts_each_kind_of_flip():
+    labels = np.array([0, 1, 2, 3, 4, 5])
+    eye = np.eye(10, dtype=np.float32)
+    reference = eye[[0, 1, 2, 3, 9, 9]]  # right on the first four
+    model = eye[[0, 1, 5, 3, 4, 8]] * 2  # right on 0, 1, 3, 4
+    found = parity(model, reference, labels, "constructed")
+    assert found.flips == 3  # images 2, 4, 5
+    assert found.right_to_wrong == 1  # image 2
+    assert found.wrong_to_right == 1  # image 4; image 5 went from one wrong class to another
+    assert found.agreement == pytest.approx(50.0)
+    assert found.accuracy == pytest.approx(400 / 6) and found.reference_accuracy == pytest.approx(400 / 6)
+    assert found.accuracy_delta == pytest.approx(0.0)
+    assert found.max_abs_logit_diff == pytest.approx(2.0)
+    assert found.mean_abs_logit_diff == pytest.approx(np.abs(model - reference).mean())
+
+
+def test_bench_onnx_reports_known_flips_and_gates(exported, tiny_data_dir, tmp_path):
+    with np.load(exported / "new2.reference.npz") as archive:
+        logits, labels = archive["logits"].copy(), archive["labels"]
+    right = np.flatnonzero(logits.argmax(axis=1) == labels)
+    wrong = np.flatnonzero(logits.argmax(axis=1) != labels)
+    assert len(wrong) >= 3, "the tiny model should get a few test images wrong"
+    doctored = logits.copy()
+    for i in right[:3]:  # the reference now gets these wrong: the model goes wrong -> right on them
+        doctored[i, (labels[i] + 1) % 10] = logits[i].max() + 5
+    for i in wrong[:2]:  # the reference now gets these right: right -> wrong for the model
+        doctored[i, labels[i]] = logits[i].max() + 5
+    i = wrong[2]  # and one flip between two wrong classes
+    other = next(c for c in range(10) if c not in (labels[i], logits[i].argmax()))
+    doctored[i, other] = logits[i].max() + 5
+    reference = write_reference(exported / "new2.reference.npz", tmp_path / "doctored.npz", doctored)
+
+    out_json = tmp_path / "bench.json"
+    code, output = bench("--engine", str(exported / "new2.onnx"), "--data", str(tiny_data_dir), "--reference",
+                         str(reference), "--json", str(out_json), "--min-agreement", "90", *FAST)
+    assert code == 0, output
+    figures = json.loads(out_json.read_text())
+    found = figures["parity"]
+    assert (found["flips"], found["wrong_to_right"], found["right_to_wrong"]) == (6, 3, 2)
+    assert found["agreement"] == pytest.approx(94.0)
+    assert found["accuracy_delta"] == pytest.approx(1.0)
+    assert found["max_abs_logit_diff"] == pytest.approx(np.abs(doctored - logits).max(), abs=1e-3)
+    assert figures["accuracy"] == pytest.approx(100.0 * len(right) / len(labels))
+    assert figures["gates"]["passed"] is True
+
+    code, output = bench("--engine", str(exported / "new2.onnx"), "--data", str(tiny_data_dir), "--reference",
+                         str(reference), "--min-agreement", "95", *FAST)
+    assert code == 1 and "below --min-agreement 95" in output
+
+    better = logits.copy()  # a reference right on four more images: the model is 4 points worse
+    for i in wrong[:4]:
+        better[i, labels[i]] = logits[i].max() + 5
+    better_reference = write_reference(exported / "new2.reference.npz", tmp_path / "better.npz", better)
+    common = ["--engine", str(exported / "new2.onnx"), "--data", str(tiny_data_dir),
+              "--reference", str(better_reference)]
+    code, output = bench(*common, "--max-drop", "3", *FAST)
+    assert code == 1 and "accuracy dropped 4.00 points" in output
+    code, output = bench(*common, "--max-drop", "5", *FAST)
+    assert code == 0, output
+
+
+def test_json_holds_every_figure_of_the_table(exported, tiny_data_dir, tmp_path):
+    out_json = tmp_path / "bench.json"
+    code, output = bench("--engine", str(exported / "new2.onnx"), "--data", str(tiny_data_dir),
+                         "--json", str(out_json), *FAST)
+    assert code == 0, output
+    figures = json.loads(out_json.read_text())
+    found = figures["parity"]  # the reference beside the model was found automatically
+    assert found["reference"].endswith("new2.reference.npz") and found["agreement"] == 100.0
+    assert f"accuracy: {figures['accuracy']:.2f}%" in output
+    for name, value in figures["per_class"].items():
+        assert f"{name} {value:.2f}" in output
+    assert f"top-1 agreement {found['agreement']:.2f}%, flips {found['flips']} " in output
+    assert f"max {found['max_abs_logit_diff']:.3g}, mean {found['mean_abs_logit_diff']:.3g}" in output
+    rows = [line.split() for line in output.splitlines() if re.match(r"\s+onnxruntime fp32", line)]
+    assert len(rows) == len(figures["timings"]) == 4  # end-to-end and model-only, batch 1 and 4
+    for row, timing in zip(rows, figures["timings"]):
+        assert row[2:] == [timing["scope"], str(timing["batch_size"]), f"{timing['p50_ms']:.3f}",
+                           f"{timing['p90_ms']:.3f}", f"{timing['p99_ms']:.3f}", f"{timing['images_per_s']:.1f}"]
+        assert timing["p50_ms"] <= timing["p90_ms"] <= timing["p99_ms"]
+        assert timing["images_per_s"] == pytest.approx(timing["batch_size"] * 1e3 / timing["mean_ms"], rel=1e-6)
+    environment = figures["environment"]
+    assert environment["cpu"] and environment["versions"]["onnxruntime"] and environment["threads"]["cpu_count"]
+
+
+def test_references_that_do_not_belong_are_refused(exported, tiny_data_dir, tmp_path):
+    source = exported / "new2.reference.npz"
+    engine = ["--engine", str(exported / "new2.onnx"), "--data", str(tiny_data_dir), *FAST]
+    cases = {
+        "is for model alex1": write_reference(source, tmp_path / "other_model.npz", model="alex1"),
+        "another data set": write_reference(source, tmp_path / "other_data.npz", data_fingerprint="0123456789abcdef"),
+        "from checkpoint 000000000000": write_reference(source, tmp_path / "other_ckpt.npz",
+                                                        checkpoint_sha256="0" * 64),
+        "has 9 classes": write_reference(source, tmp_path / "nine.npz", np.load(source)["logits"][:, :9]),
+    }
+    for message, reference in cases.items():
+        code, output = bench(*engine, "--reference", str(reference))
+        assert code == 2 and message in output and len(output.strip().splitlines()) == 1, output
+
+    # A stale reference found beside the model is reported, not used; parity gates then cannot run.
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    shutil.copy(exported / "new2.onnx", stale / "new2.onnx")
+    shutil.copy(cases["another data set"], stale / "new2.reference.npz")
+    plain = ["--engine", str(stale / "new2.onnx"), "--data", str(tiny_data_dir), *FAST]
+    code, output = bench(*plain)
+    assert code == 0 and "reference not used" in output and "parity: no reference" in output
+    code, output = bench(*plain, "--min-agreement", "99")
+    assert code == 2 and "need a reference" in output
+
+
+def test_bench_checkpoint_against_its_export(exported, tiny_data_dir, trained_checkpoint, tmp_path):
+    out_json = tmp_path / "pt.json"
+    code, output = bench("--engine", str(trained_checkpoint("new2")), "--data", str(tiny_data_dir), "--reference",
+                         str(exported / "new2.reference.npz"), "--json", str(out_json), "--min-agreement", "100", *FAST)
+    assert code == 0, output
+    figures = json.loads(out_json.read_text())
+    assert figures["model"]["format"] == "pytorch" and figures["parity"]["flips"] == 0
+    assert figures["parity"]["max_abs_logit_diff"] < 1e-3
+    assert {t["variant"] for t in figures["timings"]} == {"pytorch eager fp32"}  # CPU: no fp16 / CUDA graph
+
+
+def test_bench_all_rows(exported, tiny_data_dir, trained_checkpoint, tmp_path):
+    out_json = tmp_path / "all.json"
+    code, output = bench("--all", str(trained_checkpoint("new2")), "--data", str(tiny_data_dir), "--export-dir",
+                         str(exported), "--engines-dir", str(tmp_path / "engines"), "--json", str(out_json),
+                         "--batch-sizes", "1,16", "--duration", "0.05", "--warmup", "0.01")
+    assert code == 0, output
+    rows = {Path(row["path"]).name: row for row in json.loads(out_json.read_text())["rows"]}
+    assert list(rows) == ["new2.pt", "new2.onnx", "new2.fp16.onnx", "new2.int8.onnx", "new2.plan"]
+    for name in ("new2.pt", "new2.onnx", "new2.fp16.onnx"):
+        row = rows[name]
+        assert row["status"] == "ok" and row["agreement"] >= 98.0 and abs(row["accuracy_delta"]) <= 2.0
+        assert row["p50_ms_batch1"] > 0 and row["images_per_s"] > 0 and row["size_mb"] > 0
+        assert f"{row['accuracy']:6.2f}" in output
+    assert rows["new2.onnx"]["agreement"] == 100.0
+    assert rows["new2.int8.onnx"]["status"].startswith("not found") and rows["new2.plan"]["accuracy"] is None
+    assert "not found (make it with `edgecls build`)" in output
+
+
+def test_usage_errors(exported, tiny_data_dir, tmp_path):
+    code, output = bench("--data", str(tiny_data_dir))
+    assert code == 2 and "exactly one of --engine" in output
+    code, output = bench("--engine", str(exported / "new2.onnx"), "--data", str(tiny_data_dir), "--batch-sizes", "1,x")
+    assert code == 2 and "--batch-sizes" in output
+    truncated = tmp_path / "new2.onnx"
+    truncated.write_bytes((exported / "new2.onnx").read_bytes()[:3000])
+    code, output = bench("--engine", str(truncated), "--data", str(tiny_data_dir), *FAST)
+    assert code == 2 and "not a readable ONNX model" in output

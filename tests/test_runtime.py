@@ -1,0 +1,230 @@
+"""edgecls.runtime on ONNX files exported from a briefly trained model; TensorRT where it and a GPU exist."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from edgecls.errors import EdgeclsError
+from edgecls.preprocess import Preprocessing
+from edgecls.runtime import Classifier, load, softmax
+from edgecls.runtime.onnx_backend import OnnxRunner
+from edgecls.runtime.tensorrt_backend import check_compatibility, read_manifest
+
+
+@pytest.fixture(scope="module")
+def exported(trained_checkpoint, tiny_cifar, tmp_path_factory) -> Path:
+    """export/ folder with new2.onnx and new2.reference.npz made from the tiny trained checkpoint."""
+    from edgecls.export import export_model
+
+    out = tmp_path_factory.mktemp("runtime_export") / "export"
+    export_model(trained_checkpoint("new2"), out, data=tiny_cifar, progress=False)
+    return out
+
+
+def raw_ort_logits(onnx_path: Path, batch: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    return session.run(["logits"], {"images": batch})[0]
+
+
+def test_import_does_not_pull_in_torch():
+    code = ("import edgecls.runtime, edgecls.runtime.onnx_backend, edgecls.runtime.tensorrt_backend, sys; "
+            "assert 'torch' not in sys.modules and 'torchvision' not in sys.modules, "
+            "sorted(m for m in sys.modules if m.startswith('torch'))")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_predictions_equal_raw_onnxruntime(exported, tiny_cifar):
+    images = tiny_cifar.test_images
+    with load(exported / "new2.onnx") as classifier:
+        predictions = classifier.classify(images)
+    preprocess = Preprocessing.from_dict(json.loads(
+        ort.InferenceSession(str(exported / "new2.onnx")).get_modelmeta().custom_metadata_map["edgecls"])["preprocess"])
+    expected = raw_ort_logits(exported / "new2.onnx", preprocess(images))
+    np.testing.assert_array_equal(predictions.logits, expected)
+    np.testing.assert_array_equal(predictions.indices, expected.argmax(axis=1))
+    assert predictions.names == [tiny_cifar.class_names[i] for i in expected.argmax(axis=1)]
+    np.testing.assert_allclose(predictions.probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    exp = np.exp(expected.astype(np.float64) - expected.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(predictions.probabilities, exp / exp.sum(axis=1, keepdims=True), rtol=1e-5, atol=1e-7)
+    top = predictions.top_k(3)[0]
+    assert [name for name, _ in top][0] == predictions.names[0]
+    assert top[0][1] >= top[1][1] >= top[2][1]
+    # The model learned something: the check above compares meaningful outputs, not noise.
+    assert (predictions.indices == tiny_cifar.test_labels).mean() > 0.5
+
+
+def test_preprocessing_equals_training_evaluation(exported, tiny_cifar, trained_checkpoint):
+    from edgecls.checkpoint import load_checkpoint
+    from edgecls.evaluate import torch_logits
+
+    checkpoint = load_checkpoint(trained_checkpoint("new2"))
+    torch_side = torch_logits(checkpoint.build_model(), tiny_cifar.test_images, checkpoint.preprocess)
+    with load(exported / "new2.onnx") as classifier:
+        assert classifier.preprocess == checkpoint.preprocess  # read back from the ONNX metadata
+        runtime_side = classifier.logits(tiny_cifar.test_images)
+    np.testing.assert_allclose(runtime_side, torch_side, rtol=1e-4, atol=1e-4)
+    assert (runtime_side.argmax(axis=1) == torch_side.argmax(axis=1)).all()
+
+
+class CountingRunner(OnnxRunner):
+    """The real ONNX runner, accepting only `fixed` images per call (like an engine with a static batch)."""
+
+    def __init__(self, path: Path, fixed: int) -> None:
+        super().__init__(path)
+        self.fixed, self.calls = fixed, []
+
+    def _open(self) -> None:
+        super()._open()
+        self.min_batch = self.max_batch = self.fixed
+
+    def infer(self, feed):
+        self.calls.append(len(feed["images"]))
+        return super().infer(feed)
+
+
+def test_batches_are_split_and_padded_to_what_the_engine_accepts(exported, tiny_cifar):
+    images = tiny_cifar.test_images[:23]
+    with load(exported / "new2.onnx") as classifier:
+        whole = classifier.logits(images)
+    with Classifier(CountingRunner(exported / "new2.onnx", fixed=5)) as classifier:
+        split = classifier.logits(images)
+        assert classifier.runner.calls == [5] * 5  # 23 images: 4 full batches and one padded from 3 to 5
+    np.testing.assert_allclose(split, whole, rtol=1e-5, atol=1e-5)
+    with load(exported / "new2.onnx", batch_size=8) as classifier:
+        np.testing.assert_allclose(classifier.logits(images), whole, rtol=1e-5, atol=1e-5)
+
+
+def test_images_of_any_size_gray_and_rgba(exported, tiny_cifar):
+    image = tiny_cifar.test_images[3]
+    gray = image[:, :, 1]
+    with load(exported / "new2.onnx") as classifier:
+        reference = classifier.logits(image[None])
+        # Each pixel doubled: a half-pixel-centred bilinear resize back to 32 x 32 gives the original exactly.
+        doubled = image.repeat(2, axis=0).repeat(2, axis=1)
+        rgba = np.concatenate([image, np.full((32, 32, 1), 7, np.uint8)], axis=2)
+        mixed = classifier.logits([doubled, rgba, image, gray, gray[:, :, None]])
+        as_rgb = classifier.logits(np.repeat(gray[:, :, None], 3, axis=2)[None])
+        rgba_batch = classifier.logits(rgba[None])
+    np.testing.assert_allclose(mixed[:3], np.repeat(reference, 3, axis=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(mixed[3:], np.repeat(as_rgb, 2, axis=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(rgba_batch, reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [np.zeros((32, 32, 2), np.uint8), np.zeros((32, 32, 5), np.uint8),
+                                 np.zeros((32, 32, 3), np.float32), np.zeros((32,), np.uint8)])
+def test_unexpected_images_are_refused(exported, bad):
+    with load(exported / "new2.onnx") as classifier, pytest.raises(EdgeclsError) as info:
+        classifier.classify([bad])
+    assert "\n" not in str(info.value)
+
+
+def test_bad_onnx_files(exported, tmp_path):
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes((exported / "new2.onnx").read_bytes()[:5000])
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"this is not a model" * 50)
+    for path in (truncated, garbage):
+        with pytest.raises(EdgeclsError, match="not a readable ONNX model"):
+            load(path)
+    with pytest.raises(EdgeclsError, match="does not exist"):
+        load(tmp_path / "missing.onnx")
+    with pytest.raises(EdgeclsError, match="unknown model type"):
+        load(tmp_path / "model.tflite")
+
+
+def test_onnx_without_edgecls_metadata(exported, tmp_path):
+    import onnx
+
+    model = onnx.load(str(exported / "new2.onnx"))
+    del model.metadata_props[:]
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(model, str(foreign))
+    with pytest.raises(EdgeclsError, match="no edgecls metadata"):
+        load(foreign)
+
+
+def fake_plan(folder: Path, exported: Path) -> Path:
+    """A plan file with a manifest as `edgecls build` writes it; the bytes are not a real engine, which the
+    checks below never reach (they happen before TensorRT would read the plan)."""
+    from edgecls.artifacts import sha256_file
+
+    plan = folder / "new2.plan"
+    plan.write_bytes(b"\x00" * 4096)
+    metadata = json.loads(ort.InferenceSession(str(exported / "new2.onnx")).get_modelmeta()
+                          .custom_metadata_map["edgecls"])
+    manifest = {"format_version": 1, "tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7",
+                "onnx_path": str(exported / "new2.onnx"), "plan_sha256": sha256_file(plan), "precision": "fp32",
+                "batch": {"min": 1, "opt": 64, "max": 256}, "edgecls": metadata}
+    (folder / "new2.plan.json").write_text(json.dumps(manifest))
+    return plan
+
+
+def test_plan_truncated_or_without_manifest(exported, tmp_path):
+    plan = fake_plan(tmp_path, exported)
+    assert read_manifest(plan)["tensorrt_version"] == "10.3.0"
+    plan.write_bytes(plan.read_bytes()[:1000])
+    with pytest.raises(EdgeclsError, match="does not match its manifest"):
+        load(plan)
+    (tmp_path / "new2.plan.json").unlink()
+    with pytest.raises(EdgeclsError, match="has no manifest"):
+        load(plan)
+    (tmp_path / "new2.plan.json").write_text("{not json")
+    with pytest.raises(EdgeclsError, match="unreadable"):
+        load(plan)
+
+
+def test_plan_for_another_tensorrt_or_gpu_names_both(exported, tmp_path):
+    manifest = read_manifest(fake_plan(tmp_path, exported))
+    check_compatibility(Path("new2.plan"), manifest, "10.3.0.30", "Orin", "8.7")  # same build: accepted
+    with pytest.raises(EdgeclsError) as info:
+        check_compatibility(Path("new2.plan"), manifest, "10.13.2", "Orin", "8.7")
+    assert "TensorRT 10.3.0" in str(info.value) and "TensorRT 10.13.2" in str(info.value)
+    with pytest.raises(EdgeclsError) as info:
+        check_compatibility(Path("new2.plan"), manifest, "10.3.0", "NVIDIA H100 80GB HBM3", "9.0")
+    assert "Orin (compute 8.7)" in str(info.value) and "NVIDIA H100 80GB HBM3 (compute 9.0)" in str(info.value)
+
+
+def test_softmax_is_stable_for_large_logits():
+    probabilities = softmax(np.array([[1000.0, 0.0, -1000.0]], dtype=np.float32))
+    assert np.isfinite(probabilities).all() and probabilities[0, 0] == pytest.approx(1.0)
+
+
+def _tensorrt_unavailable() -> str | None:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "tensorrt is not installed"
+    from edgecls.engines import gpu_info
+
+    return None if gpu_info() is not None else "no NVIDIA GPU visible"
+
+
+@pytest.mark.skipif(_tensorrt_unavailable() is not None, reason=f"TensorRT runtime test: {_tensorrt_unavailable()}")
+def test_tensorrt_plan_matches_onnxruntime(exported, tiny_cifar, tmp_path):
+    from edgecls.engines import build_engine
+
+    plan = build_engine(exported / "new2.onnx", tmp_path / "new2.plan", batch=(1, 16, 64))
+    images = tiny_cifar.test_images  # 100 images: split into batches of at most 64
+    with load(exported / "new2.onnx") as onnx_classifier:
+        expected = onnx_classifier.logits(images)
+    with load(plan) as classifier:
+        assert classifier.batch_size == 64
+        got = classifier.logits(images)
+        timed = classifier.runner.model_only({"images": classifier.preprocess(images[:8])})
+        timed()
+    np.testing.assert_allclose(got, expected, rtol=1e-2, atol=1e-2)
+    assert (got.argmax(axis=1) == expected.argmax(axis=1)).mean() >= 0.99
+
+    manifest_file = tmp_path / "new2.plan.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest["tensorrt_version"] = "8.5.2"
+    manifest_file.write_text(json.dumps(manifest))
+    with pytest.raises(EdgeclsError, match="TensorRT 8.5.2"):
+        load(plan)
