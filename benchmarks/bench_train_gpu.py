@@ -15,14 +15,14 @@ import json
 import os
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
 from edgecls.artifacts import library_versions, write_json
 from edgecls.data import load_cifar10
 from edgecls.checkpoint import load_checkpoint
-from edgecls.evaluate import accuracy, torch_logits
+from edgecls.evaluate import torch_logits
+from edgecls.metrics import accuracy
 from edgecls.train import train
 
 

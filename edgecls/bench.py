@@ -20,63 +20,12 @@ import numpy as np
 
 from edgecls.artifacts import library_versions, utc_now
 from edgecls.errors import EdgeclsError
+from edgecls.metrics import accuracy, parity, per_class_accuracy
 from edgecls.runtime import Classifier, Runner, open_runner
 
 DEFAULT_BATCH_SIZES = (1, 8, 64, 256)
 ACCURACY_CHUNK = 500  # images per call while measuring accuracy (bounded memory, a progress bar that moves)
 FORMATS = {".pt": "pytorch", ".onnx": "onnx", ".plan": "tensorrt", ".engine": "tensorrt"}
-
-
-# ----------------------------------------------------------------------------------------------- parity
-
-@dataclass
-class Parity:
-    """How closely a model's answers follow the reference (original PyTorch) answers on the same images."""
-
-    reference: str  # where the reference logits came from
-    images: int
-    agreement: float  # percent of images with the same top-1 class
-    flips: int  # images whose top-1 class differs
-    right_to_wrong: int  # flips where the reference was right and the model is wrong
-    wrong_to_right: int  # flips where the reference was wrong and the model is right
-    accuracy: float  # the model's accuracy on these images, percent
-    reference_accuracy: float
-    accuracy_delta: float  # points, model minus reference
-    max_abs_logit_diff: float
-    mean_abs_logit_diff: float
-
-
-def parity(logits: np.ndarray, reference_logits: np.ndarray, labels: np.ndarray, reference: str = "") -> Parity:
-    """Compare two sets of logits for the same images (rows in the same order) with the true labels."""
-    if logits.shape != reference_logits.shape or len(labels) != len(logits):
-        raise EdgeclsError(
-            f"cannot compare logits of shape {logits.shape} with reference {reference or ''} of shape "
-            f"{reference_logits.shape} ({len(labels)} labels); the reference belongs to other data or another model"
-        )
-    predicted, expected = logits.argmax(axis=1), reference_logits.argmax(axis=1)
-    right, reference_right = predicted == labels, expected == labels
-    flipped = predicted != expected
-    diff = np.abs(logits.astype(np.float64) - reference_logits.astype(np.float64))
-    accuracy, reference_accuracy = 100.0 * right.mean(), 100.0 * reference_right.mean()
-    return Parity(
-        reference=reference,
-        images=len(labels),
-        agreement=100.0 * float((~flipped).mean()),
-        flips=int(flipped.sum()),
-        right_to_wrong=int((flipped & reference_right & ~right).sum()),
-        wrong_to_right=int((flipped & ~reference_right & right).sum()),
-        accuracy=float(accuracy),
-        reference_accuracy=float(reference_accuracy),
-        accuracy_delta=float(accuracy - reference_accuracy),
-        max_abs_logit_diff=float(diff.max()) if diff.size else 0.0,
-        mean_abs_logit_diff=float(diff.mean()) if diff.size else 0.0,
-    )
-
-
-def per_class_accuracy(logits: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> dict[str, float | None]:
-    predicted = logits.argmax(axis=1)
-    return {name: (float(100.0 * (predicted[labels == c] == c).mean()) if np.any(labels == c) else None)
-            for c, name in enumerate(class_names)}
 
 
 # ----------------------------------------------------------------------------------------------- references
@@ -449,7 +398,7 @@ def bench_model(path: str | Path, dataset: Any, reference: str | Path | Referenc
                   "size_mb": path.stat().st_size / 1e6, "checkpoint_sha256": metadata.get("checkpoint_sha256"), **info},
         "data": {"source": str(getattr(dataset, "source", "?")), "fingerprint": dataset.fingerprint,
                  "test_images": int(len(labels))},
-        "accuracy": 100.0 * float((logits.argmax(axis=1) == labels).mean()),
+        "accuracy": accuracy(logits, labels),
         "per_class": per_class_accuracy(logits, labels, list(dataset.class_names)),
         "parity": asdict(result_parity) if result_parity else None,
         "timings": timings,

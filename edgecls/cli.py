@@ -113,8 +113,8 @@ def eval_command(checkpoint: str, data: str | None, mirror: bool, device: str | 
     report = evaluate_checkpoint(checkpoint, data, mirror=mirror, device=device)
     click.echo(f"{report.model}: test accuracy {report.accuracy:.2f}% on {report.images:,} images "
                f"({'center + mirrored crop' if mirror else 'single center crop'})")
-    for name, value in zip(report.class_names, report.per_class):
-        click.echo(f"  {name:12} {value:6.2f}%")
+    for name, value in report.per_class.items():
+        click.echo(f"  {name:12} {value:6.2f}%" if value is not None else f"  {name:12}      -")
 # --- end train/eval/models commands ---
 
 # --- export/build commands ---

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgecls.metrics import accuracy, per_class_accuracy
 from edgecls.preprocess import Preprocessing
 
 
@@ -47,22 +48,11 @@ def torch_logits(model: nn.Module, images: np.ndarray | torch.Tensor, preprocess
     return torch.cat(outputs).numpy()
 
 
-def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Top-1 accuracy in percent."""
-    return float(100.0 * np.mean(np.argmax(logits, axis=1) == labels))
-
-
-def per_class_accuracy(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> list[float]:
-    predictions = np.argmax(logits, axis=1)
-    return [float(100.0 * np.mean(predictions[labels == c] == c)) if np.any(labels == c) else float("nan")
-            for c in range(num_classes)]
-
-
 @dataclass
 class EvalReport:
     model: str
     accuracy: float
-    per_class: list[float]
+    per_class: dict[str, float | None]
     class_names: list[str]
     images: int
 
@@ -82,5 +72,5 @@ def evaluate_checkpoint(checkpoint: str, data: str | None = None, *, mirror: boo
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     logits = torch_logits(saved.build_model().to(dev), dataset.test_images, saved.preprocess, device=dev, mirror=mirror)
     return EvalReport(saved.model_name, accuracy(logits, dataset.test_labels),
-                      per_class_accuracy(logits, dataset.test_labels, len(dataset.class_names)),
+                      per_class_accuracy(logits, dataset.test_labels, dataset.class_names),
                       list(dataset.class_names), len(dataset.test_labels))

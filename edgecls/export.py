@@ -23,6 +23,7 @@ from onnx import numpy_helper
 
 from edgecls.artifacts import atomic_write, ensure_writable_dir
 from edgecls.errors import EdgeclsError
+from edgecls.metrics import parity
 from edgecls.preprocess import Preprocessing
 
 INPUT_NAME = "images"
@@ -45,15 +46,14 @@ class ParityResult:
     images: int
     agreement: float  # percent of images with the same top-1 class as PyTorch
     max_abs_diff: float  # max |ONNX logit - PyTorch logit|
-    accuracy: float | None  # percent, None when no labels
-    reference_accuracy: float | None
+    accuracy: float  # percent, on the test labels
+    reference_accuracy: float
     passed: bool  # only gating for fp32: within float rounding of PyTorch
 
     def line(self) -> str:
         text = (f"{self.path.name} ({self.precision}): top-1 agreement {self.agreement:.2f}% with PyTorch, "
                 f"max |Δ logit| {self.max_abs_diff:.2e}")
-        if self.accuracy is not None:
-            text += f", accuracy {self.accuracy:.2f}% (PyTorch {self.reference_accuracy:.2f}%)"
+        text += f", accuracy {self.accuracy:.2f}% (PyTorch {self.reference_accuracy:.2f}%)"
         text += f" on {self.images:,} test images"
         if not self.passed:
             text += " -- FAILED: beyond float rounding"
@@ -273,21 +273,17 @@ def onnx_logits(path: str | os.PathLike, images_uint8: np.ndarray, batch_size: i
 
 
 def compare_logits(path: Path, precision: str, logits: np.ndarray, reference: np.ndarray,
-                   labels: np.ndarray | None = None) -> ParityResult:
+                   labels: np.ndarray) -> ParityResult:
     """Top-1 agreement, max |Δ logit| and accuracies; fp32 must stay within float rounding of the reference."""
-    from edgecls.evaluate import accuracy
-
-    diff = float(np.max(np.abs(logits - reference)))
-    agreement = float(100.0 * np.mean(np.argmax(logits, 1) == np.argmax(reference, 1)))
+    figures = parity(logits, reference, labels)
     scale = max(1.0, float(np.max(np.abs(reference))))
-    passed = precision != "fp32" or diff <= FP32_TOLERANCE * scale
-    return ParityResult(path, precision, len(reference), agreement, diff,
-                        accuracy(logits, labels) if labels is not None else None,
-                        accuracy(reference, labels) if labels is not None else None, passed)
+    passed = precision != "fp32" or figures.max_abs_logit_diff <= FP32_TOLERANCE * scale
+    return ParityResult(path, precision, figures.images, figures.agreement, figures.max_abs_logit_diff,
+                        figures.accuracy, figures.reference_accuracy, passed)
 
 
 def check_parity(onnx_path: str | os.PathLike, images_uint8: np.ndarray, reference_logits: np.ndarray,
-                 labels: np.ndarray | None = None) -> ParityResult:
+                 labels: np.ndarray) -> ParityResult:
     """Run an exported file on ORT CPU and compare it with the PyTorch logits of the same images."""
     path = Path(onnx_path)
     precision = read_onnx_metadata(path)["precision"]

@@ -7,7 +7,6 @@ smoothing. Seeded: on the CPU a run, and a run interrupted and resumed, give ide
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, replace
@@ -19,11 +18,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from edgecls.artifacts import atomic_write, ensure_writable_dir, library_versions
+from edgecls.artifacts import ensure_writable_dir, library_versions
 from edgecls.checkpoint import load_checkpoint, save_checkpoint
 from edgecls.data import Cifar10
 from edgecls.errors import EdgeclsError
-from edgecls.evaluate import accuracy, normalize_on_device, torch_logits
+from edgecls.evaluate import normalize_on_device, torch_logits
+from edgecls.metrics import accuracy
 from edgecls.models import create_model
 from edgecls.preprocess import Preprocessing
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgecls.bench import parity
+from edgecls.metrics import parity
 from edgecls.cli import main
 
 FAST = ["--batch-sizes", "1,4", "--duration", "0.05", "--warmup", "0.01"]
