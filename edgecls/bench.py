@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from edgecls.artifacts import library_versions, utc_now
+from edgecls.data import image_digests
 from edgecls.errors import EdgeclsError
 from edgecls.metrics import accuracy, parity, per_class_accuracy
 from edgecls.runtime import Classifier, Runner, open_runner
@@ -37,11 +38,12 @@ class Reference:
     source: str
     logits: np.ndarray
     labels: np.ndarray
-    indices: np.ndarray  # positions in the test split
+    indices: np.ndarray  # positions in the test split (for .npz references: set by check_reference)
     model: str
     checkpoint_sha256: str | None
     data_fingerprint: str | None  # the data the logits were computed on
     trained_on: str | None = None  # the data the reference model was trained on, when known
+    digests: np.ndarray | None = None  # N x 16: the digest of each row's image (.npz references)
 
 
 def load_reference_npz(path: str | Path) -> Reference:
@@ -52,7 +54,7 @@ def load_reference_npz(path: str | Path) -> Reference:
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in ("logits", "labels", "indices", "meta")}
+            arrays = {key: archive[key] for key in ("logits", "labels", "digests", "meta")}
         meta = json.loads(str(arrays["meta"]))
     except FileNotFoundError as exc:
         raise EdgeclsError(f"reference {path} does not exist; export the model or pass --reference") from exc
@@ -60,11 +62,11 @@ def load_reference_npz(path: str | Path) -> Reference:
         raise EdgeclsError(f"reference {path} is unreadable or not an edgecls reference ({exc}); "
                            "export the model again") from exc
     logits = arrays["logits"]
-    if logits.ndim != 2 or len(arrays["labels"]) != len(logits) or len(arrays["indices"]) != len(logits):
+    if logits.ndim != 2 or len(arrays["labels"]) != len(logits) or len(arrays["digests"]) != len(logits):
         raise EdgeclsError(f"reference {path} holds inconsistent arrays; export the model again")
     return Reference(str(path), logits.astype(np.float32), arrays["labels"].astype(np.int64),
-                     arrays["indices"].astype(np.int64), str(meta.get("model")), meta.get("checkpoint_sha256"),
-                     meta.get("data_fingerprint"))
+                     np.arange(len(logits)), str(meta.get("model")), meta.get("checkpoint_sha256"),
+                     meta.get("data_fingerprint"), digests=arrays["digests"])
 
 
 def reference_from_checkpoint(path: str | Path, dataset: Any, device: str | None = None) -> Reference:
@@ -123,6 +125,15 @@ def check_reference(reference: Reference, metadata: dict[str, Any], model_path: 
         raise EdgeclsError(f"reference {where} has {reference.logits.shape[1]} classes, {model_path} has {classes}; "
                            "pass the reference of this model")
     count = len(dataset.test_labels)
+    if reference.digests is not None:  # find each reference image in this test split, whatever its order
+        positions: dict[bytes, list[int]] = {}
+        for i, digest in enumerate(image_digests(dataset.test_images)):
+            positions.setdefault(digest, []).append(i)  # identical images: matched in turn
+        found = [positions[bytes(row)].pop(0) if positions.get(bytes(row)) else None for row in reference.digests]
+        if None in found:
+            raise EdgeclsError(f"reference {where}: {found.count(None)} of its images are not in this test split; "
+                               "pass the data it was made with (--data)")
+        reference.indices = np.asarray(found, dtype=np.int64)
     if len(reference.indices) and (reference.indices.min() < 0 or reference.indices.max() >= count
                                    or np.any(np.asarray(dataset.test_labels)[reference.indices] != reference.labels)):
         raise EdgeclsError(f"reference {where} does not match this test split ({count} images); "

@@ -108,10 +108,8 @@ class Cifar10:
         for split in _SPLITS:
             images, labels = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
             digest.update(f"|{split}:{len(labels)}|".encode())
-            rows = images.reshape(len(images), -1)
             pairs = sorted(
-                int(label).to_bytes(4, "little") + hashlib.blake2b(row, digest_size=16).digest()
-                for label, row in zip(labels, rows)
+                int(label).to_bytes(4, "little") + digest for label, digest in zip(labels, image_digests(images))
             )
             digest.update(b"".join(pairs))
         return digest.hexdigest()[:16]
@@ -133,6 +131,11 @@ class Cifar10:
             class_names=list(self.class_names),
             source=f"{self.source} (subset: {len(train_index)} train / {len(test_index)} test, seed {seed})",
         )
+
+
+def image_digests(images: np.ndarray) -> list[bytes]:
+    """A 16-byte digest of each image's pixels: names an image whatever order or form the data came in."""
+    return [hashlib.blake2b(row, digest_size=16).digest() for row in images.reshape(len(images), -1)]
 
 
 def resolve_data_path(data: str | os.PathLike | None) -> Path:

@@ -22,6 +22,7 @@ import onnx
 from onnx import numpy_helper
 
 from edgecls.artifacts import atomic_write, ensure_writable_dir
+from edgecls.data import image_digests
 from edgecls.errors import EdgeclsError
 from edgecls.metrics import parity
 from edgecls.preprocess import Preprocessing
@@ -290,12 +291,17 @@ def check_parity(onnx_path: str | os.PathLike, images_uint8: np.ndarray, referen
     return compare_logits(path, precision, onnx_logits(path, images_uint8), reference_logits, labels)
 
 
-def write_reference(path: str | os.PathLike, logits: np.ndarray, labels: np.ndarray, indices: np.ndarray,
+def write_reference(path: str | os.PathLike, logits: np.ndarray, labels: np.ndarray, images: np.ndarray,
                     meta: dict[str, Any]) -> Path:
-    """The PyTorch logits on the evaluation images, for parity checks on a device without PyTorch."""
+    """The PyTorch logits on the evaluation images, for parity checks on a device without PyTorch.
+
+    Each row carries the digest of its image, so the bench can match rows to images even when it reads the
+    same data set in another form or order.
+    """
+    digests = np.frombuffer(b"".join(image_digests(images)), dtype=np.uint8).reshape(len(images), -1)
     with atomic_write(path) as handle:
         np.savez(handle, logits=logits.astype(np.float32), labels=labels.astype(np.int64),
-                 indices=indices.astype(np.int64), meta=np.array(json.dumps(meta)))
+                 digests=digests, meta=np.array(json.dumps(meta)))
     return Path(path)
 
 
@@ -355,7 +361,7 @@ def export_model(checkpoint_path: str | os.PathLike, out_dir: str | os.PathLike 
         ref_meta = {"model": name, "checkpoint_sha256": checkpoint.sha256,
                     "data_fingerprint": dataset.fingerprint, "split": "test"}
         staged_reference = write_reference(staging / f"{name}.reference.npz", reference, labels,
-                                           np.arange(len(labels)), ref_meta)
+                                           dataset.test_images, ref_meta)
         report.parity = [parity[p] for p in staged]
         if not report.passed:
             report.notes.append(f"nothing installed in {out}: the fp32 export does not match PyTorch")

@@ -201,3 +201,20 @@ def test_usage_errors(exported, tiny_data_dir, tmp_path):
     truncated.write_bytes((exported / "new2.onnx").read_bytes()[:3000])
     code, output = bench("--engine", str(truncated), "--data", str(tiny_data_dir), *FAST)
     assert code == 2 and "not a readable ONNX model" in output
+
+
+def test_reference_rows_follow_the_images_not_the_order(exported, tiny_cifar, tmp_path):
+    """The same test images read in another order (another form of the data set) still give exact parity."""
+    from PIL import Image
+
+    reordered = tmp_path / "reordered"
+    for split, images, labels in (("train", tiny_cifar.train_images, tiny_cifar.train_labels),
+                                  ("test", tiny_cifar.test_images, tiny_cifar.test_labels)):
+        for index, (image, label) in enumerate(zip(images, labels)):
+            folder = reordered / split / tiny_cifar.class_names[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(folder / f"{len(images) - index:05d}.png")  # reversed file order
+    code, output = bench("--engine", str(exported / "new2.onnx"), "--data", str(reordered),
+                         "--min-agreement", "100", *FAST)
+    assert code == 0, output
+    assert re.search(r"agreement\s+100\.00", output) or "100.00%" in output

@@ -19,6 +19,7 @@ from edgecls.checkpoint import load_checkpoint, save_checkpoint
 from edgecls.cli import main
 from edgecls.data import Cifar10
 from edgecls.errors import EdgeclsError
+from edgecls.data import image_digests
 from edgecls.evaluate import torch_logits
 from edgecls.export import (ExportReport, compare_logits, export_model, read_onnx_metadata, set_metadata)
 from edgecls.models import MODELS
@@ -112,10 +113,11 @@ def test_metadata_round_trip(model_name, exported, trained_checkpoint):
 def test_reference_logits_are_the_pytorch_model_on_the_test_split(exported, trained_checkpoint, tiny_cifar):
     checkpoint = load_checkpoint(trained_checkpoint("new2"))
     with np.load(exported("new2").reference, allow_pickle=False) as saved:
-        logits, labels, indices, meta = saved["logits"], saved["labels"], saved["indices"], json.loads(str(saved["meta"]))
+        logits, labels, digests, meta = saved["logits"], saved["labels"], saved["digests"], json.loads(str(saved["meta"]))
     expected = torch_logits(checkpoint.build_model(), tiny_cifar.test_images, checkpoint.preprocess)
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
-    assert np.array_equal(labels, tiny_cifar.test_labels) and np.array_equal(indices, np.arange(len(labels)))
+    assert np.array_equal(labels, tiny_cifar.test_labels)
+    assert [bytes(row) for row in digests] == image_digests(tiny_cifar.test_images)
     assert meta == {"model": "new2", "checkpoint_sha256": checkpoint.sha256, "data_fingerprint": tiny_cifar.fingerprint,
                     "split": "test"}
 
