@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, Union
 
 import numpy as np
 
@@ -12,7 +12,7 @@ from edgecls.errors import EdgeclsError
 from edgecls.preprocess import Preprocessing
 from edgecls.runtime.base import Runner
 
-Images = np.ndarray | Sequence[np.ndarray]
+Images = Union[np.ndarray, Sequence[np.ndarray]]  # typing.Union: the runtime also runs on JetPack 5's Python 3.8
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
