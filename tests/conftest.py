@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from edgecls.data import Cifar10
+
+if TYPE_CHECKING:
+    from edgecls.export import ExportReport
 
 CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -73,6 +76,25 @@ def trained_checkpoint(tiny_cifar: Cifar10, tmp_path_factory: pytest.TempPathFac
             out = tmp_path_factory.mktemp(f"ckpt_{model_name}")
             made[model_name] = train(model_name, tiny_cifar, epochs=3, batch_size=50, lr=0.05, device="cpu",
                                      out_dir=out, progress=False).checkpoint
+        return made[model_name]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def exported(trained_checkpoint: Callable[[str], Path], tiny_cifar: Cifar10,
+             tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], "ExportReport"]:
+    """Factory: fp32 + fp16 + int8 (trt) export of a briefly trained model on tiny_cifar (cached per model)."""
+    from edgecls.export import export_model
+
+    made: dict[str, "ExportReport"] = {}
+
+    def make(model_name: str) -> "ExportReport":
+        if model_name not in made:
+            root = tmp_path_factory.mktemp(f"export_{model_name}")
+            made[model_name] = export_model(trained_checkpoint(model_name), root / "export", data=tiny_cifar, fp16=True,
+                                            int8=True, calibration_size=200, calibration_dir=root / "calibration",
+                                            progress=False)
         return made[model_name]
 
     return make

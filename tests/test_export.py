@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
@@ -17,32 +16,14 @@ from PIL import Image
 from edgecls.artifacts import sha256_file
 from edgecls.checkpoint import load_checkpoint, save_checkpoint
 from edgecls.cli import main
-from edgecls.data import Cifar10
-from edgecls.errors import EdgeclsError
 from edgecls.data import image_digests
+from edgecls.errors import EdgeclsError
 from edgecls.evaluate import torch_logits
-from edgecls.export import (ExportReport, compare_logits, export_model, read_onnx_metadata, set_metadata)
+from edgecls.export import compare_logits, export_model, read_onnx_metadata, set_metadata
 from edgecls.models import MODELS
 from edgecls.preprocess import Preprocessing
 
 ALL_MODELS = list(MODELS)
-
-
-@pytest.fixture(scope="session")
-def exported(trained_checkpoint: Callable[[str], Path], tiny_cifar: Cifar10,
-             tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], ExportReport]:
-    """Factory: fp32 + fp16 + int8 (trt) export of a briefly trained model on tiny_cifar (cached per model)."""
-    made: dict[str, ExportReport] = {}
-
-    def make(model_name: str) -> ExportReport:
-        if model_name not in made:
-            root = tmp_path_factory.mktemp(f"export_{model_name}")
-            made[model_name] = export_model(trained_checkpoint(model_name), root / "export", data=tiny_cifar, fp16=True,
-                                            int8=True, calibration_size=200, calibration_dir=root / "calibration",
-                                            progress=False)
-        return made[model_name]
-
-    return make
 
 
 def session(path: Path) -> ort.InferenceSession:

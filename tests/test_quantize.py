@@ -12,28 +12,17 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from edgecls.data import Cifar10
 from edgecls.errors import EdgeclsError
-from edgecls.export import export_model, read_onnx_metadata
+from edgecls.export import ExportReport, read_onnx_metadata
 from edgecls.models import MODELS
 from edgecls.preprocess import Preprocessing
 from edgecls.quantize import calibration_indices, quantize_int8, transposed_to_conv, trt_violations
 
 
 @pytest.fixture(scope="session")
-def fp32_file(trained_checkpoint: Callable[[str], Path], tiny_cifar: Cifar10,
-              tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """Factory: the fp32 ONNX export of a briefly trained model (cached per model)."""
-    made: dict[str, Path] = {}
-
-    def make(model_name: str) -> Path:
-        if model_name not in made:
-            out = tmp_path_factory.mktemp(f"fp32_{model_name}")
-            made[model_name] = export_model(trained_checkpoint(model_name), out, data=tiny_cifar,
-                                            progress=False).files["fp32"]
-        return made[model_name]
-
-    return make
+def fp32_file(exported: Callable[[str], "ExportReport"]) -> Callable[[str], Path]:
+    """Factory: the fp32 ONNX export of a briefly trained model (the shared export fixture's)."""
+    return lambda model_name: exported(model_name).files["fp32"]
 
 
 def arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
