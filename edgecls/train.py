@@ -106,6 +106,23 @@ def random_crop_flip(images: torch.Tensor, size: int, generator: torch.Generator
     return images.gather(3, cols[:, None, None, :].expand(n, c, size, size))
 
 
+def training_plan(recipe: str = "fast", epochs: int | None = None, batch_size: int | None = None,
+                  lr: float | None = None) -> Recipe:
+    """The named recipe with the user's overrides; an EdgeclsError for values that cannot work."""
+    if recipe not in RECIPES:
+        raise EdgeclsError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    plan = RECIPES[recipe]
+    for name, value in (("epochs", epochs), ("batch size", batch_size)):
+        if value is not None and value < 1:
+            raise EdgeclsError(f"{name} must be at least 1, got {value}")
+    if lr is not None and not lr > 0:
+        raise EdgeclsError(f"learning rate must be positive, got {lr}")
+    if batch_size is not None and lr is None:  # keep the recipe's learning rate per image when only the batch changes
+        plan = replace(plan, lr=plan.lr * batch_size / plan.batch_size)
+    plan = replace(plan, epochs=epochs or plan.epochs, batch_size=batch_size or plan.batch_size, lr=lr or plan.lr)
+    return plan
+
+
 def checkpoint_paths(out_dir: str | os.PathLike, model_name: str) -> tuple[Path, Path, Path]:
     out = Path(out_dir)
     return out / f"{model_name}.pt", out / f"{model_name}.best.pt", out / f"{model_name}.log.jsonl"
@@ -128,15 +145,7 @@ def train(
     on_epoch_end: Callable[[EpochLog], None] | None = None,
 ) -> TrainResult:
     """Train `model_name` on `data` and write checkpoints/<model>.pt (last) and, with eval_every, <model>.best.pt."""
-    if recipe not in RECIPES:
-        raise EdgeclsError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
-    plan = RECIPES[recipe]
-    if batch_size and not lr:  # keep the recipe's learning rate per image when only the batch changes
-        plan = replace(plan, lr=plan.lr * batch_size / plan.batch_size)
-    plan = replace(plan, epochs=epochs or plan.epochs, batch_size=batch_size or plan.batch_size, lr=lr or plan.lr)
-    for name, value in (("epochs", plan.epochs), ("batch size", plan.batch_size)):
-        if value < 1:
-            raise EdgeclsError(f"{name} must be at least 1, got {value}")
+    plan = training_plan(recipe, epochs, batch_size, lr)
     create_model(model_name)  # fail on an unknown name before touching any file
     last_path, best_path, log_path = checkpoint_paths(out_dir, model_name)
     ensure_writable_dir(out_dir)
