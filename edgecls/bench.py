@@ -71,13 +71,11 @@ def load_reference_npz(path: str | Path) -> Reference:
 
 def reference_from_checkpoint(path: str | Path, dataset: Any, device: str | None = None) -> Reference:
     """The checkpoint's logits on the whole test split, through the training-time evaluation path."""
-    import torch
-
     from edgecls.checkpoint import load_checkpoint
-    from edgecls.evaluate import torch_logits
+    from edgecls.evaluate import pick_device, torch_logits
 
     checkpoint = load_checkpoint(path)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = pick_device(device)
     logits = torch_logits(checkpoint.build_model().to(dev), dataset.test_images, checkpoint.preprocess, device=dev)
     count = len(dataset.test_labels)
     return Reference(str(path), logits, np.asarray(dataset.test_labels, dtype=np.int64), np.arange(count),
@@ -159,9 +157,10 @@ class TorchRunner(Runner):
         import torch
 
         from edgecls.checkpoint import load_checkpoint
+        from edgecls.evaluate import pick_device
 
         checkpoint = load_checkpoint(self.path)
-        self.device = torch.device(self.device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = pick_device(self.device_name)
         if self.device.type != "cuda" and (self.cuda_graph or self.precision == "fp16"):
             raise EdgeclsError(f"CUDA graphs and fp16 need a CUDA device, not {self.device}")
         self.dtype = torch.float16 if self.precision == "fp16" else torch.float32
@@ -348,10 +347,9 @@ def model_logits(classifier: Classifier, images: np.ndarray, progress: bool = Fa
 
 def torch_variants(path: Path, device: str | None, threads: int | None) -> list[tuple[str, Runner]]:
     """For a checkpoint on CUDA: eager and CUDA-graph, fp32 and fp16, besides the main (eager fp32) runner."""
-    import torch
+    from edgecls.evaluate import pick_device
 
-    chosen = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if not chosen.startswith("cuda"):
+    if pick_device(device).type != "cuda":
         return []
     return [(f"pytorch {mode} {precision}", open_model(path, device=device, threads=threads, precision=precision,
                                                           cuda_graph=mode == "cuda-graph"))

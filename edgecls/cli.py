@@ -82,11 +82,13 @@ def train(model_name: str, data: str | None, download: bool, recipe: str, epochs
 
     from edgecls.data import load_cifar10
     from edgecls.models import create_model
+    from edgecls.evaluate import pick_device
     from edgecls.train import train as run_training
     from edgecls.train import training_plan
 
     create_model(model_name)  # an unknown name or impossible settings fail before the data is read
     training_plan(recipe, epochs, batch_size, lr)
+    pick_device(device)
     started = time.perf_counter()
     dataset = load_cifar10(data, download=download)
     if train_images or test_images:

@@ -8,8 +8,22 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgecls.errors import EdgeclsError
 from edgecls.metrics import accuracy, per_class_accuracy
 from edgecls.preprocess import Preprocessing
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """The device asked for (checked to exist), else CUDA when available, else the CPU."""
+    if not requested:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError as exc:
+        raise EdgeclsError(f"--device {requested!r} is not a device name; use cpu, cuda or cuda:N") from exc
+    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
+        raise EdgeclsError(f"--device {requested}: no such CUDA device here; use --device cpu or leave it out")
+    return device
 
 
 def normalize_on_device(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -69,7 +83,7 @@ def evaluate_checkpoint(checkpoint: str, data: str | None = None, *, mirror: boo
     if list(dataset.class_names) != list(saved.preprocess.class_names):
         raise EdgeclsError(f"the data at {dataset.source} has classes {dataset.class_names}, "
                            f"but {checkpoint} was trained on {list(saved.preprocess.class_names)}")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = pick_device(device)
     logits = torch_logits(saved.build_model().to(dev), dataset.test_images, saved.preprocess, device=dev, mirror=mirror)
     return EvalReport(saved.model_name, accuracy(logits, dataset.test_labels),
                       per_class_accuracy(logits, dataset.test_labels, dataset.class_names),

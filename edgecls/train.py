@@ -22,7 +22,7 @@ from edgecls.artifacts import ensure_writable_dir, library_versions
 from edgecls.checkpoint import load_checkpoint, save_checkpoint
 from edgecls.data import Cifar10
 from edgecls.errors import EdgeclsError
-from edgecls.evaluate import normalize_on_device, torch_logits
+from edgecls.evaluate import normalize_on_device, pick_device, torch_logits
 from edgecls.metrics import accuracy
 from edgecls.models import create_model
 from edgecls.preprocess import Preprocessing
@@ -68,12 +68,6 @@ class TrainResult:
     train_seconds: float  # time in the training steps only: no evaluation, no checkpoint writing
     images_per_second: float
     history: list[EpochLog]
-
-
-def pick_device(requested: str | None = None) -> torch.device:
-    if requested:
-        return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def dataset_preprocessing(data: Cifar10) -> Preprocessing:
@@ -154,7 +148,10 @@ def train(
 
     preprocess = dataset_preprocessing(data)
     torch.manual_seed(seed)
+    on_gpu = dev.type == "cuda"
     model = create_model(model_name, num_classes=len(data.class_names)).to(dev)
+    if on_gpu:  # before the optimizer is made, so that it holds the parameters in their final layout
+        model = model.to(memory_format=torch.channels_last)
     samples_per_epoch = len(data.train_images) * plan.crops_per_image
     steps_per_epoch = samples_per_epoch // plan.batch_size
     if steps_per_epoch == 0:
@@ -177,11 +174,8 @@ def train(
     elif log_path.exists():
         log_path.unlink()  # a fresh run starts a fresh log
 
-    on_gpu = dev.type == "cuda"
     if not on_gpu and progress:
         tqdm.write("edgecls: no CUDA GPU found: training on the CPU, which is slow (use a GPU for full runs)")
-    if on_gpu:
-        model = model.to(memory_format=torch.channels_last)
     images = torch.from_numpy(data.train_images).permute(0, 3, 1, 2).contiguous().to(dev)
     labels = torch.from_numpy(data.train_labels).to(dev)
     mean = torch.tensor(preprocess.mean, device=dev, dtype=torch.float32)

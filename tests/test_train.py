@@ -139,6 +139,8 @@ def test_cli_bad_input_exits_non_zero_with_one_line(tiny_data_dir, trained_check
     for args, message in (
         (["train", "--model", "vgg", "--data", str(tiny_data_dir), "--out", str(tmp_path)], "unknown model 'vgg'"),
         (["train", "--epochs", "0", "--data", str(tiny_data_dir), "--out", str(tmp_path)], "epochs must be at least 1"),
+        (["train", "--device", "cuda:7", "--epochs", "1", "--data", str(tiny_data_dir), "--out", str(tmp_path)],
+         "no such CUDA device"),
         (["train", "--lr", "-1", "--data", str(tiny_data_dir), "--out", str(tmp_path)], "learning rate must be positive"),
         (["train", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path)], str(tmp_path / "nothing")),
         (["eval", "--checkpoint", str(tmp_path / "absent.pt"), "--data", str(tiny_data_dir)], "does not exist"),
