@@ -64,8 +64,9 @@ def load_reference_npz(path: str | Path) -> Reference:
     logits = arrays["logits"]
     if logits.ndim != 2 or len(arrays["labels"]) != len(logits) or len(arrays["digests"]) != len(logits):
         raise EdgeclsError(f"reference {path} holds inconsistent arrays; export the model again")
+    # No indices until check_reference has found each row's image in the test split at hand.
     return Reference(str(path), logits.astype(np.float32), arrays["labels"].astype(np.int64),
-                     np.arange(len(logits)), str(meta.get("model")), meta.get("checkpoint_sha256"),
+                     np.empty(0, dtype=np.int64), str(meta.get("model")), meta.get("checkpoint_sha256"),
                      meta.get("data_fingerprint"), digests=arrays["digests"])
 
 
@@ -194,16 +195,17 @@ class TorchRunner(Runner):
     def _capture(self, shape: tuple[int, ...]) -> tuple[Any, Any, Any]:
         import torch
 
-        static_in = torch.zeros(shape, device=self.device, dtype=self.dtype)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), torch.no_grad():  # warm-up on a side stream, as graph capture requires
-            for _ in range(3):
-                self.model(static_in)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph), torch.no_grad():
-            static_out = self.model(static_in)
+        with torch.cuda.device(self.device):  # streams and the graph belong to the runner's GPU, not the current one
+            static_in = torch.zeros(shape, device=self.device, dtype=self.dtype)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side), torch.no_grad():  # warm-up on a side stream, as graph capture requires
+                for _ in range(3):
+                    self.model(static_in)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph), torch.no_grad():
+                static_out = self.model(static_in)
         return graph, static_in, static_out
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -479,12 +481,14 @@ def bench_all(checkpoint: str | Path, dataset: Any, reference: str | Path | None
     export_dir, engines_dir = Path(export_dir), Path(engines_dir)
     explicit = reference is not None
     notes: list[str] = []
+    ours = {"model": model, "checkpoint_sha256": loaded.sha256, "data_fingerprint": loaded.data_fingerprint,
+            "preprocess": loaded.preprocess.to_dict()}
     shared = load_reference(reference, dataset, device) if explicit else None
+    if shared is not None:
+        check_reference(shared, ours, checkpoint, dataset)
     saved = export_dir / f"{model}.reference.npz"
     if not explicit and saved.is_file():
         # The reference saved at export, if it belongs to this checkpoint and data; else the checkpoint itself.
-        ours = {"model": model, "checkpoint_sha256": loaded.sha256, "data_fingerprint": loaded.data_fingerprint,
-                "preprocess": loaded.preprocess.to_dict()}
         try:
             shared = load_reference_npz(saved)
             check_reference(shared, ours, checkpoint, dataset)
@@ -494,6 +498,7 @@ def bench_all(checkpoint: str | Path, dataset: Any, reference: str | Path | None
     if shared is None:
         shared = reference_from_checkpoint(checkpoint, dataset, device)
 
+    gating = max_drop is not None or min_agreement is not None
     rows = []
     files = artifacts_of(checkpoint, model, export_dir, engines_dir)
     for path in files:
@@ -513,6 +518,8 @@ def bench_all(checkpoint: str | Path, dataset: Any, reference: str | Path | None
                                  all_variants=False, model_only=False, min_calls=3, logits=known, progress=progress)
         except EdgeclsError as exc:
             row["status"] = str(exc)
+            if gating:  # a file that cannot run cannot pass a parity gate
+                row["gates"] = _failed_gates(max_drop, min_agreement, f"could not run: {exc}")
             continue
         end_to_end = {t["batch_size"]: t for t in result["timings"] if t["scope"] == "end-to-end"}
         row.update(precision=result["model"]["precision"], accuracy=result["accuracy"],
@@ -522,7 +529,10 @@ def bench_all(checkpoint: str | Path, dataset: Any, reference: str | Path | None
             row["status"] = "ok; " + "; ".join(result["notes"])
         if result["parity"]:
             row.update(agreement=result["parity"]["agreement"], accuracy_delta=result["parity"]["accuracy_delta"])
-        row["gates"] = apply_gates(result, max_drop, min_agreement)
+        if gating and result["parity"] is None:
+            row["gates"] = _failed_gates(max_drop, min_agreement, "no usable reference to compare with")
+        else:
+            row["gates"] = apply_gates(result, max_drop, min_agreement)
         if not row["gates"]["passed"]:
             row["status"] = "gate failed: " + "; ".join(row["gates"]["failures"])
     return {"checkpoint": str(checkpoint), "model": model, "reference": shared.source, "notes": notes,
@@ -531,6 +541,10 @@ def bench_all(checkpoint: str | Path, dataset: Any, reference: str | Path | None
             "settings": {"batch_sizes": list(batch_sizes), "duration_s": duration, "warmup_s": warmup},
             "rows": rows, "passed": all(r["gates"] is None or r["gates"]["passed"] for r in rows),
             "environment": environment({"backend": "mixed"})}
+
+
+def _failed_gates(max_drop: float | None, min_agreement: float | None, reason: str) -> dict[str, Any]:
+    return {"max_drop": max_drop, "min_agreement": min_agreement, "passed": False, "failures": [reason]}
 
 
 def _covers_checkpoint(reference: Reference, sha256: str, dataset: Any) -> bool:

@@ -63,7 +63,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as exc:
         raise EdgeclsError(
-            f"checkpoint {path} is unreadable (truncated or not a PyTorch file: {str(exc).splitlines()[0][:120]}); "
+            f"checkpoint {path} is unreadable (truncated, or not a PyTorch file: {type(exc).__name__}); "
             "re-train or copy it again"
         ) from exc
     if not isinstance(record, dict) or record.get("format") != FORMAT:

@@ -67,10 +67,10 @@ def models() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", help="cuda, cuda:1, cpu ... Default: cuda when available.")
 @click.option("--out", "out_dir", default="checkpoints", show_default=True, help="Folder for checkpoints and the log.")
-@click.option("--eval-every", type=int, default=0, help="Measure test accuracy every N epochs and keep the best checkpoint.")
+@click.option("--eval-every", type=click.IntRange(min=0), default=0, help="Measure test accuracy every N epochs and keep the best checkpoint.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run from <out>/<model>.pt.")
-@click.option("--train-images", type=int, help="Use a seeded subset of this many training images (quick CPU runs).")
-@click.option("--test-images", type=int, help="Use a seeded subset of this many test images.")
+@click.option("--train-images", type=click.IntRange(min=1), help="Use a seeded subset of this many training images (quick CPU runs).")
+@click.option("--test-images", type=click.IntRange(min=1), help="Use a seeded subset of this many test images.")
 def train(model_name: str, data: str | None, download: bool, recipe: str, epochs: int | None, batch_size: int | None,
           lr: float | None, seed: int, device: str | None, out_dir: str, eval_every: int, resume: bool,
           train_images: int | None, test_images: int | None) -> None:
@@ -91,7 +91,7 @@ def train(model_name: str, data: str | None, download: bool, recipe: str, epochs
     pick_device(device)
     started = time.perf_counter()
     dataset = load_cifar10(data, download=download)
-    if train_images or test_images:
+    if train_images is not None or test_images is not None:
         dataset = dataset.subset(train_images, test_images, seed=seed)
     click.echo(f"data: {dataset.source}: {len(dataset.train_images):,} training / {len(dataset.test_images):,} test "
                f"images, loaded in {time.perf_counter() - started:.1f} s", err=True)

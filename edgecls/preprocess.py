@@ -53,6 +53,8 @@ class Preprocessing:
     def crop_batch(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
         """Bring images to uint8 N x crop x crop x 3, before normalization."""
         if isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[-1] == 3:
+            if images.dtype != np.uint8:
+                raise EdgeclsError(f"images must be uint8 (0..255), got {images.dtype}; convert them before classifying")
             if images.shape[1:3] == (self.input_size, self.input_size):
                 return center_crop(images, self.crop_size)  # the common case: no per-image work
             images = list(images)

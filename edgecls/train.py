@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from edgecls.artifacts import ensure_writable_dir, library_versions
+from edgecls.artifacts import atomic_write, ensure_writable_dir, library_versions
 from edgecls.checkpoint import load_checkpoint, save_checkpoint
 from edgecls.data import Cifar10
 from edgecls.errors import EdgeclsError
@@ -171,8 +171,6 @@ def train(
     if resume:
         start_epoch, best_accuracy, history = _restore(last_path, train_args, data.fingerprint, model, optimizer,
                                                        scheduler, generator)
-    elif log_path.exists():
-        log_path.unlink()  # a fresh run starts a fresh log
 
     if not on_gpu and progress:
         tqdm.write("edgecls: no CUDA GPU found: training on the CPU, which is slow (use a GPU for full runs)")
@@ -234,14 +232,14 @@ def train(
                     save_checkpoint(best_path, record(epoch + 1, test_accuracy))
                 bar.write(f"epoch {epoch + 1}: test accuracy {test_accuracy:.2f}%")
             history.append(entry)
-            with open(log_path, "a") as log:
-                log.write(json.dumps(asdict(entry)) + "\n")
             state = record(epoch + 1, entry.test_accuracy)
             state["resume"] = resume_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
                                "cuda_rng": torch.cuda.get_rng_state() if on_gpu else None,
                                "best_accuracy": best_accuracy, "history": [asdict(h) for h in history]}
             save_checkpoint(last_path, state)
+            with atomic_write(log_path, "w") as log:  # rewritten whole, so it always matches the checkpoint
+                log.writelines(json.dumps(asdict(h)) + "\n" for h in history)
             if on_epoch_end:
                 on_epoch_end(entry)
     finally:

@@ -203,18 +203,42 @@ def test_usage_errors(tree_export, tiny_data_dir, tmp_path):
     assert code == 2 and "not a readable ONNX model" in output
 
 
-def test_reference_rows_follow_the_images_not_the_order(tree_export, tiny_cifar, tmp_path):
-    """The same test images read in another order (another form of the data set) still give exact parity."""
+def write_reordered_tree(data, root: Path) -> Path:
+    """The same images as an image-folder tree whose file names reverse their order within each class."""
     from PIL import Image
 
-    reordered = tmp_path / "reordered"
-    for split, images, labels in (("train", tiny_cifar.train_images, tiny_cifar.train_labels),
-                                  ("test", tiny_cifar.test_images, tiny_cifar.test_labels)):
+    for split, images, labels in (("train", data.train_images, data.train_labels),
+                                  ("test", data.test_images, data.test_labels)):
         for index, (image, label) in enumerate(zip(images, labels)):
-            folder = reordered / split / tiny_cifar.class_names[label]
+            folder = root / split / data.class_names[label]
             folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image).save(folder / f"{len(images) - index:05d}.png")  # reversed file order
+            Image.fromarray(image).save(folder / f"{len(images) - index:05d}.png")
+    return root
+
+
+def test_reference_rows_follow_the_images_not_the_order(tree_export, tiny_cifar, trained_checkpoint, tmp_path):
+    """The same test images read in another order (another form of the data set) still give exact parity."""
+    reordered = write_reordered_tree(tiny_cifar, tmp_path / "reordered")
     code, output = bench("--engine", str(tree_export / "new2.onnx"), "--data", str(reordered),
                          "--min-agreement", "100", *FAST)
     assert code == 0, output
-    assert re.search(r"agreement\s+100\.00", output) or "100.00%" in output
+    out_json = tmp_path / "all.json"
+    code, output = bench("--all", str(trained_checkpoint("new2")), "--data", str(reordered), "--reference",
+                         str(tree_export / "new2.reference.npz"), "--export-dir", str(tree_export), "--engines-dir",
+                         str(tmp_path / "engines"), "--json", str(out_json), "--min-agreement", "100",
+                         "--batch-sizes", "1", "--duration", "0.05", "--warmup", "0.01")
+    assert code == 0, output
+    rows = json.loads(out_json.read_text())["rows"]
+    assert [row["agreement"] for row in rows[:3]] == [100.0, 100.0, 100.0]
+
+
+def test_bench_all_gates_fail_on_a_file_that_cannot_run(tree_export, tiny_data_dir, trained_checkpoint, tmp_path):
+    broken = tmp_path / "export"
+    shutil.copytree(tree_export, broken)
+    (broken / "new2.fp16.onnx").write_bytes(b"not onnx")
+    common = ["--all", str(trained_checkpoint("new2")), "--data", str(tiny_data_dir), "--export-dir", str(broken),
+              "--engines-dir", str(tmp_path / "engines"), "--batch-sizes", "1", "--duration", "0.05", "--warmup", "0.01"]
+    code, output = bench(*common)
+    assert code == 0 and "not a readable ONNX model" in output  # without gates: reported, not fatal
+    code, output = bench(*common, "--min-agreement", "90")
+    assert code == 1, output

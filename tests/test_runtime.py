@@ -125,6 +125,11 @@ def test_unexpected_images_are_refused(exported, bad):
     assert "\n" not in str(info.value)
 
 
+def test_a_float_batch_of_the_model_size_is_refused_too(exported):
+    with load(exported / "new2.onnx") as classifier, pytest.raises(EdgeclsError, match="must be uint8"):
+        classifier.classify(np.full((2, 32, 32, 3), 0.5, np.float32))
+
+
 def test_bad_onnx_files(exported, tmp_path):
     truncated = tmp_path / "truncated.onnx"
     truncated.write_bytes((exported / "new2.onnx").read_bytes()[:5000])

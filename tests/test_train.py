@@ -149,4 +149,6 @@ def test_cli_bad_input_exits_non_zero_with_one_line(tiny_data_dir, trained_check
         assert result.exit_code == 2, result.output
         assert message in result.output and result.output.count("\n") == 1
     assert existing.read_bytes() == before
+    usage = runner.invoke(main, ["train", "--test-images", "0", "--data", str(tiny_data_dir), "--out", str(tmp_path)])
+    assert usage.exit_code == 2 and "'--test-images': 0 is not in the range" in usage.output  # click's usage error
 

@@ -142,12 +142,15 @@ class TensorRTRunner(Runner):
         for attribute in ("_context", "_engine", "_runtime", "_logger"):
             if hasattr(self, attribute):
                 delattr(self, attribute)
+        self._buffers = {}  # their memory goes with the CUDA helper: a later infer() must not find them
         if self.cuda is not None:
             self.cuda.close()
             self.cuda = None
 
     def _stage(self, batch: np.ndarray) -> int:
         """Copy one input batch to the device and set its shape; returns the batch size."""
+        if not self.active:
+            raise EdgeclsError(f"{self.path} is closed; run it inside `with` or after activate()")
         count = len(batch)
         if not self.min_batch <= count <= (self.max_batch or count):
             raise EdgeclsError(
