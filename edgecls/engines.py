@@ -91,9 +91,9 @@ def gpu_info() -> dict[str, str] | None:
             if error == cudart.cudaError_t.cudaSuccess:
                 name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
                 return {"gpu_name": name.rstrip("\x00").strip(), "compute_capability": f"{props.major}.{props.minor}"}
-        return None
     except ImportError:
         pass
+    # cuda-python absent, or failing (e.g. a driver older than its CUDA): ask nvidia-smi instead
     if shutil.which("nvidia-smi") is None:
         return None
     try:
