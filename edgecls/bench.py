@@ -363,7 +363,8 @@ def bench_model(path: str | Path, dataset: Any, reference: str | Path | Referenc
                 batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
                 duration: float = 2.0, warmup: float = 0.5, provider: str = "cpu", threads: int | None = None,
                 device: str | None = None, all_variants: bool = True, model_only: bool = True, min_calls: int = 5,
-                logits: np.ndarray | None = None, progress: bool = False) -> dict[str, Any]:
+                logits: np.ndarray | None = None, progress: bool = False,
+                require_reference: bool = False) -> dict[str, Any]:
     """Accuracy, parity and timings of one model file on `dataset`'s test split, as a JSON-ready dict.
 
     `reference`: a checkpoint or .npz path, or an already loaded Reference; None looks for the reference saved
@@ -387,6 +388,8 @@ def bench_model(path: str | Path, dataset: Any, reference: str | Path | Referenc
         if reference is None and auto_reference:
             reference = find_reference(path, metadata, getattr(runner, "manifest", {}).get("onnx_path"))
         reference = _usable_reference(reference, metadata, path, dataset, device, strict, notes)
+        if require_reference and reference is None:  # say so before the timings, not after
+            raise _no_reference_error(path)
         result_parity = None
         if reference is not None:
             result_parity = parity(logits[reference.indices], reference.logits, reference.labels, reference.source)
@@ -445,8 +448,7 @@ def apply_gates(result: dict[str, Any], max_drop: float | None, min_agreement: f
         return gates
     found = result["parity"]
     if found is None:
-        raise EdgeclsError(f"--max-drop / --min-agreement need a reference for {result['model']['path']}: pass "
-                           "--reference (a checkpoint or .npz) or export the model, which writes <model>.reference.npz")
+        raise _no_reference_error(result["model"]["path"])
     drop = found["reference_accuracy"] - found["accuracy"]
     if max_drop is not None and drop > max_drop:
         gates["failures"].append(f"accuracy dropped {drop:.2f} points (more than --max-drop {max_drop:g})")
@@ -541,6 +543,11 @@ def bench_all(checkpoint: str | Path, dataset: Any, reference: str | Path | None
             "settings": {"batch_sizes": list(batch_sizes), "duration_s": duration, "warmup_s": warmup},
             "rows": rows, "passed": all(r["gates"] is None or r["gates"]["passed"] for r in rows),
             "environment": environment({"backend": "mixed"})}
+
+
+def _no_reference_error(path: str | Path) -> EdgeclsError:
+    return EdgeclsError(f"--max-drop / --min-agreement need a reference for {path}: pass --reference (a checkpoint "
+                        "or .npz) or export the model, which writes <model>.reference.npz")
 
 
 def _failed_gates(max_drop: float | None, min_agreement: float | None, reason: str) -> dict[str, Any]:

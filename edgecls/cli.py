@@ -250,7 +250,8 @@ def bench(engine: str | None, all_checkpoint: str | None, data: str | None, refe
     else:
         result = bench_model(engine, dataset, reference, batch_sizes=sizes, duration=2.0 if duration is None else duration,
                              warmup=0.5 if warmup is None else warmup, provider=provider, threads=threads,
-                             device=device, progress=progress)
+                             device=device, progress=progress,
+                             require_reference=max_drop is not None or min_agreement is not None)
         passed = apply_gates(result, max_drop, min_agreement)["passed"]
         click.echo(format_report(result))
     if json_path:
