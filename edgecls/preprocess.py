@@ -105,7 +105,16 @@ def center_crop(images: np.ndarray, size: int) -> np.ndarray:
 
 
 def resize_shorter_side(image: np.ndarray, size: int) -> np.ndarray:
-    """Bilinear resize (half-pixel centers) so that the shorter side becomes `size`."""
+    """Resize so that the shorter side becomes `size`: box filter for whole-number shrinking, then bilinear.
+
+    The box filter first averages factor x factor blocks, so a large photo is smoothed rather than sampled
+    (bilinear alone would skip most pixels and alias fine detail).
+    """
+    factor = min(image.shape[:2]) // size
+    if factor >= 2:
+        height, width = image.shape[0] // factor * factor, image.shape[1] // factor * factor
+        blocks = image[:height, :width].reshape(height // factor, factor, width // factor, factor, image.shape[2])
+        image = np.rint(blocks.mean(axis=(1, 3))).astype(np.uint8)
     height, width = image.shape[:2]
     scale = size / min(height, width)
     new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
