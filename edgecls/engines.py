@@ -23,6 +23,7 @@ from typing import Any
 
 from edgecls.artifacts import atomic_write, ensure_writable_dir, sha256_file, utc_now, write_json
 from edgecls.errors import EdgeclsError
+from edgecls.runtime.tensorrt_backend import manifest_path
 
 DEFAULT_BATCH = (1, 64, 256)
 DEFAULT_WORKSPACE_MIB = 1024
@@ -79,20 +80,22 @@ def unavailable_reason() -> str | None:
 
 
 def gpu_info() -> dict[str, str] | None:
-    """Name and compute capability of GPU 0, from cuda-python when installed, else nvidia-smi; None if no GPU."""
+    """Name and compute capability of the current GPU, from cuda-python when installed, else nvidia-smi; None if
+    no GPU."""
+    from edgecls.runtime.cuda_memory import CudaPython
+
     try:
+        cuda = CudaPython()
+    except (ImportError, EdgeclsError):
+        cuda = None
+    if cuda is not None:
         try:
-            from cuda.bindings import runtime as cudart
-        except ImportError:
-            from cuda import cudart  # cuda-python before 12.6
-        error, count = cudart.cudaGetDeviceCount()
-        if error == cudart.cudaError_t.cudaSuccess and count > 0:
-            error, props = cudart.cudaGetDeviceProperties(0)
-            if error == cudart.cudaError_t.cudaSuccess:
-                name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
-                return {"gpu_name": name.rstrip("\x00").strip(), "compute_capability": f"{props.major}.{props.minor}"}
-    except ImportError:
-        pass
+            name, capability = cuda.device_info()
+            return {"gpu_name": name, "compute_capability": capability}
+        except EdgeclsError:
+            pass
+        finally:
+            cuda.close()
     # cuda-python absent, or failing (e.g. a driver older than its CUDA): ask nvidia-smi instead
     if shutil.which("nvidia-smi") is None:
         return None
@@ -148,10 +151,6 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike | No
                 "build_seconds": round(build_seconds, 2), "built_at": utc_now(), "edgecls": metadata}
     write_json(manifest_path(plan_path), manifest)
     return plan_path
-
-
-def manifest_path(plan_path: str | os.PathLike) -> Path:
-    return Path(str(plan_path) + ".json")
 
 
 def _build(trt: Any, onnx_path: Path, metadata: dict[str, Any], options: BuildOptions,
