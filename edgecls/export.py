@@ -262,15 +262,12 @@ def topological_sort(graph: onnx.GraphProto) -> None:
 # ----------------------------------------------------------------------------------------------- parity
 
 def onnx_logits(path: str | os.PathLike, images_uint8: np.ndarray, batch_size: int = PARITY_BATCH) -> np.ndarray:
-    """Logits of an exported file on ONNX Runtime's CPU provider, with the preprocessing from its metadata."""
-    import onnxruntime as ort
+    """Logits of an exported file on ONNX Runtime's CPU provider, through the deployment runtime itself (so parity
+    also covers the preprocessing it reads from the file's metadata)."""
+    from edgecls.runtime import Classifier
 
-    record = read_onnx_metadata(path)
-    preprocess = Preprocessing.from_dict(record["preprocess"])
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    outputs = [session.run([record["output_name"]], {record["input_name"]: preprocess(images_uint8[i:i + batch_size])})[0]
-               for i in range(0, len(images_uint8), batch_size)]
-    return np.concatenate(outputs).astype(np.float32)
+    with Classifier.load(path, batch_size=batch_size) as classifier:
+        return classifier.logits(images_uint8)
 
 
 def compare_logits(path: Path, precision: str, logits: np.ndarray, reference: np.ndarray,
