@@ -26,8 +26,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgecls.data import load_cifar10  # noqa: E402
-from edgecls.export import check_parity, export_fp32, export_model, edgecls_metadata, read_onnx_metadata  # noqa: E402
-from edgecls.preprocess import Preprocessing  # noqa: E402
+from edgecls.export import check_parity, export_fp32, export_model, onnx_logits  # noqa: E402
+from edgecls.formats import ModelMetadata  # noqa: E402
 from edgecls.quantize import quantize_int8  # noqa: E402
 
 
@@ -77,9 +77,8 @@ def main() -> int:
         tmp_dir = Path(tmp)
         # 1. Export + calibration alone: the fp32 file and the int8 (trt) file from 1,024 training images.
         started = time.perf_counter()
-        metadata = edgecls_metadata(checkpoint.model_name, "fp32", checkpoint.preprocess, checkpoint.sha256,
-                                    checkpoint.data_fingerprint)
-        fp32 = export_fp32(checkpoint.build_model(), checkpoint.preprocess.crop_size, metadata, tmp_dir / "solo.onnx")
+        fp32 = export_fp32(checkpoint.build_model(), checkpoint.preprocess.crop_size, checkpoint.model_metadata(),
+                           tmp_dir / "solo.onnx")
         quantize_int8(fp32, tmp_dir / "solo.int8.onnx", data=dataset, method=args.method,
                       record_path=tmp_dir / "solo.json")
         figures["export_and_calibration_s"] = time.perf_counter() - started
@@ -96,15 +95,15 @@ def main() -> int:
         quantize_int8(files["fp32"], files["int8-cpu"], target="cpu", method=args.method, cache=report.calibration)
 
         reference = np.load(report.reference)
-        parity = {name: check_parity(path, dataset.test_images, reference["logits"], reference["labels"])
-                  for name, path in files.items()}
+        parity = {name: check_parity(path, ModelMetadata.read(path).precision, onnx_logits(path, dataset.test_images),
+                                     reference["logits"], reference["labels"]) for name, path in files.items()}
         for name, result in parity.items():
             print(f"{name:9} {result.line()}")
-            figures[f"{name}_agreement"] = result.agreement
-            figures[f"{name}_accuracy"] = result.accuracy
-            figures[f"{name}_max_abs_diff"] = result.max_abs_diff
+            figures[f"{name}_agreement"] = result.parity.agreement
+            figures[f"{name}_accuracy"] = result.parity.accuracy
+            figures[f"{name}_max_abs_diff"] = result.parity.max_abs_logit_diff
 
-        preprocess = Preprocessing.from_dict(read_onnx_metadata(files["fp32"])["preprocess"])
+        preprocess = ModelMetadata.read(files["fp32"]).preprocess
         inputs = preprocess(dataset.test_images[:2560])
         speeds: dict[str, list[float]] = {name: [] for name in files}
         for _ in range(args.rounds):

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from edgecls.artifacts import atomic_write, sha256_file
-from edgecls.errors import EdgeclsError
+from edgecls.errors import EdgeclsError, first_line
+from edgecls.formats import ModelMetadata
 from edgecls.models import create_model
 from edgecls.preprocess import Preprocessing
 
@@ -40,9 +41,18 @@ class Checkpoint:
 
     def build_model(self) -> nn.Module:
         """The trained model in eval mode, on the CPU."""
-        model = create_model(self.model_name, **self.model_config)
-        model.load_state_dict(self.state_dict)
+        try:
+            model = create_model(self.model_name, **self.model_config)
+            model.load_state_dict(self.state_dict)
+        except (TypeError, RuntimeError, ValueError) as exc:  # other config, shapes or keys than the model's
+            raise EdgeclsError(f"checkpoint {self.path}: its weights do not fit model {self.model_name!r} "
+                               f"({first_line(exc, 120)}); it is damaged or was edited, re-train it") from exc
         return model.eval()
+
+    def model_metadata(self, precision: str = "fp32") -> ModelMetadata:
+        """The record an export of this checkpoint carries (docs/FORMATS.md)."""
+        return ModelMetadata(model=self.model_name, precision=precision, preprocess=self.preprocess,
+                             checkpoint_sha256=self.sha256, data_fingerprint=self.data_fingerprint)
 
 
 def save_checkpoint(path: str | os.PathLike, record: dict[str, Any]) -> None:
@@ -59,13 +69,18 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise EdgeclsError(f"checkpoint {path} does not exist; train one with `edgecls train` or pass --checkpoint")
+    unreadable = f"checkpoint {path} is unreadable (truncated, or not a PyTorch file"
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is damaged or foreign
+        raise EdgeclsError(f"{unreadable}); re-train or copy it again")
     try:
+        # weights_only: tensors and plain data only, so a doctored checkpoint cannot run code when loaded
         record = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise EdgeclsError(
-            f"checkpoint {path} is unreadable (truncated, or not a PyTorch file: {type(exc).__name__}); "
-            "re-train or copy it again"
-        ) from exc
+    except pickle.UnpicklingError as exc:
+        raise EdgeclsError(f"checkpoint {path} holds objects other than weights and plain data, which edgecls "
+                           "refuses to load (a checkpoint could run code that way); re-train it or use one "
+                           "written by `edgecls train`") from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise EdgeclsError(f"{unreadable}: {type(exc).__name__}); re-train or copy it again") from exc
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise EdgeclsError(f"{path} is not an edgecls checkpoint (no '{FORMAT}' marker); pass a file written by `edgecls train`")
     if record.get("format_version") != FORMAT_VERSION:

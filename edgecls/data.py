@@ -38,7 +38,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from edgecls.artifacts import atomic_write
-from edgecls.errors import EdgeclsError
+from edgecls.errors import EdgeclsError, first_line
+from edgecls.preprocess import Preprocessing
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -113,6 +114,18 @@ class Cifar10:
             )
             digest.update(b"".join(pairs))
         return digest.hexdigest()[:16]
+
+    def check_fits(self, preprocess: Preprocessing, model: str | os.PathLike) -> None:
+        """Refuse data that `model` was not trained for: other classes, or images of another size."""
+        if list(self.class_names) != list(preprocess.class_names):
+            raise EdgeclsError(f"the data has classes {list(self.class_names)}, but {model} was trained on "
+                               f"{list(preprocess.class_names)}; pass the data it was trained on with --data")
+        size = preprocess.input_size
+        for split in _SPLITS:
+            shape = getattr(self, f"{split}_images").shape[1:]
+            if shape != (size, size, 3):
+                raise EdgeclsError(f"the {split} images are {'x'.join(map(str, shape))}, but the model expects "
+                                   f"{size}x{size}x3 ({model}); pass the data it was trained on with --data")
 
     def subset(self, train: int | None = None, test: int | None = None, seed: int = 0) -> "Cifar10":
         """A smaller copy with `train` / `test` images (None: all), stratified by class, chosen with `seed`.
@@ -243,7 +256,7 @@ def _download(folder: Path) -> None:
         CIFAR10(root=str(folder), train=True, download=True)
     except Exception as exc:  # network, TLS, disk and checksum failures all leave the user the same choices
         raise EdgeclsError(
-            f"downloading CIFAR-10 into {folder} failed ({_one_line(exc)}); fetch {CIFAR10_URL} by hand and pass it "
+            f"downloading CIFAR-10 into {folder} failed ({first_line(exc, 300)}); fetch {CIFAR10_URL} by hand and pass it "
             f"with --data (or put it in {folder})"
         ) from exc
 
@@ -340,7 +353,7 @@ def _unpickle(data: bytes, name: str) -> object:
         return _BatchUnpickler(io.BytesIO(data), encoding="bytes").load()
     except Exception as exc:  # unpickling a damaged file can raise almost anything
         raise EdgeclsError(
-            f"{name} is corrupt or truncated ({_one_line(exc)}); fetch {CIFAR10_URL} again or use --download"
+            f"{name} is corrupt or truncated ({first_line(exc, 300)}); fetch {CIFAR10_URL} again or use --download"
         ) from exc
 
 
@@ -390,7 +403,7 @@ def _read_archive(path: Path) -> Cifar10:
                     tree[split].setdefault(class_name, []).append((f"{path}:{name}", _read_member(archive, member)))
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise EdgeclsError(
-            f"archive {path} is corrupt or truncated ({_one_line(exc)}); download or copy it again"
+            f"archive {path} is corrupt or truncated ({first_line(exc, 300)}); download or copy it again"
         ) from exc
     if batches:
         missing = [name for name in _BATCH_FILES if name not in batches]
@@ -538,18 +551,19 @@ def _decode_image(data: bytes, name: str) -> np.ndarray:
             rgb = image if image.mode == "RGB" else image.convert("RGB")  # grayscale, palette, RGBA, CMYK
             return np.asarray(rgb, dtype=np.uint8)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise EdgeclsError(f"cannot decode image {name} ({_one_line(exc)}); replace or remove the file") from exc
+        raise EdgeclsError(f"cannot decode image {name} ({first_line(exc, 300)}); replace or remove the file") from exc
 
 
 # --- the cache -------------------------------------------------------------------------------------------------
 
 
 def _source_signature(path: Path) -> str:
-    """What identifies the source's contents cheaply: path, and sizes and mtimes of its files (for a folder, all)."""
+    """What identifies the source's contents cheaply: path, and sizes and mtimes of its files (for a folder, all), and
+    for a single file its inode too, so that a file replaced by another (a rename over it) is never taken for it."""
     resolved = path.resolve()
     if resolved.is_file():
         stat = resolved.stat()
-        files = [("", stat.st_size, stat.st_mtime_ns)]
+        files = [("", stat.st_size, stat.st_mtime_ns, stat.st_ino)]
     else:
         files = []
         for folder, subfolders, names in os.walk(resolved):
@@ -578,7 +592,7 @@ def _read_cache(cache_file: Path, signature: str) -> Cifar10 | None:
                 source=str(stored["source"]),
             )
     except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-        print(f"warning: ignoring damaged data cache {cache_file} ({_one_line(exc)}); rebuilding it", file=sys.stderr)
+        print(f"warning: ignoring damaged data cache {cache_file} ({first_line(exc, 300)}); rebuilding it", file=sys.stderr)
         return None
 
 
@@ -597,7 +611,7 @@ def _write_cache(cache_file: Path, signature: str, dataset: Cifar10) -> None:
             )
     except (EdgeclsError, OSError) as exc:  # a missing cache only costs time, so it must not stop the run
         print(
-            f"warning: could not write the data cache {cache_file} ({_one_line(exc)}); "
+            f"warning: could not write the data cache {cache_file} ({first_line(exc, 300)}); "
             f"set ${CACHE_ENV} to a writable folder",
             file=sys.stderr,
         )
@@ -626,10 +640,6 @@ def _usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):  # Linux: the cores this process may run on, not all the machine's
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 __all__ = [

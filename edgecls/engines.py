@@ -21,13 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgecls.artifacts import atomic_write, ensure_writable_dir, sha256_file, utc_now, write_json
-from edgecls.errors import EdgeclsError
-from edgecls.runtime.tensorrt_backend import manifest_path
+from edgecls.artifacts import atomic_write, ensure_writable_dir, sha256_file, utc_now
+from edgecls.defaults import DEFAULT_BATCH_PROFILE, DEFAULT_WORKSPACE_MIB, ENGINES_DIR, PRECISIONS
+from edgecls.errors import EdgeclsError, first_line
+from edgecls.formats import EngineManifest, ModelMetadata
 
-DEFAULT_BATCH = (1, 64, 256)
-DEFAULT_WORKSPACE_MIB = 1024
-MANIFEST_VERSION = 1
 INSTALL_HINT = ("TensorRT is not installed here: run `edgecls build` on the device that will run the engine, with "
                 "TensorRT's Python bindings installed (JetPack's python3-libnvinfer, or `pip install tensorrt` on a desktop)")
 
@@ -46,7 +44,7 @@ def build_options(tensorrt_version: str, precision: str) -> BuildOptions:
         major = int(tensorrt_version.split(".")[0])
     except ValueError as exc:
         raise EdgeclsError(f"cannot read the TensorRT version {tensorrt_version!r}") from exc
-    if precision not in ("fp32", "fp16", "int8"):
+    if precision not in PRECISIONS:
         raise EdgeclsError(f"unknown ONNX precision {precision!r}; re-export the file with `edgecls export`")
     if major < 8:
         raise EdgeclsError(f"TensorRT {tensorrt_version} is too old: edgecls needs 8.5 or newer (JetPack 5.1+)")
@@ -63,9 +61,20 @@ def parse_batch(text: str) -> tuple[int, int, int]:
         values = tuple(int(part) for part in text.split(":"))
     except ValueError:
         values = ()
-    if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
-        raise EdgeclsError(f"--batch {text!r} is not MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX, e.g. 1:64:256")
-    return values  # type: ignore[return-value]
+    return check_batch(values, text)
+
+
+def check_batch(batch: tuple, shown: str | None = None) -> tuple[int, int, int]:
+    """The batch profile, if it is three sizes with 1 <= min <= opt <= max."""
+    if len(batch) != 3 or not 1 <= batch[0] <= batch[1] <= batch[2]:
+        raise EdgeclsError(f"--batch {shown or ':'.join(map(str, batch))!r} is not MIN:OPT:MAX with "
+                           "1 <= MIN <= OPT <= MAX, e.g. 1:64:256")
+    return batch  # type: ignore[return-value]
+
+
+def default_plan_path(onnx_path: str | os.PathLike) -> Path:
+    """engines/<onnx name without .onnx>.plan"""
+    return Path(ENGINES_DIR) / (Path(onnx_path).stem + ".plan")
 
 
 def unavailable_reason() -> str | None:
@@ -104,7 +113,7 @@ def gpu_info() -> dict[str, str] | None:
                                 capture_output=True, text=True, timeout=30, check=True).stdout
     except (subprocess.SubprocessError, OSError):
         return None
-    first = output.strip().splitlines()[0] if output.strip() else ""
+    first = output.strip().splitlines()[0] if output.strip() else ""  # the first GPU
     if "," not in first:
         return None
     name, capability = (part.strip() for part in first.rsplit(",", 1))
@@ -112,24 +121,22 @@ def gpu_info() -> dict[str, str] | None:
 
 
 def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike | None = None,
-                 batch: tuple[int, int, int] = DEFAULT_BATCH, workspace_mib: int = DEFAULT_WORKSPACE_MIB) -> Path:
+                 batch: tuple[int, int, int] = DEFAULT_BATCH_PROFILE,
+                 workspace_mib: int = DEFAULT_WORKSPACE_MIB) -> Path:
     """Build a TensorRT plan from an exported ONNX file; write it and its manifest (`<plan>.json`) atomically.
 
     The default plan path is `engines/<onnx name without .onnx>.plan`.
     """
-    from edgecls.export import read_onnx_metadata
-
     onnx_path = Path(onnx_path)
-    metadata = read_onnx_metadata(onnx_path)  # validates the file before we look for TensorRT
-    if metadata.get("quantization", {}).get("target") == "cpu":
+    metadata = ModelMetadata.read(onnx_path)  # validates the file before we look for TensorRT
+    if (metadata.quantization or {}).get("target") == "cpu":
         raise EdgeclsError(f"{onnx_path} is the int8 form for ONNX Runtime on CPUs (u8 activations), which TensorRT "
                            "rejects; export it with `edgecls export --int8 --target trt` to build an engine")
-    plan_path = Path(plan_path) if plan_path is not None else Path("engines") / (onnx_path.stem + ".plan")
+    plan_path = Path(plan_path) if plan_path is not None else default_plan_path(onnx_path)
     if plan_path.suffix != ".plan":
         raise EdgeclsError(f"engine path {plan_path} should end in .plan (its manifest goes beside it as .plan.json)")
     ensure_writable_dir(plan_path.parent)
-    if not 1 <= batch[0] <= batch[1] <= batch[2]:
-        raise EdgeclsError(f"batch profile {batch} must satisfy 1 <= min <= opt <= max")
+    check_batch(batch)
     try:
         import tensorrt as trt
     except ImportError as exc:
@@ -138,22 +145,22 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike | No
     if gpu is None:
         raise EdgeclsError("no NVIDIA GPU is visible (checked with cuda-python and nvidia-smi); build on the device")
 
-    options = build_options(trt.__version__, metadata["precision"])
+    options = build_options(trt.__version__, metadata.precision)
     started = time.perf_counter()
     serialized = _build(trt, onnx_path, metadata, options, batch, workspace_mib)
     build_seconds = time.perf_counter() - started
 
     with atomic_write(plan_path) as handle:
         handle.write(memoryview(serialized))
-    manifest = {"format_version": MANIFEST_VERSION, "tensorrt_version": trt.__version__, **gpu,
-                "onnx_path": str(onnx_path), "onnx_sha256": sha256_file(onnx_path), "plan_sha256": sha256_file(plan_path),
-                "precision": metadata["precision"], "batch": dict(zip(("min", "opt", "max"), batch)),
-                "build_seconds": round(build_seconds, 2), "built_at": utc_now(), "edgecls": metadata}
-    write_json(manifest_path(plan_path), manifest)
+    EngineManifest(tensorrt_version=trt.__version__, gpu_name=gpu["gpu_name"],
+                   compute_capability=gpu["compute_capability"], onnx_path=str(onnx_path),
+                   onnx_sha256=sha256_file(onnx_path), plan_sha256=sha256_file(plan_path), precision=metadata.precision,
+                   batch=dict(zip(("min", "opt", "max"), batch)), model=metadata,
+                   build_seconds=round(build_seconds, 2), built_at=utc_now()).write(plan_path)
     return plan_path
 
 
-def _build(trt: Any, onnx_path: Path, metadata: dict[str, Any], options: BuildOptions,
+def _build(trt: Any, onnx_path: Path, metadata: ModelMetadata, options: BuildOptions,
            batch: tuple[int, int, int], workspace_mib: int) -> Any:
     """Parse the ONNX file and build the serialized engine with one optimization profile for the batch."""
     logger = trt.Logger(trt.Logger.WARNING)
@@ -168,9 +175,9 @@ def _build(trt: Any, onnx_path: Path, metadata: dict[str, Any], options: BuildOp
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
-        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        errors = [parser.get_error(i) for i in range(parser.num_errors)]
         raise EdgeclsError(f"TensorRT {trt.__version__} cannot parse {onnx_path}: "
-                           f"{errors[0].splitlines()[0] if errors else 'unknown error'}")
+                           f"{first_line(errors[0]) if errors else 'unknown error'}")
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
@@ -180,9 +187,9 @@ def _build(trt: Any, onnx_path: Path, metadata: dict[str, Any], options: BuildOp
         # On by default: float32 layers would round their inputs to 10-bit mantissas, so an "fp32" engine
         # would no longer match the fp32 ONNX file. Reduced precision is what the fp16 / int8 files are for.
         config.clear_flag(trt.BuilderFlag.TF32)
-    crop = metadata["preprocess"]["crop_size"]
+    crop = metadata.preprocess.crop_size
     profile = builder.create_optimization_profile()
-    profile.set_shape(metadata["input_name"], *[(n, 3, crop, crop) for n in batch])
+    profile.set_shape(metadata.input_name, *[(n, 3, crop, crop) for n in batch])
     config.add_optimization_profile(profile)
 
     serialized = builder.build_serialized_network(network, config)
@@ -194,6 +201,5 @@ def _build(trt: Any, onnx_path: Path, metadata: dict[str, Any], options: BuildOp
 
 def build_command(onnx_path: str | os.PathLike, plan_path: str | os.PathLike | None = None) -> str:
     """The `edgecls build` command line to run on the device for an exported file."""
-    onnx_path = Path(onnx_path)
-    plan = Path(plan_path) if plan_path is not None else Path("engines") / (onnx_path.stem + ".plan")
+    plan = Path(plan_path) if plan_path is not None else default_plan_path(onnx_path)
     return f"edgecls build {onnx_path} -o {plan}"

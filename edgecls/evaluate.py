@@ -8,33 +8,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgecls.errors import EdgeclsError
+from edgecls.device import center_crop_nchw, normalize_on_device, pick_device
 from edgecls.metrics import accuracy, per_class_accuracy
 from edgecls.preprocess import Preprocessing
-
-
-def pick_device(requested: str | None = None) -> torch.device:
-    """The device asked for (checked to exist), else CUDA when available, else the CPU."""
-    if not requested:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(requested)
-    except RuntimeError as exc:
-        raise EdgeclsError(f"--device {requested!r} is not a device name; use cpu, cuda or cuda:N") from exc
-    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
-        raise EdgeclsError(f"--device {requested}: no such CUDA device here; use --device cpu or leave it out")
-    return device
-
-
-def normalize_on_device(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 N x 3 x H x W on any device -> float32 standardized; the same arithmetic as Preprocessing.normalize."""
-    return (images.float() * (1 / 255) - mean.view(1, 3, 1, 1)) * (1 / std).view(1, 3, 1, 1)
-
-
-def center_crop_nchw(images: torch.Tensor, size: int) -> torch.Tensor:
-    height, width = images.shape[-2:]
-    top, left = (height - size) // 2, (width - size) // 2
-    return images[..., top : top + size, left : left + size]
 
 
 @torch.no_grad()
@@ -67,7 +43,6 @@ class EvalReport:
     model: str
     accuracy: float
     per_class: dict[str, float | None]
-    class_names: list[str]
     images: int
 
 
@@ -76,15 +51,11 @@ def evaluate_checkpoint(checkpoint: str, data: str | None = None, *, mirror: boo
     """Test-split accuracy of a checkpoint; refuses data whose classes differ from the model's."""
     from edgecls.checkpoint import load_checkpoint
     from edgecls.data import load_cifar10
-    from edgecls.errors import EdgeclsError
 
     saved = load_checkpoint(checkpoint)
-    dataset = load_cifar10(data)
-    if list(dataset.class_names) != list(saved.preprocess.class_names):
-        raise EdgeclsError(f"the data at {dataset.source} has classes {dataset.class_names}, "
-                           f"but {checkpoint} was trained on {list(saved.preprocess.class_names)}")
     dev = pick_device(device)
+    dataset = load_cifar10(data)
+    dataset.check_fits(saved.preprocess, checkpoint)
     logits = torch_logits(saved.build_model().to(dev), dataset.test_images, saved.preprocess, device=dev, mirror=mirror)
     return EvalReport(saved.model_name, accuracy(logits, dataset.test_labels),
-                      per_class_accuracy(logits, dataset.test_labels, dataset.class_names),
-                      list(dataset.class_names), len(dataset.test_labels))
+                      per_class_accuracy(logits, dataset.test_labels, dataset.class_names), len(dataset.test_labels))

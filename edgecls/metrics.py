@@ -1,4 +1,5 @@
-"""Accuracy and parity figures computed from logits (numpy only, so device-side code can use them without torch)."""
+"""Accuracy and parity figures computed from logits, and the gate that judges them (numpy only, so device-side
+code can use them without torch)."""
 
 from __future__ import annotations
 
@@ -63,3 +64,53 @@ def per_class_accuracy(logits: np.ndarray, labels: np.ndarray, class_names: Sequ
     predicted = logits.argmax(axis=1)
     return {name: (float(100.0 * (predicted[labels == c] == c).mean()) if np.any(labels == c) else None)
             for c, name in enumerate(class_names)}
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Limits a `Parity` must keep: export's "fp32 within float rounding", bench's `--max-drop` /
+    `--min-agreement`, and the int8 search's budget are all one of these. None means no limit."""
+
+    max_logit_diff: float | None = None  # largest allowed |logit - reference logit|
+    max_drop: float | None = None  # accuracy points the model may lose against the reference
+    min_agreement: float | None = None  # percent of images with the reference's top-1 class
+
+    @property
+    def active(self) -> bool:
+        return any(limit is not None for limit in (self.max_logit_diff, self.max_drop, self.min_agreement))
+
+    def check(self, found: Parity | None, missing: str = "no reference to compare with") -> "GateResult":
+        """The verdict on `found`; without figures (None) an active gate fails with the reason `missing`."""
+        if not self.active:
+            return GateResult(self)
+        if found is None:
+            return GateResult(self, (missing,))
+        failures = []
+        # Accuracies are multiples of 100/N: rounding away float noise makes a figure exactly at a limit pass.
+        drop = round(found.reference_accuracy - found.accuracy, 9)
+        if self.max_drop is not None and drop > self.max_drop:
+            failures.append(f"accuracy dropped {drop:.2f} points (more than --max-drop {self.max_drop:g})")
+        if self.min_agreement is not None and round(found.agreement, 9) < self.min_agreement:
+            failures.append(f"top-1 agreement {found.agreement:.2f}% is below --min-agreement {self.min_agreement:g}%")
+        if self.max_logit_diff is not None and found.max_abs_logit_diff > self.max_logit_diff:
+            failures.append(f"max |Δ logit| {found.max_abs_logit_diff:.3g} exceeds {self.max_logit_diff:.3g}")
+        return GateResult(self, tuple(failures))
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """A gate's verdict: truthy when every limit held."""
+
+    gate: Gate
+    failures: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return not self.failures
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict[str, object]:
+        return {"max_drop": self.gate.max_drop, "min_agreement": self.gate.min_agreement,
+                "max_logit_diff": self.gate.max_logit_diff, "passed": self.passed, "failures": list(self.failures)}

@@ -35,8 +35,7 @@ import io
 import json
 import os
 import tempfile
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -44,18 +43,13 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edgecls.artifacts import library_versions, utc_now, write_json
+from edgecls.artifacts import library_versions, utc_now
+from edgecls.defaults import (CALIBRATION_DIR, CALIBRATION_METHODS, DEFAULT_CALIBRATION_SEED,
+                              DEFAULT_CALIBRATION_SIZE, DEFAULT_METHOD, QUANT_TARGETS)
 from edgecls.errors import EdgeclsError
-from edgecls.preprocess import Preprocessing
+from edgecls.formats import CalibrationRecord, ModelMetadata
+from edgecls.onnx_graph import consumers, save_checked
 
-from onnxruntime.quantization import CalibrationMethod
-
-TARGETS = ("trt", "cpu")
-ORT_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
-METHODS = tuple(ORT_METHODS)
-RECORD_FORMAT = "edgecls-calibration"
-RECORD_VERSION = 1
 CALIBRATION_BATCH = 64
 
 
@@ -65,15 +59,14 @@ class QuantizeResult:
     record_path: Path  # the calibration record written (new calibration) or read (cache)
     record_name: str  # its conventional name under calibration/: <model>.<method>.json
     reused: bool  # True when the ranges came from a cache instead of a calibration run
-    seconds: float
 
 
 def validate_options(target: str, method: str, size: int) -> None:
     """Reject bad option values before any work is done."""
-    if target not in TARGETS:
-        raise EdgeclsError(f"unknown quantization target {target!r}; choose one of {', '.join(TARGETS)}")
-    if method not in METHODS:
-        raise EdgeclsError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
+    if target not in QUANT_TARGETS:
+        raise EdgeclsError(f"unknown quantization target {target!r}; choose one of {', '.join(QUANT_TARGETS)}")
+    if method not in CALIBRATION_METHODS:
+        raise EdgeclsError(f"unknown calibration method {method!r}; choose one of {', '.join(CALIBRATION_METHODS)}")
     if size < 1:
         raise EdgeclsError(f"calibration size must be at least 1, got {size}")
 
@@ -85,8 +78,17 @@ def calibration_indices(total: int, size: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(total, size=size, replace=False)).astype(np.int64)
 
 
+def ort_method(method: str) -> Any:
+    """ONNX Runtime's CalibrationMethod member for one of CALIBRATION_METHODS (imported only when calibrating)."""
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile}[method]
+
+
 def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, data: Any = None, target: str = "trt",
-                  method: str = "percentile", size: int = 1024, seed: int = 0, cache: str | os.PathLike | None = None,
+                  method: str = DEFAULT_METHOD, size: int = DEFAULT_CALIBRATION_SIZE,
+                  seed: int = DEFAULT_CALIBRATION_SEED, cache: str | os.PathLike | None = None,
                   record_path: str | os.PathLike | None = None) -> QuantizeResult:
     """Write the int8 Q/DQ version of `fp32_path` to `out_path`.
 
@@ -97,16 +99,12 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, dat
     from onnxruntime.quantization import QuantFormat, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from edgecls.export import read_onnx_metadata, save_checked, set_metadata
-
-    started = time.perf_counter()
     validate_options(target, method, size)
     fp32_path = Path(fp32_path)
-    metadata = read_onnx_metadata(fp32_path)
-    if metadata["precision"] != "fp32":
-        raise EdgeclsError(f"{fp32_path} is {metadata['precision']}, quantize the fp32 file instead")
-    preprocess = Preprocessing.from_dict(metadata["preprocess"])
-    record_name = f"{metadata['model']}.{method}.json"
+    metadata = ModelMetadata.read(fp32_path)
+    if metadata.precision != "fp32":
+        raise EdgeclsError(f"{fp32_path} is {metadata.precision}, quantize the fp32 file instead")
+    record_name = f"{metadata.model}.{method}.json"
 
     if cache is not None:
         record = load_calibration_record(cache, metadata, method)
@@ -115,16 +113,14 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, dat
         if data is None:
             raise EdgeclsError("int8 calibration needs the training images: pass --data (or set EDGECLS_DATA), "
                                "or --calibration-cache with a record from an earlier export")
-        images = np.asarray(data.train_images)
-        if images.ndim != 4 or images.shape[1:] != (preprocess.input_size, preprocess.input_size, 3):
-            raise EdgeclsError(f"calibration images are {'x'.join(map(str, images.shape[1:]))}, but the model expects "
-                               f"{preprocess.input_size}x{preprocess.input_size}x3; pass the data it was trained on with --data")
+        data.check_fits(metadata.preprocess, fp32_path)
+        images = data.train_images
         indices = calibration_indices(len(images), size, seed)
-        record = {"format": RECORD_FORMAT, "format_version": RECORD_VERSION, "model": metadata["model"],
-                  "checkpoint_sha256": metadata["checkpoint_sha256"], "data_fingerprint": data.fingerprint,
-                  "split": "train", "method": method, "size": size, "seed": seed, "indices": indices.tolist(),
-                  "created_at": utc_now(), "versions": library_versions("onnxruntime", "onnx", "numpy")}
-        record_path = Path(record_path) if record_path is not None else Path("calibration") / record_name
+        record = CalibrationRecord(model=metadata.model, checkpoint_sha256=metadata.checkpoint_sha256,
+                                   data_fingerprint=data.fingerprint, method=method, size=size, seed=seed,
+                                   indices=indices.tolist(), ranges={}, created_at=utc_now(),
+                                   versions=library_versions("onnxruntime", "onnx", "numpy"))
+        record_path = Path(record_path) if record_path is not None else Path(CALIBRATION_DIR) / record_name
 
     with tempfile.TemporaryDirectory(prefix="edgecls-quant-") as tmp:
         tmp_dir = Path(tmp)
@@ -135,14 +131,15 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, dat
             onnx.save(model, str(prepared))
         ranges_path = tmp_dir / "ranges.json"
         if cache is None:
-            calibrate(prepared, ImageBatches(preprocess(images[indices]), metadata["input_name"]), method, ranges_path)
-            record["ranges"] = json.loads(ranges_path.read_text())
+            reader = ImageBatches(metadata.preprocess(images[indices]), metadata.input_name)
+            calibrate(prepared, reader, method, ranges_path)
+            record = replace(record, ranges=json.loads(ranges_path.read_text()))
         else:
-            ranges_path.write_text(json.dumps(record["ranges"]))
+            ranges_path.write_text(json.dumps(record.ranges))
         quantized = tmp_dir / "int8.onnx"
         try:  # with an existing cache file, quantize_static takes the ranges from it instead of calibrating
             quantize_static(str(prepared), str(quantized), quant_format=QuantFormat.QDQ,
-                            calibrate_method=ORT_METHODS[method], calibration_cache_path=str(ranges_path),
+                            calibrate_method=ort_method(method), calibration_cache_path=str(ranges_path),
                             **quantization_options(model, target))
         except (KeyError, ValueError) as exc:  # ranges that do not fit this graph
             raise EdgeclsError(f"quantization of {fp32_path} failed ({exc}); "
@@ -150,17 +147,17 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, dat
         result = onnx.load(str(quantized))
         drop_unused_opsets(result)
 
-    quantization = {"target": target, "method": method, "calibration_size": record["size"],
-                    "calibration_seed": record["seed"], "calibration_split": "train"}
-    set_metadata(result, {**metadata, "precision": "int8", "quantization": quantization})
+    quantization = {"target": target, "method": method, "calibration_size": record.size,
+                    "calibration_seed": record.seed, "calibration_split": record.split}
+    metadata.with_precision("int8", quantization).embed(result)
     if target == "trt":
         problems = trt_violations(result)
         if problems:  # a bug in our options or in the quantizer, never the user's input
             raise EdgeclsError(f"the int8 graph breaks TensorRT's Q/DQ rules: {problems[0]} (and {len(problems) - 1} more)")
     save_checked(result, out_path)
     if cache is None:
-        write_json(record_path, record)
-    return QuantizeResult(Path(out_path), record_path, record_name, cache is not None, time.perf_counter() - started)
+        record.write(record_path)
+    return QuantizeResult(Path(out_path), record_path, record_name, cache is not None)
 
 
 def calibrate(model_path: Path, reader: "ImageBatches", method: str, ranges_path: Path) -> None:
@@ -173,7 +170,7 @@ def calibrate(model_path: Path, reader: "ImageBatches", method: str, ranges_path
     # and clip far too much: top-1 agreement with PyTorch fell from ~99.4% to 88% (and 29%).
     with contextlib.redirect_stdout(io.StringIO()):
         calibrator = create_calibrator(model_path, augmented_model_path=str(ranges_path.with_suffix(".augmented.onnx")),
-                                       calibrate_method=ORT_METHODS[method])
+                                       calibrate_method=ort_method(method))
         calibrator.collect_data(reader)
         ranges = calibrator.compute_data()
     save_tensors_data(ranges, ranges_path)
@@ -208,13 +205,10 @@ def transposed_to_conv(model: onnx.ModelProto) -> int:
     from onnx import helper
 
     weights = {init.name: init for init in model.graph.initializer}
-    uses: dict[str, int] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
+    users = consumers(model.graph)
     rewritten = 0
     for node in model.graph.node:
-        if node.op_type != "ConvTranspose" or node.input[1] not in weights or uses[node.input[1]] != 1:
+        if node.op_type != "ConvTranspose" or node.input[1] not in weights or len(users[node.input[1]]) != 1:
             continue
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         weight = numpy_helper.to_array(weights[node.input[1]])
@@ -262,33 +256,22 @@ class ImageBatches:
         return next(self._batches, None)
 
 
-def load_calibration_record(path: str | os.PathLike, metadata: dict[str, Any], method: str) -> dict[str, Any]:
+def load_calibration_record(path: str | os.PathLike, metadata: ModelMetadata, method: str) -> CalibrationRecord:
     """Read a calibration record and make sure it belongs to this model and method."""
-    path = Path(path)
-    try:
-        record = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise EdgeclsError(f"calibration cache {path} does not exist; drop --calibration-cache to calibrate afresh") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EdgeclsError(f"calibration cache {path} is unreadable or not JSON; delete it and calibrate afresh") from exc
-    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT or "ranges" not in record:
-        raise EdgeclsError(f"{path} is not an edgecls calibration record; pass a file from calibration/")
-    if record.get("checkpoint_sha256") != metadata["checkpoint_sha256"]:
+    record = CalibrationRecord.read(path)
+    if record.checkpoint_sha256 != metadata.checkpoint_sha256:
         raise EdgeclsError(f"calibration cache {path} was computed for another checkpoint "
-                           f"({str(record.get('checkpoint_sha256'))[:12]}...); drop --calibration-cache to recalibrate")
-    if record.get("method") != method:
-        raise EdgeclsError(f"calibration cache {path} holds {record.get('method')} ranges, not {method}; "
-                           f"pass --method {record.get('method')} or drop --calibration-cache")
+                           f"({record.checkpoint_sha256[:12]}...); drop --calibration-cache to recalibrate")
+    if record.method != method:
+        raise EdgeclsError(f"calibration cache {path} holds {record.method} ranges, not {method}; "
+                           f"pass --method {record.method} or drop --calibration-cache")
     return record
 
 
 def trt_violations(model: onnx.ModelProto) -> list[str]:
     """Everything in a Q/DQ graph that TensorRT's explicit quantization rejects (empty when all is well)."""
     inits = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    users = consumers(model.graph)
     problems = []
     for node in model.graph.node:
         if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
@@ -305,7 +288,7 @@ def trt_violations(model: onnx.ModelProto) -> list[str]:
             continue
         axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
         per_channel = scale is not None and scale.size > 1
-        for user in consumers.get(node.output[0], []):
+        for user in users.get(node.output[0], []):
             if user.op_type in ("Conv", "ConvTranspose", "Gemm") and len(user.input) > 2 and user.input[2] == node.output[0]:
                 problems.append(f"{node.name}: bias of {user.name} is quantized (int32); TensorRT needs float biases")
             elif user.op_type == "Conv" and per_channel and axis != 0:

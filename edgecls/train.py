@@ -2,6 +2,10 @@
 cropped, flipped and standardized there with a few batched tensor operations (no DataLoader, no per-image
 Python). SGD with Nesterov momentum, weight decay (the paper's L2), a one-cycle learning rate and label
 smoothing. Seeded: on the CPU a run, and a run interrupted and resumed, give identical weights.
+
+The loop in `train` reads top to bottom: plan -> model and optimizer -> for each epoch, the device batches ->
+loss, step -> log line and checkpoint. Its pieces (`DeviceBatches`, `make_optimizer`, `checkpoint_record`,
+`restore`) are small functions of their own.
 """
 
 from __future__ import annotations
@@ -9,9 +13,9 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -21,33 +25,14 @@ from tqdm import tqdm
 from edgecls.artifacts import atomic_write, ensure_writable_dir, library_versions
 from edgecls.checkpoint import load_checkpoint, save_checkpoint
 from edgecls.data import Cifar10
+from edgecls.defaults import CHECKPOINT_DIR, CROP_SIZE
+from edgecls.device import normalize_on_device, pick_device
 from edgecls.errors import EdgeclsError
-from edgecls.evaluate import normalize_on_device, pick_device, torch_logits
+from edgecls.evaluate import torch_logits
 from edgecls.metrics import accuracy
 from edgecls.models import create_model
 from edgecls.preprocess import Preprocessing
-
-CROP_SIZE = 28
-
-
-@dataclass(frozen=True)
-class Recipe:
-    epochs: int
-    batch_size: int
-    lr: float  # peak of the one-cycle schedule
-    crops_per_image: int = 1  # training samples drawn from each image per epoch
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.1
-    warmup: float = 0.2  # fraction of the steps spent rising to the peak
-
-
-RECIPES: dict[str, Recipe] = {
-    # Best accuracy per second: large batches keep an H100 busy; 40 epochs of 50,000 crops.
-    "fast": Recipe(epochs=40, batch_size=1024, lr=0.4),
-    # The paper's protocol: batch 128, 120 epochs, each image cropped six times per epoch (300,000 samples).
-    "paper": Recipe(epochs=120, batch_size=128, lr=0.05, crops_per_image=6),
-}
+from edgecls.recipes import DEFAULT_RECIPE, Recipe, training_plan
 
 
 @dataclass
@@ -96,21 +81,60 @@ def random_crop_flip(images: torch.Tensor, size: int, generator: torch.Generator
     return images.gather(3, cols[:, None, None, :].expand(n, c, size, size))
 
 
-def training_plan(recipe: str = "fast", epochs: int | None = None, batch_size: int | None = None,
-                  lr: float | None = None) -> Recipe:
-    """The named recipe with the user's overrides; an EdgeclsError for values that cannot work."""
-    if recipe not in RECIPES:
-        raise EdgeclsError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
-    plan = RECIPES[recipe]
-    for name, value in (("epochs", epochs), ("batch size", batch_size)):
-        if value is not None and value < 1:
-            raise EdgeclsError(f"{name} must be at least 1, got {value}")
-    if lr is not None and not lr > 0:
-        raise EdgeclsError(f"learning rate must be positive, got {lr}")
-    if batch_size is not None and lr is None:  # keep the recipe's learning rate per image when only the batch changes
-        plan = replace(plan, lr=plan.lr * batch_size / plan.batch_size)
-    plan = replace(plan, epochs=epochs or plan.epochs, batch_size=batch_size or plan.batch_size, lr=lr or plan.lr)
-    return plan
+class DeviceBatches:
+    """The training split resident on the device; each epoch yields standardized, augmented batches made there."""
+
+    def __init__(self, data: Cifar10, preprocess: Preprocessing, plan: Recipe, device: torch.device,
+                 generator: torch.Generator) -> None:
+        self.images = torch.from_numpy(data.train_images).permute(0, 3, 1, 2).contiguous().to(device)
+        self.labels = torch.from_numpy(data.train_labels).to(device)
+        self.mean = torch.tensor(preprocess.mean, device=device, dtype=torch.float32)
+        self.std = torch.tensor(preprocess.std, device=device, dtype=torch.float32)
+        self.batch_size, self.crop_size, self.generator = plan.batch_size, preprocess.crop_size, generator
+        self.channels_last = device.type == "cuda"
+        self.samples = len(self.images) * plan.crops_per_image
+        self.steps = self.samples // plan.batch_size
+        if self.steps == 0:
+            raise EdgeclsError(f"batch size {plan.batch_size} exceeds the {self.samples} training samples; "
+                               "use a smaller --batch-size")
+
+    def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(self.samples, device=self.images.device, generator=self.generator) % len(self.images)
+        for step in range(self.steps):
+            index = order[step * self.batch_size : (step + 1) * self.batch_size]
+            batch = random_crop_flip(self.images[index], self.crop_size, self.generator)
+            batch = normalize_on_device(batch, self.mean, self.std)
+            if self.channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            yield batch, self.labels[index]
+
+
+def make_optimizer(model: nn.Module, plan: Recipe, steps: int) -> tuple[torch.optim.Optimizer, Any]:
+    """SGD with Nesterov momentum (weight decay on weights only, not on batch-norm parameters and biases) and its
+    one-cycle learning-rate schedule over `steps` steps."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        (decay if param.ndim > 1 else no_decay).append(param)
+    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": plan.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=plan.lr, momentum=plan.momentum, nesterov=True)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=plan.lr, total_steps=steps, pct_start=plan.warmup,
+        anneal_strategy="linear", div_factor=10.0, final_div_factor=100.0)
+    return optimizer, scheduler
+
+
+def checkpoint_record(model_name: str, model: nn.Module, data: Cifar10, preprocess: Preprocessing,
+                      train_args: dict[str, Any], epoch: int, test_accuracy: float | None,
+                      device: torch.device) -> dict[str, Any]:
+    """The fields of a checkpoint (docs/FORMATS.md), weights copied to the CPU."""
+    return {
+        "model": model_name, "model_config": {"num_classes": len(data.class_names)},
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "preprocess": preprocess.to_dict(), "test_accuracy": test_accuracy, "epoch": epoch,
+        "epochs": train_args["epochs"], "data_fingerprint": data.fingerprint, "train_args": train_args,
+        "versions": library_versions("torch", "numpy"), "device": _device_name(device),
+    }
 
 
 def checkpoint_paths(out_dir: str | os.PathLike, model_name: str) -> tuple[Path, Path, Path]:
@@ -122,13 +146,13 @@ def train(
     model_name: str,
     data: Cifar10,
     *,
-    recipe: str = "fast",
+    recipe: str = DEFAULT_RECIPE,
     epochs: int | None = None,
     batch_size: int | None = None,
     lr: float | None = None,
     seed: int = 0,
     device: str | None = None,
-    out_dir: str | os.PathLike = "checkpoints",
+    out_dir: str | os.PathLike = CHECKPOINT_DIR,
     eval_every: int = 0,
     resume: bool = False,
     progress: bool = True,
@@ -148,69 +172,36 @@ def train(
     model = create_model(model_name, num_classes=len(data.class_names)).to(dev)
     if on_gpu:  # before the optimizer is made, so that it holds the parameters in their final layout
         model = model.to(memory_format=torch.channels_last)
-    samples_per_epoch = len(data.train_images) * plan.crops_per_image
-    steps_per_epoch = samples_per_epoch // plan.batch_size
-    if steps_per_epoch == 0:
-        raise EdgeclsError(f"batch size {plan.batch_size} exceeds the {samples_per_epoch} training samples; use a smaller --batch-size")
-    decay, no_decay = [], []
-    for param in model.parameters():  # no weight decay on batch-norm scales/shifts and biases
-        (decay if param.ndim > 1 else no_decay).append(param)
-    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": plan.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=plan.lr, momentum=plan.momentum, nesterov=True)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=plan.lr, total_steps=plan.epochs * steps_per_epoch, pct_start=plan.warmup,
-        anneal_strategy="linear", div_factor=10.0, final_div_factor=100.0)
     generator = torch.Generator(device=dev).manual_seed(seed)
+    batches = DeviceBatches(data, preprocess, plan, dev, generator)
+    optimizer, scheduler = make_optimizer(model, plan, plan.epochs * batches.steps)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=plan.label_smoothing)
     start_epoch, best_accuracy, history = 0, -1.0, []
-
     if resume:
-        start_epoch, best_accuracy, history = _restore(last_path, train_args, data.fingerprint, model, optimizer,
-                                                       scheduler, generator)
-
+        start_epoch, best_accuracy, history = restore(last_path, train_args, data.fingerprint, model, optimizer,
+                                                      scheduler, generator)
     if not on_gpu and progress:
         tqdm.write("edgecls: no CUDA GPU found: training on the CPU, which is slow (use a GPU for full runs)")
-    images = torch.from_numpy(data.train_images).permute(0, 3, 1, 2).contiguous().to(dev)
-    labels = torch.from_numpy(data.train_labels).to(dev)
-    mean = torch.tensor(preprocess.mean, device=dev, dtype=torch.float32)
-    std = torch.tensor(preprocess.std, device=dev, dtype=torch.float32)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=plan.label_smoothing)
 
-    def record(epoch: int, test_accuracy: float | None) -> dict[str, Any]:
-        return {
-            "model": model_name, "model_config": {"num_classes": len(data.class_names)},
-            "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-            "preprocess": preprocess.to_dict(), "test_accuracy": test_accuracy, "epoch": epoch, "epochs": plan.epochs,
-            "data_fingerprint": data.fingerprint, "train_args": train_args,
-            "versions": library_versions("torch", "numpy"), "device": _device_name(dev),
-        }
-
-    bar = tqdm(total=plan.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, unit="step",
+    bar = tqdm(total=plan.epochs * batches.steps, initial=start_epoch * batches.steps, unit="step",
                disable=not progress, dynamic_ncols=True, desc=f"{model_name} {dev.type}")
-    train_seconds = sum(h.seconds for h in history)
     test_accuracy: float | None = None
     resume_state: dict[str, Any] | None = None
     try:
         for epoch in range(start_epoch, plan.epochs):
             model.train()
             started = time.perf_counter()
-            order = torch.randperm(samples_per_epoch, device=dev, generator=generator) % len(images)
             loss_sum = torch.zeros((), device=dev)
-            for step in range(steps_per_epoch):
-                batch_index = order[step * plan.batch_size : (step + 1) * plan.batch_size]
-                batch = random_crop_flip(images[batch_index], CROP_SIZE, generator)
-                batch = normalize_on_device(batch, mean, std)
-                if on_gpu:
-                    batch = batch.contiguous(memory_format=torch.channels_last)
+            for step, (images, labels) in enumerate(batches.epoch()):
                 with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=on_gpu):
-                    loss = loss_fn(model(batch), labels[batch_index])
+                    loss = loss_fn(model(images), labels)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 lr_used = optimizer.param_groups[0]["lr"]
                 scheduler.step()
                 loss_sum += loss.detach()
-                if progress and (step % 10 == 0 or step == steps_per_epoch - 1):
+                if progress and (step % 10 == 0 or step == batches.steps - 1):
                     rate = (step + 1) * plan.batch_size / max(time.perf_counter() - started, 1e-9)
                     bar.set_postfix(epoch=f"{epoch + 1}/{plan.epochs}", loss=f"{loss.item():.3f}",
                                     lr=f"{lr_used:.3g}", img_s=f"{rate:,.0f}", refresh=False)
@@ -218,21 +209,23 @@ def train(
             if on_gpu:
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - started
-            train_seconds += seconds
-            entry = EpochLog(epoch + 1, float(loss_sum.item()) / steps_per_epoch, float(lr_used),
-                             round(seconds, 3), round(steps_per_epoch * plan.batch_size / seconds, 1))
+            entry = EpochLog(epoch + 1, float(loss_sum.item()) / batches.steps, float(lr_used),
+                             round(seconds, 3), round(batches.steps * plan.batch_size / seconds, 1))
             if eval_every and ((epoch + 1) % eval_every == 0 or epoch + 1 == plan.epochs):
                 entry.test_accuracy = test_accuracy = _test_accuracy(model, data, preprocess, dev)
                 if test_accuracy > best_accuracy:
                     best_accuracy = test_accuracy
-                    save_checkpoint(best_path, record(epoch + 1, test_accuracy))
+                    save_checkpoint(best_path, checkpoint_record(model_name, model, data, preprocess, train_args,
+                                                                 epoch + 1, test_accuracy, dev))
                 bar.write(f"epoch {epoch + 1}: test accuracy {test_accuracy:.2f}%")
             history.append(entry)
-            state = record(epoch + 1, entry.test_accuracy)
-            state["resume"] = resume_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                               "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                               "cuda_rng": torch.cuda.get_rng_state() if on_gpu else None,
-                               "best_accuracy": best_accuracy, "history": [asdict(h) for h in history]}
+            state = checkpoint_record(model_name, model, data, preprocess, train_args, epoch + 1,
+                                      entry.test_accuracy, dev)
+            state["resume"] = resume_state = {
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state() if on_gpu else None,
+                "best_accuracy": best_accuracy, "history": [asdict(h) for h in history]}
             save_checkpoint(last_path, state)
             with atomic_write(log_path, "w") as log:  # rewritten whole, so it always matches the checkpoint
                 log.writelines(json.dumps(asdict(h)) + "\n" for h in history)
@@ -243,9 +236,11 @@ def train(
 
     if history[-1].test_accuracy is None:
         test_accuracy = _test_accuracy(model, data, preprocess, dev)
-        state = record(plan.epochs, test_accuracy)  # the last checkpoint again, now with the final accuracy
+        # the last checkpoint again, now with the final accuracy
+        state = checkpoint_record(model_name, model, data, preprocess, train_args, plan.epochs, test_accuracy, dev)
         state["resume"] = resume_state
         save_checkpoint(last_path, state)
+    train_seconds = sum(h.seconds for h in history)
     images_seen = sum(h.images_per_second * h.seconds for h in history)
     return TrainResult(last_path, best_path if eval_every else None, test_accuracy, train_seconds,
                        images_seen / max(train_seconds, 1e-9), history)
@@ -256,8 +251,8 @@ def _test_accuracy(model: nn.Module, data: Cifar10, preprocess: Preprocessing, d
     return accuracy(logits, data.test_labels)
 
 
-def _restore(path: Path, train_args: dict[str, Any], fingerprint: str, model: nn.Module,
-             optimizer: torch.optim.Optimizer, scheduler: Any, generator: torch.Generator) -> tuple[int, float, list[EpochLog]]:
+def restore(path: Path, train_args: dict[str, Any], fingerprint: str, model: nn.Module,
+            optimizer: torch.optim.Optimizer, scheduler: Any, generator: torch.Generator) -> tuple[int, float, list[EpochLog]]:
     """Load the state of an interrupted run; refuse when it was a different run."""
     if not path.exists():
         raise EdgeclsError(f"--resume: no checkpoint at {path} to resume from; start without --resume")

@@ -82,9 +82,10 @@ def trained_checkpoint(tiny_cifar: Cifar10, tmp_path_factory: pytest.TempPathFac
 
 
 @pytest.fixture(scope="session")
-def exported(trained_checkpoint: Callable[[str], Path], tiny_cifar: Cifar10,
-             tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], "ExportReport"]:
-    """Factory: fp32 + fp16 + int8 (trt) export of a briefly trained model on tiny_cifar (cached per model)."""
+def exported_models(trained_checkpoint: Callable[[str], Path], tiny_cifar: Cifar10,
+                    tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], "ExportReport"]:
+    """Factory: the fp32 + fp16 + int8 (trt) export of a briefly trained model on tiny_cifar, made once per model
+    for the whole session. Tests only read these files; a test that changes one works on a copy."""
     from edgecls.export import export_model
 
     made: dict[str, "ExportReport"] = {}
@@ -98,3 +99,9 @@ def exported(trained_checkpoint: Callable[[str], Path], tiny_cifar: Cifar10,
         return made[model_name]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def new2_export(exported_models: Callable[[str], "ExportReport"]) -> "ExportReport":
+    """The shared export of new2: `.files[precision]`, `.reference` (the .npz), all in one export/ folder."""
+    return exported_models("new2")

@@ -24,16 +24,10 @@ def private_cache(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def tree_export(trained_checkpoint, tiny_data_dir, tmp_path_factory) -> Path:
-    """Exported from the same data the bench reads (--data tiny_data_dir), so the reference's indices refer to
-    the test split in the order that loading gives."""
-    from edgecls.data import load_cifar10
-    from edgecls.export import export_model
-
-    out = tmp_path_factory.mktemp("bench_export") / "export"
-    export_model(trained_checkpoint("new2"), out, data=load_cifar10(tiny_data_dir, cache=False), fp16=True,
-                 progress=False)
-    return out
+def export_dir(new2_export) -> Path:
+    """The shared export/ folder of new2 (fp32, fp16, int8 and the reference), made from tiny_cifar in memory; the
+    bench reads the same images from tiny_data_dir, in another order, and matches them by digest."""
+    return new2_export.files["fp32"].parent
 
 
 def bench(*args: str) -> tuple[int, str]:
@@ -68,8 +62,8 @@ def test_parity_counts_each_kind_of_flip():
     assert found.mean_abs_logit_diff == pytest.approx(np.abs(model - reference).mean())
 
 
-def test_bench_onnx_reports_known_flips_and_gates(tree_export, tiny_data_dir, tmp_path):
-    with np.load(tree_export / "new2.reference.npz") as archive:
+def test_bench_onnx_reports_known_flips_and_gates(export_dir, tiny_data_dir, tmp_path):
+    with np.load(export_dir / "new2.reference.npz") as archive:
         logits, labels = archive["logits"].copy(), archive["labels"]
     right = np.flatnonzero(logits.argmax(axis=1) == labels)
     wrong = np.flatnonzero(logits.argmax(axis=1) != labels)
@@ -82,10 +76,10 @@ def test_bench_onnx_reports_known_flips_and_gates(tree_export, tiny_data_dir, tm
     i = wrong[2]  # and one flip between two wrong classes
     other = next(c for c in range(10) if c not in (labels[i], logits[i].argmax()))
     doctored[i, other] = logits[i].max() + 5
-    reference = write_reference(tree_export / "new2.reference.npz", tmp_path / "doctored.npz", doctored)
+    reference = write_reference(export_dir / "new2.reference.npz", tmp_path / "doctored.npz", doctored)
 
     out_json = tmp_path / "bench.json"
-    code, output = bench("--engine", str(tree_export / "new2.onnx"), "--data", str(tiny_data_dir), "--reference",
+    code, output = bench("--engine", str(export_dir / "new2.onnx"), "--data", str(tiny_data_dir), "--reference",
                          str(reference), "--json", str(out_json), "--min-agreement", "90", *FAST)
     assert code == 0, output
     figures = json.loads(out_json.read_text())
@@ -97,15 +91,15 @@ def test_bench_onnx_reports_known_flips_and_gates(tree_export, tiny_data_dir, tm
     assert figures["accuracy"] == pytest.approx(100.0 * len(right) / len(labels))
     assert figures["gates"]["passed"] is True
 
-    code, output = bench("--engine", str(tree_export / "new2.onnx"), "--data", str(tiny_data_dir), "--reference",
+    code, output = bench("--engine", str(export_dir / "new2.onnx"), "--data", str(tiny_data_dir), "--reference",
                          str(reference), "--min-agreement", "95", *FAST)
     assert code == 1 and "below --min-agreement 95" in output
 
     better = logits.copy()  # a reference right on four more images: the model is 4 points worse
     for i in wrong[:4]:
         better[i, labels[i]] = logits[i].max() + 5
-    better_reference = write_reference(tree_export / "new2.reference.npz", tmp_path / "better.npz", better)
-    common = ["--engine", str(tree_export / "new2.onnx"), "--data", str(tiny_data_dir),
+    better_reference = write_reference(export_dir / "new2.reference.npz", tmp_path / "better.npz", better)
+    common = ["--engine", str(export_dir / "new2.onnx"), "--data", str(tiny_data_dir),
               "--reference", str(better_reference)]
     code, output = bench(*common, "--max-drop", "3", *FAST)
     assert code == 1 and "accuracy dropped 4.00 points" in output
@@ -113,9 +107,9 @@ def test_bench_onnx_reports_known_flips_and_gates(tree_export, tiny_data_dir, tm
     assert code == 0, output
 
 
-def test_json_holds_every_figure_of_the_table(tree_export, tiny_data_dir, tmp_path):
+def test_json_holds_every_figure_of_the_table(export_dir, tiny_data_dir, tmp_path):
     out_json = tmp_path / "bench.json"
-    code, output = bench("--engine", str(tree_export / "new2.onnx"), "--data", str(tiny_data_dir),
+    code, output = bench("--engine", str(export_dir / "new2.onnx"), "--data", str(tiny_data_dir),
                          "--json", str(out_json), *FAST)
     assert code == 0, output
     figures = json.loads(out_json.read_text())
@@ -137,9 +131,9 @@ def test_json_holds_every_figure_of_the_table(tree_export, tiny_data_dir, tmp_pa
     assert environment["cpu"] and environment["versions"]["onnxruntime"] and environment["threads"]["cpu_count"]
 
 
-def test_references_that_do_not_belong_are_refused(tree_export, tiny_data_dir, tmp_path):
-    source = tree_export / "new2.reference.npz"
-    engine = ["--engine", str(tree_export / "new2.onnx"), "--data", str(tiny_data_dir), *FAST]
+def test_references_that_do_not_belong_are_refused(export_dir, tiny_data_dir, tmp_path):
+    source = export_dir / "new2.reference.npz"
+    engine = ["--engine", str(export_dir / "new2.onnx"), "--data", str(tiny_data_dir), *FAST]
     cases = {
         "is for model alex1": write_reference(source, tmp_path / "other_model.npz", model="alex1"),
         "another data set": write_reference(source, tmp_path / "other_data.npz", data_fingerprint="0123456789abcdef"),
@@ -154,7 +148,7 @@ def test_references_that_do_not_belong_are_refused(tree_export, tiny_data_dir, t
     # A stale reference found beside the model is reported, not used; parity gates then cannot run.
     stale = tmp_path / "stale"
     stale.mkdir()
-    shutil.copy(tree_export / "new2.onnx", stale / "new2.onnx")
+    shutil.copy(export_dir / "new2.onnx", stale / "new2.onnx")
     shutil.copy(cases["another data set"], stale / "new2.reference.npz")
     plain = ["--engine", str(stale / "new2.onnx"), "--data", str(tiny_data_dir), *FAST]
     code, output = bench(*plain)
@@ -163,10 +157,10 @@ def test_references_that_do_not_belong_are_refused(tree_export, tiny_data_dir, t
     assert code == 2 and "need a reference" in output
 
 
-def test_bench_checkpoint_against_its_export(tree_export, tiny_data_dir, trained_checkpoint, tmp_path):
+def test_bench_checkpoint_against_its_export(export_dir, tiny_data_dir, trained_checkpoint, tmp_path):
     out_json = tmp_path / "pt.json"
     code, output = bench("--engine", str(trained_checkpoint("new2")), "--data", str(tiny_data_dir), "--reference",
-                         str(tree_export / "new2.reference.npz"), "--json", str(out_json), "--min-agreement", "100", *FAST)
+                         str(export_dir / "new2.reference.npz"), "--json", str(out_json), "--min-agreement", "100", *FAST)
     assert code == 0, output
     figures = json.loads(out_json.read_text())
     assert figures["model"]["format"] == "pytorch" and figures["parity"]["flips"] == 0
@@ -174,31 +168,32 @@ def test_bench_checkpoint_against_its_export(tree_export, tiny_data_dir, trained
     assert {t["variant"] for t in figures["timings"]} == {"pytorch eager fp32"}  # CPU: no fp16 / CUDA graph
 
 
-def test_bench_all_rows(tree_export, tiny_data_dir, trained_checkpoint, tmp_path):
+def test_bench_all_rows(export_dir, tiny_data_dir, trained_checkpoint, tmp_path):
     out_json = tmp_path / "all.json"
     code, output = bench("--all", str(trained_checkpoint("new2")), "--data", str(tiny_data_dir), "--export-dir",
-                         str(tree_export), "--engines-dir", str(tmp_path / "engines"), "--json", str(out_json),
+                         str(export_dir), "--engines-dir", str(tmp_path / "engines"), "--json", str(out_json),
                          "--batch-sizes", "1,16", "--duration", "0.05", "--warmup", "0.01")
     assert code == 0, output
     rows = {Path(row["path"]).name: row for row in json.loads(out_json.read_text())["rows"]}
     assert list(rows) == ["new2.pt", "new2.onnx", "new2.fp16.onnx", "new2.int8.onnx", "new2.plan"]
-    for name in ("new2.pt", "new2.onnx", "new2.fp16.onnx"):
+    for name in ("new2.pt", "new2.onnx", "new2.fp16.onnx", "new2.int8.onnx"):
         row = rows[name]
-        assert row["status"] == "ok" and row["agreement"] >= 98.0 and abs(row["accuracy_delta"]) <= 2.0
+        assert row["status"] == "ok" and row["agreement"] >= 90.0 and abs(row["accuracy_delta"]) <= 5.0
         assert row["p50_ms_batch1"] > 0 and row["images_per_s"] > 0 and row["size_mb"] > 0
         assert f"{row['accuracy']:6.2f}" in output
-    assert rows["new2.onnx"]["agreement"] == 100.0
-    assert rows["new2.int8.onnx"]["status"].startswith("not found") and rows["new2.plan"]["accuracy"] is None
+    assert rows["new2.onnx"]["agreement"] == 100.0 and rows["new2.pt"]["agreement"] == 100.0
+    assert rows["new2.fp16.onnx"]["agreement"] >= 98.0 and abs(rows["new2.fp16.onnx"]["accuracy_delta"]) <= 2.0
+    assert rows["new2.plan"]["status"].startswith("not found") and rows["new2.plan"]["accuracy"] is None
     assert "not found (make it with `edgecls build`)" in output
 
 
-def test_usage_errors(tree_export, tiny_data_dir, tmp_path):
+def test_usage_errors(export_dir, tiny_data_dir, tmp_path):
     code, output = bench("--data", str(tiny_data_dir))
     assert code == 2 and "exactly one of --engine" in output
-    code, output = bench("--engine", str(tree_export / "new2.onnx"), "--data", str(tiny_data_dir), "--batch-sizes", "1,x")
+    code, output = bench("--engine", str(export_dir / "new2.onnx"), "--data", str(tiny_data_dir), "--batch-sizes", "1,x")
     assert code == 2 and "--batch-sizes" in output
     truncated = tmp_path / "new2.onnx"
-    truncated.write_bytes((tree_export / "new2.onnx").read_bytes()[:3000])
+    truncated.write_bytes((export_dir / "new2.onnx").read_bytes()[:3000])
     code, output = bench("--engine", str(truncated), "--data", str(tiny_data_dir), *FAST)
     assert code == 2 and "not a readable ONNX model" in output
 
@@ -216,15 +211,15 @@ def write_reordered_tree(data, root: Path) -> Path:
     return root
 
 
-def test_reference_rows_follow_the_images_not_the_order(tree_export, tiny_cifar, trained_checkpoint, tmp_path):
+def test_reference_rows_follow_the_images_not_the_order(export_dir, tiny_cifar, trained_checkpoint, tmp_path):
     """The same test images read in another order (another form of the data set) still give exact parity."""
     reordered = write_reordered_tree(tiny_cifar, tmp_path / "reordered")
-    code, output = bench("--engine", str(tree_export / "new2.onnx"), "--data", str(reordered),
+    code, output = bench("--engine", str(export_dir / "new2.onnx"), "--data", str(reordered),
                          "--min-agreement", "100", *FAST)
     assert code == 0, output
     out_json = tmp_path / "all.json"
     code, output = bench("--all", str(trained_checkpoint("new2")), "--data", str(reordered), "--reference",
-                         str(tree_export / "new2.reference.npz"), "--export-dir", str(tree_export), "--engines-dir",
+                         str(export_dir / "new2.reference.npz"), "--export-dir", str(export_dir), "--engines-dir",
                          str(tmp_path / "engines"), "--json", str(out_json), "--min-agreement", "100",
                          "--batch-sizes", "1", "--duration", "0.05", "--warmup", "0.01")
     assert code == 0, output
@@ -232,9 +227,9 @@ def test_reference_rows_follow_the_images_not_the_order(tree_export, tiny_cifar,
     assert [row["agreement"] for row in rows[:3]] == [100.0, 100.0, 100.0]
 
 
-def test_bench_all_gates_fail_on_a_file_that_cannot_run(tree_export, tiny_data_dir, trained_checkpoint, tmp_path):
+def test_bench_all_gates_fail_on_a_file_that_cannot_run(export_dir, tiny_data_dir, trained_checkpoint, tmp_path):
     broken = tmp_path / "export"
-    shutil.copytree(tree_export, broken)
+    shutil.copytree(export_dir, broken)
     (broken / "new2.fp16.onnx").write_bytes(b"not onnx")
     common = ["--all", str(trained_checkpoint("new2")), "--data", str(tiny_data_dir), "--export-dir", str(broken),
               "--engines-dir", str(tmp_path / "engines"), "--batch-sizes", "1", "--duration", "0.05", "--warmup", "0.01"]

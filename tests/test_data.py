@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import struct
 import tarfile
@@ -510,3 +511,39 @@ def test_bad_images_are_named(tmp_path: Path, problem: str) -> None:
     assert ("40x30" in message and "32x32" in message) if problem == "wrong size" else "cannot decode" in message
     archive = write_tree_tar(root, tmp_path / "tree.tar.gz", top="tree")  # inside an archive: archive:member
     assert f"{archive}:tree/train/dog/bad.jpg" in error_of(lambda: load_cifar10(archive, cache=False))
+
+
+def test_class_order_does_not_follow_the_archive_order(tmp_path: Path) -> None:
+    """Classes get CIFAR-10's label order (or sorted names), whatever order the archive lists its folders in."""
+    for class_names, expected in ((list(CIFAR10_CLASSES), list(CIFAR10_CLASSES)),
+                                  (["zebra", "apple", "mango"], ["apple", "mango", "zebra"])):
+        ref = make_reference(class_names=class_names)
+        root = write_tree(ref, tmp_path / f"tree{len(class_names)}")
+        archive_path = tmp_path / f"reversed{len(class_names)}.tar"
+        with tarfile.open(archive_path, "w") as archive:  # classes added last-name-first
+            for split in ("train", "test"):
+                for class_dir in sorted((root / split).iterdir(), reverse=True):
+                    archive.add(class_dir, arcname=f"{split}/{class_dir.name}")
+        loaded = load_cifar10(archive_path, cache=False)
+        assert loaded.class_names == expected
+        for split in ("train", "test"):
+            names = [loaded.class_names[label] for label in getattr(loaded, f"{split}_labels")]
+            original = [ref.class_names[label] for label in getattr(ref, f"{split}_labels")]
+            assert sorted(names) == sorted(original)
+            for image, name in zip(getattr(loaded, f"{split}_images"), names):  # each image kept its class
+                matches = [i for i, img in enumerate(getattr(ref, f"{split}_images")) if np.array_equal(img, image)]
+                assert any(ref.class_names[getattr(ref, f"{split}_labels")[i]] == name for i in matches)
+
+
+def test_an_archive_replaced_at_the_same_path_is_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first_ref, second_ref = make_reference(), make_reference(seed=1)
+    archive = write_tree_tar(write_tree(first_ref, tmp_path / "a"), tmp_path / "data.tar")
+    before = archive.stat()
+    load_cifar10(archive)
+    replacement = write_tree_tar(write_tree(second_ref, tmp_path / "b"), tmp_path / "replacement.tar")
+    os.replace(replacement, archive)  # same path and, below, the same modification time
+    os.utime(archive, ns=(before.st_atime_ns, before.st_mtime_ns))
+    calls = count_decodes(monkeypatch)
+    reloaded = load_cifar10(archive)
+    assert len(calls) == len(second_ref.train_labels) + len(second_ref.test_labels)
+    assert_same(reloaded, *by_class(second_ref.train_images, second_ref.train_labels), "train")

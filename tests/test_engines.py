@@ -17,7 +17,7 @@ from edgecls.artifacts import sha256_file
 from edgecls.cli import main
 from edgecls.engines import BuildOptions, build_command, build_engine, build_options, parse_batch, unavailable_reason
 from edgecls.errors import EdgeclsError
-from edgecls.export import export_model, read_onnx_metadata
+from edgecls.formats import EngineManifest, ModelMetadata
 
 
 @pytest.mark.parametrize("version, precision, expected", [
@@ -55,10 +55,8 @@ def test_build_command_names_the_default_plan():
 
 
 @pytest.fixture(scope="module")
-def new2_files(trained_checkpoint, tiny_cifar, tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("engines_export")
-    return export_model(trained_checkpoint("new2"), root / "export", data=tiny_cifar, fp16=True, int8=True,
-                        calibration_size=100, calibration_dir=root / "calibration", progress=False).files
+def new2_files(new2_export) -> dict[str, Path]:
+    return new2_export.files
 
 
 @pytest.mark.skipif(unavailable_reason() is None, reason="TensorRT and a GPU are present: the real build runs instead")
@@ -102,8 +100,9 @@ def test_real_engine_build_and_inference(precision, new2_files, tiny_cifar, tmp_
     assert manifest["tensorrt_version"] == trt.__version__ and manifest["precision"] == precision
     assert manifest["onnx_sha256"] == sha256_file(onnx_path) and manifest["plan_sha256"] == sha256_file(plan)
     assert manifest["batch"] == {"min": 1, "opt": 16, "max": 32}
-    assert manifest["edgecls"] == read_onnx_metadata(onnx_path)
+    assert manifest["edgecls"] == ModelMetadata.read(onnx_path).to_dict()
     assert manifest["gpu_name"] and "." in manifest["compute_capability"]
+    assert EngineManifest.read(plan).to_dict() == manifest
 
     engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(plan.read_bytes())
     assert engine is not None

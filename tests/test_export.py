@@ -19,9 +19,11 @@ from edgecls.cli import main
 from edgecls.data import image_digests
 from edgecls.errors import EdgeclsError
 from edgecls.evaluate import torch_logits
-from edgecls.export import compare_logits, export_model, read_onnx_metadata, set_metadata
+from edgecls.export import check_parity, export_model
+from edgecls.formats import ModelMetadata
 from edgecls.models import MODELS
 from edgecls.preprocess import Preprocessing
+from edgecls.runtime import load as load_runtime
 
 ALL_MODELS = list(MODELS)
 
@@ -31,8 +33,8 @@ def session(path: Path) -> ort.InferenceSession:
 
 
 @pytest.mark.parametrize("model_name", ALL_MODELS)
-def test_fp32_matches_pytorch_on_random_and_real_looking_inputs(model_name, exported, trained_checkpoint, tiny_cifar):
-    report = exported(model_name)
+def test_fp32_matches_pytorch_on_random_and_real_looking_inputs(model_name, exported_models, trained_checkpoint, tiny_cifar):
+    report = exported_models(model_name)
     assert report.passed and set(report.files) == {"fp32", "fp16", "int8"}
     model = load_checkpoint(trained_checkpoint(model_name)).build_model()
     onnx_session = session(report.files["fp32"])
@@ -49,10 +51,10 @@ def test_fp32_matches_pytorch_on_random_and_real_looking_inputs(model_name, expo
 
 
 @pytest.mark.parametrize("model_name", ALL_MODELS)
-def test_fp16_and_int8_files_run_on_onnxruntime_cpu(model_name, exported, tiny_cifar):
-    report = exported(model_name)
+def test_fp16_and_int8_files_run_on_onnxruntime_cpu(model_name, exported_models, tiny_cifar):
+    report = exported_models(model_name)
     reference = np.load(report.reference)["logits"]
-    inputs = Preprocessing.from_dict(read_onnx_metadata(report.files["fp32"])["preprocess"])(tiny_cifar.test_images)
+    inputs = ModelMetadata.read(report.files["fp32"]).preprocess(tiny_cifar.test_images)
     for precision in ("fp16", "int8"):
         onnx_session = session(report.files[precision])
         assert onnx_session.get_inputs()[0].type == "tensor(float)"  # float32 I/O whatever the inside
@@ -61,28 +63,31 @@ def test_fp16_and_int8_files_run_on_onnxruntime_cpu(model_name, exported, tiny_c
         agreement = np.mean(logits.argmax(1) == reference.argmax(1))
         assert agreement >= 0.9, f"{precision}: only {agreement:.1%} top-1 agreement with PyTorch"
     fp16_model = onnx.load(str(report.files["fp16"]))
-    assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in fp16_model.graph.initializer)
+    # Every weight is float16 (a converter that kept float32 weights would still run, at fp32 cost).
+    types = [init.data_type for init in fp16_model.graph.initializer]
+    assert onnx.TensorProto.FLOAT16 in types and onnx.TensorProto.FLOAT not in types
     # The parity lines printed by export measured the same thing on the whole test split.
-    by_precision = {result.precision: result for result in report.parity}
-    assert by_precision["fp32"].agreement == 100.0 and by_precision["fp32"].max_abs_diff < 1e-3
-    assert by_precision["fp16"].max_abs_diff > 0  # really computed in float16
+    by_precision = {result.precision: result.parity for result in report.parity}
+    assert by_precision["fp32"].agreement == 100.0 and by_precision["fp32"].max_abs_logit_diff < 1e-3
+    assert by_precision["fp16"].max_abs_logit_diff > 0  # really computed in float16
 
 
 @pytest.mark.parametrize("model_name", ALL_MODELS)
-def test_metadata_round_trip(model_name, exported, trained_checkpoint):
+def test_metadata_round_trip(model_name, exported_models, trained_checkpoint):
     checkpoint = load_checkpoint(trained_checkpoint(model_name))
-    report = exported(model_name)
+    report = exported_models(model_name)
     for precision, path in report.files.items():
-        record = read_onnx_metadata(path)
-        via_ort = json.loads(session(path).get_modelmeta().custom_metadata_map["edgecls"])
-        assert record == via_ort
-        assert record["precision"] == precision and record["model"] == model_name
-        assert record["checkpoint_sha256"] == sha256_file(checkpoint.path)
-        assert record["data_fingerprint"] == checkpoint.data_fingerprint
-        assert Preprocessing.from_dict(record["preprocess"]) == checkpoint.preprocess
-        assert (record["input_name"], record["output_name"]) == ("images", "logits")
+        metadata = ModelMetadata.read(path)
+        record = json.loads(session(path).get_modelmeta().custom_metadata_map["edgecls"])
+        assert record == metadata.to_dict() and record["format_version"] == 1
+        assert ModelMetadata.from_dict(record, "round trip") == metadata
+        assert metadata.precision == precision and metadata.model == model_name
+        assert metadata.checkpoint_sha256 == sha256_file(checkpoint.path)
+        assert metadata.data_fingerprint == checkpoint.data_fingerprint
+        assert metadata.preprocess == checkpoint.preprocess
+        assert (metadata.input_name, metadata.output_name) == ("images", "logits")
         assert ("quantization" in record) == (precision == "int8")
-    quantization = read_onnx_metadata(report.files["int8"])["quantization"]
+    quantization = ModelMetadata.read(report.files["int8"]).quantization
     assert quantization == {"target": "trt", "method": "percentile", "calibration_size": 200, "calibration_seed": 0,
                             "calibration_split": "train"}
     fp32 = onnx.load(str(report.files["fp32"]))
@@ -91,30 +96,35 @@ def test_metadata_round_trip(model_name, exported, trained_checkpoint):
     onnx.checker.check_model(fp32, full_check=True)
 
 
-def test_reference_logits_are_the_pytorch_model_on_the_test_split(exported, trained_checkpoint, tiny_cifar):
+def test_reference_logits_are_the_pytorch_model_on_the_test_split(new2_export, trained_checkpoint, tiny_cifar):
     checkpoint = load_checkpoint(trained_checkpoint("new2"))
-    with np.load(exported("new2").reference, allow_pickle=False) as saved:
+    with np.load(new2_export.reference, allow_pickle=False) as saved:
         logits, labels, digests, meta = saved["logits"], saved["labels"], saved["digests"], json.loads(str(saved["meta"]))
     expected = torch_logits(checkpoint.build_model(), tiny_cifar.test_images, checkpoint.preprocess)
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
     assert np.array_equal(labels, tiny_cifar.test_labels)
     assert [bytes(row) for row in digests] == image_digests(tiny_cifar.test_images)
-    assert meta == {"model": "new2", "checkpoint_sha256": checkpoint.sha256, "data_fingerprint": tiny_cifar.fingerprint,
-                    "split": "test"}
+    assert meta == {"format_version": 1, "model": "new2", "checkpoint_sha256": checkpoint.sha256,
+                    "data_fingerprint": tiny_cifar.fingerprint, "split": "test"}
 
 
-def test_parity_gate_fails_beyond_float_rounding(exported):
-    report = exported("new2")
+def test_parity_gate_fails_beyond_float_rounding(new2_export):
+    report = new2_export
     reference = np.load(report.reference)["logits"]
     labels = np.load(report.reference)["labels"]
-    close = compare_logits(report.files["fp32"], "fp32", reference + 1e-6, reference, labels)
-    assert close.passed and close.agreement == 100.0
+    close = check_parity(report.files["fp32"], "fp32", reference + 1e-6, reference, labels)
+    assert close.verdict and close.parity.agreement == 100.0
+    scale = max(1.0, float(np.abs(reference).max()))
+    # The tolerance is float rounding: 1e-3 of the logits' scale passes, 3e-3 (no flips at all) fails.
+    assert check_parity(report.files["fp32"], "fp32", reference + 0.9e-3 * scale, reference, labels).verdict
+    drifted = check_parity(report.files["fp32"], "fp32", reference + 3e-3 * scale, reference, labels)
+    assert not drifted.verdict and drifted.parity.flips == 0
     swapped = reference.copy()
     swapped[:5] = -swapped[:5]  # five predictions change
-    broken = compare_logits(report.files["fp32"], "fp32", swapped, reference, labels)
-    assert not broken.passed and broken.agreement == pytest.approx(100.0 * (1 - 5 / len(reference)))
+    broken = check_parity(report.files["fp32"], "fp32", swapped, reference, labels)
+    assert not broken.verdict and broken.parity.agreement == pytest.approx(100.0 * (1 - 5 / len(reference)))
     assert "FAILED" in broken.line()
-    assert compare_logits(report.files["int8"], "int8", swapped, reference, labels).passed  # only fp32 gates
+    assert check_parity(report.files["int8"], "int8", swapped, reference, labels).verdict  # only fp32 gates
 
 
 def test_cli_export_end_to_end(trained_checkpoint, tiny_data_dir, tmp_path, monkeypatch):
@@ -165,20 +175,22 @@ def test_bad_checkpoints(tmp_path, trained_checkpoint, tiny_data_dir):
     assert not out.exists() or not any(out.iterdir())
 
 
-def test_not_onnx_and_inconsistent_input_shape(tmp_path, exported):
+def test_not_onnx_and_inconsistent_input_shape(tmp_path, new2_export):
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"\x00 this is not a protobuf \xff" * 10)
     code, output = run_cli("build", str(garbage))
     assert_one_line_error(code, output, str(garbage), "not a readable ONNX model")
 
-    model = onnx.load(str(exported("new2").files["fp32"]))
-    record = read_onnx_metadata(exported("new2").files["fp32"])
-    record["preprocess"]["crop_size"] = 32  # the graph takes 28x28
-    set_metadata(model, record)
+    model = onnx.load(str(new2_export.files["fp32"]))
+    metadata = ModelMetadata.read(new2_export.files["fp32"])
+    ModelMetadata.from_dict({**metadata.to_dict(), "preprocess": {**metadata.preprocess.to_dict(), "crop_size": 32}},
+                            "test").embed(model)  # the graph takes 28x28
     lying = tmp_path / "lying.onnx"
     onnx.save(model, str(lying))
     with pytest.raises(EdgeclsError, match=r"has shape \['batch', 3, 28, 28\].*\[batch, 3, 32, 32\]"):
-        read_onnx_metadata(lying)
+        ModelMetadata.read(lying)
+    with pytest.raises(EdgeclsError, match=r"has shape \['batch', 3, 28, 28\].*\[batch, 3, 32, 32\]"):
+        load_runtime(lying)  # the runtime reads it through ONNX Runtime and applies the same check
     code, output = run_cli("build", str(lying))
     assert_one_line_error(code, output, str(lying), "input 'images'")
 
@@ -186,7 +198,16 @@ def test_not_onnx_and_inconsistent_input_shape(tmp_path, exported):
     anonymous = tmp_path / "anonymous.onnx"
     onnx.save(model, str(anonymous))
     code, output = run_cli("build", str(anonymous))
-    assert_one_line_error(code, output, "no 'edgecls' metadata")
+    assert_one_line_error(code, output, "no edgecls metadata")
+
+    versionless = tmp_path / "versionless.onnx"  # a record without format_version is not one this edgecls wrote
+    record = metadata.to_dict()
+    del record["format_version"]
+    model.metadata_props.add(key="edgecls", value=json.dumps(record))
+    onnx.save(model, str(versionless))
+    for read in (ModelMetadata.read, load_runtime):
+        with pytest.raises(EdgeclsError, match="format version None, this edgecls reads version 1"):
+            read(versionless)
 
 
 def test_output_folder_not_writable(tmp_path, trained_checkpoint, tiny_data_dir):

@@ -12,16 +12,13 @@ from click.testing import CliRunner
 from PIL import Image
 
 from edgecls.cli import main
+from edgecls.formats import EngineManifest, ModelMetadata
 from edgecls.runtime import load
 
 
 @pytest.fixture(scope="module")
-def exported(trained_checkpoint, tiny_cifar, tmp_path_factory) -> Path:
-    from edgecls.export import export_model
-
-    out = tmp_path_factory.mktemp("predict_export") / "export"
-    export_model(trained_checkpoint("new2"), out, data=tiny_cifar, progress=False)
-    return out / "new2.onnx"
+def fp32_onnx(new2_export) -> Path:
+    return new2_export.files["fp32"]
 
 
 @pytest.fixture(scope="module")
@@ -54,53 +51,53 @@ def parse(output: str) -> dict[str, list[tuple[str, float]]]:
     return parsed
 
 
-def test_predict_files_and_folders(exported, photos, tiny_cifar):
-    code, output = predict(str(photos), "--engine", str(exported), "--top-k", "3")
+def test_predict_files_and_folders(fp32_onnx, photos, tiny_cifar):
+    code, output = predict(str(photos), "--engine", str(fp32_onnx), "--top-k", "3")
     assert code == 0, output
     got = parse(output)
     assert sorted(got) == ["a.png", "b.png", "c_gray.png", "d_rgba.png", "e_large.png"]
     images = tiny_cifar.test_images
     gray = images[2][:, :, 0]
-    with load(exported) as classifier:
+    with load(fp32_onnx) as classifier:
         expected = classifier.classify([images[0], images[1], np.stack([gray] * 3, axis=2), images[3]])
     for name, ranked in zip(["a.png", "b.png", "c_gray.png", "d_rgba.png"], expected.top_k(3)):
         assert [label for label, _ in got[name]] == [label for label, _ in ranked]
         np.testing.assert_allclose([p for _, p in got[name]], [p for _, p in ranked], atol=5e-4)
     assert all(len(ranked) == 3 and ranked[0][1] >= ranked[1][1] >= ranked[2][1] for ranked in got.values())
 
-    code, output = predict(str(photos / "a.png"), "--engine", str(exported), "--top-k", "1")
+    code, output = predict(str(photos / "a.png"), "--engine", str(fp32_onnx), "--top-k", "1")
     assert code == 0 and parse(output)["a.png"] == got["a.png"][:1]
 
 
-def test_unreadable_and_non_image_files(exported, photos, tmp_path):
+def test_unreadable_and_non_image_files(fp32_onnx, photos, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes((photos / "a.png").read_bytes()[:40])
     for bad in (photos / "notes.txt", broken):
-        code, output = predict(str(photos / "a.png"), str(bad), "--engine", str(exported))
+        code, output = predict(str(photos / "a.png"), str(bad), "--engine", str(fp32_onnx))
         assert code == 2 and f"cannot read {bad} as an image" in output and len(output.strip().splitlines()) == 1
 
 
-def test_missing_paths_and_empty_folders(exported, tmp_path):
+def test_missing_paths_and_empty_folders(fp32_onnx, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "readme.md").write_text("no images here")
-    code, output = predict(str(empty), "--engine", str(exported))
+    code, output = predict(str(empty), "--engine", str(fp32_onnx))
     assert code == 2 and f"directory {empty} holds no image files" in output
-    code, output = predict(str(tmp_path / "nope.jpg"), "--engine", str(exported))
+    code, output = predict(str(tmp_path / "nope.jpg"), "--engine", str(fp32_onnx))
     assert code == 2 and "does not exist" in output
 
 
-def test_images_with_unexpected_pixel_formats(exported, tmp_path):
+def test_images_with_unexpected_pixel_formats(fp32_onnx, tmp_path):
     deep = tmp_path / "deep.png"
     Image.fromarray(np.full((32, 32), 40000, np.uint16)).save(deep)  # 16-bit grayscale
-    code, output = predict(str(deep), "--engine", str(exported))
+    code, output = predict(str(deep), "--engine", str(fp32_onnx))
     assert code == 2 and "pixel format" in output and str(deep) in output
 
 
-def test_bad_engines(exported, photos, tmp_path):
+def test_bad_engines(fp32_onnx, photos, tmp_path):
     image = str(photos / "a.png")
     truncated = tmp_path / "truncated.onnx"
-    truncated.write_bytes(exported.read_bytes()[:4000])
+    truncated.write_bytes(fp32_onnx.read_bytes()[:4000])
     not_onnx = tmp_path / "photo.onnx"
     shutil.copy(photos / "a.png", not_onnx)
     for engine in (truncated, not_onnx):
@@ -113,5 +110,11 @@ def test_bad_engines(exported, photos, tmp_path):
     assert code == 2 and "has no manifest" in output
     (tmp_path / "new2.plan.json").write_text(json.dumps({"tensorrt_version": "10.3.0", "edgecls": {},
                                                           "plan_sha256": "0" * 64}))
+    code, output = predict(image, "--engine", str(plan))
+    assert code == 2 and "format version None" in output and len(output.strip().splitlines()) == 1
+    metadata = ModelMetadata.read(fp32_onnx)
+    manifest = EngineManifest("10.3.0", "Orin", "8.7", str(fp32_onnx), "0" * 64, "0" * 64, "fp32",
+                              {"min": 1, "opt": 8, "max": 64}, metadata)
+    manifest.write(plan)
     code, output = predict(image, "--engine", str(plan))
     assert code == 2 and "does not match its manifest" in output

@@ -13,16 +13,16 @@ import pytest
 from onnx import numpy_helper
 
 from edgecls.errors import EdgeclsError
-from edgecls.export import ExportReport, read_onnx_metadata
+from edgecls.export import ExportReport
+from edgecls.formats import ModelMetadata
 from edgecls.models import MODELS
-from edgecls.preprocess import Preprocessing
 from edgecls.quantize import calibration_indices, quantize_int8, transposed_to_conv, trt_violations
 
 
 @pytest.fixture(scope="session")
-def fp32_file(exported: Callable[[str], "ExportReport"]) -> Callable[[str], Path]:
+def fp32_file(exported_models: Callable[[str], "ExportReport"]) -> Callable[[str], Path]:
     """Factory: the fp32 ONNX export of a briefly trained model (the shared export fixture's)."""
-    return lambda model_name: exported(model_name).files["fp32"]
+    return lambda model_name: exported_models(model_name).files["fp32"]
 
 
 def arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -34,9 +34,9 @@ def producer_of(model: onnx.ModelProto, tensor: str) -> onnx.NodeProto | None:
 
 
 def pytorch_agreement(path: Path, reference_path: Path, images: np.ndarray) -> float:
-    record = read_onnx_metadata(path)
+    preprocess = ModelMetadata.read(path).preprocess
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    logits = session.run(None, {"images": Preprocessing.from_dict(record["preprocess"])(images)})[0]
+    logits = session.run(None, {"images": preprocess(images)})[0]
     reference = np.load(reference_path)["logits"]
     return float(np.mean(logits.argmax(1) == reference.argmax(1)))
 
@@ -92,7 +92,7 @@ def test_cpu_target_uses_u8_activations_and_per_channel_s8_weights(fp32_file, ti
         weight_dq = producer_of(model, node.input[1])
         assert values[weight_dq.input[0]].dtype == np.int8 and values[weight_dq.input[1]].size > 1
     assert trt_violations(model)  # this form is not for TensorRT, and the checker sees why
-    assert read_onnx_metadata(out)["quantization"]["target"] == "cpu"
+    assert ModelMetadata.read(out).quantization["target"] == "cpu"
     reference = fp32_file("new2").with_name("new2.reference.npz")
     assert pytorch_agreement(out, reference, tiny_cifar.test_images) >= 0.9
 
@@ -118,7 +118,7 @@ def test_calibration_reuse_gives_identical_scales(fp32_file, tiny_cifar, tmp_pat
     assert record["split"] == "train" and (record["size"], record["seed"], record["method"]) == (120, 3, "percentile")
     assert record["indices"] == calibration_indices(len(tiny_cifar.train_images), 120, 3).tolist()
     assert record["data_fingerprint"] == tiny_cifar.fingerprint
-    assert record["checkpoint_sha256"] == read_onnx_metadata(fp32_file("new2"))["checkpoint_sha256"]
+    assert record["checkpoint_sha256"] == ModelMetadata.read(fp32_file("new2")).checkpoint_sha256
 
     reused = quantize_int8(fp32_file("new2"), tmp_path / "reused.onnx", data=None, cache=record_path, size=999)
     assert reused.reused
@@ -128,7 +128,7 @@ def test_calibration_reuse_gives_identical_scales(fp32_file, tiny_cifar, tmp_pat
     for name in first:
         assert first[name].dtype == second[name].dtype and np.array_equal(first[name], second[name]), name
     # The file says which calibration it came from, even when reused with other options on the command line.
-    assert read_onnx_metadata(tmp_path / "reused.onnx")["quantization"]["calibration_size"] == 120
+    assert ModelMetadata.read(tmp_path / "reused.onnx").quantization["calibration_size"] == 120
 
     other_seed = quantize_int8(fp32_file("new2"), tmp_path / "other.onnx", data=tiny_cifar, size=120, seed=4,
                                record_path=tmp_path / "other.json")
@@ -161,7 +161,7 @@ def test_other_calibration_methods(method, fp32_file, tiny_cifar, tmp_path):
     out = tmp_path / "new2.int8.onnx"
     quantize_int8(fp32_file("new2"), out, data=tiny_cifar, method=method, size=128, record_path=tmp_path / "r.json")
     assert trt_violations(onnx.load(str(out))) == []
-    assert read_onnx_metadata(out)["quantization"]["method"] == method
+    assert ModelMetadata.read(out).quantization["method"] == method
     reference = fp32_file("new2").with_name("new2.reference.npz")
     assert pytorch_agreement(out, reference, tiny_cifar.test_images) >= 0.9
 

@@ -1,4 +1,4 @@
-"""edgecls.runtime on ONNX files exported from a briefly trained model; TensorRT where it and a GPU exist."""
+"""edgecls.runtime on ONNX files export_dir from a briefly trained model; TensorRT where it and a GPU exist."""
 
 from __future__ import annotations
 
@@ -15,17 +15,14 @@ from edgecls.errors import EdgeclsError
 from edgecls.preprocess import Preprocessing
 from edgecls.runtime import Classifier, load, softmax
 from edgecls.runtime.onnx_backend import OnnxRunner
-from edgecls.runtime.tensorrt_backend import check_compatibility, read_manifest
+from edgecls.formats import EngineManifest
+from edgecls.runtime.tensorrt_backend import check_compatibility
 
 
 @pytest.fixture(scope="module")
-def exported(trained_checkpoint, tiny_cifar, tmp_path_factory) -> Path:
-    """export/ folder with new2.onnx and new2.reference.npz made from the tiny trained checkpoint."""
-    from edgecls.export import export_model
-
-    out = tmp_path_factory.mktemp("runtime_export") / "export"
-    export_model(trained_checkpoint("new2"), out, data=tiny_cifar, progress=False)
-    return out
+def export_dir(new2_export) -> Path:
+    """The shared export/ folder of new2 (new2.onnx, new2.reference.npz, ...), read only."""
+    return new2_export.files["fp32"].parent
 
 
 def raw_ort_logits(onnx_path: Path, batch: np.ndarray) -> np.ndarray:
@@ -40,13 +37,13 @@ def test_import_does_not_pull_in_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_predictions_equal_raw_onnxruntime(exported, tiny_cifar):
+def test_predictions_equal_raw_onnxruntime(export_dir, tiny_cifar):
     images = tiny_cifar.test_images
-    with load(exported / "new2.onnx") as classifier:
+    with load(export_dir / "new2.onnx") as classifier:
         predictions = classifier.classify(images)
     preprocess = Preprocessing.from_dict(json.loads(
-        ort.InferenceSession(str(exported / "new2.onnx")).get_modelmeta().custom_metadata_map["edgecls"])["preprocess"])
-    expected = raw_ort_logits(exported / "new2.onnx", preprocess(images))
+        ort.InferenceSession(str(export_dir / "new2.onnx")).get_modelmeta().custom_metadata_map["edgecls"])["preprocess"])
+    expected = raw_ort_logits(export_dir / "new2.onnx", preprocess(images))
     np.testing.assert_array_equal(predictions.logits, expected)
     np.testing.assert_array_equal(predictions.indices, expected.argmax(axis=1))
     assert predictions.names == [tiny_cifar.class_names[i] for i in expected.argmax(axis=1)]
@@ -60,13 +57,13 @@ def test_predictions_equal_raw_onnxruntime(exported, tiny_cifar):
     assert (predictions.indices == tiny_cifar.test_labels).mean() > 0.5
 
 
-def test_preprocessing_equals_training_evaluation(exported, tiny_cifar, trained_checkpoint):
+def test_preprocessing_equals_training_evaluation(export_dir, tiny_cifar, trained_checkpoint):
     from edgecls.checkpoint import load_checkpoint
     from edgecls.evaluate import torch_logits
 
     checkpoint = load_checkpoint(trained_checkpoint("new2"))
     torch_side = torch_logits(checkpoint.build_model(), tiny_cifar.test_images, checkpoint.preprocess)
-    with load(exported / "new2.onnx") as classifier:
+    with load(export_dir / "new2.onnx") as classifier:
         assert classifier.preprocess == checkpoint.preprocess  # read back from the ONNX metadata
         runtime_side = classifier.logits(tiny_cifar.test_images)
     np.testing.assert_allclose(runtime_side, torch_side, rtol=1e-4, atol=1e-4)
@@ -89,22 +86,22 @@ class CountingRunner(OnnxRunner):
         return super().infer(feed)
 
 
-def test_batches_are_split_and_padded_to_what_the_engine_accepts(exported, tiny_cifar):
+def test_batches_are_split_and_padded_to_what_the_engine_accepts(export_dir, tiny_cifar):
     images = tiny_cifar.test_images[:23]
-    with load(exported / "new2.onnx") as classifier:
+    with load(export_dir / "new2.onnx") as classifier:
         whole = classifier.logits(images)
-    with Classifier(CountingRunner(exported / "new2.onnx", fixed=5)) as classifier:
+    with Classifier(CountingRunner(export_dir / "new2.onnx", fixed=5)) as classifier:
         split = classifier.logits(images)
         assert classifier.runner.calls == [5] * 5  # 23 images: 4 full batches and one padded from 3 to 5
     np.testing.assert_allclose(split, whole, rtol=1e-5, atol=1e-5)
-    with load(exported / "new2.onnx", batch_size=8) as classifier:
+    with load(export_dir / "new2.onnx", batch_size=8) as classifier:
         np.testing.assert_allclose(classifier.logits(images), whole, rtol=1e-5, atol=1e-5)
 
 
-def test_images_of_any_size_gray_and_rgba(exported, tiny_cifar):
+def test_images_of_any_size_gray_and_rgba(export_dir, tiny_cifar):
     image = tiny_cifar.test_images[3]
     gray = image[:, :, 1]
-    with load(exported / "new2.onnx") as classifier:
+    with load(export_dir / "new2.onnx") as classifier:
         reference = classifier.logits(image[None])
         # Each pixel doubled: a half-pixel-centred bilinear resize back to 32 x 32 gives the original exactly.
         doubled = image.repeat(2, axis=0).repeat(2, axis=1)
@@ -119,20 +116,20 @@ def test_images_of_any_size_gray_and_rgba(exported, tiny_cifar):
 
 @pytest.mark.parametrize("bad", [np.zeros((32, 32, 2), np.uint8), np.zeros((32, 32, 5), np.uint8),
                                  np.zeros((32, 32, 3), np.float32), np.zeros((32,), np.uint8)])
-def test_unexpected_images_are_refused(exported, bad):
-    with load(exported / "new2.onnx") as classifier, pytest.raises(EdgeclsError) as info:
+def test_unexpected_images_are_refused(export_dir, bad):
+    with load(export_dir / "new2.onnx") as classifier, pytest.raises(EdgeclsError) as info:
         classifier.classify([bad])
     assert "\n" not in str(info.value)
 
 
-def test_a_float_batch_of_the_model_size_is_refused_too(exported):
-    with load(exported / "new2.onnx") as classifier, pytest.raises(EdgeclsError, match="must be uint8"):
+def test_a_float_batch_of_the_model_size_is_refused_too(export_dir):
+    with load(export_dir / "new2.onnx") as classifier, pytest.raises(EdgeclsError, match="must be uint8"):
         classifier.classify(np.full((2, 32, 32, 3), 0.5, np.float32))
 
 
-def test_bad_onnx_files(exported, tmp_path):
+def test_bad_onnx_files(export_dir, tmp_path):
     truncated = tmp_path / "truncated.onnx"
-    truncated.write_bytes((exported / "new2.onnx").read_bytes()[:5000])
+    truncated.write_bytes((export_dir / "new2.onnx").read_bytes()[:5000])
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"this is not a model" * 50)
     for path in (truncated, garbage):
@@ -144,10 +141,10 @@ def test_bad_onnx_files(exported, tmp_path):
         load(tmp_path / "model.tflite")
 
 
-def test_onnx_without_edgecls_metadata(exported, tmp_path):
+def test_onnx_without_edgecls_metadata(export_dir, tmp_path):
     import onnx
 
-    model = onnx.load(str(exported / "new2.onnx"))
+    model = onnx.load(str(export_dir / "new2.onnx"))
     del model.metadata_props[:]
     foreign = tmp_path / "foreign.onnx"
     onnx.save(model, str(foreign))
@@ -155,25 +152,26 @@ def test_onnx_without_edgecls_metadata(exported, tmp_path):
         load(foreign)
 
 
-def fake_plan(folder: Path, exported: Path) -> Path:
+def fake_plan(folder: Path, export_dir: Path) -> Path:
     """A plan file with a manifest as `edgecls build` writes it; the bytes are not a real engine, which the
     checks below never reach (they happen before TensorRT would read the plan)."""
     from edgecls.artifacts import sha256_file
 
     plan = folder / "new2.plan"
     plan.write_bytes(b"\x00" * 4096)
-    metadata = json.loads(ort.InferenceSession(str(exported / "new2.onnx")).get_modelmeta()
+    metadata = json.loads(ort.InferenceSession(str(export_dir / "new2.onnx")).get_modelmeta()
                           .custom_metadata_map["edgecls"])
     manifest = {"format_version": 1, "tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7",
-                "onnx_path": str(exported / "new2.onnx"), "plan_sha256": sha256_file(plan), "precision": "fp32",
+                "onnx_path": str(export_dir / "new2.onnx"), "onnx_sha256": sha256_file(export_dir / "new2.onnx"),
+                "plan_sha256": sha256_file(plan), "precision": "fp32",
                 "batch": {"min": 1, "opt": 64, "max": 256}, "edgecls": metadata}
     (folder / "new2.plan.json").write_text(json.dumps(manifest))
     return plan
 
 
-def test_plan_truncated_or_without_manifest(exported, tmp_path):
-    plan = fake_plan(tmp_path, exported)
-    assert read_manifest(plan)["tensorrt_version"] == "10.3.0"
+def test_plan_truncated_or_without_manifest(export_dir, tmp_path):
+    plan = fake_plan(tmp_path, export_dir)
+    assert EngineManifest.read(plan).tensorrt_version == "10.3.0"
     plan.write_bytes(plan.read_bytes()[:1000])
     with pytest.raises(EdgeclsError, match="does not match its manifest"):
         load(plan)
@@ -185,8 +183,8 @@ def test_plan_truncated_or_without_manifest(exported, tmp_path):
         load(plan)
 
 
-def test_plan_for_another_tensorrt_or_gpu_names_both(exported, tmp_path):
-    manifest = read_manifest(fake_plan(tmp_path, exported))
+def test_plan_for_another_tensorrt_or_gpu_names_both(export_dir, tmp_path):
+    manifest = EngineManifest.read(fake_plan(tmp_path, export_dir))
     check_compatibility(Path("new2.plan"), manifest, "10.3.0.30", "Orin", "8.7")  # same build: accepted
     with pytest.raises(EdgeclsError) as info:
         check_compatibility(Path("new2.plan"), manifest, "10.13.2", "Orin", "8.7")
@@ -212,12 +210,12 @@ def _tensorrt_unavailable() -> str | None:
 
 
 @pytest.mark.skipif(_tensorrt_unavailable() is not None, reason=f"TensorRT runtime test: {_tensorrt_unavailable()}")
-def test_tensorrt_plan_matches_onnxruntime(exported, tiny_cifar, tmp_path):
+def test_tensorrt_plan_matches_onnxruntime(export_dir, tiny_cifar, tmp_path):
     from edgecls.engines import build_engine
 
-    plan = build_engine(exported / "new2.onnx", tmp_path / "new2.plan", batch=(1, 16, 64))
+    plan = build_engine(export_dir / "new2.onnx", tmp_path / "new2.plan", batch=(1, 16, 64))
     images = tiny_cifar.test_images  # 100 images: split into batches of at most 64
-    with load(exported / "new2.onnx") as onnx_classifier:
+    with load(export_dir / "new2.onnx") as onnx_classifier:
         expected = onnx_classifier.logits(images)
     with load(plan) as classifier:
         assert classifier.batch_size == 64

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -152,3 +153,24 @@ def test_cli_bad_input_exits_non_zero_with_one_line(tiny_data_dir, trained_check
     usage = runner.invoke(main, ["train", "--test-images", "0", "--data", str(tiny_data_dir), "--out", str(tmp_path)])
     assert usage.exit_code == 2 and "'--test-images': 0 is not in the range" in usage.output  # click's usage error
 
+
+
+class _RunsCode:
+    """Unpickling this calls a function of the pickler's choice: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "code ran"))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(trained_checkpoint, tmp_path):
+    record = torch.load(trained_checkpoint("new2"), weights_only=True)
+    marker = tmp_path / "pwned"
+    record["train_args"] = {"payload": _RunsCode(marker)}
+    evil = tmp_path / "evil.pt"
+    torch.save(record, evil)
+    with pytest.raises(EdgeclsError, match="refuses to load"):
+        load_checkpoint(evil)
+    assert not marker.exists()

@@ -6,14 +6,14 @@ Code above this layer (the classifier, the bench) never asks which backend it ho
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 
 from edgecls.errors import EdgeclsError
+from edgecls.formats import ModelMetadata
 
 
 class Runner(ABC):
@@ -26,9 +26,9 @@ class Runner(ABC):
         self.path = Path(path)
         self.active = False
         # Filled by `_open`: the model's own edgecls metadata (docs/FORMATS.md) and the batch sizes it accepts.
-        self.metadata: dict[str, Any] = {}
+        self._metadata: Optional[ModelMetadata] = None
         self.min_batch = 1
-        self.max_batch: int | None = None  # None: no upper limit
+        self.max_batch: Optional[int] = None  # None: no upper limit
 
     # --- lifecycle -------------------------------------------------------------------------------------
     def activate(self) -> "Runner":
@@ -58,12 +58,23 @@ class Runner(ABC):
 
     # --- inference -------------------------------------------------------------------------------------
     @property
+    def metadata(self) -> ModelMetadata:
+        """The model's own record; known once the runner has been activated."""
+        if self._metadata is None:
+            raise EdgeclsError(f"{self.path} has not been opened yet; call activate() or use `with`")
+        return self._metadata
+
+    @metadata.setter
+    def metadata(self, value: ModelMetadata) -> None:
+        self._metadata = value
+
+    @property
     def input_name(self) -> str:
-        return str(self.metadata.get("input_name", "images"))
+        return self.metadata.input_name
 
     @property
     def output_name(self) -> str:
-        return str(self.metadata.get("output_name", "logits"))
+        return self.metadata.output_name
 
     @abstractmethod
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -77,17 +88,3 @@ class Runner(ABC):
     def describe(self) -> dict[str, Any]:
         """Backend, device and settings, for reports."""
         return {"backend": self.backend}
-
-
-def parse_metadata(raw: str | None, source: str) -> dict[str, Any]:
-    """The `edgecls` metadata JSON of an exported model; EdgeclsError when absent or unreadable."""
-    if raw is None:
-        raise EdgeclsError(f"{source} carries no edgecls metadata; it was not exported by edgecls, "
-                           "run `edgecls export`")
-    try:
-        record = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise EdgeclsError(f"{source} has unreadable edgecls metadata ({exc.msg}); re-export the model") from exc
-    if not isinstance(record, dict) or "preprocess" not in record:
-        raise EdgeclsError(f"{source} has edgecls metadata without a preprocessing record; re-export the model")
-    return record

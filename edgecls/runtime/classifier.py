@@ -9,7 +9,6 @@ from typing import Any, Sequence, Union
 import numpy as np
 
 from edgecls.errors import EdgeclsError
-from edgecls.preprocess import Preprocessing
 from edgecls.runtime.base import Runner
 
 Images = Union[np.ndarray, Sequence[np.ndarray]]  # typing.Union: the runtime also runs on JetPack 5's Python 3.8
@@ -41,8 +40,13 @@ class Predictions:
         return [[(self.class_names[c], float(row[c])) for c in cols] for row, cols in zip(self.probabilities, order)]
 
 
-def open_runner(path: str | Path, provider: str = "cpu", threads: int | None = None) -> Runner:
-    """The runner for a model file, chosen by its suffix; nothing is opened until `activate()`."""
+def open_runner(path: str | Path, provider: str = "cpu", threads: int | None = None,
+                device: str | None = None) -> Runner:
+    """The runner for a model file, chosen by its suffix; nothing is opened until `activate()`.
+
+    `provider`: ONNX Runtime's execution provider for .onnx files; `device`: PyTorch's for checkpoints (.pt), which
+    only the training machine can run (the runtime itself never imports torch).
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".onnx":
@@ -53,7 +57,12 @@ def open_runner(path: str | Path, provider: str = "cpu", threads: int | None = N
         from edgecls.runtime.tensorrt_backend import TensorRTRunner
 
         return TensorRTRunner(path)
-    raise EdgeclsError(f"{path}: unknown model type {suffix or '(no suffix)'}; give an .onnx file or a TensorRT .plan")
+    if suffix == ".pt":
+        from edgecls.runtime.torch_backend import TorchRunner
+
+        return TorchRunner(path, device=device, threads=threads)
+    raise EdgeclsError(f"{path}: unknown model type {suffix or '(no suffix)'}; give an .onnx file, a TensorRT .plan "
+                       "or a checkpoint (.pt)")
 
 
 class Classifier:
@@ -64,11 +73,7 @@ class Classifier:
             raise EdgeclsError(f"batch size must be at least 1, got {batch_size}")
         self.runner = runner.activate()
         self.metadata = runner.metadata
-        try:
-            self.preprocess = Preprocessing.from_dict(self.metadata["preprocess"])
-        except BaseException:
-            runner.deactivate()
-            raise
+        self.preprocess = self.metadata.preprocess
         self.class_names = self.preprocess.class_names
         limit = runner.max_batch
         if batch_size is not None:
@@ -92,8 +97,8 @@ class Classifier:
         self.close()
 
     def describe(self) -> dict[str, Any]:
-        return {**self.runner.describe(), "path": str(self.runner.path), "model": self.metadata.get("model"),
-                "precision": self.metadata.get("precision"), "max_batch": self.batch_size}
+        return {**self.runner.describe(), "path": str(self.runner.path), "model": self.metadata.model,
+                "precision": self.metadata.precision, "max_batch": self.batch_size}
 
     def logits(self, images: Images) -> np.ndarray:
         """float32 logits, N x classes, for uint8 HWC images (N x H x W x C array, one image, or a list)."""

@@ -8,14 +8,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgecls.errors import EdgeclsError
-from edgecls.runtime.base import Runner, parse_metadata
-
-PROVIDERS = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-}
+from edgecls.defaults import ONNX_PROVIDERS
+from edgecls.errors import EdgeclsError, first_line
+from edgecls.formats import METADATA_KEY, ModelMetadata
+from edgecls.runtime.base import Runner
 
 
 class OnnxRunner(Runner):
@@ -23,7 +19,7 @@ class OnnxRunner(Runner):
 
     def __init__(self, path: str | Path, provider: str = "cpu", threads: int | None = None) -> None:
         super().__init__(path)
-        self.provider = PROVIDERS.get(provider.lower(), provider)
+        self.provider = ONNX_PROVIDERS.get(provider.lower(), provider)
         self.threads = threads
         self.session: Any = None
 
@@ -45,21 +41,17 @@ class OnnxRunner(Runner):
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=[self.provider])
         except Exception as exc:  # onnxruntime raises its own classes for truncated or foreign files
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise EdgeclsError(
-                f"{self.path} is not a readable ONNX model ({first_line[:200]}); re-export it with `edgecls export`"
+                f"{self.path} is not a readable ONNX model ({first_line(exc)}); re-export it with `edgecls export`"
             ) from exc
-        raw = self.session.get_modelmeta().custom_metadata_map.get("edgecls")
-        self.metadata = parse_metadata(raw, str(self.path))
-        inputs = {i.name: i for i in self.session.get_inputs()}
-        outputs = {o.name for o in self.session.get_outputs()}
-        if self.input_name not in inputs or self.output_name not in outputs:
-            raise EdgeclsError(
-                f"{self.path} lacks the input {self.input_name!r} or output {self.output_name!r} its metadata names; "
-                "re-export it"
-            )
-        batch_dim = inputs[self.input_name].shape[0]
-        if isinstance(batch_dim, int) and batch_dim > 0:  # exported with a fixed batch: feed exactly that
+        raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        self.metadata = ModelMetadata.from_json(raw, str(self.path))
+        # ONNX Runtime names dynamic dimensions with strings (or None); fixed ones are ints.
+        inputs = {i.name: [d if isinstance(d, int) and d > 0 else None for d in i.shape]
+                  for i in self.session.get_inputs()}
+        self.metadata.check_io(inputs, {o.name for o in self.session.get_outputs()}, str(self.path))
+        batch_dim = inputs[self.input_name][0]
+        if batch_dim is not None:  # exported with a fixed batch: feed exactly that
             self.min_batch = self.max_batch = batch_dim
 
     def _close(self) -> None:

@@ -8,41 +8,15 @@ built for, so the manifest is checked against this machine before TensorRT sees 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from edgecls.artifacts import sha256_file
 from edgecls.errors import EdgeclsError
-from edgecls.runtime.base import Runner, parse_metadata
+from edgecls.formats import EngineManifest
+from edgecls.runtime.base import Runner
 from edgecls.runtime.cuda_memory import open_cuda
-
-
-def manifest_path(plan: Path) -> Path:
-    return plan.with_name(plan.name + ".json")
-
-
-def read_manifest(plan: Path) -> dict[str, Any]:
-    """The plan's manifest, after checking that the plan on disk is the one it describes."""
-    if not plan.is_file():
-        raise EdgeclsError(f"engine file {plan} does not exist; build it with `edgecls build` on this device")
-    path = manifest_path(plan)
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise EdgeclsError(f"{plan} has no manifest {path}; rebuild the engine with `edgecls build`") from exc
-    except (OSError, ValueError) as exc:
-        raise EdgeclsError(f"manifest {path} is unreadable ({exc}); rebuild the engine with `edgecls build`") from exc
-    if not isinstance(manifest, dict) or "edgecls" not in manifest or "tensorrt_version" not in manifest:
-        raise EdgeclsError(f"{path} is not an edgecls engine manifest; rebuild the engine with `edgecls build`")
-    expected = manifest.get("plan_sha256")
-    if expected and sha256_file(plan) != expected:
-        raise EdgeclsError(
-            f"engine file {plan} does not match its manifest (truncated, or replaced); rebuild it with `edgecls build`"
-        )
-    return manifest
 
 
 def _version_key(version: str) -> list[str]:
@@ -50,26 +24,26 @@ def _version_key(version: str) -> list[str]:
 
 
 def check_compatibility(
-    plan: Path, manifest: dict[str, Any], tensorrt_version: str, gpu_name: str, compute_capability: str
+    plan: Path, manifest: EngineManifest, tensorrt_version: str, gpu_name: str, compute_capability: str
 ) -> None:
     """Raise a message naming both sides when this TensorRT or GPU cannot run a plan built as `manifest` says.
 
     Versions are compared on the components both strings have ("10.3.0" matches "10.3.0.30"); the GPU on its
     compute capability, which is what the kernels in a plan are compiled for.
     """
-    built, here = _version_key(manifest["tensorrt_version"]), _version_key(tensorrt_version)
+    built, here = _version_key(manifest.tensorrt_version), _version_key(tensorrt_version)
     shared = max(3, min(len(built), len(here)))
     same_version = built[:shared] == here[:shared]
-    wanted_cc = str(manifest.get("compute_capability") or "")
+    wanted_cc = manifest.compute_capability
     same_gpu = not wanted_cc or wanted_cc == compute_capability
     if not (same_version and same_gpu):
         raise EdgeclsError(f"{plan} {_mismatch(manifest, tensorrt_version, gpu_name, compute_capability)}")
 
 
-def _mismatch(manifest: dict[str, Any], tensorrt_version: str, gpu_name: str, compute_capability: str) -> str:
+def _mismatch(manifest: EngineManifest, tensorrt_version: str, gpu_name: str, compute_capability: str) -> str:
     return (
-        f"was built with TensorRT {manifest['tensorrt_version']} for {manifest.get('gpu_name', '?')} "
-        f"(compute {manifest.get('compute_capability', '?')}), but this machine has TensorRT {tensorrt_version} "
+        f"was built with TensorRT {manifest.tensorrt_version} for {manifest.gpu_name or '?'} "
+        f"(compute {manifest.compute_capability or '?'}), but this machine has TensorRT {tensorrt_version} "
         f"on {gpu_name} (compute {compute_capability}); rebuild the engine here with `edgecls build`"
     )
 
@@ -79,19 +53,19 @@ class TensorRTRunner(Runner):
 
     def __init__(self, path: str | Path) -> None:
         super().__init__(path)
-        self.manifest: dict[str, Any] = {}
+        self.manifest: EngineManifest | None = None
         self.cuda: Any = None
         self.gpu: tuple[str, str] = ("?", "?")
         self.trt_version = "?"
 
     def _open(self) -> None:
-        self.manifest = read_manifest(self.path)
-        self.metadata = parse_metadata(json.dumps(self.manifest["edgecls"]), str(manifest_path(self.path)))
+        self.manifest = EngineManifest.read(self.path)
+        self.metadata = self.manifest.model
         try:
             import tensorrt as trt
         except ImportError as exc:
             raise EdgeclsError(
-                f"TensorRT is not installed; {self.path} needs TensorRT {self.manifest['tensorrt_version']} "
+                f"TensorRT is not installed; {self.path} needs TensorRT {self.manifest.tensorrt_version} "
                 "(it comes with JetPack on a Jetson) and a GPU"
             ) from exc
         self.trt_version = trt.__version__
@@ -119,7 +93,7 @@ class TensorRTRunner(Runner):
 
     def _bind(self, trt: Any) -> None:
         """Allocate every I/O tensor for the largest batch once; their addresses never change afterwards."""
-        batch = self.manifest.get("batch") or {}
+        batch = self.manifest.batch
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         shapes = {name: tuple(self._engine.get_tensor_shape(name)) for name in names}
         modes = {name: self._engine.get_tensor_mode(name) for name in names}
@@ -129,7 +103,7 @@ class TensorRTRunner(Runner):
         if first >= 1:  # static batch
             self.min_batch = self.max_batch = int(first)
         else:
-            self.min_batch, self.max_batch = int(batch.get("min", 1)), int(batch.get("max", 1))
+            self.min_batch, self.max_batch = batch["min"], batch["max"]
         self._buffers = {}
         for name in names:
             dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(name)))
@@ -195,7 +169,8 @@ class TensorRTRunner(Runner):
             "gpu_name": self.gpu[0],
             "compute_capability": self.gpu[1],
             "cuda_helper": getattr(self.cuda, "name", None),
-            "built_with": {k: self.manifest.get(k) for k in ("tensorrt_version", "gpu_name", "compute_capability")},
+            "built_with": {"tensorrt_version": self.manifest.tensorrt_version, "gpu_name": self.manifest.gpu_name,
+                           "compute_capability": self.manifest.compute_capability},
             "batch": {"min": self.min_batch, "max": self.max_batch},
         }
 

@@ -1,0 +1,92 @@
+"""`edgecls export`, `edgecls build`."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from edgecls.cli.common import DATA_HELP
+from edgecls.defaults import (CALIBRATION_DIR, CALIBRATION_METHODS, DEFAULT_BATCH_PROFILE, DEFAULT_CALIBRATION_SEED,
+                              DEFAULT_CALIBRATION_SIZE, DEFAULT_METHOD, DEFAULT_OPSET, DEFAULT_WORKSPACE_MIB,
+                              EXPORT_DIR, MAX_OPSET, QUANT_TARGETS)
+
+
+@click.command("export")
+@click.option("--checkpoint", required=True, help="A checkpoint written by `edgecls train`.")
+@click.option("--data", help=DATA_HELP + " Calibration uses its training split, parity its test split.")
+@click.option("--out", "out_dir", default=EXPORT_DIR, show_default=True,
+              help="Folder for the ONNX files and reference logits.")
+@click.option("--fp16", is_flag=True, help="Also write <model>.fp16.onnx (float16 inside, float32 I/O).")
+@click.option("--int8", is_flag=True, help="Also write <model>.int8.onnx (Q/DQ, calibrated on the training split).")
+@click.option("--target", type=click.Choice(QUANT_TARGETS), default=QUANT_TARGETS[0], show_default=True,
+              help="int8 form: trt = TensorRT's rules (symmetric s8, float biases); cpu = fastest on ONNX Runtime x86.")
+@click.option("--method", type=click.Choice(CALIBRATION_METHODS), default=DEFAULT_METHOD, show_default=True,
+              help="Calibration method (percentile: 99.999th, best agreement measured here).")
+@click.option("--calibration-size", type=int, default=DEFAULT_CALIBRATION_SIZE, show_default=True,
+              help="Training images used for calibration.")
+@click.option("--calibration-seed", type=int, default=DEFAULT_CALIBRATION_SEED, show_default=True,
+              help="Seed choosing those images.")
+@click.option("--calibration-cache", type=click.Path(dir_okay=False),
+              help="Reuse the ranges of an earlier calibration record (calibration/<model>.<method>.json).")
+@click.option("--calibration-dir", default=CALIBRATION_DIR, show_default=True, help="Folder for calibration records.")
+@click.option("--opset", type=click.IntRange(DEFAULT_OPSET, MAX_OPSET), default=DEFAULT_OPSET, show_default=True,
+              help="ONNX opset; 17 is the newest TensorRT 8.5 (JetPack 5) parses.")
+def export_command(checkpoint: str, data: str | None, out_dir: str, fp16: bool, int8: bool, target: str, method: str,
+                   calibration_size: int, calibration_seed: int, calibration_cache: str | None, calibration_dir: str,
+                   opset: int) -> None:
+    """Export a checkpoint to ONNX (fp32, optionally fp16/int8), check parity with PyTorch, build engines if possible.
+
+    Example: edgecls export --checkpoint checkpoints/new2.pt --fp16 --int8 --data ../shared/data/cifar10-jpeg.tar.gz
+    """
+    from edgecls.engines import build_command, build_engine, unavailable_reason
+    from edgecls.export import export_model
+
+    report = export_model(checkpoint, out_dir, data=data, fp16=fp16, int8=int8, target=target, method=method,
+                          calibration_size=calibration_size, calibration_seed=calibration_seed,
+                          calibration_cache=calibration_cache, calibration_dir=calibration_dir, opset=opset)
+    for result in report.parity:
+        click.echo(result.line())
+    for note in report.notes:
+        click.echo(note, err=True)
+    if not report.passed:
+        sys.exit(1)
+    click.echo(f"wrote {', '.join(str(p) for p in report.files.values())} and {report.reference} in {report.seconds:.1f} s")
+    if report.calibration is not None:
+        click.echo(f"calibration record: {report.calibration}")
+    # Engines for the reduced precisions; the cpu-target int8 file (u8 activations) is for ONNX Runtime only.
+    to_build = [path for precision, path in report.files.items()
+                if precision == "fp16" or (precision == "int8" and target == "trt")]
+    if not to_build:
+        return
+    reason = unavailable_reason()
+    if reason is not None:
+        click.echo(f"no engine built: {reason}. On the device, run:")
+        for path in to_build:
+            click.echo(f"  {build_command(path)}")
+        return
+    for path in to_build:
+        plan = build_engine(path)
+        click.echo(f"built {plan} (manifest {plan}.json)")
+
+
+@click.command("build")
+@click.argument("onnx_file", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "plan", type=click.Path(dir_okay=False),
+              help="Engine file. Default: engines/<onnx name>.plan; the manifest goes beside it as .plan.json.")
+@click.option("--batch", default=":".join(map(str, DEFAULT_BATCH_PROFILE)), show_default=True,
+              help="Batch optimization profile MIN:OPT:MAX.")
+@click.option("--workspace", type=click.IntRange(16), default=DEFAULT_WORKSPACE_MIB, show_default=True,
+              help="Builder workspace in MiB.")
+def build_engine_command(onnx_file: str, plan: str | None, batch: str, workspace: int) -> None:
+    """Build a TensorRT engine from an exported ONNX file (on the device that will run it).
+
+    Example: edgecls build export/new2.int8.onnx -o engines/new2.int8.plan --batch 1:64:256
+    """
+    from edgecls.engines import build_engine, parse_batch
+
+    path = build_engine(onnx_file, plan, batch=parse_batch(batch), workspace_mib=workspace)
+    click.echo(f"built {path} (manifest {path}.json)")
+
+
+COMMANDS = (export_command, build_engine_command)

@@ -1,0 +1,39 @@
+"""Every default and every list of choices, in one light module (no torch, no onnx): the stages use them and
+the CLI shows them in its help without importing the stages."""
+
+from __future__ import annotations
+
+# Where artifacts go, relative to the working folder.
+CHECKPOINT_DIR = "checkpoints"
+EXPORT_DIR = "export"
+ENGINES_DIR = "engines"
+CALIBRATION_DIR = "calibration"
+
+# The network input: random crops of this size in training, the center crop at evaluation and deployment.
+CROP_SIZE = 28
+
+# Export.
+DEFAULT_OPSET = 17  # the newest opset TensorRT 8.5 (JetPack 5) parses
+MAX_OPSET = 21
+PRECISIONS = ("fp32", "fp16", "int8")
+
+# INT8 calibration.
+QUANT_TARGETS = ("trt", "cpu")
+CALIBRATION_METHODS = ("percentile", "minmax", "entropy")
+DEFAULT_METHOD = "percentile"
+DEFAULT_CALIBRATION_SIZE = 1024
+DEFAULT_CALIBRATION_SEED = 0
+
+# TensorRT engines.
+DEFAULT_BATCH_PROFILE = (1, 64, 256)  # min, opt, max
+DEFAULT_WORKSPACE_MIB = 1024
+
+# Bench: one model in detail, or every artifact of a model (`--all`) in one quicker table.
+BENCH_BATCH_SIZES = (1, 8, 64, 256)
+BENCH_DURATION_S = 2.0
+BENCH_WARMUP_S = 0.5
+BENCH_ALL_BATCH_SIZES = (1, 256)
+BENCH_ALL_DURATION_S = 0.5
+BENCH_ALL_WARMUP_S = 0.2
+ONNX_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+                  "tensorrt": "TensorrtExecutionProvider"}

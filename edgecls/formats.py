@@ -1,0 +1,312 @@
+"""The files one stage hands the next (docs/FORMATS.md), each as a typed record with one writer, one reader and
+one validation. Torch-free: the runtime reads the ONNX metadata and the engine manifest with it on a device.
+
+- `ModelMetadata`: the `edgecls` entry of an exported ONNX file's metadata (and of an engine manifest).
+- `EngineManifest`: `<name>.plan.json` beside a TensorRT plan.
+- `ReferenceLogits`: `<model>.reference.npz`, the original model's logits on the test split.
+- `CalibrationRecord`: `calibration/<model>.<method>.json`, the calibration images and tensor ranges.
+
+The checkpoint is PyTorch's own format and lives in `edgecls.checkpoint`; the preprocessing record in
+`edgecls.preprocess`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Collection, Mapping, Optional, Sequence
+
+import numpy as np
+
+from edgecls.artifacts import atomic_write, sha256_file, write_json
+from edgecls.defaults import PRECISIONS
+from edgecls.errors import EdgeclsError, first_line
+from edgecls.preprocess import Preprocessing
+
+INPUT_NAME = "images"
+OUTPUT_NAME = "logits"
+METADATA_KEY = "edgecls"  # the ONNX metadata_props key
+FORMAT_VERSION = 1  # of every record below; each file says which version wrote it
+
+
+def _check_version(record: Mapping[str, Any], what: str, fix: str) -> None:
+    version = record.get("format_version")
+    if version != FORMAT_VERSION:
+        raise EdgeclsError(f"{what} has format version {version}, this edgecls reads version {FORMAT_VERSION}; {fix}")
+
+
+# ----------------------------------------------------------------------------------------------- ONNX metadata
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What an exported model says about itself: which model, which precision, how to preprocess its input."""
+
+    model: str
+    precision: str  # fp32 | fp16 | int8
+    preprocess: Preprocessing
+    checkpoint_sha256: str  # the checkpoint it was exported from
+    data_fingerprint: str  # the data that checkpoint was trained on
+    input_name: str = INPUT_NAME
+    output_name: str = OUTPUT_NAME
+    quantization: Optional[dict] = None  # int8 only: target, method, calibration images
+
+    def to_dict(self) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "format_version": FORMAT_VERSION, "model": self.model, "precision": self.precision,
+            "input_name": self.input_name, "output_name": self.output_name, "preprocess": self.preprocess.to_dict(),
+            "checkpoint_sha256": self.checkpoint_sha256, "data_fingerprint": self.data_fingerprint}
+        if self.quantization is not None:
+            record["quantization"] = self.quantization
+        return record
+
+    @classmethod
+    def from_dict(cls, record: Any, source: str) -> "ModelMetadata":
+        fix = "re-export it with `edgecls export`"
+        if not isinstance(record, dict):
+            raise EdgeclsError(f"{source}: the edgecls metadata is not a JSON object; {fix}")
+        _check_version(record, f"{source}: the edgecls metadata", fix)
+        try:
+            metadata = cls(model=str(record["model"]), precision=str(record["precision"]),
+                           preprocess=Preprocessing.from_dict(record["preprocess"]),
+                           checkpoint_sha256=str(record["checkpoint_sha256"]),
+                           data_fingerprint=str(record["data_fingerprint"]), input_name=str(record["input_name"]),
+                           output_name=str(record["output_name"]), quantization=record.get("quantization"))
+        except KeyError as exc:
+            raise EdgeclsError(f"{source}: the edgecls metadata lacks {exc.args[0]!r}; {fix}") from exc
+        except EdgeclsError as exc:
+            raise EdgeclsError(f"{source}: {exc}") from exc
+        if metadata.precision not in PRECISIONS:
+            raise EdgeclsError(f"{source}: the edgecls metadata names an unknown precision {metadata.precision!r}; {fix}")
+        return metadata
+
+    @classmethod
+    def from_json(cls, raw: str | None, source: str) -> "ModelMetadata":
+        """Parse the metadata entry as stored in the file; None (no entry) is an error naming the file."""
+        if raw is None:
+            raise EdgeclsError(f"{source} has no edgecls metadata ('{METADATA_KEY}'), so its preprocessing is unknown; "
+                               "export it with `edgecls export`")
+        try:
+            record = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise EdgeclsError(f"{source}: the edgecls metadata is not JSON ({exc.msg}); re-export it") from exc
+        return cls.from_dict(record, source)
+
+    def check_io(self, inputs: Mapping[str, Sequence[Optional[int]]], outputs: Collection[str], source: str) -> None:
+        """Check that a graph's inputs (name -> dims, None for a dynamic one) and outputs agree with this record."""
+        if self.input_name not in inputs or self.output_name not in outputs:
+            raise EdgeclsError(f"{source}: the graph has inputs {sorted(inputs)} and outputs {sorted(outputs)}, but its "
+                               f"metadata names '{self.input_name}' -> '{self.output_name}'; re-export it")
+        dims = list(inputs[self.input_name])
+        crop = self.preprocess.crop_size
+        batch_ok = len(dims) == 4 and (dims[0] is None or dims[0] >= 1)
+        if not batch_ok or dims[1:] != [3, crop, crop]:
+            shown = ["batch" if d is None else d for d in dims]
+            raise EdgeclsError(f"{source}: input '{self.input_name}' has shape {shown}, but its metadata says "
+                               f"[batch, 3, {crop}, {crop}]; re-export it with `edgecls export`")
+
+    # --- in an ONNX file ---------------------------------------------------------------------------------
+    def embed(self, model: Any) -> None:
+        """Store this record in an onnx.ModelProto, replacing any earlier one."""
+        kept = [entry for entry in model.metadata_props if entry.key != METADATA_KEY]
+        del model.metadata_props[:]
+        model.metadata_props.extend(kept)
+        model.metadata_props.add(key=METADATA_KEY, value=json.dumps(self.to_dict()))
+
+    @classmethod
+    def from_onnx(cls, model: Any, source: str) -> "ModelMetadata":
+        """The record of a loaded onnx.ModelProto, after checking its graph agrees with it."""
+        entries = {entry.key: entry.value for entry in model.metadata_props}
+        metadata = cls.from_json(entries.get(METADATA_KEY), source)
+        inputs = {value.name: [d.dim_value if d.HasField("dim_value") else None
+                               for d in value.type.tensor_type.shape.dim] for value in model.graph.input}
+        metadata.check_io(inputs, {value.name for value in model.graph.output}, source)
+        return metadata
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "ModelMetadata":
+        """The record of an ONNX file on disk (needs the `onnx` package)."""
+        from edgecls.onnx_graph import load_onnx
+
+        return cls.from_onnx(load_onnx(path), str(path))
+
+    def with_precision(self, precision: str, quantization: Optional[dict] = None) -> "ModelMetadata":
+        return replace(self, precision=precision, quantization=quantization)
+
+
+# ----------------------------------------------------------------------------------------------- engine manifest
+
+@dataclass(frozen=True)
+class EngineManifest:
+    """How, where and from what a TensorRT plan was built: a plan runs only with the TensorRT build and GPU model
+    that made it, so the runtime compares these with the machine before TensorRT reads the plan."""
+
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+    onnx_path: str
+    onnx_sha256: str
+    plan_sha256: str
+    precision: str
+    batch: dict  # {"min": .., "opt": .., "max": ..}
+    model: ModelMetadata  # the ONNX file's metadata, stored under "edgecls"
+    build_seconds: float = 0.0
+    built_at: str = ""
+
+    @staticmethod
+    def path_for(plan: str | os.PathLike) -> Path:
+        plan = Path(plan)
+        return plan.with_name(plan.name + ".json")
+
+    def to_dict(self) -> dict[str, Any]:
+        record = {"format_version": FORMAT_VERSION}
+        record.update((f.name, getattr(self, f.name)) for f in fields(self) if f.name != "model")
+        record["edgecls"] = self.model.to_dict()
+        return record
+
+    @classmethod
+    def from_dict(cls, record: Any, source: str) -> "EngineManifest":
+        fix = "rebuild the engine with `edgecls build`"
+        if not isinstance(record, dict) or "edgecls" not in record or "tensorrt_version" not in record:
+            raise EdgeclsError(f"{source} is not an edgecls engine manifest; {fix}")
+        _check_version(record, f"engine manifest {source}", fix)
+        try:
+            batch = {key: int(record["batch"][key]) for key in ("min", "opt", "max")}
+            return cls(tensorrt_version=str(record["tensorrt_version"]), gpu_name=str(record["gpu_name"]),
+                       compute_capability=str(record["compute_capability"]), onnx_path=str(record["onnx_path"]),
+                       onnx_sha256=str(record["onnx_sha256"]), plan_sha256=str(record["plan_sha256"]),
+                       precision=str(record["precision"]), batch=batch,
+                       model=ModelMetadata.from_dict(record["edgecls"], source),
+                       build_seconds=float(record.get("build_seconds", 0.0)), built_at=str(record.get("built_at", "")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EdgeclsError(f"engine manifest {source} lacks or garbles {first_line(exc)}; {fix}") from exc
+
+    def write(self, plan: str | os.PathLike) -> Path:
+        path = self.path_for(plan)
+        write_json(path, self.to_dict())
+        return path
+
+    @classmethod
+    def read(cls, plan: str | os.PathLike) -> "EngineManifest":
+        """The manifest of `plan`, after checking that the plan on disk is the one it describes."""
+        plan = Path(plan)
+        if not plan.is_file():
+            raise EdgeclsError(f"engine file {plan} does not exist; build it with `edgecls build` on this device")
+        path = cls.path_for(plan)
+        try:
+            record = json.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise EdgeclsError(f"{plan} has no manifest {path}; rebuild the engine with `edgecls build`") from exc
+        except (OSError, ValueError) as exc:
+            raise EdgeclsError(f"manifest {path} is unreadable ({first_line(exc)}); "
+                               "rebuild the engine with `edgecls build`") from exc
+        manifest = cls.from_dict(record, str(path))
+        if sha256_file(plan) != manifest.plan_sha256:
+            raise EdgeclsError(f"engine file {plan} does not match its manifest (truncated, or replaced); "
+                               "rebuild it with `edgecls build`")
+        return manifest
+
+
+# ----------------------------------------------------------------------------------------------- reference logits
+
+@dataclass(frozen=True)
+class ReferenceLogits:
+    """The original PyTorch model's logits on the evaluation images, so that a device without PyTorch can check
+    parity. Each row carries the digest of its image (`edgecls.data.image_digests`), so rows are matched to images
+    whatever form or order the data is read in later."""
+
+    logits: np.ndarray  # float32, N x classes
+    labels: np.ndarray  # int64, N
+    digests: np.ndarray  # uint8, N x 16
+    model: str
+    checkpoint_sha256: str
+    data_fingerprint: str  # of the data the logits were computed on
+    split: str = "test"
+
+    def write(self, path: str | os.PathLike) -> Path:
+        meta = {"format_version": FORMAT_VERSION, "model": self.model, "checkpoint_sha256": self.checkpoint_sha256,
+                "data_fingerprint": self.data_fingerprint, "split": self.split}
+        with atomic_write(path) as handle:
+            np.savez(handle, logits=self.logits.astype(np.float32), labels=self.labels.astype(np.int64),
+                     digests=self.digests.astype(np.uint8), meta=np.array(json.dumps(meta)))
+        return Path(path)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "ReferenceLogits":
+        path = Path(path)
+        fix = "export the model again"
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                arrays = {key: archive[key] for key in ("logits", "labels", "digests", "meta")}
+            meta = json.loads(str(arrays["meta"]))
+        except FileNotFoundError as exc:
+            raise EdgeclsError(f"reference {path} does not exist; export the model or pass --reference") from exc
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+            raise EdgeclsError(f"reference {path} is unreadable or not an edgecls reference ({first_line(exc)}); "
+                               f"{fix}") from exc
+        if not isinstance(meta, dict):
+            raise EdgeclsError(f"reference {path} has no description of its rows; {fix}")
+        _check_version(meta, f"reference {path}", fix)
+        logits, labels, digests = arrays["logits"], arrays["labels"], arrays["digests"]
+        if logits.ndim != 2 or labels.shape != (len(logits),) or digests.shape != (len(logits), 16):
+            raise EdgeclsError(f"reference {path} holds inconsistent arrays; {fix}")
+        try:
+            return cls(logits.astype(np.float32), labels.astype(np.int64), digests.astype(np.uint8),
+                       model=str(meta["model"]), checkpoint_sha256=str(meta["checkpoint_sha256"]),
+                       data_fingerprint=str(meta["data_fingerprint"]), split=str(meta.get("split", "test")))
+        except KeyError as exc:
+            raise EdgeclsError(f"reference {path} lacks {exc.args[0]!r} in its description; {fix}") from exc
+
+
+# ----------------------------------------------------------------------------------------------- calibration record
+
+@dataclass(frozen=True)
+class CalibrationRecord:
+    """Which training images calibrated an int8 export and the tensor ranges they gave: passing the record back
+    (`--calibration-cache`) reproduces the same scales without the images."""
+
+    model: str
+    checkpoint_sha256: str
+    data_fingerprint: str
+    method: str
+    size: int
+    seed: int
+    indices: list  # positions in the training split
+    ranges: dict  # tensor name -> [low, high], in ONNX Runtime's calibration-cache form
+    split: str = "train"
+    created_at: str = ""
+    versions: dict = field(default_factory=dict)
+
+    FORMAT = "edgecls-calibration"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": self.FORMAT, "format_version": FORMAT_VERSION, **asdict(self)}
+
+    def write(self, path: str | os.PathLike) -> Path:
+        write_json(path, self.to_dict())
+        return Path(path)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "CalibrationRecord":
+        path = Path(path)
+        fix = "delete it and calibrate afresh"
+        try:
+            record = json.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise EdgeclsError(f"calibration record {path} does not exist; drop --calibration-cache to calibrate "
+                               "afresh") from exc
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise EdgeclsError(f"calibration record {path} is unreadable or not JSON; {fix}") from exc
+        if not isinstance(record, dict) or record.get("format") != cls.FORMAT:
+            raise EdgeclsError(f"{path} is not an edgecls calibration record; pass a file from calibration/")
+        _check_version(record, f"calibration record {path}", fix)
+        try:
+            return cls(model=str(record["model"]), checkpoint_sha256=str(record["checkpoint_sha256"]),
+                       data_fingerprint=str(record["data_fingerprint"]), method=str(record["method"]),
+                       size=int(record["size"]), seed=int(record["seed"]), indices=list(record["indices"]),
+                       ranges=dict(record["ranges"]), split=str(record.get("split", "train")),
+                       created_at=str(record.get("created_at", "")), versions=dict(record.get("versions", {})))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EdgeclsError(f"calibration record {path} lacks or garbles {first_line(exc)}; {fix}") from exc

@@ -1,0 +1,106 @@
+"""Timing: latency percentiles and throughput of a call, and the machine and library versions they were measured
+on, so that every figure carries where it came from."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgecls.artifacts import library_versions, utc_now
+from edgecls.defaults import BENCH_BATCH_SIZES, BENCH_DURATION_S, BENCH_WARMUP_S
+from edgecls.runtime import Classifier
+
+
+@dataclass(frozen=True)
+class TimingSettings:
+    """What to time and for how long."""
+
+    batch_sizes: tuple = BENCH_BATCH_SIZES
+    duration: float = BENCH_DURATION_S  # seconds of timed calls per batch size (at least `min_calls` calls)
+    warmup: float = BENCH_WARMUP_S  # seconds of untimed calls before each timing
+    min_calls: int = 5
+    model_only: bool = True  # also time the model alone, where the backend can separate it from the transfers
+    cuda_variants: bool = True  # for a checkpoint on CUDA: also fp16 and CUDA-graph runs
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"batch_sizes": list(self.batch_sizes), "duration_s": self.duration, "warmup_s": self.warmup}
+
+
+def measure(fn: Callable[[], Any], batch_size: int, duration: float, warmup: float,
+            min_calls: int = 5) -> dict[str, Any]:
+    """Latency percentiles (ms) and throughput of `fn` after `warmup` seconds, over at least `duration` seconds."""
+    started = time.perf_counter()
+    while True:  # at least two warm-up calls: the first often pays for allocation or kernel selection
+        fn()
+        fn()
+        if time.perf_counter() - started >= warmup:
+            break
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < min_calls or time.perf_counter() - started < duration:
+        begin = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - begin)
+    seconds = np.asarray(times)
+    p50, p90, p99 = np.percentile(seconds * 1e3, [50, 90, 99])
+    return {"batch_size": batch_size, "p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99),
+            "mean_ms": float(seconds.mean() * 1e3), "images_per_s": float(batch_size * len(times) / seconds.sum()),
+            "calls": len(times)}
+
+
+def timing_images(images: np.ndarray, batch_size: int) -> np.ndarray:
+    """The first `batch_size` test images (repeated when the test split is smaller)."""
+    repeats = math.ceil(batch_size / len(images))
+    return np.concatenate([images] * repeats)[:batch_size] if repeats > 1 else images[:batch_size]
+
+
+def time_classifier(classifier: Classifier, variant: str, images: np.ndarray,
+                    settings: TimingSettings) -> list[dict[str, Any]]:
+    """End-to-end timings (what `classify` costs a user: preprocessing, transfers, softmax) and, where the
+    backend can separate it, the model alone on already preprocessed inputs placed where the model reads them."""
+    runner = classifier.runner
+    rows = []
+    for batch_size in settings.batch_sizes:
+        batch = timing_images(images, batch_size)
+        rows.append({"variant": variant, "scope": "end-to-end",
+                     **measure(lambda: classifier.classify(batch), batch_size, settings.duration, settings.warmup,
+                               settings.min_calls)})
+        fits = runner.min_batch <= batch_size <= (runner.max_batch or batch_size)
+        if settings.model_only and fits:
+            run = runner.model_only({runner.input_name: classifier.preprocess(batch)})
+            if run is not None:
+                rows.append({"variant": variant, "scope": "model-only",
+                             **measure(run, batch_size, settings.duration, settings.warmup, settings.min_calls)})
+    return rows
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(engine_info: dict[str, Any]) -> dict[str, Any]:
+    candidates = ("numpy", "onnxruntime", "tensorrt", "torch", "pycuda")
+    versions = library_versions(*(name for name in candidates if name in sys.modules))
+    if "cuda.bindings" in sys.modules:
+        versions["cuda-python"] = str(getattr(sys.modules["cuda.bindings"], "__version__", "?"))
+    threads: dict[str, Any] = {"cpu_count": os.cpu_count()}
+    if "torch" in sys.modules:
+        threads["torch"] = sys.modules["torch"].get_num_threads()
+    if "threads" in engine_info:
+        threads[engine_info["backend"]] = engine_info["threads"]
+    return {"cpu": cpu_name(), "gpu": engine_info.get("gpu_name"), "platform": platform.platform(),
+            "versions": versions, "threads": threads, "measured_at": utc_now()}
