@@ -19,11 +19,14 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgecls.artifacts import atomic_write, ensure_writable_dir, sha256_file, utc_now, write_json
 from edgecls.errors import EdgeclsError
 from edgecls.runtime.tensorrt_backend import manifest_path
+
+if TYPE_CHECKING:  # the API contract (tests/test_api_contract.py) type-checks every TensorRT call against each version
+    import tensorrt as trt
 
 DEFAULT_BATCH = (1, 64, 256)
 DEFAULT_WORKSPACE_MIB = 1024
@@ -140,7 +143,7 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike | No
 
     options = build_options(trt.__version__, metadata["precision"])
     started = time.perf_counter()
-    serialized = _build(trt, onnx_path, metadata, options, batch, workspace_mib)
+    serialized = _build(onnx_path, metadata, options, batch, workspace_mib)
     build_seconds = time.perf_counter() - started
 
     with atomic_write(plan_path) as handle:
@@ -153,9 +156,11 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike | No
     return plan_path
 
 
-def _build(trt: Any, onnx_path: Path, metadata: dict[str, Any], options: BuildOptions,
-           batch: tuple[int, int, int], workspace_mib: int) -> Any:
+def _build(onnx_path: Path, metadata: dict[str, Any], options: BuildOptions,
+           batch: tuple[int, int, int], workspace_mib: int) -> trt.IHostMemory:
     """Parse the ONNX file and build the serialized engine with one optimization profile for the batch."""
+    import tensorrt as trt  # imported here, not passed in, so that mypy checks each call against the version's API
+
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 0

@@ -97,12 +97,14 @@ class TensorRTRunner(Runner):
         self.trt_version = trt.__version__
         self.cuda = open_cuda()
         try:
-            self._load(trt)
+            self._load()
         except BaseException:
             self._close()  # nothing half-open stays behind: buffers, stream, engine
             raise
 
-    def _load(self, trt: Any) -> None:
+    def _load(self) -> None:
+        import tensorrt as trt  # imported here, not passed in, so that mypy checks each call against the version's API
+
         self.gpu = self.cuda.device_info()
         check_compatibility(self.path, self.manifest, self.trt_version, *self.gpu)
         self._logger = trt.Logger(trt.Logger.WARNING)
@@ -115,10 +117,12 @@ class TensorRTRunner(Runner):
         if self._context is None:
             raise EdgeclsError(f"TensorRT could not create an execution context for {self.path}; "
                                "is the GPU out of memory?")
-        self._bind(trt)
+        self._bind()
 
-    def _bind(self, trt: Any) -> None:
+    def _bind(self) -> None:
         """Allocate every I/O tensor for the largest batch once; their addresses never change afterwards."""
+        import tensorrt as trt
+
         batch = self.manifest.get("batch") or {}
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         shapes = {name: tuple(self._engine.get_tensor_shape(name)) for name in names}
