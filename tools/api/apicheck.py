@@ -227,8 +227,12 @@ def install_tensorrt_stubs(site: Path, dest: Path) -> list[str]:
 
 
 def find_tensorrt_stubs() -> Optional[Path]:
-    """Where tensorrt-stubs is unpacked: $EDGECLS_TENSORRT_STUBS, else .venv/api-stubs/tensorrt-stubs (Makefile)."""
-    candidates = [os.environ.get("EDGECLS_TENSORRT_STUBS"), str(ROOT / ".venv" / "api-stubs" / "tensorrt-stubs")]
+    """Where tensorrt-stubs is unpacked: $EDGECLS_TENSORRT_STUBS, else <venv>/api-stubs/tensorrt-stubs, where the
+    Makefile puts it (`pip install --no-deps --target`: installed normally it would pull TensorRT's libraries, which
+    do not install here, and its `tensorrt/` folder would make `import tensorrt` succeed as an empty namespace
+    package)."""
+    candidates = [os.environ.get("EDGECLS_TENSORRT_STUBS"), str(Path(sys.prefix) / "api-stubs" / "tensorrt-stubs"),
+                  str(ROOT / ".venv" / "api-stubs" / "tensorrt-stubs")]
     for candidate in candidates:
         if candidate and (Path(candidate) / "tensorrt_bindings" / "tensorrt.pyi").is_file():
             return Path(candidate)
@@ -298,3 +302,165 @@ def stub_enum_members(pyi_dir: Path, enum: str) -> set[str]:
                     if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
                     and "ClassVar" in ast.unparse(item.annotation) and not item.target.id.startswith("__")}
     return set()
+
+
+# --------------------------------------------------------------------------------------------- cuda-python
+
+CUDA_LISTS = {"12.9": "cuda-bindings-12.9.json"}  # recorded with tools/api/cuda_names.py; the installed 13.x is read live
+
+
+class Use:
+    """One use of a bound module's name in the code: `module.a.b` (called with n positional args + keywords)."""
+
+    def __init__(self, path: str, line: int, module: str, chain: list[str], called: bool, nargs: int,
+                 keywords: list[str], starred: bool) -> None:
+        self.path, self.line, self.module, self.chain = path, line, module, chain
+        self.called, self.nargs, self.keywords, self.starred = called, nargs, keywords, starred
+
+    def __str__(self) -> str:
+        text = f"{self.module}.{'.'.join(self.chain)}"
+        if self.called:
+            text += f"({self.nargs} positional{', keywords ' + ','.join(self.keywords) if self.keywords else ''})"
+        return f"{self.path}:{self.line}: {text}"
+
+
+def _chain(node: ast.AST) -> Optional[list[str]]:
+    """`a.b.c` -> ['a', 'b', 'c']; `self.x.y` -> ['self.x', 'y']; None for anything else."""
+    parts: list[str] = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    parts.append(node.id)
+    parts.reverse()
+    if parts[0] == "self" and len(parts) > 1:
+        parts = [f"self.{parts[1]}"] + parts[2:]
+    return parts
+
+
+def module_uses(path: str, prefixes: tuple[str, ...] = ("cuda.bindings.",)) -> tuple[list[Use], list[str]]:
+    """Every use of a module imported under one of `prefixes` in the file at `path` (relative to the repository),
+    following `import ... as alias`, `from pkg import mod as alias` and `self.attr = alias`. Imports inside an
+    `except ImportError:` block are fallbacks for other versions: they are listed in the second result, not
+    followed."""
+    tree = ast.parse((ROOT / path).read_text(), filename=path)
+    aliases: dict[str, str] = {}
+    fallbacks: list[str] = []
+    fallback_nodes: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Try):
+            for handler in node.handlers:
+                for inner in ast.walk(handler):
+                    if isinstance(inner, (ast.Import, ast.ImportFrom)):
+                        fallback_nodes.add(id(inner))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            for name in node.names:
+                full = f"{node.module}.{name.name}"
+                if id(node) in fallback_nodes:
+                    fallbacks.append(f"{path}:{node.lineno}: from {node.module} import {name.name}")
+                elif full.startswith(prefixes):
+                    aliases[name.asname or name.name] = full
+        elif isinstance(node, ast.Import):
+            for name in node.names:
+                if name.name.startswith(prefixes) and id(node) not in fallback_nodes:
+                    aliases[name.asname or name.name] = name.name
+    for node in ast.walk(tree):  # self.x = alias
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Name) and node.value.id in aliases:
+            for target in node.targets:
+                chain = _chain(target)
+                if chain and len(chain) == 1:
+                    aliases[chain[0]] = aliases[node.value.id]
+    uses: list[Use] = []
+    called_funcs: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            chain = _chain(node.func)
+            if chain and chain[0] in aliases and len(chain) > 1:
+                called_funcs.add(id(node.func))
+                starred = any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords)
+                uses.append(Use(path, node.lineno, aliases[chain[0]], chain[1:], True, len(node.args),
+                                [k.arg for k in node.keywords if k.arg], starred))
+    inner: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            inner.add(id(node.value))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and id(node) not in inner and id(node) not in called_funcs:
+            chain = _chain(node)
+            if chain and chain[0] in aliases and len(chain) > 1 and not isinstance(node.ctx, ast.Store):
+                uses.append(Use(path, node.lineno, aliases[chain[0]], chain[1:], False, 0, [], False))
+    return sorted(uses, key=lambda u: (u.line, str(u))), fallbacks
+
+
+def _arity_problem(use: Use, names: list[str], lo: int, hi: Optional[int]) -> Optional[str]:
+    if use.starred:
+        return None
+    if use.nargs < lo - len([k for k in use.keywords if k in names[use.nargs:lo]]):
+        return f"takes at least {lo} arguments ({', '.join(names[:lo])}), called with {use.nargs}"
+    if hi is not None and use.nargs > hi:
+        return f"takes at most {hi} positional arguments ({', '.join(names[:hi])}), called with {use.nargs}"
+    unknown = [k for k in use.keywords if k not in names[use.nargs:]]
+    if unknown:
+        return f"has no keyword parameter {', '.join(unknown)} (parameters: {', '.join(names)})"
+    return None
+
+
+def check_uses_live(uses: list[Use]) -> list[str]:
+    """Problems with `uses` against the installed modules (imported; cuda.bindings needs no GPU to import)."""
+    import importlib
+    import inspect
+
+    problems = []
+    for use in uses:
+        try:
+            obj: Any = importlib.import_module(use.module)
+        except ImportError as exc:
+            problems.append(f"{use}: cannot import {use.module} ({exc})")
+            continue
+        ok = True
+        for i, part in enumerate(use.chain):
+            if not hasattr(obj, part):
+                problems.append(f"{use}: {use.module}.{'.'.join(use.chain[:i + 1])} does not exist")
+                ok = False
+                break
+            obj = getattr(obj, part)
+        if ok and use.called and not isinstance(obj, type):
+            try:
+                signature = inspect.signature(obj)
+            except (TypeError, ValueError):
+                continue
+            params = list(signature.parameters.values())
+            variadic = any(p.kind == p.VAR_POSITIONAL for p in params)
+            positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            lo = sum(1 for p in positional if p.default is p.empty)
+            problem = _arity_problem(use, [p.name for p in params], lo, None if variadic else len(positional))
+            if problem:
+                problems.append(f"{use}: {'.'.join(use.chain)} {problem}")
+    return problems
+
+
+def check_uses_recorded(uses: list[Use], recorded: dict[str, Any]) -> list[str]:
+    """Problems with `uses` against a list written by tools/api/cuda_names.py."""
+    problems = []
+    for use in uses:
+        module = recorded["modules"].get(use.module)
+        if module is None:
+            problems.append(f"{use}: {use.module} is not in cuda-bindings {recorded['version']}")
+            continue
+        entry = module.get(use.chain[0])
+        if entry is None:
+            problems.append(f"{use}: {use.module}.{use.chain[0]} does not exist in cuda-bindings {recorded['version']}")
+            continue
+        if len(use.chain) > 1:
+            members = entry.get("members") or entry.get("attributes") or []
+            if use.chain[1] not in members:
+                problems.append(f"{use}: {use.module}.{'.'.join(use.chain[:2])} does not exist in cuda-bindings "
+                                f"{recorded['version']}")
+            continue
+        if use.called and entry["kind"] == "function":
+            problem = _arity_problem(use, entry["names"], entry["min"], entry["max"])
+            if problem:
+                problems.append(f"{use}: {use.chain[0]} {problem} in cuda-bindings {recorded['version']}")
+    return problems
