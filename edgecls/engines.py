@@ -19,12 +19,15 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgecls.artifacts import atomic_write, ensure_writable_dir, sha256_file, utc_now
 from edgecls.defaults import DEFAULT_BATCH_PROFILE, DEFAULT_WORKSPACE_MIB, ENGINES_DIR, PRECISIONS
 from edgecls.errors import EdgeclsError, first_line
 from edgecls.formats import EngineManifest, ModelMetadata
+
+if TYPE_CHECKING:  # the API contract (tests/test_api_contract.py) type-checks every TensorRT call against each version
+    import tensorrt as trt
 
 INSTALL_HINT = ("TensorRT is not installed here: run `edgecls build` on the device that will run the engine, with "
                 "TensorRT's Python bindings installed (JetPack's python3-libnvinfer, or `pip install tensorrt` on a desktop)")
@@ -147,7 +150,7 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike | No
 
     options = build_options(trt.__version__, metadata.precision)
     started = time.perf_counter()
-    serialized = _build(trt, onnx_path, metadata, options, batch, workspace_mib)
+    serialized = _build(onnx_path, metadata, options, batch, workspace_mib)
     build_seconds = time.perf_counter() - started
 
     with atomic_write(plan_path) as handle:
@@ -160,9 +163,11 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike | No
     return plan_path
 
 
-def _build(trt: Any, onnx_path: Path, metadata: ModelMetadata, options: BuildOptions,
-           batch: tuple[int, int, int], workspace_mib: int) -> Any:
+def _build(onnx_path: Path, metadata: ModelMetadata, options: BuildOptions,
+           batch: tuple[int, int, int], workspace_mib: int) -> trt.IHostMemory:
     """Parse the ONNX file and build the serialized engine with one optimization profile for the batch."""
+    import tensorrt as trt  # imported here, not passed in, so that mypy checks each call against the version's API
+
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 0

@@ -71,12 +71,14 @@ class TensorRTRunner(Runner):
         self.trt_version = trt.__version__
         self.cuda = open_cuda()
         try:
-            self._load(trt)
+            self._load()
         except BaseException:
             self._close()  # nothing half-open stays behind: buffers, stream, engine
             raise
 
-    def _load(self, trt: Any) -> None:
+    def _load(self) -> None:
+        import tensorrt as trt  # imported here, not passed in, so that mypy checks each call against the version's API
+
         self.gpu = self.cuda.device_info()
         check_compatibility(self.path, self.manifest, self.trt_version, *self.gpu)
         self._logger = trt.Logger(trt.Logger.WARNING)
@@ -89,10 +91,13 @@ class TensorRTRunner(Runner):
         if self._context is None:
             raise EdgeclsError(f"TensorRT could not create an execution context for {self.path}; "
                                "is the GPU out of memory?")
-        self._bind(trt)
+        self._bind()
 
-    def _bind(self, trt: Any) -> None:
+    def _bind(self) -> None:
         """Allocate every I/O tensor for the largest batch once; their addresses never change afterwards."""
+        import tensorrt as trt
+
+        assert self.manifest is not None  # read by _open before anything else
         batch = self.manifest.batch
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         shapes = {name: tuple(self._engine.get_tensor_shape(name)) for name in names}
@@ -162,6 +167,7 @@ class TensorRTRunner(Runner):
         return run
 
     def describe(self) -> dict[str, Any]:
+        built = self.manifest
         return {
             "backend": self.backend,
             "device": "gpu",
@@ -169,8 +175,9 @@ class TensorRTRunner(Runner):
             "gpu_name": self.gpu[0],
             "compute_capability": self.gpu[1],
             "cuda_helper": getattr(self.cuda, "name", None),
-            "built_with": {"tensorrt_version": self.manifest.tensorrt_version, "gpu_name": self.manifest.gpu_name,
-                           "compute_capability": self.manifest.compute_capability},
+            "built_with": None if built is None else {"tensorrt_version": built.tensorrt_version,
+                                                      "gpu_name": built.gpu_name,
+                                                      "compute_capability": built.compute_capability},
             "batch": {"min": self.min_batch, "max": self.max_batch},
         }
 

@@ -1,0 +1,141 @@
+"""The TensorRT and CUDA Python APIs as a contract (tools/api/README.md).
+
+Every TensorRT attribute, method and enum member the TensorRT-facing modules use must exist, with the argument
+counts they are called with, in each TensorRT version edgecls supports:
+
+- mypy type-checks the modules (apicheck.TENSORRT_MODULES) against stubs of each version: tensorrt-stubs 10.13
+  (PyPI, generated from the real bindings), and stubs written from the recorded lists tools/api/tensorrt-*.json
+  (8.5.2 / 9.3.0 / 10.3.0 from NVIDIA's pybind sources at those tags, 11.4 from the 11.x sources checked against
+  the 11.4 bindings wheel);
+- enum members looked up by name (`edgecls.engines.build_options`) are checked against each version's enums;
+- cuda-python: every `cuda.bindings` name the CUDA helper uses, with its call's argument count, against the
+  installed cuda-bindings (13.x, imported: it needs no GPU) and the recorded 12.9 list.
+
+Nothing here imports TensorRT or stands in for it at run time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools" / "api"))
+import apicheck  # noqa: E402
+
+
+def _need(what: str, present: bool) -> None:
+    """Skip, saying why, when a checker is genuinely absent; in CI (CI=true) that is a failure instead."""
+    if present:
+        return
+    message = f"{what} is not installed (run `make install`, which installs the test extra and the stubs)"
+    if os.environ.get("CI"):
+        pytest.fail(message + "; CI must run the API contract")
+    print(f"SKIP: {message}")
+    pytest.skip(message)
+
+
+def _have_mypy() -> bool:
+    try:
+        import mypy  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("version", list(apicheck.TENSORRT_LISTS))
+def test_tensorrt_calls_match_recorded_api(version: str, tmp_path: Path) -> None:
+    _need("mypy", _have_mypy())
+    stubs = apicheck.write_tensorrt_stubs(apicheck.load_list(version), tmp_path / "stubs")
+    code, output = apicheck.run_mypy(apicheck.TENSORRT_MODULES, stubs, tmp_path / "mypy")
+    assert code == 0, f"TensorRT {version} API (tools/api/{apicheck.TENSORRT_LISTS[version]}):\n{output}"
+
+
+def test_tensorrt_calls_match_tensorrt_stubs(tmp_path: Path) -> None:
+    _need("mypy", _have_mypy())
+    site = apicheck.find_tensorrt_stubs()
+    _need(f"tensorrt-stubs=={apicheck.TENSORRT_STUBS_VERSION}", site is not None)
+    stubs = tmp_path / "stubs"
+    repaired = apicheck.install_tensorrt_stubs(site, stubs)
+    assert len(repaired) <= 10, f"tensorrt-stubs needed many repairs ({repaired}); is it the pinned version?"
+    code, output = apicheck.run_mypy(apicheck.TENSORRT_MODULES, stubs, tmp_path / "mypy")
+    assert code == 0, f"TensorRT 10.13 API (tensorrt-stubs {apicheck.TENSORRT_STUBS_VERSION}):\n{output}"
+
+
+@pytest.mark.parametrize("version", list(apicheck.TENSORRT_LISTS))
+def test_build_option_names_exist(version: str) -> None:
+    missing = apicheck.missing_build_option_names(apicheck.load_list(version), version)
+    assert not missing, f"build_options({version!r}, ...) names members TensorRT {version} lacks: {missing}"
+
+
+def test_build_option_names_exist_in_tensorrt_stubs(tmp_path: Path) -> None:
+    site = apicheck.find_tensorrt_stubs()
+    _need(f"tensorrt-stubs=={apicheck.TENSORRT_STUBS_VERSION}", site is not None)
+    repaired = tmp_path / "stubs"
+    apicheck.install_tensorrt_stubs(site, repaired)
+    api = {"enums": {enum: {"members": dict.fromkeys(apicheck.stub_enum_members(repaired, enum))}
+                     for enum in ("NetworkDefinitionCreationFlag", "BuilderFlag")}}
+    assert api["enums"]["BuilderFlag"]["members"], "no BuilderFlag members read from tensorrt-stubs"
+    missing = apicheck.missing_build_option_names(api, "10.13.0")
+    assert not missing, f"build_options('10.13.0', ...) names members TensorRT 10.13 lacks: {missing}"
+
+
+def test_checker_rejects_a_missing_name(tmp_path: Path) -> None:
+    """The contract is only as good as its checker: a call that does not exist, or with one argument too many,
+    must fail it (guards against a configuration that silently checks nothing)."""
+    _need("mypy", _have_mypy())
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "def run(stream: int) -> None:\n"
+        "    import tensorrt as trt\n"
+        "    context = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(b'').create_execution_context()\n"
+        "    context.execute_async_v4(stream)\n"
+        "    context.set_tensor_address('x', 0, 1)\n"
+    )
+    stubs = apicheck.write_tensorrt_stubs(apicheck.load_list("10.3.0"), tmp_path / "stubs")
+    code, output = apicheck.run_mypy([str(probe)], stubs, tmp_path / "mypy")
+    assert code != 0
+    assert '"IExecutionContext" has no attribute "execute_async_v4"' in output, output
+    assert "set_tensor_address" in output and "Too many arguments" in output, output
+
+
+def test_recorded_lists_are_whole() -> None:
+    """Each list names where it came from and how to regenerate it, and holds the classes edgecls relies on."""
+    for version, name in apicheck.TENSORRT_LISTS.items():
+        api = apicheck.load_list(version)
+        assert (ROOT / api["generated_by"]).is_file(), name
+        assert str(api["version"]).startswith(version.rsplit(".", 1)[0] if version.count(".") > 1 else version)
+        for cls in ("Builder", "IBuilderConfig", "Runtime", "ICudaEngine", "IExecutionContext", "OnnxParser"):
+            assert cls in api["classes"], f"{name} lacks {cls}"
+    for version, name in apicheck.CUDA_LISTS.items():
+        recorded = json.loads((apicheck.HERE / name).read_text())
+        assert recorded["version"].startswith(version) and (ROOT / recorded["generated_by"]).is_file()
+
+
+def _cuda_uses() -> list:
+    uses: list = []
+    for module in apicheck.CUDA_MODULES:
+        found, _fallbacks = apicheck.module_uses(module)
+        uses += found
+    assert uses, f"no cuda.bindings use found in {apicheck.CUDA_MODULES}; has the helper moved?"
+    return uses
+
+
+def test_cuda_bindings_calls_match_installed() -> None:
+    try:
+        import cuda.bindings  # noqa: F401
+    except ImportError:
+        _need("cuda-bindings", False)
+    problems = apicheck.check_uses_live(_cuda_uses())
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("version", list(apicheck.CUDA_LISTS))
+def test_cuda_bindings_calls_match_recorded(version: str) -> None:
+    recorded = json.loads((apicheck.HERE / apicheck.CUDA_LISTS[version]).read_text())
+    problems = apicheck.check_uses_recorded(_cuda_uses(), recorded)
+    assert not problems, "\n".join(problems)
