@@ -231,3 +231,44 @@ def test_tensorrt_plan_matches_onnxruntime(export_dir, tiny_cifar, tmp_path):
     manifest_file.write_text(json.dumps(manifest))
     with pytest.raises(EdgeclsError, match="TensorRT 8.5.2"):
         load(plan)
+
+
+def test_one_classifier_shared_by_threads_gives_each_call_its_own_results(export_dir, tiny_cifar):
+    from concurrent.futures import ThreadPoolExecutor
+
+    images = tiny_cifar.test_images
+    parts = [images[i::4] for i in range(4)]  # four different inputs, of different sizes
+    with load(export_dir / "new2.onnx", batch_size=7) as classifier:
+        expected = [classifier.logits(part) for part in parts]
+        with ThreadPoolExecutor(4) as pool:
+            for _ in range(3):
+                got = list(pool.map(classifier.logits, parts * 2))
+                for result, want in zip(got, expected * 2):
+                    np.testing.assert_array_equal(result, want)
+
+
+def test_a_closed_classifier_says_so(export_dir, tiny_cifar):
+    classifier = load(export_dir / "new2.onnx")
+    classifier.close()
+    with pytest.raises(EdgeclsError, match="is closed"):
+        classifier.classify(tiny_cifar.test_images[:2])
+
+
+def test_memory_does_not_grow_with_the_number_of_images(export_dir):
+    """Classifying many large images holds only one batch of them at a time (measured with tracemalloc)."""
+    import tracemalloc
+
+    photo = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+
+    def peak(count: int) -> int:
+        images = [photo] * count  # the same array: the input list itself costs nothing
+        tracemalloc.start()
+        try:
+            with load(export_dir / "new2.onnx", batch_size=16) as classifier:
+                classifier.logits(images)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    small, large = peak(16), peak(160)
+    assert large < small * 1.5 + 2_000_000, (small, large)

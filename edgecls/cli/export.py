@@ -1,4 +1,4 @@
-"""`edgecls export`, `edgecls build`."""
+"""`edgecls export`."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import sys
 import click
 
 from edgecls.cli.common import DATA_HELP
-from edgecls.defaults import (CALIBRATION_DIR, CALIBRATION_METHODS, DEFAULT_BATCH_PROFILE, DEFAULT_CALIBRATION_SEED,
-                              DEFAULT_CALIBRATION_SIZE, DEFAULT_METHOD, DEFAULT_OPSET, DEFAULT_WORKSPACE_MIB,
-                              EXPORT_DIR, MAX_OPSET, QUANT_TARGETS)
+from edgecls.defaults import (CALIBRATION_DIR, CALIBRATION_METHODS, DEFAULT_CALIBRATION_SEED, DEFAULT_CALIBRATION_SIZE,
+                              DEFAULT_METHOD, DEFAULT_OPSET, EXPORT_DIR, MAX_OPSET, QUANT_TARGETS)
 
 
 @click.command("export")
@@ -70,23 +69,4 @@ def export_command(checkpoint: str, data: str | None, out_dir: str, fp16: bool, 
         click.echo(f"built {plan} (manifest {plan}.json)")
 
 
-@click.command("build")
-@click.argument("onnx_file", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", "plan", type=click.Path(dir_okay=False),
-              help="Engine file. Default: engines/<onnx name>.plan; the manifest goes beside it as .plan.json.")
-@click.option("--batch", default=":".join(map(str, DEFAULT_BATCH_PROFILE)), show_default=True,
-              help="Batch optimization profile MIN:OPT:MAX.")
-@click.option("--workspace", type=click.IntRange(16), default=DEFAULT_WORKSPACE_MIB, show_default=True,
-              help="Builder workspace in MiB.")
-def build_engine_command(onnx_file: str, plan: str | None, batch: str, workspace: int) -> None:
-    """Build a TensorRT engine from an exported ONNX file (on the device that will run it).
-
-    Example: edgecls build export/new2.int8.onnx -o engines/new2.int8.plan --batch 1:64:256
-    """
-    from edgecls.engines import build_engine, parse_batch
-
-    path = build_engine(onnx_file, plan, batch=parse_batch(batch), workspace_mib=workspace)
-    click.echo(f"built {path} (manifest {path}.json)")
-
-
-COMMANDS = (export_command, build_engine_command)
+COMMANDS = (export_command,)

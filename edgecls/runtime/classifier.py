@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence, Union
@@ -66,7 +67,16 @@ def open_runner(path: str | Path, provider: str = "cpu", threads: int | None = N
 
 
 class Classifier:
-    """Images in, class indices, names and probabilities out, in batches the engine accepts."""
+    """Images in, class indices, names and probabilities out, in batches the engine accepts.
+
+    Memory stays bounded whatever the number of images: they are preprocessed and run `batch_size` at a time.
+
+    Threads: one Classifier may be shared by several threads. Its runner's buffers are shared, so calls into the
+    runner are serialized on a lock, and each call gets its own results. For parallel throughput, give each thread
+    its own Classifier (each holds its own session or engine context).
+    """
+
+    DEFAULT_BATCH = 256  # images per runner call when the backend accepts any batch size
 
     def __init__(self, runner: Runner, batch_size: int | None = None) -> None:
         if batch_size is not None and batch_size < 1:
@@ -75,10 +85,10 @@ class Classifier:
         self.metadata = runner.metadata
         self.preprocess = self.metadata.preprocess
         self.class_names = self.preprocess.class_names
-        limit = runner.max_batch
-        if batch_size is not None:
-            limit = batch_size if limit is None else min(limit, batch_size)
-        self.batch_size = limit  # None: the whole input in one call
+        limit = runner.max_batch or self.DEFAULT_BATCH
+        self.batch_size = limit if batch_size is None else min(limit, batch_size)
+        self._lock = threading.Lock()
+        self.closed = False
 
     @classmethod
     def load(
@@ -88,7 +98,9 @@ class Classifier:
         return cls(open_runner(path, provider=provider, threads=threads), batch_size=batch_size)
 
     def close(self) -> None:
-        self.runner.deactivate()
+        with self._lock:
+            self.closed = True
+            self.runner.deactivate()
 
     def __enter__(self) -> "Classifier":
         return self
@@ -109,7 +121,7 @@ class Classifier:
         count = len(images)
         if count == 0:
             raise EdgeclsError("no images to classify")
-        step = count if self.batch_size is None else self.batch_size
+        step = self.batch_size
         chunks = [self._run(self.preprocess(images[start : start + step])) for start in range(0, count, step)]
         return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
@@ -127,5 +139,8 @@ class Classifier:
             # An engine whose profile starts above 1: pad with zeros, then drop the padding's outputs.
             pad = np.zeros((self.runner.min_batch - count, *batch.shape[1:]), dtype=batch.dtype)
             batch = np.concatenate([batch, pad])
-        logits = self.runner.infer({self.runner.input_name: batch})[self.runner.output_name]
-        return np.asarray(logits[:count], dtype=np.float32)
+        with self._lock:
+            if self.closed:
+                raise EdgeclsError(f"the classifier of {self.runner.path} is closed; load the model again")
+            logits = self.runner.infer({self.runner.input_name: batch})[self.runner.output_name]
+            return np.array(logits[:count], dtype=np.float32)  # a copy: some runners reuse their output buffer
