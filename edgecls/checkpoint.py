@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from edgecls.artifacts import atomic_write, sha256_file
+from edgecls.data import Cifar10, digest_rows, find_images
 from edgecls.errors import EdgeclsError, first_line
 from edgecls.formats import ModelMetadata
 from edgecls.models import create_model
@@ -31,6 +33,7 @@ class Checkpoint:
     state_dict: dict[str, torch.Tensor]
     preprocess: Preprocessing
     test_accuracy: float | None
+    val_accuracy: float | None
     data_fingerprint: str
     train_args: dict[str, Any]
     versions: dict[str, str]
@@ -38,6 +41,9 @@ class Checkpoint:
     epochs: int
     sha256: str
     resume: dict[str, Any] | None = field(default=None, repr=False)
+    # The training images held out for validation: {"seed", "size", "digests": uint8 N x 16 tensor}; None when the
+    # checkpoint was trained on every training image.
+    validation: dict[str, Any] | None = field(default=None, repr=False)
 
     def build_model(self) -> nn.Module:
         """The trained model in eval mode, on the CPU."""
@@ -49,10 +55,26 @@ class Checkpoint:
                                f"({first_line(exc, 120)}); it is damaged or was edited, re-train it") from exc
         return model.eval()
 
+    def validation_indices(self, data: Cifar10) -> np.ndarray | None:
+        """Where the held-out validation images are in `data`'s training split (None: no split was recorded)."""
+        if self.validation is None:
+            return None
+        found = find_images(data.train_images, self.validation["digests"].numpy())
+        if None in found:
+            raise EdgeclsError(f"{found.count(None)} of the validation images of {self.path} are not in the training "
+                               f"split of {data.source}; pass the data it was trained on with --data")
+        return np.asarray(found, dtype=np.int64)
+
     def model_metadata(self, precision: str = "fp32") -> ModelMetadata:
         """The record an export of this checkpoint carries (docs/FORMATS.md)."""
         return ModelMetadata(model=self.model_name, precision=precision, preprocess=self.preprocess,
                              checkpoint_sha256=self.sha256, data_fingerprint=self.data_fingerprint)
+
+
+def validation_record(seed: int, images: np.ndarray) -> dict[str, Any]:
+    """The `validation` field: which training images were held out, named by digest so they are found again in
+    any form or order of the data."""
+    return {"seed": seed, "size": len(images), "digests": torch.from_numpy(digest_rows(images).copy())}
 
 
 def save_checkpoint(path: str | os.PathLike, record: dict[str, Any]) -> None:
@@ -96,6 +118,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             state_dict=record["state_dict"],
             preprocess=Preprocessing.from_dict(record["preprocess"]),
             test_accuracy=record.get("test_accuracy"),
+            val_accuracy=record.get("val_accuracy"),
             data_fingerprint=record["data_fingerprint"],
             train_args=dict(record.get("train_args", {})),
             versions=dict(record.get("versions", {})),
@@ -103,6 +126,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             epochs=int(record["epochs"]),
             sha256=sha256_file(path),
             resume=record.get("resume"),
+            validation=record.get("validation"),
         )
     except KeyError as exc:
         raise EdgeclsError(f"checkpoint {path} lacks the field {exc.args[0]!r}; it is damaged or from another tool") from exc

@@ -127,6 +127,14 @@ class Cifar10:
                 raise EdgeclsError(f"the {split} images are {'x'.join(map(str, shape))}, but the model expects "
                                    f"{size}x{size}x3 ({model}); pass the data it was trained on with --data")
 
+    def hold_out(self, indices: np.ndarray) -> tuple["Cifar10", np.ndarray, np.ndarray]:
+        """The data set without the training images at `indices` (the test split unchanged), and those images
+        with their labels: a validation split that training never sees."""
+        keep = np.setdiff1d(np.arange(len(self.train_labels)), indices)
+        rest = Cifar10(self.train_images[keep], self.train_labels[keep], self.test_images, self.test_labels,
+                       list(self.class_names), source=f"{self.source} (without {len(indices)} validation images)")
+        return rest, self.train_images[indices], self.train_labels[indices]
+
     def subset(self, train: int | None = None, test: int | None = None, seed: int = 0) -> "Cifar10":
         """A smaller copy with `train` / `test` images (None: all), stratified by class, chosen with `seed`.
 
@@ -149,6 +157,25 @@ class Cifar10:
 def image_digests(images: np.ndarray) -> list[bytes]:
     """A 16-byte digest of each image's pixels: names an image whatever order or form the data came in."""
     return [hashlib.blake2b(row, digest_size=16).digest() for row in images.reshape(len(images), -1)]
+
+
+def digest_rows(images: np.ndarray) -> np.ndarray:
+    """`image_digests` as an N x 16 uint8 array, the form files store them in."""
+    return np.frombuffer(b"".join(image_digests(images)), dtype=np.uint8).reshape(len(images), 16)
+
+
+def find_images(images: np.ndarray, digests: np.ndarray) -> list[int | None]:
+    """The position in `images` of each image named by a row of `digests` (None where it is not there); identical
+    images are matched in turn, so each position is used once."""
+    positions: dict[bytes, list[int]] = {}
+    for i, digest in enumerate(image_digests(images)):
+        positions.setdefault(digest, []).append(i)
+    return [positions[bytes(row)].pop(0) if positions.get(bytes(row)) else None for row in digests]
+
+
+def seeded_subset(total: int, size: int, seed: int) -> np.ndarray:
+    """`size` of `total` positions, chosen with `seed` and sorted: the same arguments always give the same images."""
+    return np.sort(np.random.default_rng(seed).choice(total, size=size, replace=False)).astype(np.int64)
 
 
 def resolve_data_path(data: str | os.PathLike | None) -> Path:

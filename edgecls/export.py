@@ -21,7 +21,7 @@ import onnx
 from onnx import numpy_helper
 
 from edgecls.artifacts import atomic_write, ensure_writable_dir
-from edgecls.data import image_digests
+from edgecls.data import digest_rows
 from edgecls.defaults import (CALIBRATION_DIR, DEFAULT_CALIBRATION_SEED, DEFAULT_CALIBRATION_SIZE, DEFAULT_METHOD,
                               DEFAULT_OPSET, EXPORT_DIR)
 from edgecls.errors import EdgeclsError
@@ -249,11 +249,6 @@ def export_model(checkpoint_path: str | os.PathLike, out_dir: str | os.PathLike 
             result.path = report.files[result.precision]
     report.seconds = time.perf_counter() - started
     return report
-
-
-def digest_rows(images: np.ndarray) -> np.ndarray:
-    """`image_digests` as an N x 16 uint8 array, the form the reference file stores."""
-    return np.frombuffer(b"".join(image_digests(images)), dtype=np.uint8).reshape(len(images), -1)
 
 
 def install(staged: Path, destination: Path) -> Path:

@@ -44,6 +44,7 @@ import onnx
 from onnx import numpy_helper
 
 from edgecls.artifacts import library_versions, utc_now
+from edgecls.data import seeded_subset
 from edgecls.defaults import (CALIBRATION_DIR, CALIBRATION_METHODS, DEFAULT_CALIBRATION_SEED,
                               DEFAULT_CALIBRATION_SIZE, DEFAULT_METHOD, QUANT_TARGETS)
 from edgecls.errors import EdgeclsError
@@ -75,7 +76,7 @@ def calibration_indices(total: int, size: int, seed: int) -> np.ndarray:
     """A seeded subset of `size` of `total` training images, sorted (the same seed always picks the same images)."""
     if size > total:
         raise EdgeclsError(f"calibration size {size} exceeds the {total} training images; pass a smaller --calibration-size")
-    return np.sort(np.random.default_rng(seed).choice(total, size=size, replace=False)).astype(np.int64)
+    return seeded_subset(total, size, seed)
 
 
 def ort_method(method: str) -> Any:

@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from edgecls.data import Cifar10, image_digests
+from edgecls.data import Cifar10, find_images
 from edgecls.errors import EdgeclsError
 from edgecls.formats import ModelMetadata, ReferenceLogits
 
@@ -103,10 +103,7 @@ def align(reference: Reference, dataset: Cifar10) -> Reference:
     where, count = reference.source, len(dataset.test_labels)
     indices = reference.indices
     if reference.digests is not None:
-        positions: dict[bytes, list[int]] = {}
-        for i, digest in enumerate(image_digests(dataset.test_images)):
-            positions.setdefault(digest, []).append(i)  # identical images: matched in turn
-        found = [positions[bytes(row)].pop(0) if positions.get(bytes(row)) else None for row in reference.digests]
+        found = find_images(dataset.test_images, reference.digests)
         if None in found:
             raise EdgeclsError(f"reference {where}: {found.count(None)} of its images are not in this test split; "
                                "pass the data it was made with (--data)")

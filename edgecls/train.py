@@ -23,9 +23,9 @@ from torch import nn
 from tqdm import tqdm
 
 from edgecls.artifacts import atomic_write, ensure_writable_dir, library_versions
-from edgecls.checkpoint import load_checkpoint, save_checkpoint
-from edgecls.data import Cifar10
-from edgecls.defaults import CHECKPOINT_DIR, CROP_SIZE
+from edgecls.checkpoint import load_checkpoint, save_checkpoint, validation_record
+from edgecls.data import Cifar10, seeded_subset
+from edgecls.defaults import CHECKPOINT_DIR, CROP_SIZE, DEFAULT_VAL_SPLIT
 from edgecls.device import normalize_on_device, pick_device
 from edgecls.errors import EdgeclsError
 from edgecls.evaluate import torch_logits
@@ -43,6 +43,7 @@ class EpochLog:
     seconds: float
     images_per_second: float
     test_accuracy: float | None = None
+    val_accuracy: float | None = None  # on the held-out training images (--val-split), when measured
 
 
 @dataclass
@@ -50,6 +51,7 @@ class TrainResult:
     checkpoint: Path
     best_checkpoint: Path | None
     test_accuracy: float
+    val_accuracy: float | None
     train_seconds: float  # time in the training steps only: no evaluation, no checkpoint writing
     images_per_second: float
     history: list[EpochLog]
@@ -125,16 +127,34 @@ def make_optimizer(model: nn.Module, plan: Recipe, steps: int) -> tuple[torch.op
 
 
 def checkpoint_record(model_name: str, model: nn.Module, data: Cifar10, preprocess: Preprocessing,
-                      train_args: dict[str, Any], epoch: int, test_accuracy: float | None,
-                      device: torch.device) -> dict[str, Any]:
-    """The fields of a checkpoint (docs/FORMATS.md), weights copied to the CPU."""
+                      train_args: dict[str, Any], validation: dict[str, Any] | None, epoch: int,
+                      accuracies: EpochLog | None, device: torch.device) -> dict[str, Any]:
+    """The fields of a checkpoint (docs/FORMATS.md), weights copied to the CPU; `data` is the whole data set (its
+    fingerprint names what the model was trained on), `validation` the held-out split."""
     return {
         "model": model_name, "model_config": {"num_classes": len(data.class_names)},
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        "preprocess": preprocess.to_dict(), "test_accuracy": test_accuracy, "epoch": epoch,
-        "epochs": train_args["epochs"], "data_fingerprint": data.fingerprint, "train_args": train_args,
+        "preprocess": preprocess.to_dict(), "epoch": epoch, "epochs": train_args["epochs"],
+        "test_accuracy": accuracies.test_accuracy if accuracies else None,
+        "val_accuracy": accuracies.val_accuracy if accuracies else None,
+        "data_fingerprint": data.fingerprint, "validation": validation, "train_args": train_args,
         "versions": library_versions("torch", "numpy"), "device": _device_name(device),
     }
+
+
+def check_val_split(size: int, total: int) -> None:
+    if not 0 <= size < total:
+        raise EdgeclsError(f"--val-split {size} must be at least 0 and smaller than the {total:,} training images; "
+                           "pass a smaller --val-split (0: no validation split)")
+
+
+def validation_split(data: Cifar10, size: int, seed: int) -> tuple[Cifar10, np.ndarray, np.ndarray, dict | None]:
+    """Hold `size` seeded training images out of training: (the rest, their images, labels, checkpoint record)."""
+    total = len(data.train_images)
+    check_val_split(size, total)
+    held_out = seeded_subset(total, size, seed) if size else np.empty(0, dtype=np.int64)
+    rest, images, labels = data.hold_out(held_out)
+    return rest, images, labels, validation_record(seed, images) if size else None
 
 
 def checkpoint_paths(out_dir: str | os.PathLike, model_name: str) -> tuple[Path, Path, Path]:
@@ -151,6 +171,7 @@ def train(
     batch_size: int | None = None,
     lr: float | None = None,
     seed: int = 0,
+    val_split: int = DEFAULT_VAL_SPLIT,
     device: str | None = None,
     out_dir: str | os.PathLike = CHECKPOINT_DIR,
     eval_every: int = 0,
@@ -158,22 +179,27 @@ def train(
     progress: bool = True,
     on_epoch_end: Callable[[EpochLog], None] | None = None,
 ) -> TrainResult:
-    """Train `model_name` on `data` and write checkpoints/<model>.pt (last) and, with eval_every, <model>.best.pt."""
+    """Train `model_name` on `data` and write checkpoints/<model>.pt (last) and, with eval_every, <model>.best.pt.
+
+    `val_split` training images (seeded) are held out: training never sees them, and `eval_every` picks best.pt by
+    accuracy on them; the test split is only reported. With `val_split=0`, best.pt is picked on the test split.
+    """
     plan = training_plan(recipe, epochs, batch_size, lr)
     create_model(model_name)  # fail on an unknown name before touching any file
     last_path, best_path, log_path = checkpoint_paths(out_dir, model_name)
     ensure_writable_dir(out_dir)
     dev = pick_device(device)
-    train_args = {"model": model_name, "recipe": recipe, **asdict(plan), "seed": seed}
+    train_args = {"model": model_name, "recipe": recipe, **asdict(plan), "seed": seed, "val_split": val_split}
+    training_data, val_images, val_labels, validation = validation_split(data, val_split, seed)
 
-    preprocess = dataset_preprocessing(data)
+    preprocess = dataset_preprocessing(training_data)
     torch.manual_seed(seed)
     on_gpu = dev.type == "cuda"
     model = create_model(model_name, num_classes=len(data.class_names)).to(dev)
     if on_gpu:  # before the optimizer is made, so that it holds the parameters in their final layout
         model = model.to(memory_format=torch.channels_last)
     generator = torch.Generator(device=dev).manual_seed(seed)
-    batches = DeviceBatches(data, preprocess, plan, dev, generator)
+    batches = DeviceBatches(training_data, preprocess, plan, dev, generator)
     optimizer, scheduler = make_optimizer(model, plan, plan.epochs * batches.steps)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=plan.label_smoothing)
     start_epoch, best_accuracy, history = 0, -1.0, []
@@ -185,7 +211,6 @@ def train(
 
     bar = tqdm(total=plan.epochs * batches.steps, initial=start_epoch * batches.steps, unit="step",
                disable=not progress, dynamic_ncols=True, desc=f"{model_name} {dev.type}")
-    test_accuracy: float | None = None
     resume_state: dict[str, Any] | None = None
     try:
         for epoch in range(start_epoch, plan.epochs):
@@ -212,15 +237,16 @@ def train(
             entry = EpochLog(epoch + 1, float(loss_sum.item()) / batches.steps, float(lr_used),
                              round(seconds, 3), round(batches.steps * plan.batch_size / seconds, 1))
             if eval_every and ((epoch + 1) % eval_every == 0 or epoch + 1 == plan.epochs):
-                entry.test_accuracy = test_accuracy = _test_accuracy(model, data, preprocess, dev)
-                if test_accuracy > best_accuracy:
-                    best_accuracy = test_accuracy
+                measure_accuracies(entry, model, data, val_images, val_labels, preprocess, dev)
+                chosen_by = entry.test_accuracy if entry.val_accuracy is None else entry.val_accuracy
+                if chosen_by > best_accuracy:
+                    best_accuracy = chosen_by
                     save_checkpoint(best_path, checkpoint_record(model_name, model, data, preprocess, train_args,
-                                                                 epoch + 1, test_accuracy, dev))
-                bar.write(f"epoch {epoch + 1}: test accuracy {test_accuracy:.2f}%")
+                                                                 validation, epoch + 1, entry, dev))
+                bar.write(f"epoch {epoch + 1}: " + _accuracies_text(entry))
             history.append(entry)
-            state = checkpoint_record(model_name, model, data, preprocess, train_args, epoch + 1,
-                                      entry.test_accuracy, dev)
+            state = checkpoint_record(model_name, model, data, preprocess, train_args, validation, epoch + 1,
+                                      entry, dev)
             state["resume"] = resume_state = {
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
@@ -234,21 +260,34 @@ def train(
     finally:
         bar.close()
 
-    if history[-1].test_accuracy is None:
-        test_accuracy = _test_accuracy(model, data, preprocess, dev)
-        # the last checkpoint again, now with the final accuracy
-        state = checkpoint_record(model_name, model, data, preprocess, train_args, plan.epochs, test_accuracy, dev)
+    final = history[-1]
+    if final.test_accuracy is None:
+        measure_accuracies(final, model, data, val_images, val_labels, preprocess, dev)
+        # the last checkpoint again, now with the final accuracies
+        state = checkpoint_record(model_name, model, data, preprocess, train_args, validation, plan.epochs, final, dev)
         state["resume"] = resume_state
         save_checkpoint(last_path, state)
+        with atomic_write(log_path, "w") as log:
+            log.writelines(json.dumps(asdict(h)) + "\n" for h in history)
     train_seconds = sum(h.seconds for h in history)
     images_seen = sum(h.images_per_second * h.seconds for h in history)
-    return TrainResult(last_path, best_path if eval_every else None, test_accuracy, train_seconds,
-                       images_seen / max(train_seconds, 1e-9), history)
+    return TrainResult(last_path, best_path if eval_every else None, final.test_accuracy, final.val_accuracy,
+                       train_seconds, images_seen / max(train_seconds, 1e-9), history)
 
 
-def _test_accuracy(model: nn.Module, data: Cifar10, preprocess: Preprocessing, device: torch.device) -> float:
-    logits = torch_logits(model, data.test_images, preprocess, batch_size=1000, device=device)
-    return accuracy(logits, data.test_labels)
+def measure_accuracies(entry: EpochLog, model: nn.Module, data: Cifar10, val_images: np.ndarray,
+                       val_labels: np.ndarray, preprocess: Preprocessing, device: torch.device) -> None:
+    """Fill in the epoch's test accuracy and, when there is a validation split, its validation accuracy."""
+    def accuracy_on(images: np.ndarray, labels: np.ndarray) -> float:
+        return accuracy(torch_logits(model, images, preprocess, batch_size=1000, device=device), labels)
+
+    entry.test_accuracy = accuracy_on(data.test_images, data.test_labels)
+    entry.val_accuracy = accuracy_on(val_images, val_labels) if len(val_labels) else None
+
+
+def _accuracies_text(entry: EpochLog) -> str:
+    text = f"test accuracy {entry.test_accuracy:.2f}%"
+    return text if entry.val_accuracy is None else f"validation accuracy {entry.val_accuracy:.2f}%, {text}"
 
 
 def restore(path: Path, train_args: dict[str, Any], fingerprint: str, model: nn.Module,

@@ -12,7 +12,7 @@ if "$VENV/bin/python" -c 'import sys, torch; sys.exit(not torch.cuda.is_availabl
     edgecls train --model new2 --data "$DATA"
 else
     echo "demo: no CUDA GPU here: training new2 for 2 epochs on 10,000 training images on the CPU (a real run needs a GPU)"
-    edgecls train --model new2 --data "$DATA" --epochs 2 --batch-size 128 --train-images 10000
+    edgecls train --model new2 --data "$DATA" --epochs 2 --batch-size 128 --train-images 11000 --val-split 1000
 fi
 edgecls eval --checkpoint checkpoints/new2.pt --data "$DATA"
 edgecls export --checkpoint checkpoints/new2.pt --data "$DATA" --fp16 --int8

@@ -74,8 +74,8 @@ def trained_checkpoint(tiny_cifar: Cifar10, tmp_path_factory: pytest.TempPathFac
     def make(model_name: str = "new2") -> Path:
         if model_name not in made:
             out = tmp_path_factory.mktemp(f"ckpt_{model_name}")
-            made[model_name] = train(model_name, tiny_cifar, epochs=3, batch_size=50, lr=0.05, device="cpu",
-                                     out_dir=out, progress=False).checkpoint
+            made[model_name] = train(model_name, tiny_cifar, epochs=3, batch_size=50, lr=0.05, val_split=40,
+                                     device="cpu", out_dir=out, progress=False).checkpoint
         return made[model_name]
 
     return make

@@ -220,11 +220,12 @@ def test_reference_rows_follow_the_images_not_the_order(export_dir, tiny_cifar, 
     out_json = tmp_path / "all.json"
     code, output = bench("--all", str(trained_checkpoint("new2")), "--data", str(reordered), "--reference",
                          str(export_dir / "new2.reference.npz"), "--export-dir", str(export_dir), "--engines-dir",
-                         str(tmp_path / "engines"), "--json", str(out_json), "--min-agreement", "100",
+                         str(tmp_path / "engines"), "--json", str(out_json), "--min-agreement", "95",
                          "--batch-sizes", "1", "--duration", "0.05", "--warmup", "0.01")
     assert code == 0, output
     rows = json.loads(out_json.read_text())["rows"]
-    assert [row["agreement"] for row in rows[:3]] == [100.0, 100.0, 100.0]
+    assert [row["agreement"] for row in rows[:3]] == [100.0, 100.0, 100.0]  # .pt, fp32, fp16: exact
+    assert rows[3]["agreement"] >= 95.0  # int8
 
 
 def test_bench_all_gates_fail_on_a_file_that_cannot_run(export_dir, tiny_data_dir, trained_checkpoint, tmp_path):

@@ -13,7 +13,7 @@ from edgecls.errors import EdgeclsError
 from edgecls.evaluate import torch_logits
 from edgecls.train import random_crop_flip, train
 
-FAST = dict(epochs=3, batch_size=50, lr=0.05, device="cpu", progress=False)
+FAST = dict(epochs=3, batch_size=50, lr=0.05, val_split=40, device="cpu", progress=False)
 
 
 def test_random_crop_flip_takes_real_windows():
@@ -40,7 +40,8 @@ def test_training_learns_and_writes_a_complete_checkpoint(trained_checkpoint, ti
     assert saved.data_fingerprint == tiny_cifar.fingerprint
     assert list(saved.preprocess.class_names) == tiny_cifar.class_names
     assert saved.preprocess.crop_size == 28 and saved.preprocess.input_size == 32
-    pixels = tiny_cifar.train_images.reshape(-1, 3) / 255
+    # The statistics of the images trained on: the training split without the 40 held out for validation.
+    pixels = np.delete(tiny_cifar.train_images, saved.validation_indices(tiny_cifar), axis=0).reshape(-1, 3) / 255
     np.testing.assert_allclose(saved.preprocess.mean, pixels.mean(0), rtol=1e-6)
     np.testing.assert_allclose(saved.preprocess.std, pixels.std(0), rtol=1e-6)
     assert saved.train_args["batch_size"] == 50 and "torch" in saved.versions
@@ -120,10 +121,16 @@ def test_failed_write_keeps_the_earlier_checkpoint(trained_checkpoint, tmp_path)
 def test_cli_train_and_eval(tiny_data_dir, tmp_path):
     runner = CliRunner()
     out = tmp_path / "ckpt"
-    result = runner.invoke(main, ["train", "--model", "new1", "--data", str(tiny_data_dir), "--epochs", "2",
-                                  "--batch-size", "50", "--device", "cpu", "--out", str(out), "--eval-every", "1"])
+    result = runner.invoke(main, ["train", "--model", "new1", "--data", str(tiny_data_dir), "--epochs", "3",
+                                  "--batch-size", "50", "--device", "cpu", "--out", str(out), "--eval-every", "1",
+                                  "--val-split", "40"])
     assert result.exit_code == 0, result.output
-    assert "test accuracy" in result.output and (out / "new1.pt").exists() and (out / "new1.best.pt").exists()
+    assert "validation accuracy" in result.output and "test accuracy" in result.output
+    assert (out / "new1.pt").exists() and (out / "new1.best.pt").exists()
+    log = [json.loads(line) for line in (out / "new1.log.jsonl").read_text().splitlines()]
+    best = load_checkpoint(out / "new1.best.pt")  # chosen on the validation split, not on the test split
+    assert best.val_accuracy == max(entry["val_accuracy"] for entry in log)
+    assert best.epoch == 1 + [entry["val_accuracy"] for entry in log].index(best.val_accuracy)
     evaluated = runner.invoke(main, ["eval", "--checkpoint", str(out / "new1.pt"), "--data", str(tiny_data_dir),
                                      "--device", "cpu", "--mirror"])
     assert evaluated.exit_code == 0, evaluated.output
@@ -149,10 +156,34 @@ def test_cli_bad_input_exits_non_zero_with_one_line(tiny_data_dir, trained_check
         result = runner.invoke(main, args)
         assert result.exit_code == 2, result.output
         assert message in result.output and result.output.count("\n") == 1
+    # Known only once the data is read: after its progress bar, still one line.
+    result = runner.invoke(main, ["train", "--val-split", "400", "--data", str(tiny_data_dir), "--out", str(tmp_path)])
+    lines = [line for line in result.output.strip().split("\n") if "%|" not in line]
+    assert result.exit_code == 2 and len(lines) == 1
+    assert "--val-split 400 must be at least 0 and smaller than the 400 training images" in lines[0]
     assert existing.read_bytes() == before
     usage = runner.invoke(main, ["train", "--test-images", "0", "--data", str(tiny_data_dir), "--out", str(tmp_path)])
     assert usage.exit_code == 2 and "'--test-images': 0 is not in the range" in usage.output  # click's usage error
 
+
+
+def test_the_validation_split_is_held_out_and_found_again_in_any_order(tiny_cifar, tiny_data_dir, tmp_path):
+    from edgecls.data import image_digests, load_cifar10
+
+    result = train("new1", tiny_cifar, out_dir=tmp_path, **{**FAST, "epochs": 1})
+    checkpoint = load_checkpoint(result.checkpoint)
+    assert checkpoint.validation["size"] == 40 and checkpoint.train_args["val_split"] == 40
+    held_out = checkpoint.validation_indices(tiny_cifar)
+    assert len(set(held_out.tolist())) == 40
+    # The preprocessing statistics come from the other 360 images only: the model never saw these 40.
+    rest = np.delete(tiny_cifar.train_images, held_out, axis=0)
+    expected_mean = rest.reshape(-1, 3).mean(axis=0) / 255
+    np.testing.assert_allclose(checkpoint.preprocess.mean, expected_mean, rtol=1e-6)
+    # The same images are found by digest in another form of the data (an image folder, in another order).
+    reordered = load_cifar10(tiny_data_dir, cache=False)
+    found = checkpoint.validation_indices(reordered)
+    assert sorted(image_digests(reordered.train_images[found])) == sorted(image_digests(tiny_cifar.train_images[held_out]))
+    assert checkpoint.val_accuracy is not None and result.val_accuracy == checkpoint.val_accuracy
 
 
 class _RunsCode:

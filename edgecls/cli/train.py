@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from edgecls.cli.common import DATA_HELP
-from edgecls.defaults import CHECKPOINT_DIR
+from edgecls.defaults import CHECKPOINT_DIR, DEFAULT_VAL_SPLIT
 from edgecls.recipes import DEFAULT_RECIPE, RECIPES
 
 
@@ -38,6 +38,9 @@ def models() -> None:
 @click.option("--batch-size", type=int, help="Override the recipe's batch size (the learning rate scales with it).")
 @click.option("--lr", type=float, help="Override the peak learning rate.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--val-split", type=click.IntRange(min=0), default=DEFAULT_VAL_SPLIT, show_default=True,
+              help="Training images (seeded) held out for validation: --eval-every picks best.pt on them, and export "
+                   "makes its accuracy decisions on them. 0: none (best.pt is then picked on the test split).")
 @click.option("--device", help="cuda, cuda:1, cpu ... Default: cuda when available.")
 @click.option("--out", "out_dir", default=CHECKPOINT_DIR, show_default=True, help="Folder for checkpoints and the log.")
 @click.option("--eval-every", type=click.IntRange(min=0), default=0,
@@ -47,7 +50,7 @@ def models() -> None:
               help="Use a seeded subset of this many training images (quick CPU runs).")
 @click.option("--test-images", type=click.IntRange(min=1), help="Use a seeded subset of this many test images.")
 def train(model_name: str, data: str | None, download: bool, recipe: str, epochs: int | None, batch_size: int | None,
-          lr: float | None, seed: int, device: str | None, out_dir: str, eval_every: int, resume: bool,
+          lr: float | None, seed: int, val_split: int, device: str | None, out_dir: str, eval_every: int, resume: bool,
           train_images: int | None, test_images: int | None) -> None:
     """Train a model on CIFAR-10 and write <out>/<model>.pt.
 
@@ -59,6 +62,7 @@ def train(model_name: str, data: str | None, download: bool, recipe: str, epochs
     from edgecls.device import pick_device
     from edgecls.models import create_model
     from edgecls.recipes import training_plan
+    from edgecls.train import check_val_split
     from edgecls.train import train as run_training
 
     create_model(model_name)  # an unknown name or impossible settings fail before the data is read
@@ -68,11 +72,13 @@ def train(model_name: str, data: str | None, download: bool, recipe: str, epochs
     dataset = load_cifar10(data, download=download)
     if train_images is not None or test_images is not None:
         dataset = dataset.subset(train_images, test_images, seed=seed)
+    check_val_split(val_split, len(dataset.train_images))
     click.echo(f"data: {dataset.source}: {len(dataset.train_images):,} training / {len(dataset.test_images):,} test "
                f"images, loaded in {time.perf_counter() - started:.1f} s", err=True)
     result = run_training(model_name, dataset, recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                          device=device, out_dir=out_dir, eval_every=eval_every, resume=resume)
-    click.echo(f"{model_name}: test accuracy {result.test_accuracy:.2f}% (single center crop) after "
+                          val_split=val_split, device=device, out_dir=out_dir, eval_every=eval_every, resume=resume)
+    validation = "" if result.val_accuracy is None else f"validation accuracy {result.val_accuracy:.2f}%, "
+    click.echo(f"{model_name}: {validation}test accuracy {result.test_accuracy:.2f}% (single center crop) after "
                f"{result.train_seconds:.1f} s of training ({result.images_per_second:,.0f} images/s)")
     click.echo(f"checkpoint: {result.checkpoint}" + (f", best: {result.best_checkpoint}" if result.best_checkpoint else ""))
 
