@@ -9,7 +9,7 @@ $(VENV)/installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	# PyTorch first, pinned: the versions these machines (and CI) have on disk.
 	$(VENV)/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(VENV)/bin/pip install --quiet -e '.[test]'
+	$(VENV)/bin/pip install --quiet -e '.[test,report]'
 	touch $@
 
 .PHONY: install test demo

@@ -281,3 +281,6 @@ def predict(images: tuple[str, ...], engine: str, top_k: int, provider: str) -> 
     for path, ranked in zip(files, predictions.top_k(top_k)):
         click.echo(f"{path}: " + "  ".join(f"{name} {probability:.3f}" for name, probability in ranked))
 # --- end bench/predict commands ---
+
+from edgecls.cli_report import report_command  # noqa: E402  (edgecls report, issue #12)
+main.add_command(report_command)

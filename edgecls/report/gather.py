@@ -1,0 +1,411 @@
+"""Everything the report shows, read from the project's files into plain data.
+
+This is the only part of the report that knows where files live and how they are laid out (docs/FORMATS.md);
+the readers it borrows from other modules are imported here and nowhere else in `edgecls.report`, so a move of
+those readers means editing this file only. Each reader validates what it reads: a corrupt file is one
+EdgeclsError naming it. An input that simply does not exist is not an error: its section is left out, with a
+line in `ReportInputs.missing` saying which command makes it. A file that belongs to another checkpoint (an
+export older than the last training run, say) is skipped, with a line in `ReportInputs.notes`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from edgecls.bench import Reference, artifacts_of, check_reference, load_reference_npz
+from edgecls.checkpoint import Checkpoint, load_checkpoint
+from edgecls.data import load_cifar10, resolve_data_path
+from edgecls.errors import EdgeclsError
+from edgecls.export import load_onnx, read_onnx_metadata
+from edgecls.runtime.tensorrt_backend import read_manifest
+
+LOG_NUMBERS = ("loss", "lr", "seconds", "images_per_second")  # required in every line of the training log
+LOG_ACCURACIES = ("test_accuracy", "val_accuracy")  # optional: a number or null
+TIMING_FIELDS = ("variant", "scope", "batch_size", "p50_ms", "p90_ms", "p99_ms", "images_per_s")
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # the layers int8 quantization applies to
+
+
+@dataclass
+class TrainingRun:
+    """The checkpoint's own record of its training, and the per-epoch log when there is one."""
+
+    checkpoint: Checkpoint
+    device: str | None  # what trained it ("cpu", or the GPU's name)
+    log_path: Path
+    epochs: list[dict[str, Any]] | None  # one dict per line of the log; None when there is no log
+
+
+@dataclass
+class ModelRow:
+    """One line of `edgecls models`: our counts beside the paper's Table 2."""
+
+    name: str
+    paper_name: str
+    params: int
+    fc_params: int
+    fc_share: float
+    macs: int
+    paper_params: int
+    paper_fc_share: float
+    ours: bool  # the model of the checkpoint being reported
+
+
+@dataclass
+class OnnxFile:
+    path: Path
+    metadata: dict[str, Any]  # the file's `edgecls` metadata record
+
+    @property
+    def precision(self) -> str:
+        return str(self.metadata.get("precision"))
+
+
+@dataclass
+class PlanFile:
+    path: Path
+    manifest: dict[str, Any]  # the `.plan.json` beside it
+
+    @property
+    def precision(self) -> str:
+        return str(self.manifest.get("precision"))
+
+
+@dataclass
+class BenchRun:
+    """One model's bench result (the single-model form of `edgecls bench --json`), and the file it came from."""
+
+    source: Path
+    result: dict[str, Any]
+
+    @property
+    def machine(self) -> str:
+        env = self.result.get("environment", {})
+        cores = env.get("threads", {}).get("cpu_count")
+        cpu = f"{env.get('cpu', '?')}" + (f", {cores} cores" if cores else "")
+        return f"{env['gpu']} ({cpu})" if env.get("gpu") else cpu
+
+
+@dataclass
+class TensorRange:
+    tensor: str
+    low: float
+    high: float
+
+
+@dataclass
+class Calibration:
+    path: Path
+    record: dict[str, Any]  # the record without its (long) index list and ranges
+    ranges: list[TensorRange]  # in the order the tensors appear in the graph
+
+
+@dataclass
+class LayerPrecision:
+    """One weighted layer of the int8 graph: quantized or kept in float, and why."""
+
+    name: str
+    op: str
+    precision: str  # "int8" or "float"
+    reason: str
+
+
+@dataclass
+class ReportInputs:
+    checkpoint_path: Path
+    model: str
+    class_names: list[str]
+    training: TrainingRun
+    models: list[ModelRow]
+    reference: Reference | None
+    onnx_files: list[OnnxFile]
+    plans: list[PlanFile]
+    bench: list[BenchRun]
+    int8_layers: list[LayerPrecision]
+    calibration: Calibration | None
+    int8_report: dict[str, Any] | None
+    missing: dict[str, str] = field(default_factory=dict)  # input -> a line saying which command makes it
+    notes: list[str] = field(default_factory=list)  # files found but skipped, and why
+    sources: list[Path] = field(default_factory=list)  # every file the page is made from
+
+    def latest_bench(self, artifact: Path) -> BenchRun | None:
+        """The most recent bench result of an artifact, matched by file name: a plan benched on its device was
+        named there relative to another working folder."""
+        runs = [run for run in self.bench if Path(run.result["model"]["path"]).name == artifact.name]
+        return max(runs, key=lambda run: str(run.result.get("environment", {}).get("measured_at", "")), default=None)
+
+
+def gather(checkpoint: str | Path, *, export_dir: str | Path = "export", engines_dir: str | Path = "engines",
+           calibration_dir: str | Path = "calibration", results_dir: str | Path = "results",
+           bench_files: Iterable[str | Path] = ()) -> ReportInputs:
+    """Read what exists for the checkpoint's model; see the module docstring for what happens to the rest."""
+    training = read_training(Path(checkpoint))
+    loaded = training.checkpoint
+    model, sha = loaded.model_name, loaded.sha256
+    export_dir, engines_dir, calibration_dir = Path(export_dir), Path(engines_dir), Path(calibration_dir)
+    inputs = ReportInputs(loaded.path, model, list(loaded.preprocess.class_names), training, model_table(loaded),
+                          None, [], [], [], [], None, None, sources=[loaded.path])
+    if training.epochs is None:
+        inputs.missing["training log"] = (f"no training log {training.log_path}: `edgecls train` writes it beside "
+                                          "the checkpoint")
+    else:
+        inputs.sources.append(training.log_path)
+    export_hint = f"`edgecls export --checkpoint {loaded.path} --fp16 --int8`"
+
+    reference_path = export_dir / f"{model}.reference.npz"
+    if not reference_path.is_file():
+        inputs.missing["reference"] = f"no reference logits {reference_path}: {export_hint} writes them"
+    else:
+        reference = load_reference_npz(reference_path)
+        if _belongs(reference.checkpoint_sha256, sha, reference_path, inputs, export_hint):
+            inputs.reference = reference
+            inputs.sources.append(reference_path)
+
+    for path in artifacts_of(loaded.path, model, export_dir, engines_dir)[1:]:
+        if not path.is_file():
+            continue
+        if path.suffix == ".onnx":
+            metadata = read_onnx_metadata(path)
+            if _belongs(metadata.get("checkpoint_sha256"), sha, path, inputs, export_hint):
+                inputs.onnx_files.append(OnnxFile(path, metadata))
+        else:
+            manifest = read_manifest(path)
+            if _belongs(manifest["edgecls"].get("checkpoint_sha256"), sha, path, inputs,
+                        "`edgecls build` on the device, from the current export"):
+                inputs.plans.append(PlanFile(path, manifest))
+    inputs.sources += [artifact.path for artifact in [*inputs.onnx_files, *inputs.plans]]
+    if not inputs.onnx_files:
+        inputs.missing["onnx"] = f"no ONNX file of {model} in {export_dir}: {export_hint} writes them"
+
+    inputs.bench = read_bench_runs(model, sha, Path(results_dir), [Path(p) for p in bench_files], inputs.notes)
+    inputs.sources += sorted({run.source for run in inputs.bench})
+    if not inputs.bench:
+        inputs.missing["bench"] = (f"no bench results of this checkpoint in {results_dir}: run `edgecls bench --all "
+                                   f"{loaded.path} --json {Path(results_dir) / (model + '.json')}`")
+
+    int8 = next((f for f in inputs.onnx_files if f.precision == "int8"), None)
+    report_path = calibration_dir / f"{model}.int8-report.json"
+    if report_path.is_file():
+        inputs.int8_report = read_int8_report(report_path)
+        inputs.sources.append(report_path)
+    if int8 is not None:
+        inputs.int8_layers = read_int8_layers(int8.path)
+        method = int8.metadata.get("quantization", {}).get("method")
+        record_path = calibration_dir / f"{model}.{method}.json"
+        if record_path.is_file():
+            calibration = read_calibration(record_path, int8.path)
+            if _belongs(calibration.record.get("checkpoint_sha256"), sha, record_path, inputs, export_hint):
+                inputs.calibration = calibration
+                inputs.sources.append(record_path)
+        else:
+            inputs.missing["calibration"] = f"no calibration record {record_path}: `edgecls export --int8` writes it"
+    elif inputs.int8_report is None:
+        inputs.missing["int8"] = f"no int8 export of {model} in {export_dir}: {export_hint} writes it"
+    return inputs
+
+
+def _belongs(theirs: str | None, ours: str, path: Path, inputs: ReportInputs, remedy: str) -> bool:
+    """Whether a file was made from this checkpoint; a stale one is noted and left out, not an error."""
+    if not theirs or theirs == ours:
+        return True
+    inputs.notes.append(f"{path} left out: it comes from another checkpoint ({theirs[:12]}, this one is {ours[:12]}); "
+                        f"remake it with {remedy}")
+    return False
+
+
+def test_images(inputs: ReportInputs, data: str | Path | None) -> np.ndarray | None:
+    """The test images the reference logits were computed on, in the reference's row order (found by digest in
+    the data set `data` names, resolved like every command does); None when `data` is not given and nothing is
+    at the default location."""
+    if data is None and not resolve_data_path(None).exists():
+        return None
+    dataset = load_cifar10(data)
+    checkpoint = inputs.training.checkpoint
+    ours = {"model": inputs.model, "checkpoint_sha256": checkpoint.sha256, "preprocess": checkpoint.preprocess.to_dict()}
+    check_reference(inputs.reference, ours, checkpoint.path, dataset)  # finds each row's image
+    return dataset.test_images[inputs.reference.indices]
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+def read_training(checkpoint: Path) -> TrainingRun:
+    import torch
+
+    loaded = load_checkpoint(checkpoint)
+    # load_checkpoint keeps no `device`; the raw record has it (a second read of a small file).
+    device = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("device")
+    log_path = checkpoint.parent / f"{loaded.model_name}.log.jsonl"
+    epochs = read_training_log(log_path) if log_path.is_file() else None
+    return TrainingRun(loaded, device, log_path, epochs)
+
+
+def read_training_log(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines `edgecls train` writes, one per epoch (`edgecls.train.EpochLog`), checked field by field."""
+    fix = "delete it or train again with `edgecls train`"
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EdgeclsError(f"training log {path} is unreadable ({exc}); {fix}") from exc
+    epochs = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError as exc:
+            raise EdgeclsError(f"training log {path} line {number} is not JSON ({exc}); {fix}") from exc
+        if not isinstance(entry, dict) or not _is_number(entry.get("epoch")) or \
+                not all(_is_number(entry.get(key)) for key in LOG_NUMBERS) or \
+                not all(entry.get(key) is None or _is_number(entry[key]) for key in LOG_ACCURACIES):
+            raise EdgeclsError(f"training log {path} line {number} is not an epoch record (epoch, "
+                               f"{', '.join(LOG_NUMBERS)}, and {' / '.join(LOG_ACCURACIES)} as numbers or null); {fix}")
+        epochs.append(entry)
+    if not epochs:
+        raise EdgeclsError(f"training log {path} is empty; {fix}")
+    return epochs
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def model_table(checkpoint: Checkpoint) -> list[ModelRow]:
+    """The rows `edgecls models` prints; the checkpoint's own model counted with its own configuration."""
+    from edgecls.models import MODELS, create_model, model_stats
+
+    rows = []
+    for name, spec in MODELS.items():
+        ours = name == checkpoint.model_name
+        model = create_model(name, **(checkpoint.model_config if ours else {}))
+        stats = model_stats(model, checkpoint.preprocess.crop_size if ours else 28)
+        rows.append(ModelRow(name, spec.paper_name, stats.params, stats.fc_params, stats.fc_share, stats.macs,
+                             spec.paper.params, spec.paper.fc_share, ours))
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------- JSON files
+
+def read_json(path: Path, what: str, fix: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise EdgeclsError(f"{what} {path} is not readable JSON ({exc}); {fix}") from exc
+
+
+def read_bench_runs(model: str, sha256: str, results_dir: Path, explicit: list[Path],
+                    notes: list[str]) -> list[BenchRun]:
+    """The bench results of this checkpoint: every `results_dir/*.json` that holds some (others are noted and
+    skipped), and each `explicit` file, which must hold some."""
+    runs = []
+    found = sorted(results_dir.glob("*.json")) if results_dir.is_dir() else []
+    for path in found + [p for p in explicit if p not in found]:
+        if path in explicit and not path.is_file():
+            raise EdgeclsError(f"bench file {path} does not exist; write one with `edgecls bench ... --json {path}`")
+        results = bench_results(path, read_json(path, "bench file", "write it again with `edgecls bench --json`"))
+        mine = [r for r in results if r["model"].get("name") == model
+                and r["model"].get("checkpoint_sha256") in (None, sha256)]
+        if not mine:
+            why = (f"{path} holds no bench result of this {model} checkpoint ({sha256[:12]})" if results
+                   else f"{path} is not an `edgecls bench --json` file")
+            if path in explicit:
+                raise EdgeclsError(f"{why}; pass a bench file of this checkpoint")
+            notes.append(f"{why}: left out")
+        runs += [BenchRun(path, result) for result in mine]
+    return runs
+
+
+def bench_results(path: Path, data: Any) -> list[dict[str, Any]]:
+    """The single-model results in a bench file: the file itself, or the details of each row of `bench --all`.
+    An empty list when the file is some other JSON; an EdgeclsError when it is a bench file with parts missing."""
+    if isinstance(data, dict) and isinstance(data.get("rows"), list):
+        results = [row["details"] for row in data["rows"] if isinstance(row, dict) and row.get("details")]
+    elif isinstance(data, dict) and "timings" in data:
+        results = [data]
+    else:
+        return []
+    for result in results:
+        try:
+            model, timings = result["model"], result["timings"]
+            complete = (isinstance(model, dict) and "path" in model and _is_number(result["accuracy"])
+                        and all(all(key in row for key in TIMING_FIELDS) for row in timings))
+        except (KeyError, TypeError):
+            complete = False
+        if not complete:
+            raise EdgeclsError(f"bench file {path} has a result without model path, accuracy or complete timings "
+                               f"({', '.join(TIMING_FIELDS)}); write it again with `edgecls bench --json`")
+    return results
+
+
+def read_calibration(path: Path, int8_path: Path) -> Calibration:
+    """A calibration record (`calibration/<model>.<method>.json`, written by `edgecls export --int8`)."""
+    fix = "delete it and export again with `edgecls export --int8`"
+    record = read_json(path, "calibration record", fix)
+    if not isinstance(record, dict) or record.get("format") != "edgecls-calibration" or "ranges" not in record:
+        raise EdgeclsError(f"{path} is not an edgecls calibration record; {fix}")
+    ranges = record["ranges"]
+    # ONNX Runtime's serialized TensorsData: {"CLS": "TensorsData", "data": {tensor: {"lowest", "highest"}}}
+    tensors = ranges.get("data", ranges) if isinstance(ranges, dict) else None
+    try:
+        parsed = {name: TensorRange(name, _scalar(value["lowest"]), _scalar(value["highest"]))
+                  for name, value in tensors.items() if name != "CLS"}
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise EdgeclsError(f"calibration record {path} has malformed ranges ({exc!r}); {fix}") from exc
+    order = {name: i for i, name in enumerate(_tensor_order(int8_path))}
+    ordered = sorted(parsed.values(), key=lambda r: order.get(r.tensor, len(order)))
+    summary = {key: value for key, value in record.items() if key not in ("indices", "ranges")}
+    return Calibration(path, summary, ordered)
+
+
+def _scalar(value: Any) -> float:
+    """A range end as ONNX Runtime saves it: a number, or {"data": number or [number], "dtype": ...}."""
+    if isinstance(value, dict):
+        value = value["data"]
+    return float(np.asarray(value, dtype=np.float64).reshape(-1)[0])
+
+
+def _tensor_order(onnx_path: Path) -> list[str]:
+    graph = load_onnx(onnx_path).graph
+    return [value.name for value in graph.input] + [name for node in graph.node for name in node.output]
+
+
+def read_int8_layers(path: Path) -> list[LayerPrecision]:
+    """Each weighted layer of an int8 Q/DQ graph, int8 when its weight comes out of a DequantizeLinear node.
+
+    The reasons for float layers restate the rule `edgecls.quantize` applies (first and last layers stay float).
+    """
+    graph = load_onnx(path).graph
+    dequantized = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"}
+    inputs, outputs = {v.name for v in graph.input}, {v.name for v in graph.output}
+    layers = []
+    for node in graph.node:
+        if node.op_type not in WEIGHTED_OPS:
+            continue
+        if len(node.input) > 1 and node.input[1] in dequantized:
+            layers.append(LayerPrecision(node.name, node.op_type, "int8", ""))
+            continue
+        if set(node.input) & inputs:
+            reason = "first layer: its input, the standardized pixels, is finer than an 8-bit grid"
+        elif set(node.output) & outputs:
+            reason = "last layer: 8-bit logits would turn near-ties into flipped predictions"
+        else:
+            reason = "left in float by the quantizer"
+        layers.append(LayerPrecision(node.name, node.op_type, "float", reason))
+    return layers
+
+
+def read_int8_report(path: Path) -> dict[str, Any]:
+    """`calibration/<model>.int8-report.json`: a list of per-layer records under "layers" (op, params, SQNR,
+    cost when quantized alone, decision, ...; any keys) and optional final figures under "final"."""
+    fix = "delete it or write it again"
+    report = read_json(path, "int8 report", fix)
+    layers = report.get("layers") if isinstance(report, dict) else None
+    if not isinstance(layers, list) or not all(isinstance(layer, dict) for layer in layers):
+        raise EdgeclsError(f"int8 report {path} has no list of per-layer records under \"layers\"; {fix}")
+    if not isinstance(report.get("final", {}), dict):
+        raise EdgeclsError(f"int8 report {path}: \"final\" is not an object of figures; {fix}")
+    return {**report, "path": str(path)}
