@@ -195,8 +195,8 @@ def test_original_accuracy_and_confusion_are_the_reference(parsed, project, tiny
     predicted = reference.logits.argmax(axis=1)
     for row in parsed.rows("per-class"):
         members = reference.labels == tiny_cifar.class_names.index(row["class"])
-        assert number(row["original %"]) == pytest.approx(100 * np.mean(predicted[members] == reference.labels[members]),
-                                                          abs=0.005)
+        right = predicted[members] == reference.labels[members]
+        assert number(row["original %"]) == pytest.approx(100 * np.mean(right), abs=0.005)
     counts = np.zeros((10, 10), dtype=int)
     for label, answer in zip(reference.labels, predicted):
         counts[label, answer] += 1
@@ -271,7 +271,8 @@ def test_int8_report_replaces_the_ranges_when_present(project, tmp_path):
     assert code == 0, stderr
     parsed = Page(out.read_text())
     rows = parsed.rows("int8-report")
-    assert [(r["name"], number(r["cost"]), r["decision"]) for r in rows] == [("conv1", 0.4, "float"), ("conv2", 0.05, "int8")]
+    assert [(r["name"], number(r["cost"]), r["decision"]) for r in rows] == [("conv1", 0.4, "float"),
+                                                                            ("conv2", 0.05, "int8")]
     assert dict(parsed.tables["int8-final"]) == {"agreement": "99.5"}
     assert "calibration-ranges" not in parsed.tables
     assert 'alt="per-layer cost"' in out.read_text()
@@ -324,6 +325,22 @@ def test_val_accuracy_is_shown_when_the_log_has_it(lone_checkpoint, tmp_path):
     rows = Page(out.read_text()).rows("training-epochs")
     assert [number(r["val accuracy %"]) for r in rows] == [41.0, 42.0, 43.0]
     assert "test accuracy %" not in rows[0]
+
+
+def test_files_of_another_checkpoint_are_left_out_with_a_note(project, tmp_path):
+    export = shutil.copytree(project["export"], tmp_path / "export")
+    with np.load(export / "new2.reference.npz") as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    arrays["meta"] = np.array(json.dumps({**json.loads(str(arrays["meta"])), "checkpoint_sha256": "f" * 64}))
+    np.savez(export / "new2.reference.npz", **arrays)
+    out = tmp_path / "r.html"
+    code, _, stderr = run_report(project["checkpoint"], "-o", out, *options(project, export=export))
+    assert code == 0, stderr
+    text = out.read_text()
+    note = f"{export / 'new2.reference.npz'} left out: it comes from another checkpoint (ffffffffffff"
+    assert note in text and note in stderr
+    assert "per-class" not in Page(text).tables and "parity" not in Page(text).tables
+    assert "Left out: no reference logits of this checkpoint" in text
 
 
 @pytest.mark.parametrize("where, content", [

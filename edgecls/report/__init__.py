@@ -44,7 +44,8 @@ def build_report(checkpoint: str | Path, output: str | Path, *, data: str | Path
     page = render(inputs, original, artifacts, flipped, unrun)
     with atomic_write(output, "w") as handle:
         handle.write(page)
-    return ReportResult(Path(output), list(inputs.missing.values()) + unrun, inputs.notes)
+    notes = [note for section in inputs.notes.values() for note in section]
+    return ReportResult(Path(output), list(inputs.missing.values()) + unrun, notes)
 
 
 def answers(inputs: "ReportInputs", data: str | Path | None,

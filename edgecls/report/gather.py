@@ -5,7 +5,8 @@ the readers it borrows from other modules are imported here and nowhere else in 
 those readers means editing this file only. Each reader validates what it reads: a corrupt file is one
 EdgeclsError naming it. An input that simply does not exist is not an error: its section is left out, with a
 line in `ReportInputs.missing` saying which command makes it. A file that belongs to another checkpoint (an
-export older than the last training run, say) is skipped, with a line in `ReportInputs.notes`.
+export older than the last training run, say) is skipped, with a line in `ReportInputs.notes` under the section
+it would have appeared in.
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ class ReportInputs:
     calibration: Calibration | None
     int8_report: dict[str, Any] | None
     missing: dict[str, str] = field(default_factory=dict)  # input -> a line saying which command makes it
-    notes: list[str] = field(default_factory=list)  # files found but skipped, and why
+    notes: dict[str, list[str]] = field(default_factory=dict)  # section -> files found but skipped, and why
     sources: list[Path] = field(default_factory=list)  # every file the page is made from
 
     def latest_bench(self, artifact: Path) -> BenchRun | None:
@@ -146,75 +147,90 @@ def gather(checkpoint: str | Path, *, export_dir: str | Path = "export", engines
     """Read what exists for the checkpoint's model; see the module docstring for what happens to the rest."""
     training = read_training(Path(checkpoint))
     loaded = training.checkpoint
-    model, sha = loaded.model_name, loaded.sha256
-    export_dir, engines_dir, calibration_dir = Path(export_dir), Path(engines_dir), Path(calibration_dir)
-    inputs = ReportInputs(loaded.path, model, list(loaded.preprocess.class_names), training, model_table(loaded),
-                          None, [], [], [], [], None, None, sources=[loaded.path])
+    inputs = ReportInputs(loaded.path, loaded.model_name, list(loaded.preprocess.class_names), training,
+                          model_table(loaded), None, [], [], [], [], None, None, sources=[loaded.path])
     if training.epochs is None:
         inputs.missing["training log"] = (f"no training log {training.log_path}: `edgecls train` writes it beside "
                                           "the checkpoint")
     else:
         inputs.sources.append(training.log_path)
     export_hint = f"`edgecls export --checkpoint {loaded.path} --fp16 --int8`"
+    _gather_export(inputs, Path(export_dir), Path(engines_dir), export_hint)
+    _gather_bench(inputs, Path(results_dir), [Path(p) for p in bench_files])
+    _gather_quantization(inputs, Path(calibration_dir), Path(export_dir), export_hint)
+    return inputs
 
+
+def _gather_export(inputs: ReportInputs, export_dir: Path, engines_dir: Path, export_hint: str) -> None:
+    """The reference logits, the ONNX files and the plans made from this checkpoint."""
+    model = inputs.model
     reference_path = export_dir / f"{model}.reference.npz"
-    if not reference_path.is_file():
-        inputs.missing["reference"] = f"no reference logits {reference_path}: {export_hint} writes them"
-    else:
+    if reference_path.is_file():
         reference = load_reference_npz(reference_path)
-        if _belongs(reference.checkpoint_sha256, sha, reference_path, inputs, export_hint):
+        if _belongs(reference.checkpoint_sha256, inputs, reference_path, "accuracy", export_hint):
             inputs.reference = reference
             inputs.sources.append(reference_path)
-
-    for path in artifacts_of(loaded.path, model, export_dir, engines_dir)[1:]:
+    if inputs.reference is None:
+        inputs.missing["reference"] = (f"no reference logits of this checkpoint ({reference_path}): "
+                                       f"{export_hint} writes them")
+    for path in artifacts_of(inputs.checkpoint_path, model, export_dir, engines_dir)[1:]:
         if not path.is_file():
             continue
         if path.suffix == ".onnx":
             metadata = read_onnx_metadata(path)
-            if _belongs(metadata.get("checkpoint_sha256"), sha, path, inputs, export_hint):
+            if _belongs(metadata.get("checkpoint_sha256"), inputs, path, "parity", export_hint):
                 inputs.onnx_files.append(OnnxFile(path, metadata))
         else:
             manifest = read_manifest(path)
-            if _belongs(manifest["edgecls"].get("checkpoint_sha256"), sha, path, inputs,
+            if _belongs(manifest["edgecls"].get("checkpoint_sha256"), inputs, path, "parity",
                         "`edgecls build` on the device, from the current export"):
                 inputs.plans.append(PlanFile(path, manifest))
     inputs.sources += [artifact.path for artifact in [*inputs.onnx_files, *inputs.plans]]
     if not inputs.onnx_files:
         inputs.missing["onnx"] = f"no ONNX file of {model} in {export_dir}: {export_hint} writes them"
 
-    inputs.bench = read_bench_runs(model, sha, Path(results_dir), [Path(p) for p in bench_files], inputs.notes)
+
+def _gather_bench(inputs: ReportInputs, results_dir: Path, explicit: list[Path]) -> None:
+    inputs.bench = read_bench_runs(inputs.model, inputs.training.checkpoint.sha256, results_dir, explicit,
+                                   inputs.notes.setdefault("speed", []))
     inputs.sources += sorted({run.source for run in inputs.bench})
     if not inputs.bench:
         inputs.missing["bench"] = (f"no bench results of this checkpoint in {results_dir}: run `edgecls bench --all "
-                                   f"{loaded.path} --json {Path(results_dir) / (model + '.json')}`")
+                                   f"{inputs.checkpoint_path} --json {results_dir / (inputs.model + '.json')}`")
 
-    int8 = next((f for f in inputs.onnx_files if f.precision == "int8"), None)
+
+def _gather_quantization(inputs: ReportInputs, calibration_dir: Path, export_dir: Path, export_hint: str) -> None:
+    """The int8 file's layers, its calibration record, and the int8 report when there is one."""
+    model = inputs.model
     report_path = calibration_dir / f"{model}.int8-report.json"
     if report_path.is_file():
         inputs.int8_report = read_int8_report(report_path)
         inputs.sources.append(report_path)
-    if int8 is not None:
-        inputs.int8_layers = read_int8_layers(int8.path)
-        method = int8.metadata.get("quantization", {}).get("method")
-        record_path = calibration_dir / f"{model}.{method}.json"
-        if record_path.is_file():
-            calibration = read_calibration(record_path, int8.path)
-            if _belongs(calibration.record.get("checkpoint_sha256"), sha, record_path, inputs, export_hint):
-                inputs.calibration = calibration
-                inputs.sources.append(record_path)
-        else:
-            inputs.missing["calibration"] = f"no calibration record {record_path}: `edgecls export --int8` writes it"
-    elif inputs.int8_report is None:
-        inputs.missing["int8"] = f"no int8 export of {model} in {export_dir}: {export_hint} writes it"
-    return inputs
+    int8 = next((f for f in inputs.onnx_files if f.precision == "int8"), None)
+    if int8 is None:
+        if inputs.int8_report is None:
+            inputs.missing["int8"] = f"no int8 export of {model} in {export_dir}: {export_hint} writes it"
+        return
+    inputs.int8_layers = read_int8_layers(int8.path)
+    method = int8.metadata.get("quantization", {}).get("method")
+    record_path = calibration_dir / f"{model}.{method}.json"
+    if not record_path.is_file():
+        inputs.missing["calibration"] = f"no calibration record {record_path}: `edgecls export --int8` writes it"
+        return
+    calibration = read_calibration(record_path, int8.path)
+    if _belongs(calibration.record.get("checkpoint_sha256"), inputs, record_path, "quantization", export_hint):
+        inputs.calibration = calibration
+        inputs.sources.append(record_path)
 
 
-def _belongs(theirs: str | None, ours: str, path: Path, inputs: ReportInputs, remedy: str) -> bool:
-    """Whether a file was made from this checkpoint; a stale one is noted and left out, not an error."""
+def _belongs(theirs: str | None, inputs: ReportInputs, path: Path, section: str, remedy: str) -> bool:
+    """Whether a file was made from this checkpoint; a stale one is noted in `section` and left out, not an error."""
+    ours = inputs.training.checkpoint.sha256
     if not theirs or theirs == ours:
         return True
-    inputs.notes.append(f"{path} left out: it comes from another checkpoint ({theirs[:12]}, this one is {ours[:12]}); "
-                        f"remake it with {remedy}")
+    inputs.notes.setdefault(section, []).append(
+        f"{path} left out: it comes from another checkpoint ({theirs[:12]}, this one is {ours[:12]}); "
+        f"remake it with {remedy}")
     return False
 
 
@@ -226,7 +242,8 @@ def test_images(inputs: ReportInputs, data: str | Path | None) -> np.ndarray | N
         return None
     dataset = load_cifar10(data)
     checkpoint = inputs.training.checkpoint
-    ours = {"model": inputs.model, "checkpoint_sha256": checkpoint.sha256, "preprocess": checkpoint.preprocess.to_dict()}
+    ours = {"model": inputs.model, "checkpoint_sha256": checkpoint.sha256,
+            "preprocess": checkpoint.preprocess.to_dict()}
     check_reference(inputs.reference, ours, checkpoint.path, dataset)  # finds each row's image
     return dataset.test_images[inputs.reference.indices]
 
@@ -303,8 +320,9 @@ def read_bench_runs(model: str, sha256: str, results_dir: Path, explicit: list[P
     skipped), and each `explicit` file, which must hold some."""
     runs = []
     found = sorted(results_dir.glob("*.json")) if results_dir.is_dir() else []
-    for path in found + [p for p in explicit if p not in found]:
-        if path in explicit and not path.is_file():
+    required = {path.resolve() for path in explicit}
+    for path in found + [p for p in explicit if p.resolve() not in {f.resolve() for f in found}]:
+        if path.resolve() in required and not path.is_file():
             raise EdgeclsError(f"bench file {path} does not exist; write one with `edgecls bench ... --json {path}`")
         results = bench_results(path, read_json(path, "bench file", "write it again with `edgecls bench --json`"))
         mine = [r for r in results if r["model"].get("name") == model
@@ -312,7 +330,7 @@ def read_bench_runs(model: str, sha256: str, results_dir: Path, explicit: list[P
         if not mine:
             why = (f"{path} holds no bench result of this {model} checkpoint ({sha256[:12]})" if results
                    else f"{path} is not an `edgecls bench --json` file")
-            if path in explicit:
+            if path.resolve() in required:
                 raise EdgeclsError(f"{why}; pass a bench file of this checkpoint")
             notes.append(f"{why}: left out")
         runs += [BenchRun(path, result) for result in mine]

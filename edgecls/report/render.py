@@ -36,7 +36,8 @@ h2 { border-bottom: 2px solid #1d3557; padding-bottom: 4px; margin-top: 36px; }
 h3 { margin: 22px 0 8px; font-size: 16px; }
 table { border-collapse: collapse; margin: 8px 0 12px; font-size: 13px; }
 th, td { border: 1px solid #d5dbe1; padding: 3px 8px; text-align: left; vertical-align: top; }
-th { background: #eef2f6; } table.facts th { font-weight: 500; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #eef2f6; } table.facts th { font-weight: 500; }
+td.n { text-align: right; font-variant-numeric: tabular-nums; }
 tr.ours td { font-weight: 600; background: #fff8e1; }
 img.figure { max-width: 100%; display: block; margin: 8px 0; }
 p.missing { background: #fff4e5; border-left: 4px solid #f0a020; padding: 6px 10px; }
@@ -68,8 +69,9 @@ def render(inputs: ReportInputs, original: Answers | None, artifacts: list[Answe
     }
     sha = inputs.training.checkpoint.sha256
     nav = " ".join(f'<a href="#{key}">{title}</a>' for key, title in SECTIONS.items())
-    body = "\n".join(f'<section id="{key}">\n<h2>{SECTIONS[key]}</h2>\n{content}\n</section>'
-                     for key, content in sections.items())
+    body = "\n".join(f'<section id="{key}">\n<h2>{SECTIONS[key]}</h2>\n{content}\n'
+                     + "".join(f'<p class="note">{_text(note)}</p>\n' for note in inputs.notes.get(key, []))
+                     + "</section>" for key, content in sections.items())
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -149,7 +151,8 @@ def _accuracy(inputs: ReportInputs, original: Answers | None, artifacts: list[An
                 f"(its logits saved at export: {original.source})."),
              _figure(figures.accuracy_and_confusion(original.per_class, original.confusion),
                      "per-class accuracy and confusion matrix of the original model"),
-             _details("the confusion matrix as a table", _matrix_table(original.confusion, names, "confusion-original"))]
+             _details("the confusion matrix as a table",
+                      _matrix_table(original.confusion, names, "confusion-original"))]
     with_classes = [a for a in artifacts if a.per_class]
     deltas = {a.name: {n: _delta(a.per_class.get(n), original.per_class[n]) for n in names} for a in with_classes}
     headers = ["class", "original %", *(f"Δ {a.name}" for a in with_classes)]
@@ -158,8 +161,8 @@ def _accuracy(inputs: ReportInputs, original: Answers | None, artifacts: list[An
     parts += [_h3("Per class: each artifact as a difference from the original (points)"),
               _table(headers, rows, "per-class")]
     if any(any(v for v in d.values()) for d in deltas.values()):
-        parts.append(_figure(figures.per_class_deltas({k: {n: v or 0.0 for n, v in d.items()} for k, d in deltas.items()}),
-                             "per-class accuracy of each artifact minus the original's"))
+        drawn = {name: {n: v or 0.0 for n, v in d.items()} for name, d in deltas.items()}
+        parts.append(_figure(figures.per_class_deltas(drawn), "per-class accuracy, each artifact minus the original"))
     run_here = [a for a in artifacts if a.confusion is not None]
     changed = {a.name: a.confusion - original.confusion for a in run_here if (a.predicted != original.predicted).any()}
     parts += [_p(f"{a.name}: every answer the same as the original's.") for a in run_here if a.name not in changed]
@@ -187,7 +190,7 @@ def _parity(inputs: ReportInputs, original: Answers | None, artifacts: list[Answ
              a.parity["right_to_wrong"], a.parity["wrong_to_right"], _fmt(a.parity["accuracy"], ".2f"),
              _fmt(a.parity["accuracy_delta"], "+.2f"), _fmt(a.parity["max_abs_logit_diff"], ".3g"), a.source]
             for a in artifacts if a.parity]
-    parts += [_h3("Each artifact against the original, image by image"),
+    parts += [_h3("Each artifact against the original"),
               _table(headers, rows, "parity") if rows else _p("No artifact to compare."),
               *(_missing(line) for line in unrun)]
     for name, found in flipped.items():
@@ -205,10 +208,10 @@ def _artifact_table(inputs: ReportInputs) -> str:
     for plan in inputs.plans:
         m = plan.manifest
         batch = m.get("batch", {})
-        facts = (f"TensorRT {m.get('tensorrt_version')} on {m.get('gpu_name')} (compute {m.get('compute_capability')}), "
-                 f"batch {batch.get('min')}:{batch.get('opt')}:{batch.get('max')}, built {m.get('built_at')} in "
-                 f"{_fmt(m.get('build_seconds'), '.1f')} s from {m.get('onnx_path')}; runs only there: its figures "
-                 "come from bench files")
+        facts = (f"TensorRT {m.get('tensorrt_version')} on {m.get('gpu_name')} "
+                 f"(compute {m.get('compute_capability')}), batch {batch.get('min')}:{batch.get('opt')}:"
+                 f"{batch.get('max')}, built {m.get('built_at')} in {_fmt(m.get('build_seconds'), '.1f')} s "
+                 f"from {m.get('onnx_path')}; runs only there: its figures come from bench files")
         rows.append([str(plan.path), "TensorRT plan", plan.precision, _mb(plan.path), facts])
     return _table(["file", "format", "precision", "MB", "facts"], rows, "artifacts")
 
@@ -230,7 +233,8 @@ def _gallery(name: str, found: list[Flip], class_names: Sequence[str]) -> str:
     return "\n".join([_h3(f"Flipped images of {name}"),
                       _p(f"Showing {len(shown)} of {len(found)} flipped images ({counts}); right → wrong first. "
                          "# is the image's row in the reference logits."),
-                      f'<div class="gallery" data-artifact="{_e(name)}" data-total="{len(found)}">{"".join(cards)}</div>'])
+                      f'<div class="gallery" data-artifact="{_e(name)}" data-total="{len(found)}">'
+                      f'{"".join(cards)}</div>'])
 
 
 def speed_points(runs: Iterable[BenchRun]) -> list[dict[str, Any]]:
@@ -249,12 +253,12 @@ def speed_points(runs: Iterable[BenchRun]) -> list[dict[str, Any]]:
 
 def _speed(inputs: ReportInputs) -> str:
     if not inputs.bench:
-        return "\n".join(_missing(line) for line in [inputs.missing["bench"], *_bench_notes(inputs)])
+        return _missing(inputs.missing["bench"])
     points = speed_points(inputs.bench)
     machines = sorted({run.machine for run in inputs.bench})
     parts = [_p(f"Measured on {'; '.join(machines)}. End-to-end timings (preprocessing, transfers and softmax "
                 "included); the tables below have the model-only ones too."),
-             _figure(figures.speed(points), "accuracy against latency and throughput")]
+             _figure(figures.speed(points), "accuracy against latency and throughput") if points else ""]
     by_file: dict[Path, list[BenchRun]] = {}
     for run in inputs.bench:
         by_file.setdefault(run.source, []).append(run)
@@ -265,16 +269,11 @@ def _speed(inputs: ReportInputs) -> str:
         rows = [[run.result["model"]["path"], t["variant"], t["scope"], t["batch_size"], _fmt(t["p50_ms"], ".3f"),
                  _fmt(t["p90_ms"], ".3f"), _fmt(t["p99_ms"], ".3f"), _fmt(t["images_per_s"], ",.1f"),
                  _fmt(run.result["accuracy"], ".2f")] for run in runs for t in run.result["timings"]]
-        parts += [_h3(f"{source}"),
+        parts += [_h3(str(source)),
                   _p(f"on {runs[0].machine}, {env.get('platform', '?')}; measured {env.get('measured_at', '?')}; "
                      f"{versions}"),
                   _table(headers, rows, f"bench-{index}")]
-    parts += [f'<p class="note">{_text(note)}</p>' for note in _bench_notes(inputs)]
     return "\n".join(parts)
-
-
-def _bench_notes(inputs: ReportInputs) -> list[str]:
-    return [note for note in inputs.notes if "bench" in note]
 
 
 def _quantization(inputs: ReportInputs) -> str:
@@ -338,9 +337,7 @@ def _calibration(inputs: ReportInputs) -> str:
 
 def _footer(inputs: ReportInputs) -> str:
     sources = "".join(f"<li>{_e(path)}</li>" for path in inputs.sources)
-    other = [note for note in inputs.notes if note not in _bench_notes(inputs)]
-    notes = "".join(f'<p class="note">{_text(note)}</p>' for note in other)
-    return f'<h2 id="sources">Made from</h2>\n<ul>{sources}</ul>\n{notes}'
+    return f'<h2 id="sources">Made from</h2>\n<ul>{sources}</ul>'
 
 
 # ----------------------------------------------------------------------------------------------- helpers
