@@ -256,8 +256,14 @@ def test_quantization_lists_float_layers_and_calibrated_ranges(parsed, project):
     floats = [r for r in layers if r["precision"] == "float"]
     assert len(floats) == 2 and "first layer" in floats[0]["why float"] and "last layer" in floats[1]["why float"]
     record = json.loads((project["calibration"] / "new2.percentile.json").read_text())
-    tensors = {name for name in record["ranges"]["data"]}
-    assert {r["tensor"] for r in parsed.rows("calibration-ranges")} == tensors
+    ranges = record["ranges"]["data"]  # ONNX Runtime's form: {tensor: {"lowest": x, "highest": {"data": y, ...}}}
+    rows = parsed.rows("calibration-ranges")
+    assert {r["tensor"] for r in rows} == set(ranges)
+    for row in rows:
+        for column, key in (("low", "lowest"), ("high", "highest")):
+            value = ranges[row["tensor"]][key]
+            expected = float(value["data"] if isinstance(value, dict) else value)
+            assert number(row[column]) == pytest.approx(expected, rel=1e-3, abs=1e-6)
 
 
 def test_int8_report_replaces_the_ranges_when_present(project, tmp_path):

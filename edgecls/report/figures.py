@@ -205,7 +205,7 @@ def tensor_ranges(ranges: Sequence[Any]) -> str:
     ax.set_yticks(y, [r.tensor for r in ranges], fontsize=7)
     ax.invert_yaxis()
     ax.axvline(0, color="black", linewidth=0.8)
-    ax.set_xlabel("calibrated range (the int8 scale is max |range| / 127)")
+    ax.set_xlabel("calibrated range: the values each tensor's int8 grid spans")
     ax.grid(axis="x", alpha=0.3)
     return _png(figure)
 

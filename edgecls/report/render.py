@@ -256,8 +256,8 @@ def _speed(inputs: ReportInputs) -> str:
         return _missing(inputs.missing["bench"])
     points = speed_points(inputs.bench)
     machines = sorted({run.machine for run in inputs.bench})
-    parts = [_p(f"Measured on {'; '.join(machines)}. End-to-end timings (preprocessing, transfers and softmax "
-                "included); the tables below have the model-only ones too."),
+    parts = [_p(f"Measured on {'; '.join(machines)}. The figure shows end-to-end timings (preprocessing, transfers "
+                "and softmax included); the tables below list every timing of each bench file."),
              _figure(figures.speed(points), "accuracy against latency and throughput") if points else ""]
     by_file: dict[Path, list[BenchRun]] = {}
     for run in inputs.bench:
@@ -323,15 +323,14 @@ def _calibration(inputs: ReportInputs) -> str:
     record = calibration.record
     facts = ", ".join(f"{key} {record.get(key)}" for key in ("method", "size", "seed", "split", "created_at")
                       if key in record)
-    rows = [[r.tensor, _fmt(r.low, ".4g"), _fmt(r.high, ".4g"), _fmt(max(abs(r.low), abs(r.high)) / 127, ".4g")]
-            for r in calibration.ranges]
+    rows = [[r.tensor, _fmt(r.low, ".4g"), _fmt(r.high, ".4g")] for r in calibration.ranges]
     return "\n".join([
         _h3(f"Calibrated tensor ranges ({calibration.path})"),
         _p(f"{facts}. A per-layer sensitivity table appears here once an int8 report "
            f"(calibration/{inputs.model}.int8-report.json) exists."),
         _figure(figures.tensor_ranges(calibration.ranges), "calibrated range of each tensor"),
         _details(f"the {len(rows)} ranges as a table",
-                 _table(["tensor", "low", "high", "int8 scale"], rows, "calibration-ranges")),
+                 _table(["tensor", "low", "high"], rows, "calibration-ranges")),
     ])
 
 
