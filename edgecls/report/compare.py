@@ -58,19 +58,22 @@ def confusion_matrix(predicted: np.ndarray, labels: np.ndarray, classes: int) ->
 
 
 def original_answers(reference: Reference, class_names: Sequence[str]) -> Answers:
-    predicted = reference.logits.argmax(axis=1)
-    return Answers("original (PyTorch)", "fp32", str(reference.source), accuracy(reference.logits, reference.labels),
-                   per_class_accuracy(reference.logits, reference.labels, class_names), None,
-                   confusion_matrix(predicted, reference.labels, len(class_names)), predicted)
+    return _answers("original (PyTorch)", "fp32", str(reference.source), reference.logits, reference, class_names,
+                    None)
 
 
 def artifact_answers(name: str, precision: str, source: str, logits: np.ndarray, reference: Reference,
                      class_names: Sequence[str]) -> Answers:
     """Answers of logits whose rows are the reference's images, in the reference's order."""
+    figures = asdict(parity(logits, reference.logits, reference.labels, str(reference.source)))
+    return _answers(name, precision, source, logits, reference, class_names, figures)
+
+
+def _answers(name: str, precision: str, source: str, logits: np.ndarray, reference: Reference,
+             class_names: Sequence[str], parity_figures: dict[str, Any] | None) -> Answers:
     predicted = logits.argmax(axis=1)
     return Answers(name, precision, source, accuracy(logits, reference.labels),
-                   per_class_accuracy(logits, reference.labels, class_names),
-                   asdict(parity(logits, reference.logits, reference.labels, str(reference.source))),
+                   per_class_accuracy(logits, reference.labels, class_names), parity_figures,
                    confusion_matrix(predicted, reference.labels, len(class_names)), predicted)
 
 

@@ -24,6 +24,7 @@ from edgecls.checkpoint import Checkpoint, load_checkpoint
 from edgecls.data import load_cifar10, resolve_data_path
 from edgecls.errors import EdgeclsError
 from edgecls.export import load_onnx, read_onnx_metadata
+from edgecls.quantize import RECORD_FORMAT
 from edgecls.runtime.tensorrt_backend import read_manifest
 
 LOG_NUMBERS = ("loss", "lr", "seconds", "images_per_second")  # required in every line of the training log
@@ -123,13 +124,13 @@ class ReportInputs:
     class_names: list[str]
     training: TrainingRun
     models: list[ModelRow]
-    reference: Reference | None
-    onnx_files: list[OnnxFile]
-    plans: list[PlanFile]
-    bench: list[BenchRun]
-    int8_layers: list[LayerPrecision]
-    calibration: Calibration | None
-    int8_report: dict[str, Any] | None
+    reference: Reference | None = None
+    onnx_files: list[OnnxFile] = field(default_factory=list)
+    plans: list[PlanFile] = field(default_factory=list)
+    bench: list[BenchRun] = field(default_factory=list)
+    int8_layers: list[LayerPrecision] = field(default_factory=list)
+    calibration: Calibration | None = None
+    int8_report: dict[str, Any] | None = None
     missing: dict[str, str] = field(default_factory=dict)  # input -> a line saying which command makes it
     notes: dict[str, list[str]] = field(default_factory=dict)  # section -> files found but skipped, and why
     sources: list[Path] = field(default_factory=list)  # every file the page is made from
@@ -148,7 +149,7 @@ def gather(checkpoint: str | Path, *, export_dir: str | Path = "export", engines
     training = read_training(Path(checkpoint))
     loaded = training.checkpoint
     inputs = ReportInputs(loaded.path, loaded.model_name, list(loaded.preprocess.class_names), training,
-                          model_table(loaded), None, [], [], [], [], None, None, sources=[loaded.path])
+                          model_table(loaded), sources=[loaded.path])
     if training.epochs is None:
         inputs.missing["training log"] = (f"no training log {training.log_path}: `edgecls train` writes it beside "
                                           "the checkpoint")
@@ -363,7 +364,7 @@ def read_calibration(path: Path, int8_path: Path) -> Calibration:
     """A calibration record (`calibration/<model>.<method>.json`, written by `edgecls export --int8`)."""
     fix = "delete it and export again with `edgecls export --int8`"
     record = read_json(path, "calibration record", fix)
-    if not isinstance(record, dict) or record.get("format") != "edgecls-calibration" or "ranges" not in record:
+    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT or "ranges" not in record:
         raise EdgeclsError(f"{path} is not an edgecls calibration record; {fix}")
     ranges = record["ranges"]
     # ONNX Runtime's serialized TensorsData: {"CLS": "TensorsData", "data": {tensor: {"lowest", "highest"}}}
