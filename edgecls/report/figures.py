@@ -149,13 +149,14 @@ def per_class_deltas(deltas: dict[str, dict[str, float]]) -> str:
 
 def speed(points: Sequence[dict[str, Any]]) -> str:
     """Accuracy against latency (top) and throughput (bottom), one column per batch size: one point per artifact
-    and bench file, coloured by artifact, shaped by machine, labelled with its variant."""
+    and bench file, coloured by artifact and labelled with its letter in the legend, shaped by machine.
+    (Letters, not names: names of neighbouring points would write over each other.)"""
     from matplotlib.lines import Line2D
 
     series = list(dict.fromkeys(p["series"] for p in points))
     machines = list(dict.fromkeys(p["machine"] for p in points))
     batches = sorted({p["batch_size"] for p in points})
-    figure = _figure(max(7.0, 3.3 * len(batches)), 6.6)
+    figure = _figure(max(10.0, 3.3 * len(batches)), 6.6)
     axes = figure.subplots(2, len(batches), sharey=True, squeeze=False)
     for column, batch in enumerate(batches):
         for row, (key, label) in enumerate((("p50_ms", "latency p50 (ms per batch)"),
@@ -163,37 +164,49 @@ def speed(points: Sequence[dict[str, Any]]) -> str:
             ax = axes[row][column]
             here = sorted((p for p in points if p["batch_size"] == batch), key=lambda p: (p["accuracy"], p[key]))
             for index, point in enumerate(here):
-                ax.scatter(point[key], point["accuracy"], s=45, color=_color(series.index(point["series"])),
+                number = series.index(point["series"])
+                ax.scatter(point[key], point["accuracy"], s=45, color=_color(number),
                            marker=MARKERS[machines.index(point["machine"]) % len(MARKERS)], zorder=3)
-                # Alternate above / below, so that neighbours at the same accuracy do not write over each other.
-                ax.annotate(point["label"], (point[key], point["accuracy"]), textcoords="offset points",
-                            xytext=(5, 5 if index % 2 == 0 else -11), fontsize=7)
+                # Above and below in turn, so that close neighbours at the same accuracy stay apart.
+                ax.annotate(_letter(number), (point[key], point["accuracy"]), textcoords="offset points",
+                            xytext=(4, 4 if index % 2 == 0 else -10), fontsize=8, weight="bold")
             ax.margins(x=0.3, y=0.15)
-            _log_axis(ax)
+            _x_scale(ax, [p[key] for p in here])
             ax.set_xlabel(label, fontsize=9)
             ax.grid(alpha=0.3, which="both")
             if row == 0:
                 ax.set_title(f"batch {batch}", fontsize=10)
             if column == 0:
                 ax.set_ylabel("test accuracy (%)", fontsize=9)
-    handles = [Line2D([], [], color=_color(i), marker="o", linestyle="", label=name) for i, name in enumerate(series)]
+    handles = [Line2D([], [], color=_color(i), marker="o", linestyle="", label=f"{_letter(i)}: {name}")
+               for i, name in enumerate(series)]
     handles += [Line2D([], [], color="gray", marker=MARKERS[i % len(MARKERS)], linestyle="", label=f"on {name}")
                 for i, name in enumerate(machines)]
     figure.legend(handles=handles, loc="outside lower center", ncols=min(3, len(handles)), fontsize=8)
     return _png(figure)
 
 
-def _log_axis(ax: Any) -> None:
-    """A log-scale x axis with plain numbers (200, not 2×10²), the minor ticks labelled too when it spans less
-    than a decade (else it may have no labelled tick at all)."""
+def _letter(index: int) -> str:
+    return chr(ord("A") + index % 26)
+
+
+def _x_scale(ax: Any, values: Sequence[float]) -> None:
+    """Log scale, with plain numbers (200, not 2×10²), where the values span a decade or more; linear below that,
+    where a log axis would show the same picture with fewer labelled ticks."""
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    ax.set_xscale("log")
-    plain = FuncFormatter(lambda value, _: f"{value:g}")
-    low, high = ax.get_xlim()
-    ax.xaxis.set_major_formatter(plain)
-    ax.xaxis.set_minor_formatter(plain if high / low < 10 else NullFormatter())
+    span = max(values) / min(values)
+    if span >= 10:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(_round_tick) if span < 100 else NullFormatter())
     ax.tick_params(axis="x", which="both", labelsize=7)
+
+
+def _round_tick(value: float, _: Any) -> str:
+    """Labels for the minor ticks of a log axis: 2, 3 and 5 times a power of ten only."""
+    leading = value / 10 ** np.floor(np.log10(value))
+    return f"{value:g}" if round(leading) in (2, 3, 5) and abs(leading - round(leading)) < 1e-6 else ""
 
 
 def tensor_ranges(ranges: Sequence[Any]) -> str:

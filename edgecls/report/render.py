@@ -245,7 +245,7 @@ def speed_points(runs: Iterable[BenchRun]) -> list[dict[str, Any]]:
         for timing in result["timings"]:
             if timing["scope"] == "end-to-end":
                 points.append({"series": f"{Path(result['model']['path']).name} · {timing['variant']}",
-                               "label": timing["variant"], "machine": run.machine, "batch_size": timing["batch_size"],
+                               "machine": run.machine, "batch_size": timing["batch_size"],
                                "p50_ms": timing["p50_ms"], "images_per_s": timing["images_per_s"],
                                "accuracy": result["accuracy"]})
     return points
