@@ -212,13 +212,14 @@ def _gather_quantization(inputs: ReportInputs, calibration_dir: Path, export_dir
         if inputs.int8_report is None:
             inputs.missing["int8"] = f"no int8 export of {model} in {export_dir}: {export_hint} writes it"
         return
-    inputs.int8_layers = read_int8_layers(int8.path)
+    graph = load_onnx(int8.path).graph
+    inputs.int8_layers = read_int8_layers(graph)
     method = int8.metadata.get("quantization", {}).get("method")
     record_path = calibration_dir / f"{model}.{method}.json"
     if not record_path.is_file():
         inputs.missing["calibration"] = f"no calibration record {record_path}: `edgecls export --int8` writes it"
         return
-    calibration = read_calibration(record_path, int8.path)
+    calibration = read_calibration(record_path, graph_order(graph))
     if _belongs(calibration.record.get("checkpoint_sha256"), inputs, record_path, "quantization", export_hint):
         inputs.calibration = calibration
         inputs.sources.append(record_path)
@@ -321,8 +322,8 @@ def read_bench_runs(model: str, sha256: str, results_dir: Path, explicit: list[P
     skipped), and each `explicit` file, which must hold some."""
     runs = []
     found = sorted(results_dir.glob("*.json")) if results_dir.is_dir() else []
-    required = {path.resolve() for path in explicit}
-    for path in found + [p for p in explicit if p.resolve() not in {f.resolve() for f in found}]:
+    required, seen = {path.resolve() for path in explicit}, {path.resolve() for path in found}
+    for path in found + [p for p in explicit if p.resolve() not in seen]:
         if path.resolve() in required and not path.is_file():
             raise EdgeclsError(f"bench file {path} does not exist; write one with `edgecls bench ... --json {path}`")
         results = bench_results(path, read_json(path, "bench file", "write it again with `edgecls bench --json`"))
@@ -360,8 +361,9 @@ def bench_results(path: Path, data: Any) -> list[dict[str, Any]]:
     return results
 
 
-def read_calibration(path: Path, int8_path: Path) -> Calibration:
-    """A calibration record (`calibration/<model>.<method>.json`, written by `edgecls export --int8`)."""
+def read_calibration(path: Path, tensor_order: list[str]) -> Calibration:
+    """A calibration record (`calibration/<model>.<method>.json`, written by `edgecls export --int8`), its ranges
+    sorted by `tensor_order` (the graph's order; others last)."""
     fix = "delete it and export again with `edgecls export --int8`"
     record = read_json(path, "calibration record", fix)
     if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT or "ranges" not in record:
@@ -374,7 +376,7 @@ def read_calibration(path: Path, int8_path: Path) -> Calibration:
                   for name, value in tensors.items() if name != "CLS"}
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise EdgeclsError(f"calibration record {path} has malformed ranges ({exc!r}); {fix}") from exc
-    order = {name: i for i, name in enumerate(_tensor_order(int8_path))}
+    order = {name: i for i, name in enumerate(tensor_order)}
     ordered = sorted(parsed.values(), key=lambda r: order.get(r.tensor, len(order)))
     summary = {key: value for key, value in record.items() if key not in ("indices", "ranges")}
     return Calibration(path, summary, ordered)
@@ -387,17 +389,16 @@ def _scalar(value: Any) -> float:
     return float(np.asarray(value, dtype=np.float64).reshape(-1)[0])
 
 
-def _tensor_order(onnx_path: Path) -> list[str]:
-    graph = load_onnx(onnx_path).graph
+def graph_order(graph: Any) -> list[str]:
+    """The names of an ONNX graph's tensors, inputs first, then in the order the nodes make them."""
     return [value.name for value in graph.input] + [name for node in graph.node for name in node.output]
 
 
-def read_int8_layers(path: Path) -> list[LayerPrecision]:
-    """Each weighted layer of an int8 Q/DQ graph, int8 when its weight comes out of a DequantizeLinear node.
+def read_int8_layers(graph: Any) -> list[LayerPrecision]:
+    """Each weighted layer of an int8 Q/DQ ONNX graph, int8 when its weight comes out of a DequantizeLinear node.
 
     The reasons for float layers restate the rule `edgecls.quantize` applies (first and last layers stay float).
     """
-    graph = load_onnx(path).graph
     dequantized = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"}
     inputs, outputs = {v.name for v in graph.input}, {v.name for v in graph.output}
     layers = []
