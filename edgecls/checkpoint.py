@@ -40,6 +40,7 @@ class Checkpoint:
     epoch: int
     epochs: int
     sha256: str
+    device: str | None  # what trained it: "cpu" or the GPU's name
     resume: dict[str, Any] | None = field(default=None, repr=False)
     # The training images held out for validation: {"seed", "size", "digests": uint8 N x 16 tensor}; None when the
     # checkpoint was trained on every training image.
@@ -125,6 +126,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             epoch=int(record["epoch"]),
             epochs=int(record["epochs"]),
             sha256=sha256_file(path),
+            device=record.get("device"),
             resume=record.get("resume"),
             validation=record.get("validation"),
         )

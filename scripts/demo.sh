@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole pipeline on the real CIFAR-10: train -> export fp32/fp16/int8 (+ TensorRT engines where TensorRT
-# exists) -> bench every artifact. On a CUDA machine it trains the full default recipe; on a CPU-only
-# machine a short run on a subset, so that every stage still runs for real in a few minutes.
+# exists) -> bench every artifact -> one HTML page of it all. On a CUDA machine it trains the full default recipe;
+# on a CPU-only machine a short run on a subset, so that every stage still runs for real in a few minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -17,3 +17,5 @@ fi
 edgecls eval --checkpoint checkpoints/new2.pt --data "$DATA"
 edgecls export --checkpoint checkpoints/new2.pt --data "$DATA" --fp16 --int8
 edgecls bench --all checkpoints/new2.pt --data "$DATA" --json results/demo-bench.json
+edgecls report checkpoints/new2.pt --data "$DATA" -o reports/new2.html
+echo "demo: the report is $(pwd)/reports/new2.html (open it in a browser)"

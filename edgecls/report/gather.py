@@ -1,0 +1,425 @@
+"""Everything the report shows, read from the project's files into plain data.
+
+This is the only part of the report that knows where files live and how they are laid out (docs/FORMATS.md);
+the readers it borrows from other modules are imported here and nowhere else in `edgecls.report`, so a move of
+those readers means editing this file only. Each reader validates what it reads: a corrupt file is one
+EdgeclsError naming it. An input that simply does not exist is not an error: its section is left out, with a
+line in `ReportInputs.missing` saying which command makes it. A file that belongs to another checkpoint (an
+export older than the last training run, say) is skipped, with a line in `ReportInputs.notes` under the section
+it would have appeared in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from edgecls import reference as references
+from edgecls.bench import artifacts_of
+from edgecls.checkpoint import Checkpoint, load_checkpoint
+from edgecls.data import load_cifar10, resolve_data_path
+from edgecls.errors import EdgeclsError
+from edgecls.formats import CalibrationRecord, EngineManifest, ModelMetadata
+from edgecls.onnx_graph import load_onnx
+from edgecls.reference import Reference
+
+LOG_NUMBERS = ("loss", "lr", "seconds", "images_per_second")  # required in every line of the training log
+LOG_ACCURACIES = ("test_accuracy", "val_accuracy")  # optional: a number or null
+TIMING_FIELDS = ("variant", "scope", "batch_size", "p50_ms", "p90_ms", "p99_ms", "images_per_s")
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # the layers int8 quantization applies to
+
+
+@dataclass
+class TrainingRun:
+    """The checkpoint's own record of its training, and the per-epoch log when there is one."""
+
+    checkpoint: Checkpoint
+    device: str | None  # what trained it ("cpu", or the GPU's name)
+    log_path: Path
+    epochs: list[dict[str, Any]] | None  # one dict per line of the log; None when there is no log
+
+
+@dataclass
+class ModelRow:
+    """One line of `edgecls models`: our counts beside the paper's Table 2."""
+
+    name: str
+    paper_name: str
+    params: int
+    fc_params: int
+    fc_share: float
+    macs: int
+    paper_params: int
+    paper_fc_share: float
+    ours: bool  # the model of the checkpoint being reported
+
+
+@dataclass
+class OnnxFile:
+    path: Path
+    metadata: dict[str, Any]  # the file's `edgecls` metadata record
+
+    @property
+    def precision(self) -> str:
+        return str(self.metadata.get("precision"))
+
+
+@dataclass
+class PlanFile:
+    path: Path
+    manifest: dict[str, Any]  # the `.plan.json` beside it
+
+    @property
+    def precision(self) -> str:
+        return str(self.manifest.get("precision"))
+
+
+@dataclass
+class BenchRun:
+    """One model's bench result (the single-model form of `edgecls bench --json`), and the file it came from."""
+
+    source: Path
+    result: dict[str, Any]
+
+    @property
+    def machine(self) -> str:
+        env = self.result.get("environment", {})
+        cores = env.get("threads", {}).get("cpu_count")
+        cpu = f"{env.get('cpu', '?')}" + (f", {cores} cores" if cores else "")
+        return f"{env['gpu']} ({cpu})" if env.get("gpu") else cpu
+
+
+@dataclass
+class TensorRange:
+    tensor: str
+    low: float
+    high: float
+
+
+@dataclass
+class Calibration:
+    path: Path
+    record: dict[str, Any]  # the record without its (long) index list and ranges
+    ranges: list[TensorRange]  # in the order the tensors appear in the graph
+
+
+@dataclass
+class LayerPrecision:
+    """One weighted layer of the int8 graph: quantized or kept in float, and why."""
+
+    name: str
+    op: str
+    precision: str  # "int8" or "float"
+    reason: str
+
+
+@dataclass
+class ReportInputs:
+    checkpoint_path: Path
+    model: str
+    class_names: list[str]
+    training: TrainingRun
+    models: list[ModelRow]
+    reference: Reference | None = None
+    onnx_files: list[OnnxFile] = field(default_factory=list)
+    plans: list[PlanFile] = field(default_factory=list)
+    bench: list[BenchRun] = field(default_factory=list)
+    int8_layers: list[LayerPrecision] = field(default_factory=list)
+    calibration: Calibration | None = None
+    int8_report: dict[str, Any] | None = None
+    missing: dict[str, str] = field(default_factory=dict)  # input -> a line saying which command makes it
+    notes: dict[str, list[str]] = field(default_factory=dict)  # section -> files found but skipped, and why
+    sources: list[Path] = field(default_factory=list)  # every file the page is made from
+
+    def latest_bench(self, artifact: Path) -> BenchRun | None:
+        """The most recent bench result of an artifact, matched by file name: a plan benched on its device was
+        named there relative to another working folder."""
+        runs = [run for run in self.bench if Path(run.result["model"]["path"]).name == artifact.name]
+        return max(runs, key=lambda run: str(run.result.get("environment", {}).get("measured_at", "")), default=None)
+
+
+def gather(checkpoint: str | Path, *, export_dir: str | Path = "export", engines_dir: str | Path = "engines",
+           calibration_dir: str | Path = "calibration", results_dir: str | Path = "results",
+           bench_files: Iterable[str | Path] = ()) -> ReportInputs:
+    """Read what exists for the checkpoint's model; see the module docstring for what happens to the rest."""
+    training = read_training(Path(checkpoint))
+    loaded = training.checkpoint
+    inputs = ReportInputs(loaded.path, loaded.model_name, list(loaded.preprocess.class_names), training,
+                          model_table(loaded), sources=[loaded.path])
+    if training.epochs is None:
+        inputs.missing["training log"] = (f"no training log {training.log_path}: `edgecls train` writes it beside "
+                                          "the checkpoint")
+    else:
+        inputs.sources.append(training.log_path)
+    export_hint = f"`edgecls export --checkpoint {loaded.path} --fp16 --int8`"
+    _gather_export(inputs, Path(export_dir), Path(engines_dir), export_hint)
+    _gather_bench(inputs, Path(results_dir), [Path(p) for p in bench_files])
+    _gather_quantization(inputs, Path(calibration_dir), Path(export_dir), export_hint)
+    return inputs
+
+
+def _gather_export(inputs: ReportInputs, export_dir: Path, engines_dir: Path, export_hint: str) -> None:
+    """The reference logits, the ONNX files and the plans made from this checkpoint."""
+    model = inputs.model
+    reference_path = export_dir / f"{model}.reference.npz"
+    if reference_path.is_file():
+        reference = references.from_file(reference_path)
+        if _belongs(reference.checkpoint_sha256, inputs, reference_path, "accuracy", export_hint):
+            inputs.reference = reference
+            inputs.sources.append(reference_path)
+    if inputs.reference is None:
+        inputs.missing["reference"] = (f"no reference logits of this checkpoint ({reference_path}): "
+                                       f"{export_hint} writes them")
+    for path in artifacts_of(inputs.checkpoint_path, model, export_dir, engines_dir)[1:]:
+        if not path.is_file():
+            continue
+        if path.suffix == ".onnx":
+            metadata = ModelMetadata.read(path).to_dict()
+            if _belongs(metadata.get("checkpoint_sha256"), inputs, path, "parity", export_hint):
+                inputs.onnx_files.append(OnnxFile(path, metadata))
+        else:
+            manifest = EngineManifest.read(path).to_dict()
+            if _belongs(manifest["edgecls"].get("checkpoint_sha256"), inputs, path, "parity",
+                        "`edgecls build` on the device, from the current export"):
+                inputs.plans.append(PlanFile(path, manifest))
+    inputs.sources += [artifact.path for artifact in [*inputs.onnx_files, *inputs.plans]]
+    if not inputs.onnx_files:
+        inputs.missing["onnx"] = f"no ONNX file of {model} in {export_dir}: {export_hint} writes them"
+
+
+def _gather_bench(inputs: ReportInputs, results_dir: Path, explicit: list[Path]) -> None:
+    inputs.bench = read_bench_runs(inputs.model, inputs.training.checkpoint.sha256, results_dir, explicit,
+                                   inputs.notes.setdefault("speed", []))
+    inputs.sources += sorted({run.source for run in inputs.bench})
+    if not inputs.bench:
+        inputs.missing["bench"] = (f"no bench results of this checkpoint in {results_dir}: run `edgecls bench --all "
+                                   f"{inputs.checkpoint_path} --json {results_dir / (inputs.model + '.json')}`")
+
+
+def _gather_quantization(inputs: ReportInputs, calibration_dir: Path, export_dir: Path, export_hint: str) -> None:
+    """The int8 file's layers, its calibration record, and the int8 report when there is one."""
+    model = inputs.model
+    report_path = calibration_dir / f"{model}.int8-report.json"
+    if report_path.is_file():
+        inputs.int8_report = read_int8_report(report_path)
+        inputs.sources.append(report_path)
+    int8 = next((f for f in inputs.onnx_files if f.precision == "int8"), None)
+    if int8 is None:
+        if inputs.int8_report is None:
+            inputs.missing["int8"] = f"no int8 export of {model} in {export_dir}: {export_hint} writes it"
+        return
+    graph = load_onnx(int8.path).graph
+    inputs.int8_layers = read_int8_layers(graph)
+    method = int8.metadata.get("quantization", {}).get("method")
+    record_path = calibration_dir / f"{model}.{method}.json"
+    if not record_path.is_file():
+        inputs.missing["calibration"] = f"no calibration record {record_path}: `edgecls export --int8` writes it"
+        return
+    calibration = read_calibration(record_path, graph_order(graph))
+    if _belongs(calibration.record.get("checkpoint_sha256"), inputs, record_path, "quantization", export_hint):
+        inputs.calibration = calibration
+        inputs.sources.append(record_path)
+
+
+def _belongs(theirs: str | None, inputs: ReportInputs, path: Path, section: str, remedy: str) -> bool:
+    """Whether a file was made from this checkpoint; a stale one is noted in `section` and left out, not an error."""
+    ours = inputs.training.checkpoint.sha256
+    if not theirs or theirs == ours:
+        return True
+    inputs.notes.setdefault(section, []).append(
+        f"{path} left out: it comes from another checkpoint ({theirs[:12]}, this one is {ours[:12]}); "
+        f"remake it with {remedy}")
+    return False
+
+
+def test_images(inputs: ReportInputs, data: str | Path | None) -> np.ndarray | None:
+    """The test images the reference logits were computed on, in the reference's row order (found by digest in
+    the data set `data` names, resolved like every command does); None when `data` is not given and nothing is
+    at the default location."""
+    if data is None and not resolve_data_path(None).exists():
+        return None
+    dataset = load_cifar10(data)
+    checkpoint = inputs.training.checkpoint
+    aligned = references.resolve(inputs.reference, checkpoint.model_metadata(), checkpoint.path, dataset)
+    return dataset.test_images[aligned.indices]  # each row's image, found by digest
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+def read_training(checkpoint: Path) -> TrainingRun:
+    loaded = load_checkpoint(checkpoint)
+    device = loaded.device
+    log_path = checkpoint.parent / f"{loaded.model_name}.log.jsonl"
+    epochs = read_training_log(log_path) if log_path.is_file() else None
+    return TrainingRun(loaded, device, log_path, epochs)
+
+
+def read_training_log(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines `edgecls train` writes, one per epoch (`edgecls.train.EpochLog`), checked field by field."""
+    fix = "delete it or train again with `edgecls train`"
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EdgeclsError(f"training log {path} is unreadable ({exc}); {fix}") from exc
+    epochs = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError as exc:
+            raise EdgeclsError(f"training log {path} line {number} is not JSON ({exc}); {fix}") from exc
+        if not isinstance(entry, dict) or not _is_number(entry.get("epoch")) or \
+                not all(_is_number(entry.get(key)) for key in LOG_NUMBERS) or \
+                not all(entry.get(key) is None or _is_number(entry[key]) for key in LOG_ACCURACIES):
+            raise EdgeclsError(f"training log {path} line {number} is not an epoch record (epoch, "
+                               f"{', '.join(LOG_NUMBERS)}, and {' / '.join(LOG_ACCURACIES)} as numbers or null); {fix}")
+        epochs.append(entry)
+    if not epochs:
+        raise EdgeclsError(f"training log {path} is empty; {fix}")
+    return epochs
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def model_table(checkpoint: Checkpoint) -> list[ModelRow]:
+    """The rows `edgecls models` prints; the checkpoint's own model counted with its own configuration."""
+    from edgecls.models import MODELS, create_model, model_stats
+
+    rows = []
+    for name, spec in MODELS.items():
+        ours = name == checkpoint.model_name
+        model = create_model(name, **(checkpoint.model_config if ours else {}))
+        stats = model_stats(model, checkpoint.preprocess.crop_size if ours else 28)
+        rows.append(ModelRow(name, spec.paper_name, stats.params, stats.fc_params, stats.fc_share, stats.macs,
+                             spec.paper.params, spec.paper.fc_share, ours))
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------- JSON files
+
+def read_json(path: Path, what: str, fix: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise EdgeclsError(f"{what} {path} is not readable JSON ({exc}); {fix}") from exc
+
+
+def read_bench_runs(model: str, sha256: str, results_dir: Path, explicit: list[Path],
+                    notes: list[str]) -> list[BenchRun]:
+    """The bench results of this checkpoint: every `results_dir/*.json` that holds some (others are noted and
+    skipped), and each `explicit` file, which must hold some."""
+    runs = []
+    found = sorted(results_dir.glob("*.json")) if results_dir.is_dir() else []
+    required, seen = {path.resolve() for path in explicit}, {path.resolve() for path in found}
+    for path in found + [p for p in explicit if p.resolve() not in seen]:
+        if path.resolve() in required and not path.is_file():
+            raise EdgeclsError(f"bench file {path} does not exist; write one with `edgecls bench ... --json {path}`")
+        results = bench_results(path, read_json(path, "bench file", "write it again with `edgecls bench --json`"))
+        mine = [r for r in results if r["model"].get("name") == model
+                and r["model"].get("checkpoint_sha256") in (None, sha256)]
+        if not mine:
+            why = (f"{path} holds no bench result of this {model} checkpoint ({sha256[:12]})" if results
+                   else f"{path} is not an `edgecls bench --json` file")
+            if path.resolve() in required:
+                raise EdgeclsError(f"{why}; pass a bench file of this checkpoint")
+            notes.append(f"{why}: left out")
+        runs += [BenchRun(path, result) for result in mine]
+    return runs
+
+
+def bench_results(path: Path, data: Any) -> list[dict[str, Any]]:
+    """The single-model results in a bench file: the file itself, or the details of each row of `bench --all`.
+    An empty list when the file is some other JSON; an EdgeclsError when it is a bench file with parts missing."""
+    if isinstance(data, dict) and isinstance(data.get("rows"), list):
+        results = [row["details"] for row in data["rows"] if isinstance(row, dict) and row.get("details")]
+    elif isinstance(data, dict) and "timings" in data:
+        results = [data]
+    else:
+        return []
+    for result in results:
+        try:
+            model, timings = result["model"], result["timings"]
+            complete = (isinstance(model, dict) and "path" in model and _is_number(result["accuracy"])
+                        and all(all(key in row for key in TIMING_FIELDS) for row in timings))
+        except (KeyError, TypeError):
+            complete = False
+        if not complete:
+            raise EdgeclsError(f"bench file {path} has a result without model path, accuracy or complete timings "
+                               f"({', '.join(TIMING_FIELDS)}); write it again with `edgecls bench --json`")
+    return results
+
+
+def read_calibration(path: Path, tensor_order: list[str]) -> Calibration:
+    """A calibration record (`calibration/<model>.<method>.json`, written by `edgecls export --int8`), its ranges
+    sorted by `tensor_order` (the graph's order; others last)."""
+    fix = "delete it and export again with `edgecls export --int8`"
+    record = CalibrationRecord.read(path).to_dict()
+    ranges = record["ranges"]
+    # ONNX Runtime's serialized TensorsData: {"CLS": "TensorsData", "data": {tensor: {"lowest", "highest"}}}
+    tensors = ranges.get("data", ranges) if isinstance(ranges, dict) else None
+    try:
+        parsed = {name: TensorRange(name, _scalar(value["lowest"]), _scalar(value["highest"]))
+                  for name, value in tensors.items() if name != "CLS"}
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise EdgeclsError(f"calibration record {path} has malformed ranges ({exc!r}); {fix}") from exc
+    order = {name: i for i, name in enumerate(tensor_order)}
+    ordered = sorted(parsed.values(), key=lambda r: order.get(r.tensor, len(order)))
+    summary = {key: value for key, value in record.items() if key not in ("indices", "ranges")}
+    return Calibration(path, summary, ordered)
+
+
+def _scalar(value: Any) -> float:
+    """A range end as ONNX Runtime saves it: a number, or {"data": number or [number], "dtype": ...}."""
+    if isinstance(value, dict):
+        value = value["data"]
+    return float(np.asarray(value, dtype=np.float64).reshape(-1)[0])
+
+
+def graph_order(graph: Any) -> list[str]:
+    """The names of an ONNX graph's tensors, inputs first, then in the order the nodes make them."""
+    return [value.name for value in graph.input] + [name for node in graph.node for name in node.output]
+
+
+def read_int8_layers(graph: Any) -> list[LayerPrecision]:
+    """Each weighted layer of an int8 Q/DQ ONNX graph, int8 when its weight comes out of a DequantizeLinear node.
+
+    The reasons for float layers restate the rule `edgecls.quantize` applies (first and last layers stay float).
+    """
+    dequantized = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"}
+    inputs, outputs = {v.name for v in graph.input}, {v.name for v in graph.output}
+    layers = []
+    for node in graph.node:
+        if node.op_type not in WEIGHTED_OPS:
+            continue
+        if len(node.input) > 1 and node.input[1] in dequantized:
+            layers.append(LayerPrecision(node.name, node.op_type, "int8", ""))
+            continue
+        if set(node.input) & inputs:
+            reason = "first layer: its input, the standardized pixels, is finer than an 8-bit grid"
+        elif set(node.output) & outputs:
+            reason = "last layer: 8-bit logits would turn near-ties into flipped predictions"
+        else:
+            reason = "left in float by the quantizer"
+        layers.append(LayerPrecision(node.name, node.op_type, "float", reason))
+    return layers
+
+
+def read_int8_report(path: Path) -> dict[str, Any]:
+    """`calibration/<model>.int8-report.json`: a list of per-layer records under "layers" (op, params, SQNR,
+    cost when quantized alone, decision, ...; any keys) and optional final figures under "final"."""
+    fix = "delete it or write it again"
+    report = read_json(path, "int8 report", fix)
+    layers = report.get("layers") if isinstance(report, dict) else None
+    if not isinstance(layers, list) or not all(isinstance(layer, dict) for layer in layers):
+        raise EdgeclsError(f"int8 report {path} has no list of per-layer records under \"layers\"; {fix}")
+    if not isinstance(report.get("final", {}), dict):
+        raise EdgeclsError(f"int8 report {path}: \"final\" is not an object of figures; {fix}")
+    return {**report, "path": str(path)}
