@@ -84,6 +84,18 @@ def test_build_option_names_exist_in_tensorrt_stubs(tmp_path: Path) -> None:
     assert not missing, f"build_options('10.13.0', ...) names members TensorRT 10.13 lacks: {missing}"
 
 
+def test_no_tensorrt_name_known_broken_on_a_supported_version() -> None:
+    problems = apicheck.broken_tensorrt_uses(apicheck.TENSORRT_MODULES)
+    assert not problems, "\n".join(problems)
+
+
+def test_checker_finds_a_known_broken_name(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text("def dtype(engine, name):\n    import tensorrt as trt\n    return trt.nptype(engine.get_tensor_dtype(name))\n")
+    problems = apicheck.broken_tensorrt_uses([str(probe)])
+    assert len(problems) == 1 and "nptype" in problems[0] and "numpy 1.24" in problems[0], problems
+
+
 def test_checker_rejects_a_missing_name(tmp_path: Path) -> None:
     """The contract is only as good as its checker: a call that does not exist, or with one argument too many,
     must fail it (guards against a configuration that silently checks nothing)."""

@@ -304,6 +304,31 @@ def stub_enum_members(pyi_dir: Path, enum: str) -> set[str]:
     return set()
 
 
+# ---------------------------------------------------------------------------------- names that exist but break
+
+# TensorRT names that exist in a supported version's API (so mypy accepts them) but fail there at run time.
+KNOWN_BROKEN = {
+    "nptype": "TensorRT 8.5.2's trt.nptype builds its table with np.bool, which numpy 1.24 removed, so it raises "
+              "AttributeError for every type on JetPack 5 (python/packaging/tensorrt/__init__.py@8.5.2; fixed in 8.6); "
+              "map DataType names to numpy instead",
+}
+
+
+def broken_tensorrt_uses(modules: Iterable[str]) -> list[str]:
+    """Every use of a KNOWN_BROKEN name, as `trt.<name>` (the code imports tensorrt as trt) or imported by name."""
+    found = []
+    for path in modules:
+        tree = ast.parse((ROOT / path).read_text(), filename=path)
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "trt":
+                names = [node.attr]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "tensorrt":
+                names = [alias.name for alias in node.names]
+            found += [f"{path}:{node.lineno}: {name}: {KNOWN_BROKEN[name]}" for name in names if name in KNOWN_BROKEN]
+    return found
+
+
 # --------------------------------------------------------------------------------------------- cuda-python
 
 CUDA_LISTS = {"12.9": "cuda-bindings-12.9.json"}  # recorded with tools/api/cuda_names.py; the installed 13.x is read live
