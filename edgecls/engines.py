@@ -232,7 +232,12 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike | No
 
     options = build_options(trt.__version__, metadata.precision)
     started = time.perf_counter()
-    serialized = _build(onnx_path, metadata, options, batch, workspace_mib, dla_core)
+    try:
+        serialized = _build(onnx_path, metadata, options, batch, workspace_mib, dla_core)
+    except (RuntimeError, TypeError, AttributeError, ValueError) as exc:
+        # pybind11 raises these when TensorRT returns nothing (e.g. TypeError for a Builder it could not make)
+        raise EdgeclsError(f"TensorRT {trt.__version__} failed while building {onnx_path}: {first_line(exc)}; "
+                           "`edgecls doctor` checks this device") from exc
     build_seconds = time.perf_counter() - started
 
     with atomic_write(plan_path) as handle:

@@ -9,7 +9,9 @@ counts they are called with, in each TensorRT version edgecls supports:
   the 11.4 bindings wheel);
 - enum members looked up by name (`edgecls.engines.build_options`) are checked against each version's enums;
 - cuda-python: every `cuda.bindings` name the CUDA helper uses, with its call's argument count, against the
-  installed cuda-bindings (13.x, imported: it needs no GPU) and the recorded 12.9 list.
+  installed cuda-bindings (13.x, imported: it needs no GPU) and the recorded 12.9 list;
+- pycuda: every `pycuda.driver` name it uses against the names in pycuda's sources at 2022.1 and 2026.1;
+- no TensorRT name known to fail at run time on a supported version (trt.nptype on 8.5 with numpy >= 1.24).
 
 Nothing here imports TensorRT or stands in for it at run time.
 """
@@ -123,7 +125,7 @@ def test_recorded_lists_are_whole() -> None:
         assert str(api["version"]).startswith(version.rsplit(".", 1)[0] if version.count(".") > 1 else version)
         for cls in ("Builder", "IBuilderConfig", "Runtime", "ICudaEngine", "IExecutionContext", "OnnxParser"):
             assert cls in api["classes"], f"{name} lacks {cls}"
-    for version, name in apicheck.CUDA_LISTS.items():
+    for version, name in {**apicheck.CUDA_LISTS, **apicheck.PYCUDA_LISTS}.items():
         recorded = json.loads((apicheck.HERE / name).read_text())
         assert recorded["version"].startswith(version) and (ROOT / recorded["generated_by"]).is_file()
 
@@ -150,4 +152,16 @@ def test_cuda_bindings_calls_match_installed() -> None:
 def test_cuda_bindings_calls_match_recorded(version: str) -> None:
     recorded = json.loads((apicheck.HERE / apicheck.CUDA_LISTS[version]).read_text())
     problems = apicheck.check_uses_recorded(_cuda_uses(), recorded)
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("version", list(apicheck.PYCUDA_LISTS))
+def test_pycuda_calls_match_recorded(version: str) -> None:
+    """pycuda is JetPack 5's binding and cannot be installed here: its uses are checked against its own sources."""
+    recorded = json.loads((apicheck.HERE / apicheck.PYCUDA_LISTS[version]).read_text())
+    uses: list = []
+    for module in apicheck.CUDA_MODULES:
+        uses += apicheck.module_uses(module, apicheck.PYCUDA_PREFIXES)[0]
+    assert {".".join(use.chain) for use in uses} >= {"init", "Device.count", "Context.pop", "mem_alloc"}, uses
+    problems = apicheck.check_uses_recorded(uses, recorded)
     assert not problems, "\n".join(problems)

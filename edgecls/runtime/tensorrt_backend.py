@@ -154,6 +154,10 @@ class TensorRTRunner(Runner):
         try:
             with state.cuda.current():
                 self._load(state)
+        except (RuntimeError, TypeError, AttributeError, ValueError) as exc:  # pybind11's, for what TensorRT refused
+            self._close()
+            raise EdgeclsError(f"TensorRT {self.trt_version} failed to open {self.path}: {first_line(exc)}; "
+                               "rebuild it here with `edgecls build`") from exc
         except BaseException:
             self._close()  # nothing half-open stays behind: buffers, stream, engine
             raise
