@@ -120,8 +120,9 @@ def unavailable_reason() -> Optional[str]:
     problem = tensorrt_problem()
     if problem is not None:
         return problem
-    if gpu_info() is None:
-        return "TensorRT is installed but no NVIDIA GPU is reachable: " + gpu_problem(probe())
+    statuses = probe()
+    if gpu_info(statuses) is None:
+        return "TensorRT is installed but no NVIDIA GPU is reachable: " + gpu_problem(statuses)
     return None
 
 

@@ -118,11 +118,16 @@ class _Engine:
     def release(self) -> None:
         try:
             with self.cuda.current():  # TensorRT frees its objects with the context current
-                for name in ("context", "engine", "runtime"):
-                    self.__dict__.pop(name, None)
+                self._drop_tensorrt_objects()
+        except Exception:  # noqa: BLE001 - no context to push (e.g. at exit): they go without it; this must not raise
+            self._drop_tensorrt_objects()
         finally:
             self.buffers = {}
             self.cuda.close()
+
+    def _drop_tensorrt_objects(self) -> None:
+        for name in ("context", "engine", "runtime"):  # each holds the next alive: drop them in this order
+            self.__dict__.pop(name, None)
 
 
 class TensorRTRunner(Runner):
