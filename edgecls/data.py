@@ -31,7 +31,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Tuple
 
 import numpy as np
 from PIL import Image
@@ -70,7 +70,7 @@ _HOW_TO_GET = (
 )
 
 # (name, bytes) of one encoded image, or of one batch file; the name is what error messages show.
-_Blob = tuple[str, bytes]
+_Blob = Tuple[str, bytes]  # typing.Tuple: evaluated at import, and JetPack 5 runs Python 3.8
 
 
 @dataclass(eq=False)

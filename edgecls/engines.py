@@ -1,36 +1,40 @@
 """TensorRT engines from the exported ONNX files, on the device that will run them (DESIGN.md §4).
 
-One code path for TensorRT 8.5 (JetPack 5), 10.x and 11.x. The precision comes from the ONNX file
-(fp32 / fp16 / int8 Q/DQ); what differs between versions is how the network is declared:
+One code path for TensorRT 8.5 (JetPack 5) to 11.x. The precision comes from the ONNX file (fp32 / fp16 /
+int8 Q/DQ); what differs between versions is how the network is declared (tools/api/FINDINGS.md):
 
 - 8.5: weakly typed. EXPLICIT_BATCH is required, and the FP16 / INT8 builder flags must be set from the
   ONNX's precision (even for a Q/DQ model) or TensorRT would not use those precisions.
-- 9.x / 10.x: STRONGLY_TYPED network: the types in the ONNX file are the types that run.
+- 9.x: STRONGLY_TYPED, and still EXPLICIT_BATCH (the 9.x ONNX parser needs it; Polygraphy sets it below 10.0).
+- 10.x: STRONGLY_TYPED network: the types in the ONNX file are the types that run.
 - 11.x: strongly typed always; the precision flags and EXPLICIT_BATCH are gone.
 
 Enum members are looked up by name (their values changed between versions) and only when they exist.
+A plan may target a Jetson DLA core (`dla_core`): DLA runs fp16 and int8 layers at one fixed batch size, with GPU
+fallback for the rest.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Optional, Tuple
 
 from edgecls.artifacts import atomic_write, ensure_writable_dir, sha256_file, utc_now
 from edgecls.defaults import DEFAULT_BATCH_PROFILE, DEFAULT_WORKSPACE_MIB, ENGINES_DIR, PRECISIONS
 from edgecls.errors import EdgeclsError, first_line
 from edgecls.formats import EngineManifest, ModelMetadata
+from edgecls.runtime.cuda_memory import BindingStatus, GpuInfo, probe
+from edgecls.runtime.tensorrt_backend import tensorrt_problem
 
 if TYPE_CHECKING:  # the API contract (tests/test_api_contract.py) type-checks every TensorRT call against each version
     import tensorrt as trt
 
-INSTALL_HINT = ("TensorRT is not installed here: run `edgecls build` on the device that will run the engine, with "
-                "TensorRT's Python bindings installed (JetPack's python3-libnvinfer, or `pip install tensorrt` on a desktop)")
 
 
 @dataclass(frozen=True)
@@ -43,19 +47,50 @@ class BuildOptions:
 
 def build_options(tensorrt_version: str, precision: str) -> BuildOptions:
     """How to declare the network for a TensorRT version and an ONNX precision (see the module docstring)."""
-    try:
-        major = int(tensorrt_version.split(".")[0])
-    except ValueError as exc:
-        raise EdgeclsError(f"cannot read the TensorRT version {tensorrt_version!r}") from exc
+    major = version_tuple(tensorrt_version)[0]
     if precision not in PRECISIONS:
         raise EdgeclsError(f"unknown ONNX precision {precision!r}; re-export the file with `edgecls export`")
     if major < 8:
         raise EdgeclsError(f"TensorRT {tensorrt_version} is too old: edgecls needs 8.5 or newer (JetPack 5.1+)")
     if major == 8:
         return BuildOptions(("EXPLICIT_BATCH",), {"fp32": (), "fp16": ("FP16",), "int8": ("INT8",)}[precision])
-    if major <= 10:
+    if major == 9:
+        return BuildOptions(("EXPLICIT_BATCH", "STRONGLY_TYPED"), ())
+    if major == 10:
         return BuildOptions(("STRONGLY_TYPED",), ())
     return BuildOptions((), ())
+
+
+def version_tuple(version: str) -> Tuple[int, ...]:
+    """'8.5.2.2' -> (8, 5, 2, 2); EdgeclsError when it is not dotted numbers."""
+    try:
+        return tuple(int(part) for part in str(version).strip().split("."))
+    except ValueError as exc:
+        raise EdgeclsError(f"cannot read the TensorRT version {version!r}") from exc
+
+
+def dla_unsupported(tensorrt_version: str) -> Optional[str]:
+    """Why this TensorRT cannot build for a DLA, or None. NVIDIA's "Working with DLA" pages (11.3.0, 11.4.1): DLA
+    support ended after 10.7 and came back for Jetson AGX Orin in 11.4.1 (JetPack 7.2.2+)."""
+    version = version_tuple(tensorrt_version)
+    if (10, 8) <= version[:2] and version[:3] < (11, 4, 1):
+        return (f"TensorRT {tensorrt_version} has no DLA support (10.7 was the last 10.x release with DLA; it came back "
+                "in 11.4.1 for Jetson AGX Orin on JetPack 7.2.2+); build without --dla")
+    return None
+
+
+def check_dla_request(dla_core: Optional[int], precision: str, batch: Tuple[int, int, int], source: str) -> None:
+    """Refuse, before TensorRT is asked, what a DLA cannot run: fp32, or a batch range (DLA has no dynamic shapes)."""
+    if dla_core is None:
+        return
+    if dla_core < 0:
+        raise EdgeclsError(f"--dla {dla_core}: a DLA core is numbered from 0 (Xavier and Orin have cores 0 and 1)")
+    if precision == "fp32":
+        raise EdgeclsError(f"{source} is fp32, which a DLA does not run (fp16 and int8 only): build the fp16 or int8 "
+                           "export with --dla, e.g. edgecls build export/new2.int8.onnx --dla 0")
+    if len(set(batch)) != 1:
+        raise EdgeclsError(f"--batch {':'.join(map(str, batch))}: a DLA runs one fixed batch size; pass --batch N:N:N "
+                           f"(e.g. --batch {batch[1]}:{batch[1]}:{batch[1]})")
 
 
 def parse_batch(text: str) -> tuple[int, int, int]:
@@ -80,55 +115,97 @@ def default_plan_path(onnx_path: str | os.PathLike) -> Path:
     return Path(ENGINES_DIR) / (Path(onnx_path).stem + ".plan")
 
 
-def unavailable_reason() -> str | None:
+def unavailable_reason() -> Optional[str]:
     """Why an engine cannot be built here (no TensorRT, no GPU), or None when it can."""
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return INSTALL_HINT
-    if gpu_info() is None:
-        return "TensorRT is installed but no NVIDIA GPU is visible; run `edgecls build` on the device"
+    problem = tensorrt_problem()
+    if problem is not None:
+        return problem
+    statuses = probe()
+    if gpu_info(statuses) is None:
+        return "TensorRT is installed but no NVIDIA GPU is reachable: " + gpu_problem(statuses)
     return None
 
 
-def gpu_info() -> dict[str, str] | None:
-    """Name and compute capability of the current GPU, from cuda-python when installed, else nvidia-smi; None if
-    no GPU."""
-    from edgecls.runtime.cuda_memory import CudaPython
+def gpu_problem(statuses: list[BindingStatus]) -> str:
+    """Why no CUDA binding reached a GPU, one clause per binding."""
+    return "; ".join(f"{status.name}: {status.problem}" for status in statuses if status.problem)
 
-    try:
-        cuda = CudaPython()
-    except (ImportError, EdgeclsError):
-        cuda = None
-    if cuda is not None:
-        try:
-            name, capability = cuda.device_info()
-            return {"gpu_name": name, "compute_capability": capability}
-        except EdgeclsError:
-            pass
-        finally:
-            cuda.close()
-    # cuda-python absent, or failing (e.g. a driver older than its CUDA): ask nvidia-smi instead
+
+def gpu_info(statuses: Optional[list[BindingStatus]] = None) -> Optional[GpuInfo]:
+    """The first GPU seen by any CUDA binding that works (cuda-python, then pycuda: JetPack 5 has pycuda only), else by
+    nvidia-smi (which Jetsons lack); None when there is none."""
+    for status in probe() if statuses is None else statuses:
+        if status.gpu is not None:
+            return status.gpu
     if shutil.which("nvidia-smi") is None:
         return None
     try:
-        output = subprocess.run(["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
+        output = subprocess.run(["nvidia-smi", "--query-gpu=name,compute_cap,memory.total",
+                                 "--format=csv,noheader,nounits"],
                                 capture_output=True, text=True, timeout=30, check=True).stdout
     except (subprocess.SubprocessError, OSError):
         return None
-    first = output.strip().splitlines()[0] if output.strip() else ""  # the first GPU
-    if "," not in first:
+    fields = [part.strip() for part in (output.strip().splitlines() or [""])[0].split(",")]  # the first GPU
+    if len(fields) != 3 or not fields[1]:
         return None
-    name, capability = (part.strip() for part in first.rsplit(",", 1))
-    return {"gpu_name": name, "compute_capability": capability}
+    name, capability, memory_mib = fields
+    return GpuInfo(name, capability, int(memory_mib) << 20 if memory_mib.isdigit() else 0, "nvidia-smi")
+
+
+def dla_cores() -> Optional[int]:
+    """How many DLA cores TensorRT's builder sees here (0 on GPUs without one); None when TensorRT cannot say."""
+    if tensorrt_problem() is not None:
+        return None
+    import tensorrt as trt
+
+    try:
+        return int(trt.Builder(trt.Logger(trt.Logger.ERROR)).num_DLA_cores)
+    except Exception:  # noqa: BLE001 - no CUDA device: pybind11 raises TypeError for the builder TensorRT did not make
+        return None
+
+
+@dataclass(frozen=True)
+class JetsonRelease:
+    """The board and its Linux for Tegra release, read where a Jetson keeps them; empty strings elsewhere."""
+
+    board: str  # /proc/device-tree/model, e.g. "NVIDIA Jetson AGX Orin Developer Kit"
+    l4t: str  # /etc/nv_tegra_release, e.g. "35.4.1"
+
+    @property
+    def jetpack(self) -> str:
+        """The JetPack line of the L4T release ("" when unknown)."""
+        major = self.l4t.split(".")[0]
+        return {"32": "4.x", "34": "5.0 (preview)", "35": "5.x", "36": "6.x", "38": "7.x"}.get(major, "")
+
+
+L4T_RELEASE_FILE = "/etc/nv_tegra_release"
+BOARD_MODEL_FILE = "/proc/device-tree/model"
+
+
+def parse_l4t_release(text: str) -> str:
+    """'# R35 (release), REVISION: 4.1, GCID: ...' -> '35.4.1'; '' when the text is not of that form."""
+    found = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", text)
+    return f"{found.group(1)}.{found.group(2)}" if found else ""
+
+
+def jetson_release() -> JetsonRelease:
+    def read(path: str) -> str:
+        try:
+            return Path(path).read_text(errors="replace")
+        except OSError:
+            return ""
+
+    return JetsonRelease(board=read(BOARD_MODEL_FILE).replace("\x00", "").strip(),
+                         l4t=parse_l4t_release(read(L4T_RELEASE_FILE)))
 
 
 def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike | None = None,
                  batch: tuple[int, int, int] = DEFAULT_BATCH_PROFILE,
-                 workspace_mib: int = DEFAULT_WORKSPACE_MIB) -> Path:
+                 workspace_mib: int = DEFAULT_WORKSPACE_MIB, dla_core: Optional[int] = None) -> Path:
     """Build a TensorRT plan from an exported ONNX file; write it and its manifest (`<plan>.json`) atomically.
 
-    The default plan path is `engines/<onnx name without .onnx>.plan`.
+    The default plan path is `engines/<onnx name without .onnx>.plan`. `dla_core`: build for that Jetson DLA core
+    (fp16 / int8 files, a fixed batch MIN = OPT = MAX), with GPU fallback for layers the DLA cannot run.
     """
     onnx_path = Path(onnx_path)
     metadata = ModelMetadata.read(onnx_path)  # validates the file before we look for TensorRT
@@ -140,31 +217,43 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike | No
         raise EdgeclsError(f"engine path {plan_path} should end in .plan (its manifest goes beside it as .plan.json)")
     ensure_writable_dir(plan_path.parent)
     check_batch(batch)
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise EdgeclsError(INSTALL_HINT) from exc
-    gpu = gpu_info()
+    check_dla_request(dla_core, metadata.precision, batch, str(onnx_path))
+    problem = tensorrt_problem()
+    if problem is not None:
+        raise EdgeclsError(problem)
+    import tensorrt as trt
+
+    if dla_core is not None and dla_unsupported(trt.__version__):
+        raise EdgeclsError(str(dla_unsupported(trt.__version__)))
+    statuses = probe()
+    gpu = gpu_info(statuses)
     if gpu is None:
-        raise EdgeclsError("no NVIDIA GPU is visible (checked with cuda-python and nvidia-smi); build on the device")
+        raise EdgeclsError(f"no NVIDIA GPU is reachable here ({gpu_problem(statuses)}; nvidia-smi: none); "
+                           "build on the device that will run the engine")
 
     options = build_options(trt.__version__, metadata.precision)
     started = time.perf_counter()
-    serialized = _build(onnx_path, metadata, options, batch, workspace_mib)
+    try:
+        serialized = _build(onnx_path, metadata, options, batch, workspace_mib, dla_core)
+    except (RuntimeError, TypeError, AttributeError, ValueError) as exc:
+        # pybind11 raises these when TensorRT returns nothing (e.g. TypeError for a Builder it could not make)
+        raise EdgeclsError(f"TensorRT {trt.__version__} failed while building {onnx_path}: {first_line(exc)}; "
+                           "`edgecls doctor` checks this device") from exc
     build_seconds = time.perf_counter() - started
 
     with atomic_write(plan_path) as handle:
         handle.write(memoryview(serialized))
-    EngineManifest(tensorrt_version=trt.__version__, gpu_name=gpu["gpu_name"],
-                   compute_capability=gpu["compute_capability"], onnx_path=str(onnx_path),
-                   onnx_sha256=sha256_file(onnx_path), plan_sha256=sha256_file(plan_path), precision=metadata.precision,
-                   batch=dict(zip(("min", "opt", "max"), batch)), model=metadata,
-                   build_seconds=round(build_seconds, 2), built_at=utc_now()).write(plan_path)
+    jetson = jetson_release()
+    EngineManifest(tensorrt_version=trt.__version__, gpu_name=gpu.name, compute_capability=gpu.compute_capability,
+                   onnx_path=str(onnx_path), onnx_sha256=sha256_file(onnx_path), plan_sha256=sha256_file(plan_path),
+                   precision=metadata.precision, batch=dict(zip(("min", "opt", "max"), batch)), model=metadata,
+                   build_seconds=round(build_seconds, 2), built_at=utc_now(), dla_core=dla_core,
+                   cuda_binding=gpu.source, board=jetson.board, l4t_release=jetson.l4t).write(plan_path)
     return plan_path
 
 
-def _build(onnx_path: Path, metadata: ModelMetadata, options: BuildOptions,
-           batch: tuple[int, int, int], workspace_mib: int) -> trt.IHostMemory:
+def _build(onnx_path: Path, metadata: ModelMetadata, options: BuildOptions, batch: tuple[int, int, int],
+           workspace_mib: int, dla_core: Optional[int]) -> trt.IHostMemory:
     """Parse the ONNX file and build the serialized engine with one optimization profile for the batch."""
     import tensorrt as trt  # imported here, not passed in, so that mypy checks each call against the version's API
 
@@ -192,6 +281,15 @@ def _build(onnx_path: Path, metadata: ModelMetadata, options: BuildOptions,
         # On by default: float32 layers would round their inputs to 10-bit mantissas, so an "fp32" engine
         # would no longer match the fp32 ONNX file. Reduced precision is what the fp16 / int8 files are for.
         config.clear_flag(trt.BuilderFlag.TF32)
+    if dla_core is not None:
+        available = builder.num_DLA_cores
+        if dla_core >= available:
+            raise EdgeclsError(f"--dla {dla_core}: this device has {available or 'no'} DLA core"
+                               f"{'' if available == 1 else 's'} (TensorRT {trt.__version__}); DLA cores exist on "
+                               "Jetson AGX Xavier, Xavier NX and AGX Orin / Orin NX; build without --dla")
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = dla_core
+        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)  # layers the DLA cannot run go to the GPU
     crop = metadata.preprocess.crop_size
     profile = builder.create_optimization_profile()
     profile.set_shape(metadata.input_name, *[(n, 3, crop, crop) for n in batch])

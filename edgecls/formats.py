@@ -154,6 +154,10 @@ class EngineManifest:
     model: ModelMetadata  # the ONNX file's metadata, stored under "edgecls"
     build_seconds: float = 0.0
     built_at: str = ""
+    dla_core: Optional[int] = None  # the Jetson DLA core the plan runs on (GPU fallback on); None: the GPU
+    cuda_binding: str = ""  # what read the GPU's facts at build: cuda-python | pycuda | nvidia-smi
+    board: str = ""  # the Jetson board (/proc/device-tree/model); "" elsewhere
+    l4t_release: str = ""  # the Jetson Linux release (/etc/nv_tegra_release), e.g. "35.4.1"; "" elsewhere
 
     @staticmethod
     def path_for(plan: str | os.PathLike) -> Path:
@@ -174,12 +178,17 @@ class EngineManifest:
         _check_version(record, f"engine manifest {source}", fix)
         try:
             batch = {key: int(record["batch"][key]) for key in ("min", "opt", "max")}
+            dla_core = record.get("dla_core")
+            if dla_core is not None and (isinstance(dla_core, bool) or not isinstance(dla_core, int) or dla_core < 0):
+                raise ValueError(f"dla_core {dla_core!r}")
             return cls(tensorrt_version=str(record["tensorrt_version"]), gpu_name=str(record["gpu_name"]),
                        compute_capability=str(record["compute_capability"]), onnx_path=str(record["onnx_path"]),
                        onnx_sha256=str(record["onnx_sha256"]), plan_sha256=str(record["plan_sha256"]),
                        precision=str(record["precision"]), batch=batch,
                        model=ModelMetadata.from_dict(record["edgecls"], source),
-                       build_seconds=float(record.get("build_seconds", 0.0)), built_at=str(record.get("built_at", "")))
+                       build_seconds=float(record.get("build_seconds", 0.0)), built_at=str(record.get("built_at", "")),
+                       dla_core=dla_core, cuda_binding=str(record.get("cuda_binding", "")),
+                       board=str(record.get("board", "")), l4t_release=str(record.get("l4t_release", "")))
         except (KeyError, TypeError, ValueError) as exc:
             raise EdgeclsError(f"engine manifest {source} lacks or garbles {first_line(exc)}; {fix}") from exc
 

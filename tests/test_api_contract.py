@@ -9,7 +9,9 @@ counts they are called with, in each TensorRT version edgecls supports:
   the 11.4 bindings wheel);
 - enum members looked up by name (`edgecls.engines.build_options`) are checked against each version's enums;
 - cuda-python: every `cuda.bindings` name the CUDA helper uses, with its call's argument count, against the
-  installed cuda-bindings (13.x, imported: it needs no GPU) and the recorded 12.9 list.
+  installed cuda-bindings (13.x, imported: it needs no GPU) and the recorded 12.9 list;
+- pycuda: every `pycuda.driver` name it uses against the names in pycuda's sources at 2022.1 and 2026.1;
+- no TensorRT name known to fail at run time on a supported version (trt.nptype on 8.5 with numpy >= 1.24).
 
 Nothing here imports TensorRT or stands in for it at run time.
 """
@@ -84,6 +86,18 @@ def test_build_option_names_exist_in_tensorrt_stubs(tmp_path: Path) -> None:
     assert not missing, f"build_options('10.13.0', ...) names members TensorRT 10.13 lacks: {missing}"
 
 
+def test_no_tensorrt_name_known_broken_on_a_supported_version() -> None:
+    problems = apicheck.broken_tensorrt_uses(apicheck.TENSORRT_MODULES)
+    assert not problems, "\n".join(problems)
+
+
+def test_checker_finds_a_known_broken_name(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text("def dtype(engine, name):\n    import tensorrt as trt\n    return trt.nptype(engine.get_tensor_dtype(name))\n")
+    problems = apicheck.broken_tensorrt_uses([str(probe)])
+    assert len(problems) == 1 and "nptype" in problems[0] and "numpy 1.24" in problems[0], problems
+
+
 def test_checker_rejects_a_missing_name(tmp_path: Path) -> None:
     """The contract is only as good as its checker: a call that does not exist, or with one argument too many,
     must fail it (guards against a configuration that silently checks nothing)."""
@@ -111,7 +125,7 @@ def test_recorded_lists_are_whole() -> None:
         assert str(api["version"]).startswith(version.rsplit(".", 1)[0] if version.count(".") > 1 else version)
         for cls in ("Builder", "IBuilderConfig", "Runtime", "ICudaEngine", "IExecutionContext", "OnnxParser"):
             assert cls in api["classes"], f"{name} lacks {cls}"
-    for version, name in apicheck.CUDA_LISTS.items():
+    for version, name in {**apicheck.CUDA_LISTS, **apicheck.PYCUDA_LISTS}.items():
         recorded = json.loads((apicheck.HERE / name).read_text())
         assert recorded["version"].startswith(version) and (ROOT / recorded["generated_by"]).is_file()
 
@@ -138,4 +152,16 @@ def test_cuda_bindings_calls_match_installed() -> None:
 def test_cuda_bindings_calls_match_recorded(version: str) -> None:
     recorded = json.loads((apicheck.HERE / apicheck.CUDA_LISTS[version]).read_text())
     problems = apicheck.check_uses_recorded(_cuda_uses(), recorded)
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("version", list(apicheck.PYCUDA_LISTS))
+def test_pycuda_calls_match_recorded(version: str) -> None:
+    """pycuda is JetPack 5's binding and cannot be installed here: its uses are checked against its own sources."""
+    recorded = json.loads((apicheck.HERE / apicheck.PYCUDA_LISTS[version]).read_text())
+    uses: list = []
+    for module in apicheck.CUDA_MODULES:
+        uses += apicheck.module_uses(module, apicheck.PYCUDA_PREFIXES)[0]
+    assert {".".join(use.chain) for use in uses} >= {"init", "Device.count", "Context.pop", "mem_alloc"}, uses
+    problems = apicheck.check_uses_recorded(uses, recorded)
     assert not problems, "\n".join(problems)

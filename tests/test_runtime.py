@@ -16,7 +16,7 @@ from edgecls.preprocess import Preprocessing
 from edgecls.runtime import Classifier, load, softmax
 from edgecls.runtime.onnx_backend import OnnxRunner
 from edgecls.formats import EngineManifest
-from edgecls.runtime.tensorrt_backend import check_compatibility
+from edgecls.runtime.tensorrt_backend import NUMPY_DTYPES, check_compatibility, check_input, numpy_dtype
 
 
 @pytest.fixture(scope="module")
@@ -184,14 +184,64 @@ def test_plan_truncated_or_without_manifest(export_dir, tmp_path):
 
 
 def test_plan_for_another_tensorrt_or_gpu_names_both(export_dir, tmp_path):
-    manifest = EngineManifest.read(fake_plan(tmp_path, export_dir))
-    check_compatibility(Path("new2.plan"), manifest, "10.3.0.30", "Orin", "8.7")  # same build: accepted
-    with pytest.raises(EdgeclsError) as info:
-        check_compatibility(Path("new2.plan"), manifest, "10.13.2", "Orin", "8.7")
-    assert "TensorRT 10.3.0" in str(info.value) and "TensorRT 10.13.2" in str(info.value)
-    with pytest.raises(EdgeclsError) as info:
-        check_compatibility(Path("new2.plan"), manifest, "10.3.0", "NVIDIA H100 80GB HBM3", "9.0")
-    assert "Orin (compute 8.7)" in str(info.value) and "NVIDIA H100 80GB HBM3 (compute 9.0)" in str(info.value)
+    """A plan runs only with the TensorRT build and the GPU model that made it: the full version string, the GPU name
+    and the compute capability must all match the manifest, and the message says which one differs."""
+    manifest = EngineManifest.read(fake_plan(tmp_path, export_dir))  # built with 10.3.0 on Orin, compute 8.7
+    check_compatibility(Path("new2.plan"), manifest, "10.3.0", "Orin", "8.7")  # the same: accepted
+    cases = {("10.3.0.30", "Orin", "8.7"): "the TensorRT version differs",  # JetPack 5 says 8.5.2.2, not 8.5.2
+             ("10.13.2", "Orin", "8.7"): "the TensorRT version differs",
+             ("10.3.0", "NVIDIA Jetson AGX Xavier", "8.7"): "the GPU differs",
+             ("10.3.0", "NVIDIA H100 80GB HBM3", "9.0"): "the GPU and the compute capability differ"}
+    for (version, gpu, capability), differs in cases.items():
+        with pytest.raises(EdgeclsError) as info:
+            check_compatibility(Path("new2.plan"), manifest, version, gpu, capability)
+        message = str(info.value)
+        assert differs in message and "rebuild" in message, message
+        assert "TensorRT 10.3.0 for Orin (compute 8.7)" in message and f"TensorRT {version} on {gpu}" in message
+
+
+def test_manifest_of_another_format_version_or_garbled_dla_core_is_refused(export_dir, tmp_path):
+    plan = fake_plan(tmp_path, export_dir)
+    manifest_file = tmp_path / "new2.plan.json"
+    record = json.loads(manifest_file.read_text())
+    for key, value, expected in (("format_version", 2, "format version 2"), ("dla_core", -1, "dla_core -1"),
+                                 ("dla_core", "0", "dla_core '0'")):
+        manifest_file.write_text(json.dumps({**record, key: value}))
+        with pytest.raises(EdgeclsError, match=expected):
+            load(plan)
+    manifest_file.write_text(json.dumps({**record, "dla_core": 1}))
+    assert EngineManifest.read(plan).dla_core == 1
+
+
+@pytest.mark.parametrize("batch, expected", [
+    (np.zeros((4, 3, 1, 1), np.float32), r"shape \(N, 3, 28, 28\), got \(4, 3, 1, 1\)"),  # np.copyto would broadcast
+    (np.zeros((3, 28, 28), np.float32), r"shape \(N, 3, 28, 28\), got \(3, 28, 28\)"),
+    (np.zeros((0, 3, 28, 28), np.float32), "batches of 1 to 64 images, got 0"),
+    (np.zeros((65, 3, 28, 28), np.float32), "batches of 1 to 64 images, got 65"),
+    (np.zeros((2, 3, 28, 28), np.complex64), "takes float32 input, got complex64"),
+])
+def test_engine_input_of_the_wrong_shape_size_or_type_is_refused(batch, expected):
+    with pytest.raises(EdgeclsError, match=expected):
+        check_input(Path("new2.plan"), batch, (3, 28, 28), np.dtype(np.float32), 1, 64)
+    check_input(Path("new2.plan"), np.zeros((64, 3, 28, 28), np.float32), (3, 28, 28), np.dtype(np.float32), 1, 64)
+
+
+def test_tensorrt_types_map_to_numpy_by_name_in_every_version():
+    """Every DataType member of each supported TensorRT version (tools/api lists) maps to its numpy type or is refused
+    in one line; trt.nptype is not used (8.5's fails with numpy >= 1.24: tests/test_api_contract.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools" / "api"))
+    import apicheck
+
+    expected = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "BOOL": np.bool_,
+                "UINT8": np.uint8, "INT64": np.int64}
+    for version in apicheck.TENSORRT_LISTS:
+        for member in apicheck.load_list(version)["enums"]["DataType"]["members"]:
+            if member in expected:
+                assert numpy_dtype(member, "images", Path("x.plan")) == np.dtype(expected[member])
+            else:  # BF16, FP8, INT4, FP4, E8M0: numpy has no such type
+                with pytest.raises(EdgeclsError, match=f"TensorRT type {member}, which numpy cannot hold"):
+                    numpy_dtype(member, "images", Path("x.plan"))
+    assert set(NUMPY_DTYPES) == set(expected)
 
 
 def test_softmax_is_stable_for_large_logits():
@@ -200,13 +250,9 @@ def test_softmax_is_stable_for_large_logits():
 
 
 def _tensorrt_unavailable() -> str | None:
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return "tensorrt is not installed"
-    from edgecls.engines import gpu_info
+    from edgecls.engines import unavailable_reason
 
-    return None if gpu_info() is not None else "no NVIDIA GPU visible"
+    return unavailable_reason()
 
 
 @pytest.mark.skipif(_tensorrt_unavailable() is not None, reason=f"TensorRT runtime test: {_tensorrt_unavailable()}")
@@ -222,15 +268,58 @@ def test_tensorrt_plan_matches_onnxruntime(export_dir, tiny_cifar, tmp_path):
         got = classifier.logits(images)
         timed = classifier.runner.model_only({"images": classifier.preprocess(images[:8])})
         timed()
+        with pytest.raises(EdgeclsError, match=r"got \(4, 3, 1, 1\)"):  # np.copyto would have broadcast it
+            classifier.run_preprocessed(np.zeros((4, 3, 1, 1), np.float32))
     np.testing.assert_allclose(got, expected, rtol=1e-2, atol=1e-2)
     assert (got.argmax(axis=1) == expected.argmax(axis=1)).mean() >= 0.99
 
     manifest_file = tmp_path / "new2.plan.json"
-    manifest = json.loads(manifest_file.read_text())
-    manifest["tensorrt_version"] = "8.5.2"
-    manifest_file.write_text(json.dumps(manifest))
-    with pytest.raises(EdgeclsError, match="TensorRT 8.5.2"):
-        load(plan)
+    built = json.loads(manifest_file.read_text())
+    for key, value in (("tensorrt_version", built["tensorrt_version"] + ".1"), ("gpu_name", "Another GPU")):
+        manifest_file.write_text(json.dumps({**built, key: value}))
+        with pytest.raises(EdgeclsError, match="differs; rebuild"):
+            load(plan)
+
+
+@pytest.mark.skipif(_tensorrt_unavailable() is not None, reason=f"TensorRT runtime test: {_tensorrt_unavailable()}")
+def test_tensorrt_classifier_across_threads(export_dir, tiny_cifar, tmp_path):
+    """The threading contract on the GPU: a classifier opened in one thread answers correctly in others (its CUDA
+    context is pushed per call), shared by several threads each call gets its own results, and classifiers of their
+    own run side by side."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edgecls.engines import build_engine
+
+    plan = build_engine(export_dir / "new2.onnx", tmp_path / "new2.plan", batch=(1, 8, 32))
+    parts = [tiny_cifar.test_images[i::4] for i in range(4)]
+    with load(plan) as shared:
+        expected = [shared.logits(part) for part in parts]
+        with ThreadPoolExecutor(4) as pool:
+            for result, want in zip(pool.map(shared.logits, parts * 3), expected * 3):
+                np.testing.assert_array_equal(result, want)
+
+    def own_classifier(part: np.ndarray) -> np.ndarray:
+        with load(plan) as mine:
+            return mine.logits(part)
+
+    with ThreadPoolExecutor(4) as pool:
+        for result, want in zip(pool.map(own_classifier, parts), expected):
+            np.testing.assert_allclose(result, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(_tensorrt_unavailable() is not None, reason=f"TensorRT runtime test: {_tensorrt_unavailable()}")
+def test_tensorrt_runner_never_closed_frees_its_memory_when_collected(export_dir, tmp_path):
+    import gc
+
+    from edgecls.engines import build_engine
+
+    plan = build_engine(export_dir / "new2.onnx", tmp_path / "new2.plan", batch=(1, 8, 32))
+    classifier = load(plan)
+    runner_release, cuda_release = classifier.runner._release, classifier.runner.cuda._release
+    assert runner_release.alive and cuda_release.alive
+    del classifier
+    gc.collect()
+    assert not runner_release.alive and not cuda_release.alive  # engine, buffers, stream and context released
 
 
 def test_one_classifier_shared_by_threads_gives_each_call_its_own_results(export_dir, tiny_cifar):

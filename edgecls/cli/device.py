@@ -1,29 +1,72 @@
-"""The commands run on the device itself: `edgecls build`."""
+"""The commands run on the device itself: `edgecls build`, `edgecls doctor`."""
 
 from __future__ import annotations
 
+import json
+import sys
+from typing import Optional
+
 import click
 
-from edgecls.defaults import DEFAULT_BATCH_PROFILE, DEFAULT_WORKSPACE_MIB
+from edgecls.cli.common import DATA_HELP
+from edgecls.defaults import DEFAULT_BATCH_PROFILE, DEFAULT_WORKSPACE_MIB, EXPORT_DIR
 
 
 @click.command("build")
 @click.argument("onnx_file", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", "plan", type=click.Path(dir_okay=False),
               help="Engine file. Default: engines/<onnx name>.plan; the manifest goes beside it as .plan.json.")
-@click.option("--batch", default=":".join(map(str, DEFAULT_BATCH_PROFILE)), show_default=True,
-              help="Batch optimization profile MIN:OPT:MAX.")
+@click.option("--batch", help="Batch optimization profile MIN:OPT:MAX.  [default: "
+                              f"{':'.join(map(str, DEFAULT_BATCH_PROFILE))}; with --dla: OPT:OPT:OPT]")
 @click.option("--workspace", type=click.IntRange(16), default=DEFAULT_WORKSPACE_MIB, show_default=True,
               help="Builder workspace in MiB.")
-def build_engine_command(onnx_file: str, plan: str | None, batch: str, workspace: int) -> None:
+@click.option("--dla", "dla_core", type=int, metavar="CORE",
+              help="Build for this Jetson DLA core (0 or 1 on Xavier / AGX Orin), GPU fallback on; fp16 and int8 "
+                   "files only, one fixed batch size. Example: --dla 0")
+def build_engine_command(onnx_file: str, plan: Optional[str], batch: Optional[str], workspace: int,
+                         dla_core: Optional[int]) -> None:
     """Build a TensorRT engine from an exported ONNX file (on the device that will run it).
 
     Example: edgecls build export/new2.int8.onnx -o engines/new2.int8.plan --batch 1:64:256
+
+    On a Jetson with DLA: edgecls build export/new2.int8.onnx -o engines/new2.int8.dla0.plan --dla 0
     """
     from edgecls.engines import build_engine, parse_batch
 
-    path = build_engine(onnx_file, plan, batch=parse_batch(batch), workspace_mib=workspace)
+    if batch is not None:
+        profile = parse_batch(batch)
+    elif dla_core is not None:  # a DLA runs one batch size: the default profile's optimum
+        profile = (DEFAULT_BATCH_PROFILE[1],) * 3
+    else:
+        profile = DEFAULT_BATCH_PROFILE
+    path = build_engine(onnx_file, plan, batch=profile, workspace_mib=workspace, dla_core=dla_core)
     click.echo(f"built {path} (manifest {path}.json)")
 
 
-COMMANDS = (build_engine_command,)
+@click.command("doctor")
+@click.option("--export-dir", default=EXPORT_DIR, show_default=True,
+              help="Where to look for exported fp16 / int8 ONNX files to build test engines from; without them the "
+                   "doctor makes a small probe model.")
+@click.option("--data", help="Run the test engines on these test images (else random ones). " + DATA_HELP)
+@click.option("--no-build", is_flag=True, help="Only report the facts and build no test engine (then exit 0 means "
+                                               "nothing is missing, not that an engine ran).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
+def doctor_command(export_dir: str, data: Optional[str], no_build: bool, as_json: bool) -> None:
+    """Is this device ready to build and run TensorRT engines? Facts, test engines, and what to install.
+
+    Prints the Jetson board and L4T / JetPack release, Python, numpy, TensorRT, which CUDA binding works
+    (cuda-python / pycuda) and why not the other, the GPU, DLA cores and ONNX Runtime; where TensorRT and a GPU are
+    there, builds a small fp16 and int8 engine and compares them with ONNX Runtime. Exits 0 only when engines can be
+    built and run here, else 1 with one line per missing piece saying what to install.
+
+    Example: edgecls doctor --data cifar10-jpeg.tar.gz
+    """
+    from edgecls.doctor import format_report, run_doctor
+
+    report = run_doctor(export_dir, data, build=not no_build)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
+    if not report.ready:
+        sys.exit(1)
+
+
+COMMANDS = (build_engine_command, doctor_command)

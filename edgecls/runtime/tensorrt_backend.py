@@ -2,50 +2,132 @@
 
 Only the inference API common to TensorRT 8.5 through 11 is used: `Runtime.deserialize_cuda_engine`,
 `create_execution_context`, `num_io_tensors` / `get_tensor_name` / `get_tensor_mode`, `set_input_shape`,
-`set_tensor_address`, `execute_async_v3`. Plans only run with the TensorRT version and the GPU they were
+`set_tensor_address`, `execute_async_v3`. Plans only run with the TensorRT build and the GPU model they were
 built for, so the manifest is checked against this machine before TensorRT sees the plan.
+
+Threads: every call runs with the device's primary context pushed onto the calling thread (the CUDA helper's
+`current()`), so a runner opened in one thread may be used from another, one call at a time
+(edgecls.runtime.Classifier serializes its calls with a lock).
 """
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 
-from edgecls.errors import EdgeclsError
+from edgecls.errors import EdgeclsError, first_line
 from edgecls.formats import EngineManifest
 from edgecls.runtime.base import Runner
-from edgecls.runtime.cuda_memory import open_cuda
+from edgecls.runtime.cuda_memory import Buffer, CudaBinding, open_cuda
+
+if TYPE_CHECKING:  # the API contract (tests/test_api_contract.py) type-checks every TensorRT call against each version
+    import tensorrt as trt
+
+# TensorRT DataType member names -> numpy. By name, because trt.nptype cannot be used: TensorRT 8.5's builds its
+# table with np.bool, which numpy 1.24 removed (JetPack 5's Python 3.8 gets numpy 1.24), so it raises
+# AttributeError for every type. BF16, FP8, INT4, FP4, E8M0 have no numpy type.
+NUMPY_DTYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64,
+                "BOOL": np.bool_, "UINT8": np.uint8}
 
 
-def _version_key(version: str) -> list[str]:
-    return str(version).strip().split(".")
+TENSORRT_INSTALL_HINT = (
+    "TensorRT's Python bindings are not installed: on a Jetson install JetPack's python3-libnvinfer "
+    "(sudo apt install python3-libnvinfer), on a desktop `pip install tensorrt`; engines are built and run on the "
+    "device itself")
+
+
+def tensorrt_problem() -> Optional[str]:
+    """Why TensorRT's Python bindings cannot be used here (not installed, failing to load), or None. The one diagnosis
+    `edgecls build`, `edgecls doctor` and this runner give."""
+    try:
+        import tensorrt as trt
+    except ModuleNotFoundError as exc:
+        if str(exc.name or "").split(".")[0] == "tensorrt":
+            return TENSORRT_INSTALL_HINT
+        return f"TensorRT's Python package does not load ({first_line(exc)}); reinstall it"
+    except Exception as exc:  # noqa: BLE001 - e.g. a missing libnvinfer (ImportError / OSError): one line, no traceback
+        return (f"TensorRT's Python package is installed but does not load ({first_line(exc)}); reinstall JetPack's "
+                "python3-libnvinfer (or `pip install tensorrt` on a desktop)")
+    if not hasattr(trt, "Builder"):  # e.g. tensorrt-stubs installed into site-packages: an empty namespace package
+        return (f"the `tensorrt` module found ({getattr(trt, '__path__', '?')}) is not TensorRT's bindings; remove it "
+                "and install TensorRT (JetPack's python3-libnvinfer)")
+    return None
+
+
+def numpy_dtype(tensorrt_type: str, tensor: str, plan: Path) -> np.dtype:
+    """The numpy dtype of a TensorRT DataType member name; a clear error for the types numpy lacks."""
+    if tensorrt_type not in NUMPY_DTYPES:
+        raise EdgeclsError(f"{plan}: tensor {tensor!r} is of TensorRT type {tensorrt_type}, which numpy cannot hold; "
+                           "rebuild the engine from an edgecls export (float32 inputs and outputs)")
+    return np.dtype(NUMPY_DTYPES[tensorrt_type])
 
 
 def check_compatibility(
     plan: Path, manifest: EngineManifest, tensorrt_version: str, gpu_name: str, compute_capability: str
 ) -> None:
-    """Raise a message naming both sides when this TensorRT or GPU cannot run a plan built as `manifest` says.
+    """Refuse, naming what differs, a plan built with another TensorRT build or on another GPU model.
 
-    Versions are compared on the components both strings have ("10.3.0" matches "10.3.0.30"); the GPU on its
-    compute capability, which is what the kernels in a plan are compiled for.
+    A plan holds kernels chosen for one TensorRT build and one GPU model, so the full version string (8.5.2.2 is
+    not 8.5.2), the GPU name and the compute capability must all be those of the build (the manifest).
     """
-    built, here = _version_key(manifest.tensorrt_version), _version_key(tensorrt_version)
-    shared = max(3, min(len(built), len(here)))
-    same_version = built[:shared] == here[:shared]
-    wanted_cc = manifest.compute_capability
-    same_gpu = not wanted_cc or wanted_cc == compute_capability
-    if not (same_version and same_gpu):
-        raise EdgeclsError(f"{plan} {_mismatch(manifest, tensorrt_version, gpu_name, compute_capability)}")
+    differs = []
+    if manifest.tensorrt_version.strip() != tensorrt_version.strip():
+        differs.append("the TensorRT version")
+    if manifest.gpu_name.strip() != gpu_name.strip():
+        differs.append("the GPU")
+    if manifest.compute_capability.strip() != compute_capability.strip():
+        differs.append("the compute capability")
+    if differs:
+        raise EdgeclsError(f"{plan} {_built_for(manifest)}, but this machine has TensorRT {tensorrt_version} on "
+                           f"{gpu_name} (compute {compute_capability}): {' and '.join(differs)} differ"
+                           f"{'s' if len(differs) == 1 else ''}; rebuild the engine here with `edgecls build`")
 
 
-def _mismatch(manifest: EngineManifest, tensorrt_version: str, gpu_name: str, compute_capability: str) -> str:
-    return (
-        f"was built with TensorRT {manifest.tensorrt_version} for {manifest.gpu_name or '?'} "
-        f"(compute {manifest.compute_capability or '?'}), but this machine has TensorRT {tensorrt_version} "
-        f"on {gpu_name} (compute {compute_capability}); rebuild the engine here with `edgecls build`"
-    )
+def _built_for(manifest: EngineManifest) -> str:
+    return (f"was built with TensorRT {manifest.tensorrt_version} for {manifest.gpu_name or '?'} "
+            f"(compute {manifest.compute_capability or '?'})")
+
+
+def check_input(plan: Path, batch: np.ndarray, item_shape: Tuple[int, ...], dtype: np.dtype,
+                min_batch: int, max_batch: int) -> None:
+    """Refuse a batch the engine's input buffer cannot take as it is (np.copyto would broadcast N x 3 x 1 x 1)."""
+    if not isinstance(batch, np.ndarray) or batch.ndim != len(item_shape) + 1 or batch.shape[1:] != item_shape:
+        shape = getattr(batch, "shape", type(batch).__name__)
+        raise EdgeclsError(f"{plan} takes input batches of shape (N, {', '.join(map(str, item_shape))}), got {shape}")
+    if not min_batch <= len(batch) <= max_batch:
+        raise EdgeclsError(f"{plan} accepts batches of {min_batch} to {max_batch} images, got {len(batch)}")
+    if not np.can_cast(batch.dtype, dtype, casting="same_kind"):
+        raise EdgeclsError(f"{plan} takes {dtype} input, got {batch.dtype}")
+
+
+class _Engine:
+    """The TensorRT objects and device buffers of an open plan, released in the one safe order (context, engine,
+    runtime, then the memory and the CUDA context they live in), by close() or when the runner is collected."""
+
+    runtime: trt.Runtime  # set one by one while the plan is opened; release() drops whichever were set
+    engine: trt.ICudaEngine
+    context: trt.IExecutionContext
+
+    def __init__(self, cuda: CudaBinding) -> None:
+        self.cuda = cuda
+        self.buffers: Dict[str, Buffer] = {}
+
+    def release(self) -> None:
+        try:
+            with self.cuda.current():  # TensorRT frees its objects with the context current
+                self._drop_tensorrt_objects()
+        except Exception:  # noqa: BLE001 - no context to push (e.g. at exit): they go without it; this must not raise
+            self._drop_tensorrt_objects()
+        finally:
+            self.buffers = {}
+            self.cuda.close()
+
+    def _drop_tensorrt_objects(self) -> None:
+        for name in ("context", "engine", "runtime"):  # each holds the next alive: drop them in this order
+            self.__dict__.pop(name, None)
 
 
 class TensorRTRunner(Runner):
@@ -53,131 +135,151 @@ class TensorRTRunner(Runner):
 
     def __init__(self, path: str | Path) -> None:
         super().__init__(path)
-        self.manifest: EngineManifest | None = None
-        self.cuda: Any = None
-        self.gpu: tuple[str, str] = ("?", "?")
+        self.manifest: Optional[EngineManifest] = None
         self.trt_version = "?"
+        self._open_engine: Optional[_Engine] = None
+        self._release: Optional[weakref.finalize] = None
+
+    @property
+    def cuda(self) -> Optional[CudaBinding]:
+        return None if self._open_engine is None else self._open_engine.cuda
 
     def _open(self) -> None:
         self.manifest = EngineManifest.read(self.path)
         self.metadata = self.manifest.model
-        try:
-            import tensorrt as trt
-        except ImportError as exc:
-            raise EdgeclsError(
-                f"TensorRT is not installed; {self.path} needs TensorRT {self.manifest.tensorrt_version} "
-                "(it comes with JetPack on a Jetson) and a GPU"
-            ) from exc
+        problem = tensorrt_problem()
+        if problem is not None:
+            raise EdgeclsError(f"{self.path} needs TensorRT {self.manifest.tensorrt_version} and a GPU: {problem}")
+        import tensorrt as trt
+
         self.trt_version = trt.__version__
-        self.cuda = open_cuda()
+        state = _Engine(open_cuda())
+        self._open_engine = state
+        self._release = weakref.finalize(self, state.release)  # close(), or when the runner is collected
         try:
-            self._load()
+            with state.cuda.current():
+                self._load(state)
+        except (RuntimeError, TypeError, AttributeError, ValueError) as exc:  # pybind11's, for what TensorRT refused
+            self._close()
+            raise EdgeclsError(f"TensorRT {self.trt_version} failed to open {self.path}: {first_line(exc)}; "
+                               "rebuild it here with `edgecls build`") from exc
         except BaseException:
             self._close()  # nothing half-open stays behind: buffers, stream, engine
             raise
 
-    def _load(self) -> None:
+    def _load(self, state: _Engine) -> None:
         import tensorrt as trt  # imported here, not passed in, so that mypy checks each call against the version's API
 
-        self.gpu = self.cuda.device_info()
-        check_compatibility(self.path, self.manifest, self.trt_version, *self.gpu)
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)
-        self._engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
-        if self._engine is None:  # TensorRT logs the cause and returns None rather than raising
-            message = _mismatch(self.manifest, self.trt_version, *self.gpu)
-            raise EdgeclsError(f"TensorRT could not deserialize {self.path}, which {message}")
-        self._context = self._engine.create_execution_context()
-        if self._context is None:
+        manifest = self.manifest
+        assert manifest is not None  # read by _open first
+        gpu = state.cuda.gpu
+        check_compatibility(self.path, manifest, self.trt_version, gpu.name, gpu.compute_capability)
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        state.runtime = runtime
+        if manifest.dla_core is not None:
+            if manifest.dla_core >= runtime.num_DLA_cores:
+                raise EdgeclsError(f"{self.path} runs on DLA core {manifest.dla_core}, which this device lacks "
+                                   f"({runtime.num_DLA_cores} DLA cores); rebuild it with another --dla or none")
+            runtime.DLA_core = manifest.dla_core  # read when the plan is deserialized
+        engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if engine is None:  # TensorRT logs the cause and returns None rather than raising
+            raise EdgeclsError(f"TensorRT {self.trt_version} could not deserialize {self.path}, which "
+                               f"{_built_for(manifest)} (its log above says why); rebuild it with `edgecls build`")
+        state.engine = engine
+        context = engine.create_execution_context()
+        if context is None:
             raise EdgeclsError(f"TensorRT could not create an execution context for {self.path}; "
                                "is the GPU out of memory?")
-        self._bind()
+        state.context = context
+        self._bind(state)
 
-    def _bind(self) -> None:
+    def _bind(self, state: _Engine) -> None:
         """Allocate every I/O tensor for the largest batch once; their addresses never change afterwards."""
         import tensorrt as trt
 
-        assert self.manifest is not None  # read by _open before anything else
-        batch = self.manifest.batch
-        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
-        shapes = {name: tuple(self._engine.get_tensor_shape(name)) for name in names}
-        modes = {name: self._engine.get_tensor_mode(name) for name in names}
+        assert self.manifest is not None
+        engine = state.engine
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        shapes = {name: tuple(engine.get_tensor_shape(name)) for name in names}
+        modes = {name: engine.get_tensor_mode(name) for name in names}
         if modes.get(self.input_name) != trt.TensorIOMode.INPUT or modes.get(self.output_name) != trt.TensorIOMode.OUTPUT:
             raise EdgeclsError(f"{self.path} lacks the input {self.input_name!r} or output {self.output_name!r}; rebuild it")
         first = shapes[self.input_name][0]
         if first >= 1:  # static batch
             self.min_batch = self.max_batch = int(first)
         else:
-            self.min_batch, self.max_batch = batch["min"], batch["max"]
-        self._buffers = {}
+            self.min_batch, self.max_batch = self.manifest.batch["min"], self.manifest.batch["max"]
         for name in names:
-            dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(name)))
+            dtype = numpy_dtype(engine.get_tensor_dtype(name).name, name, self.path)
             shape = (self.max_batch, *(int(d) for d in shapes[name][1:]))
-            self._buffers[name] = self.cuda.allocate(shape, dtype)
-            self._context.set_tensor_address(name, self._buffers[name].device)
+            state.buffers[name] = state.cuda.allocate(shape, dtype)
+            if not state.context.set_tensor_address(name, state.buffers[name].device):
+                raise EdgeclsError(f"TensorRT refused the buffer of tensor {name!r} of {self.path} "
+                                   "(its log above says why); rebuild the engine with `edgecls build`")
 
     def _close(self) -> None:
-        # Release TensorRT objects before the memory and stream they use; context before engine before runtime.
-        for attribute in ("_context", "_engine", "_runtime", "_logger"):
-            if hasattr(self, attribute):
-                delattr(self, attribute)
-        self._buffers = {}  # their memory goes with the CUDA helper: a later infer() must not find them
-        if self.cuda is not None:
-            self.cuda.close()
-            self.cuda = None
+        if self._release is not None:
+            self._release()  # runs _Engine.release once, whichever comes first: this or garbage collection
+        self._open_engine, self._release = None, None
 
-    def _stage(self, batch: np.ndarray) -> int:
-        """Copy one input batch to the device and set its shape; returns the batch size."""
-        if not self.active:
+    def _state(self) -> _Engine:
+        if not self.active or self._open_engine is None:
             raise EdgeclsError(f"{self.path} is closed; run it inside `with` or after activate()")
+        return self._open_engine
+
+    def _stage(self, state: _Engine, batch: np.ndarray) -> int:
+        """Copy one input batch to the device and set its shape; returns the batch size. Context pushed by caller."""
+        buffer = state.buffers[self.input_name]
+        check_input(self.path, batch, buffer.host.shape[1:], buffer.host.dtype, self.min_batch,
+                    self.max_batch or len(batch))
         count = len(batch)
-        if not self.min_batch <= count <= (self.max_batch or count):
-            raise EdgeclsError(
-                f"{self.path} accepts batches of {self.min_batch} to {self.max_batch} images, got {count}"
-            )
-        buffer = self._buffers[self.input_name]
         np.copyto(buffer.host[:count], batch, casting="same_kind")
-        if not self._context.set_input_shape(self.input_name, tuple(buffer.host[:count].shape)):
+        if not state.context.set_input_shape(self.input_name, tuple(buffer.host[:count].shape)):
             raise EdgeclsError(f"{self.path} does not accept input of shape {buffer.host[:count].shape}; rebuild it")
-        self.cuda.to_device(buffer, buffer.host[:count].nbytes)
+        state.cuda.to_device(buffer, buffer.host[:count].nbytes)
         return count
 
-    def _execute(self) -> None:
-        if not self._context.execute_async_v3(self.cuda.stream_handle):
+    def _execute(self, state: _Engine) -> None:
+        if not state.context.execute_async_v3(state.cuda.stream_handle):
             raise EdgeclsError(f"TensorRT failed to run {self.path}; see TensorRT's log above")
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        count = self._stage(feed[self.input_name])
-        self._execute()
-        output = self._buffers[self.output_name]
-        self.cuda.to_host(output, output.host[:count].nbytes)
-        self.cuda.synchronize()
-        return {self.output_name: output.host[:count].astype(np.float32)}  # a copy: the buffer is reused
+        state = self._state()
+        with state.cuda.current():
+            count = self._stage(state, feed[self.input_name])
+            self._execute(state)
+            output = state.buffers[self.output_name]
+            state.cuda.to_host(output, output.host[:count].nbytes)
+            state.cuda.synchronize()
+            return {self.output_name: output.host[:count].astype(np.float32)}  # a copy: the buffer is reused
 
     def model_only(self, feed: dict[str, np.ndarray]) -> Callable[[], None] | None:
-        count = self._stage(feed[self.input_name])
-        self.cuda.synchronize()
-        shape = (count, *self._buffers[self.input_name].host.shape[1:])
+        state = self._state()
+        with state.cuda.current():
+            count = self._stage(state, feed[self.input_name])
+            state.cuda.synchronize()
+        shape = (count, *state.buffers[self.input_name].host.shape[1:])
 
         def run() -> None:
-            self._context.set_input_shape(self.input_name, shape)
-            self._execute()
-            self.cuda.synchronize()
+            with state.cuda.current():
+                state.context.set_input_shape(self.input_name, shape)
+                self._execute(state)
+                state.cuda.synchronize()
 
         return run
 
     def describe(self) -> dict[str, Any]:
         built = self.manifest
+        cuda = self.cuda
         return {
             "backend": self.backend,
-            "device": "gpu",
+            "device": "gpu" if built is None or built.dla_core is None else f"dla:{built.dla_core}",
             "tensorrt": self.trt_version,
-            "gpu_name": self.gpu[0],
-            "compute_capability": self.gpu[1],
-            "cuda_helper": getattr(self.cuda, "name", None),
+            "gpu_name": cuda.gpu.name if cuda else "?",
+            "compute_capability": cuda.gpu.compute_capability if cuda else "?",
+            "cuda_helper": cuda.name if cuda else None,
             "built_with": None if built is None else {"tensorrt_version": built.tensorrt_version,
                                                       "gpu_name": built.gpu_name,
                                                       "compute_capability": built.compute_capability},
             "batch": {"min": self.min_batch, "max": self.max_batch},
         }
-

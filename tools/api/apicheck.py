@@ -8,6 +8,9 @@
   all in plugin classes. mypy refuses the whole package for them, so each such `def` line gets `*args, **kwargs`
   parameters, its name and return type unchanged; everything else is the package as published.
 - `run_mypy(modules, stub_dirs)`: mypy on the TensorRT-facing modules with those stubs first on its search path.
+- `broken_tensorrt_uses(modules)`: TensorRT names that exist but fail at run time on a supported version (KNOWN_BROKEN).
+- `module_uses` + `check_uses_live` / `check_uses_recorded`: cuda-python (installed, and a recorded 12.9 list) and
+  pycuda (recorded lists) names the CUDA helper uses.
 - `missing_build_option_names(api, version)`: every enum member name `edgecls.engines.build_options` returns for a
   version, for every precision, that the version's API lacks (these are looked up with getattr, which mypy
   cannot check).
@@ -31,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 
 # The modules that touch TensorRT / CUDA. Keep this list short and current: the checks follow the code's imports.
-TENSORRT_MODULES = ("edgecls/engines.py", "edgecls/runtime/tensorrt_backend.py")
+TENSORRT_MODULES = ("edgecls/engines.py", "edgecls/runtime/tensorrt_backend.py", "edgecls/doctor.py")
 CUDA_MODULES = ("edgecls/runtime/cuda_memory.py",)
 
 # Recorded TensorRT name lists: version label -> file. "10.13" is checked with tensorrt-stubs instead (PyPI).
@@ -304,9 +307,38 @@ def stub_enum_members(pyi_dir: Path, enum: str) -> set[str]:
     return set()
 
 
+# ---------------------------------------------------------------------------------- names that exist but break
+
+# TensorRT names that exist in a supported version's API (so mypy accepts them) but fail there at run time.
+KNOWN_BROKEN = {
+    "nptype": "TensorRT 8.5.2's trt.nptype builds its table with np.bool, which numpy 1.24 removed, so it raises "
+              "AttributeError for every type on JetPack 5 (python/packaging/tensorrt/__init__.py@8.5.2; fixed in 8.6); "
+              "map DataType names to numpy instead",
+}
+
+
+def broken_tensorrt_uses(modules: Iterable[str]) -> list[str]:
+    """Every use of a KNOWN_BROKEN name, as `trt.<name>` (the code imports tensorrt as trt) or imported by name."""
+    found = []
+    for path in modules:
+        tree = ast.parse((ROOT / path).read_text(), filename=path)
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "trt":
+                names = [node.attr]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "tensorrt":
+                names = [alias.name for alias in node.names]
+            found += [f"{path}:{node.lineno}: {name}: {KNOWN_BROKEN[name]}" for name in names if name in KNOWN_BROKEN]
+    return found
+
+
 # --------------------------------------------------------------------------------------------- cuda-python
 
 CUDA_LISTS = {"12.9": "cuda-bindings-12.9.json"}  # recorded with tools/api/cuda_names.py; the installed 13.x is read live
+# pycuda (JetPack 5's binding) does not install here: its names at two releases, read from its sources by
+# tools/api/pycuda_names.py (names only: Boost.Python keeps argument counts in C++).
+PYCUDA_LISTS = {"2022.1": "pycuda-2022.1.json", "2026.1": "pycuda-2026.1.json"}
+PYCUDA_PREFIXES = ("pycuda.",)
 
 
 class Use:

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-MODULES = ("cuda.bindings.runtime", "cuda.bindings.driver")
+MODULES = ("cuda.bindings.runtime", "cuda.bindings.driver", "cuda.bindings.utils")
 
 
 def describe_callable(obj: Any) -> Optional[dict[str, Any]]:
