@@ -303,3 +303,23 @@ def test_bench_all_gates_fail_on_a_file_that_cannot_run(export_dir, tiny_data_di
     assert code == 0 and "not a readable ONNX model" in output  # without gates: reported, not fatal
     code, output = bench(*common, "--min-agreement", "90")
     assert code == 1, output
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU (none here)")
+def test_every_cuda_variant_answers_like_the_reference(export_dir, tiny_data_dir, trained_checkpoint, tmp_path):
+    out_json = tmp_path / "cuda.json"
+    code, output = bench("--engine", str(trained_checkpoint("new2")), "--data", str(tiny_data_dir), "--device", "cuda",
+                         "--reference", str(export_dir / "new2.reference.npz"), "--json", str(out_json),
+                         "--min-agreement", "95", *FAST)
+    assert code == 0, output
+    figures = json.loads(out_json.read_text())
+    variants = {record["variant"]: record for record in figures["variants"]}
+    assert list(variants) == ["pytorch eager fp32", "pytorch eager fp16", "pytorch cuda-graph fp32",
+                              "pytorch cuda-graph fp16"]
+    for name, record in variants.items():
+        assert record["parity"]["reference"].endswith("new2.reference.npz") and name in output
+        limit = 1e-3 if name.endswith("fp32") else 5e-2  # fp32 without TF32 follows the CPU's float32 closely
+        assert record["parity"]["max_abs_logit_diff"] < limit, (name, record["parity"])
+    timed = {t["variant"] for t in figures["timings"]}
+    assert timed == set(variants) and figures["model"]["tf32"] is False
+    assert all(t["pipelined_images_per_s"] > 0 for t in figures["timings"] if t["scope"] == "model-only")

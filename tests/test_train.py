@@ -1,4 +1,5 @@
 import json
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -154,6 +155,11 @@ def test_cli_bad_input_exits_non_zero_with_one_line(tiny_data_dir, trained_check
         (["train", "--lr", "-1", "--data", str(tiny_data_dir), "--out", str(tmp_path)], "learning rate must be positive"),
         (["train", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path)], str(tmp_path / "nothing")),
         (["eval", "--checkpoint", str(tmp_path / "absent.pt"), "--data", str(tiny_data_dir)], "does not exist"),
+        (["train", "--device", "meta", "--data", str(tiny_data_dir), "--out", str(tmp_path)],
+         "edgecls runs on the CPU or a CUDA GPU, not on meta"),
+        (["train", "--device", "mps", "--data", str(tiny_data_dir), "--out", str(tmp_path)], "not on mps"),
+        (["eval", "--checkpoint", str(existing), "--device", "meta", "--data", str(tiny_data_dir)], "not on meta"),
+        (["train", "--seed", "-1", "--data", str(tiny_data_dir), "--out", str(tmp_path)], "--seed -1 is negative"),
     ):
         result = runner.invoke(main, args)
         assert result.exit_code == 2, result.output
@@ -412,3 +418,53 @@ def stop_after(epochs: int):
             raise Interrupted
 
     return stop
+
+
+def test_every_torch_cuda_call_names_its_device():
+    """With --device cuda:1 a bare torch.cuda.synchronize() or get_rng_state() acts on the current GPU, not ours."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    needs_device = {"synchronize": 1, "get_rng_state": 1, "set_rng_state": 2, "current_stream": 1, "Stream": 1,
+                    "get_device_name": 1, "get_device_capability": 1, "get_device_properties": 1,
+                    "max_memory_allocated": 1, "reset_peak_memory_stats": 1, "memory_allocated": 1}
+    calls = 0
+    for path in [*(root / "edgecls").rglob("*.py"), root / "benchmarks" / "device_check.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            function = node.func if isinstance(node, ast.Call) else None
+            if (isinstance(function, ast.Attribute) and function.attr in needs_device
+                    and ast.unparse(function.value) == "torch.cuda"):
+                calls += 1
+                given = len(node.args) + sum(k.arg in ("device", "new_state") for k in node.keywords)
+                assert given >= needs_device[function.attr], f"{path.name}:{node.lineno}: {ast.unparse(node)}"
+    assert calls >= 8  # train, device, torch_backend and the device check make such calls
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none here)")
+
+
+@cuda
+def test_a_cuda_run_saves_cpu_tensors_and_refuses_a_cpu_resume_in_one_line(tiny_cifar, tmp_path):
+    import subprocess
+    import sys
+
+    device = f"cuda:{torch.cuda.device_count() - 1}"  # the last GPU: not the current one where there are several
+    options = {**FAST, "epochs": 2, "device": device}
+    with pytest.raises(Interrupted):
+        train("new1", tiny_cifar, out_dir=tmp_path, on_epoch_end=stop_after(1), **options)
+    path = tmp_path / "new1.pt"
+    assert load_checkpoint(path).train_args["device"] == "cuda"
+    # a plain torch.load (no map_location) on a machine without a GPU: every tensor, momentum buffers too, on the CPU
+    script = ("import sys, torch; record = torch.load(sys.argv[1], weights_only=True); "
+              "found = []; walk = lambda v: [walk(x) for x in (v.values() if isinstance(v, dict) else v)] "
+              "if isinstance(v, (dict, list, tuple)) else found.append(v) if isinstance(v, torch.Tensor) else None; "
+              "walk(record); assert found and all(t.device.type == 'cpu' for t in found); "
+              "assert len(record['resume']['optimizer']['state']) > 0; print(len(found))")
+    loaded = subprocess.run([sys.executable, "-c", script, str(path)], env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+                            capture_output=True, text=True)
+    assert loaded.returncode == 0, loaded.stderr
+    with pytest.raises(EdgeclsError, match="was trained on cuda, this run is on cpu") as error:
+        train("new1", tiny_cifar, out_dir=tmp_path, resume=True, **{**options, "device": "cpu"})
+    assert "\n" not in str(error.value)
+    resumed = train("new1", tiny_cifar, out_dir=tmp_path, resume=True, **options)
+    assert [h.epoch for h in resumed.history] == [1, 2] and resumed.test_accuracy > 20
