@@ -18,6 +18,7 @@ short keeps what it measured; a table of the figures is printed at the end.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import re
@@ -101,6 +102,12 @@ class DeviceCheck:
                                        "stages": {}, "runs": []}
 
     # ------------------------------------------------------------------------------------------ machinery
+    @property
+    def dataset(self) -> Cifar10:
+        """The data, once the data stage has loaded it (the stages after it run only then)."""
+        assert self.data is not None, "the data stage has not loaded the data"
+        return self.data
+
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
@@ -198,7 +205,6 @@ class DeviceCheck:
     def training_run(self, name: str, recipe: str, seed: int = 0, val_split: Optional[int] = None,
                      epochs: Optional[int] = None, eval_every: int = 0) -> dict[str, Any]:
         """Train, then measure single-crop and mirrored accuracy; appended to the report's runs."""
-        assert self.data is not None
         val_split = self.scale.val_split if val_split is None else val_split
         epochs = epochs or self.scale.epochs
         plan = training_plan(recipe, epochs, self.scale.batch_size)
@@ -213,7 +219,7 @@ class DeviceCheck:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         started = time.perf_counter()
-        result = train(MODEL, self.data, recipe=recipe, epochs=epochs, batch_size=self.scale.batch_size, seed=seed,
+        result = train(MODEL, self.dataset, recipe=recipe, epochs=epochs, batch_size=self.scale.batch_size, seed=seed,
                        val_split=val_split, device=str(self.device), out_dir=out, eval_every=eval_every,
                        progress=False, on_epoch_end=progress, cudnn_benchmark=self.cudnn_benchmark)
         wall = time.perf_counter() - started
@@ -226,8 +232,8 @@ class DeviceCheck:
     def describe_run(self, name: str, recipe: str, seed: int, val_split: int, plan: Any, result: TrainResult,
                      wall: float) -> dict[str, Any]:
         saved = load_checkpoint(result.checkpoint)
-        mirrored = accuracy(torch_logits(saved.build_model().to(self.device), self.data.test_images, saved.preprocess,
-                                         batch_size=1000, device=self.device, mirror=True), self.data.test_labels)
+        mirrored = accuracy(torch_logits(saved.build_model().to(self.device), self.dataset.test_images, saved.preprocess,
+                                         batch_size=1000, device=self.device, mirror=True), self.dataset.test_labels)
         seconds = [h.seconds for h in result.history]
         return {
             "name": name, "recipe": recipe, "seed": seed, "epochs": plan.epochs, "batch_size": plan.batch_size,
@@ -251,7 +257,7 @@ class DeviceCheck:
         epochs = self.scale.benchmark_epochs
         medians = {}
         for mode in (True, False):
-            result = train(MODEL, self.data, epochs=epochs, batch_size=self.scale.batch_size, val_split=self.scale.val_split,
+            result = train(MODEL, self.dataset, epochs=epochs, batch_size=self.scale.batch_size, val_split=self.scale.val_split,
                            device=str(self.device), out_dir=self.out / "runs" / f"benchmark-{mode}", progress=False,
                            cudnn_benchmark=mode)
             later = [h.seconds for h in result.history[1:]] or [result.history[0].seconds]
@@ -271,7 +277,7 @@ class DeviceCheck:
             raise StageFailed(f"no accuracy in the output of `{result['command']}`")
         result["accuracy"], result["images"] = float(found[1]), int(found[2].replace(",", ""))
         flipped = abs(result["accuracy"] - run["test_accuracy"]) * result["images"] / 100
-        if result["images"] == len(self.data.test_images) and flipped > 2.5:
+        if result["images"] == len(self.dataset.test_images) and flipped > 2.5:
             raise StageFailed(f"eval says {result['accuracy']:.2f}%, training measured {run['test_accuracy']:.2f}%")
         return result
 
@@ -358,12 +364,13 @@ class DeviceCheck:
     def estimate(self, recipe: str, epochs: Optional[int] = None, val_split: Optional[int] = None) -> float:
         """Seconds a training run would take, from the measured wall time per sample of the first fast run."""
         first = next((run for run in self.report["runs"] if run["recipe"] == "fast"), None)
-        if first is None or self.data is None:
+        if first is None:
             return float("inf")
-        per_sample = first["wall_seconds"] / (first["epochs"] * (len(self.data.train_images) - first["val_split"]))
+        images = len(self.dataset.train_images)
+        per_sample = first["wall_seconds"] / (first["epochs"] * (images - first["val_split"]))
         plan = training_plan(recipe, epochs or self.scale.epochs, self.scale.batch_size)
         val_split = self.scale.val_split if val_split is None else val_split
-        samples = plan.epochs * (len(self.data.train_images) - val_split) * plan.crops_per_image
+        samples = plan.epochs * (images - val_split) * plan.crops_per_image
         slower = 1.0 if plan.batch_size >= first["batch_size"] else 1.5  # smaller batches keep the GPU less busy
         return samples * per_sample * slower + 5
 
@@ -383,7 +390,7 @@ class DeviceCheck:
             self.stage("CUDA checks", lambda: self.cuda_checks(first), estimate=20, key="cuda_checks")
         # In the order of what the goals need most: the seeds of the default recipe, then the best recipe.
         for seed in range(1, self.scale.seeds):
-            self.stage(f"fast, seed {seed}", lambda seed=seed: self.training_run(f"fast seed {seed}", "fast", seed=seed),
+            self.stage(f"fast, seed {seed}", functools.partial(self.training_run, f"fast seed {seed}", "fast", seed=seed),
                        estimate=self.estimate("fast"))
         best_eval_every = 0 if self.scale.epochs else training_plan("best").epochs // 8  # its accuracy curve
         self.stage("best, all training images",
@@ -394,7 +401,7 @@ class DeviceCheck:
                        estimate=self.estimate("fast", val_split=0))
         for epochs in self.scale.sweep_epochs:
             self.stage(f"fast, {epochs} epochs",
-                       lambda epochs=epochs: self.training_run(f"fast {epochs} epochs", "fast", epochs=epochs),
+                       functools.partial(self.training_run, f"fast {epochs} epochs", "fast", epochs=epochs),
                        estimate=self.estimate("fast", epochs=epochs))
         self.stage("CUDA tests", self.cuda_tests, estimate=90, key="cuda_tests")
         return self.finish()

@@ -54,17 +54,20 @@ def gpu_name(device: torch.device) -> str:
 def backend_flags(*, cudnn_benchmark: bool | None = None, tf32: bool | None = None) -> Iterator[None]:
     """Set PyTorch's process-wide cuDNN benchmark mode and TF32 permission while inside (None: leave as is), then
     restore them. PyTorch lets cuDNN run float32 convolutions in TF32 (10-bit mantissa) by default, so a figure
-    labelled fp32 is only fp32 with `tf32=False`."""
+    labelled fp32 is only fp32 with `tf32=False`. Only flags that differ are written (and written back): writing
+    one rewrites PyTorch's newer fp32_precision settings too, and an unchanged flag should leave them alone."""
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    saved = cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32
+    wanted = ([(cudnn, "benchmark", cudnn_benchmark)] +
+              [(cudnn, "allow_tf32", tf32), (matmul, "allow_tf32", tf32)])
+    changes = [(owner, name, value, getattr(owner, name)) for owner, name, value in wanted
+               if value is not None and getattr(owner, name) != value]
     try:
-        if cudnn_benchmark is not None:
-            cudnn.benchmark = cudnn_benchmark
-        if tf32 is not None:
-            cudnn.allow_tf32 = matmul.allow_tf32 = tf32
+        for owner, name, value, _ in changes:
+            setattr(owner, name, value)
         yield
     finally:
-        cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = saved
+        for owner, name, _, previous in reversed(changes):
+            setattr(owner, name, previous)
 
 
 def exact_fp32() -> contextlib.AbstractContextManager:

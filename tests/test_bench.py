@@ -194,6 +194,13 @@ def test_fp32_runs_of_a_checkpoint_are_full_float32(trained_checkpoint, tiny_cif
 
     before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     torch.backends.cudnn.allow_tf32 = True
+    # PyTorch >= 2.9 keeps these as strings too: left exactly as they were, not rewritten by the flags' restore
+    def precisions():
+        matmul, conv = torch.backends.cuda.matmul, getattr(torch.backends.cudnn, "conv", None)
+        return (torch.backends.cudnn.allow_tf32, matmul.allow_tf32, getattr(matmul, "fp32_precision", None),
+                getattr(conv, "fp32_precision", None))
+
+    untouched = precisions()
     try:
         with Classifier(TorchRunner(trained_checkpoint("new2"), device="cpu")) as classifier:
             classifier.runner.model.register_forward_pre_hook(record_flags)
@@ -205,7 +212,7 @@ def test_fp32_runs_of_a_checkpoint_are_full_float32(trained_checkpoint, tiny_cif
             wait()
             model = classifier.runner.model
         torch_logits(model, tiny_cifar.test_images[:4], classifier.preprocess)  # the reference path too
-        assert seen == [(False, False)] * 4 and torch.backends.cudnn.allow_tf32 is True
+        assert seen == [(False, False)] * 4 and torch.backends.cudnn.allow_tf32 is True and precisions() == untouched
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
 
