@@ -214,8 +214,9 @@ def warm_up(model: nn.Module, plan: Recipe, batches: DeviceBatches, loss_fn: nn.
 
 def epoch_loss(losses: torch.Tensor, model: nn.Module, epoch: int, plan: Recipe, last_path: Path,
                written: bool) -> float:
-    """The epoch's mean loss, read from the device in one transfer (the epoch's only wait for the GPU besides its
-    end); an EdgeclsError naming the first non-finite loss, or non-finite weights, so no diverged model is saved."""
+    """The epoch's mean loss, read from the device in one transfer (with the weights' check, the epoch's only reads
+    from the GPU); an EdgeclsError naming the first non-finite loss, or non-finite weights, so no diverged model is
+    saved."""
     values = losses.cpu().numpy()
     bad = np.flatnonzero(~np.isfinite(values))
     if len(bad) == 0 and weights_finite(model):
@@ -237,7 +238,7 @@ def to_cpu(value: Any) -> Any:
     """`value` with every tensor in it (at any depth of dicts, lists and tuples) copied to the CPU: a checkpoint
     must load on a machine without the GPU it was trained on."""
     if isinstance(value, torch.Tensor):
-        return value.detach().cpu().clone()
+        return value.detach().to("cpu", copy=True)  # a copy on the CPU too: the snapshot must not follow training
     if isinstance(value, dict):
         return {key: to_cpu(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
