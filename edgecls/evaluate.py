@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgecls.device import center_crop_nchw, normalize_on_device, pick_device
+from edgecls.device import center_crop_nchw, exact_fp32, normalize_on_device, pick_device
 from edgecls.metrics import accuracy, per_class_accuracy
 from edgecls.preprocess import Preprocessing
 
@@ -19,7 +19,8 @@ def torch_logits(model: nn.Module, images: np.ndarray | torch.Tensor, preprocess
     """Float32 logits of `model` (eval mode) on uint8 images (N x H x W x 3 numpy, or N x 3 x H x W tensor).
 
     Images are center-cropped and standardized exactly as the deployment preprocessing does. With `mirror`,
-    the logits of the crop and of its horizontal mirror are averaged.
+    the logits of the crop and of its horizontal mirror are averaged. Computed in full float32 (no TF32 on a GPU):
+    these logits are the reference every other precision is compared with.
     """
     device = torch.device(device or next(model.parameters()).device)
     if isinstance(images, np.ndarray):
@@ -28,13 +29,14 @@ def torch_logits(model: nn.Module, images: np.ndarray | torch.Tensor, preprocess
     std = torch.tensor(preprocess.std, device=device)
     model.eval()
     outputs = []
-    for start in range(0, len(images), batch_size):
-        batch = center_crop_nchw(images[start : start + batch_size].to(device), preprocess.crop_size)
-        batch = normalize_on_device(batch, mean, std)
-        logits = model(batch).float()
-        if mirror:
-            logits = (logits + model(batch.flip(-1)).float()) / 2
-        outputs.append(logits.cpu())
+    with exact_fp32():
+        for start in range(0, len(images), batch_size):
+            batch = center_crop_nchw(images[start : start + batch_size].to(device), preprocess.crop_size)
+            batch = normalize_on_device(batch, mean, std)
+            logits = model(batch).float()
+            if mirror:
+                logits = (logits + model(batch.flip(-1)).float()) / 2
+            outputs.append(logits.cpu())
     return torch.cat(outputs).numpy()
 
 

@@ -56,6 +56,27 @@ def measure(fn: Callable[[], Any], batch_size: int, duration: float, warmup: flo
             "calls": len(times)}
 
 
+def measure_pipelined(launch: Callable[[], Any], wait: Callable[[], Any], batch_size: int, duration: float,
+                      warmup: float, min_calls: int = 5) -> dict[str, Any]:
+    """Throughput with runs queued back to back and one wait at the end (many batches in flight, as a serving loop
+    that does not wait for each batch has them), after `warmup` seconds, over at least `duration` seconds."""
+    started = time.perf_counter()
+    while True:
+        launch()
+        launch()
+        wait()
+        if time.perf_counter() - started >= warmup:
+            break
+    calls = 0
+    started = time.perf_counter()
+    while calls < min_calls or time.perf_counter() - started < duration:
+        launch()
+        calls += 1
+    wait()
+    seconds = time.perf_counter() - started
+    return {"pipelined_images_per_s": batch_size * calls / seconds, "pipelined_calls": calls}
+
+
 def timing_images(images: np.ndarray, batch_size: int) -> np.ndarray:
     """The first `batch_size` test images (repeated when the test split is smaller)."""
     repeats = math.ceil(batch_size / len(images))
@@ -65,20 +86,29 @@ def timing_images(images: np.ndarray, batch_size: int) -> np.ndarray:
 def time_classifier(classifier: Classifier, variant: str, images: np.ndarray,
                     settings: TimingSettings) -> list[dict[str, Any]]:
     """End-to-end timings (what `classify` costs a user: preprocessing, transfers, softmax) and, where the
-    backend can separate it, the model alone on already preprocessed inputs placed where the model reads them."""
+    backend can separate it, the model alone on already preprocessed inputs placed where the model reads them: one
+    run at a time (latency, and throughput with a wait after each run) and, where the backend can queue runs,
+    pipelined throughput (many runs in flight, one wait)."""
     runner = classifier.runner
     rows = []
     for batch_size in settings.batch_sizes:
         batch = timing_images(images, batch_size)
         rows.append({"variant": variant, "scope": "end-to-end",
                      **measure(lambda: classifier.classify(batch), batch_size, settings.duration, settings.warmup,
-                               settings.min_calls)})
+                               settings.min_calls), "pipelined_images_per_s": None})
         fits = runner.min_batch <= batch_size <= (runner.max_batch or batch_size)
         if settings.model_only and fits:
-            run = runner.model_only({runner.input_name: classifier.preprocess(batch)})
+            feed = {runner.input_name: classifier.preprocess(batch)}
+            run = runner.model_only(feed)
             if run is not None:
-                rows.append({"variant": variant, "scope": "model-only",
-                             **measure(run, batch_size, settings.duration, settings.warmup, settings.min_calls)})
+                row = {"variant": variant, "scope": "model-only",
+                       **measure(run, batch_size, settings.duration, settings.warmup, settings.min_calls),
+                       "pipelined_images_per_s": None}
+                queued = runner.pipelined(feed)
+                if queued is not None:
+                    row.update(measure_pipelined(*queued, batch_size, settings.duration, settings.warmup,
+                                                 settings.min_calls))
+                rows.append(row)
     return rows
 
 

@@ -1,16 +1,21 @@
 """GPU training in the style of airbench: the whole uint8 data set lives on the device, and each batch is
 cropped, flipped and standardized there with a few batched tensor operations (no DataLoader, no per-image
-Python). SGD with Nesterov momentum, weight decay (the paper's L2), a one-cycle learning rate and label
-smoothing. Seeded: on the CPU a run, and a run interrupted and resumed, give identical weights.
+Python). SGD with constant Nesterov momentum, weight decay (the paper's L2), a one-cycle learning rate, label
+smoothing, alternating flips and, where the recipe asks, a moving average of the weights. Seeded: on the CPU a run,
+and a run interrupted and resumed, give identical weights.
 
-The loop in `train` reads top to bottom: plan -> model and optimizer -> for each epoch, the device batches ->
-loss, step -> log line and checkpoint. Its pieces (`DeviceBatches`, `make_optimizer`, `checkpoint_record`,
+The loop in `train` reads top to bottom: plan -> model and optimizer -> untimed warm-up -> for each epoch, the
+device batches -> loss, step -> one read of the epoch's losses -> log line and checkpoint. Nothing in the steps
+waits for the GPU: losses stay on the device until the epoch ends, where they are read once (and checked for
+divergence). Its pieces (`DeviceBatches`, `make_optimizer`, `WeightAverage`, `warm_up`, `checkpoint_record`,
 `restore`) are small functions of their own.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -26,13 +31,17 @@ from edgecls.artifacts import atomic_write, ensure_writable_dir, library_version
 from edgecls.checkpoint import load_checkpoint, save_checkpoint, validation_record
 from edgecls.data import Cifar10, seeded_subset
 from edgecls.defaults import CHECKPOINT_DIR, CROP_SIZE, DEFAULT_VAL_SPLIT
-from edgecls.device import normalize_on_device, pick_device
+from edgecls.device import backend_flags, gpu_name, normalize_on_device, on_device, pick_device, synchronize
 from edgecls.errors import EdgeclsError
 from edgecls.evaluate import torch_logits
 from edgecls.metrics import accuracy
 from edgecls.models import create_model
 from edgecls.preprocess import Preprocessing
-from edgecls.recipes import DEFAULT_RECIPE, Recipe, training_plan
+from edgecls.recipes import DEFAULT_RECIPE, Recipe, check_seed, training_plan
+
+# Untimed training steps before epoch 1, on throwaway copies: cuDNN/cuBLAS handles, cuDNN's algorithm search and
+# lazy kernel loading happen there. One step is enough on the CPU, which has none of these.
+WARMUP_STEPS = {"cuda": 3, "cpu": 1}
 
 
 @dataclass
@@ -52,9 +61,12 @@ class TrainResult:
     best_checkpoint: Path | None
     test_accuracy: float
     val_accuracy: float | None
-    train_seconds: float  # time in the training steps only: no evaluation, no checkpoint writing
+    train_seconds: float  # time in the training steps only: no warm-up, evaluation or checkpoint writing
     images_per_second: float
     history: list[EpochLog]
+    warmup_seconds: float = 0.0  # the untimed warm-up before the first epoch of this call
+    # With a weight average (the model saved), the test accuracy of the last training weights themselves.
+    live_test_accuracy: float | None = None
 
 
 def dataset_preprocessing(data: Cifar10) -> Preprocessing:
@@ -69,16 +81,19 @@ def dataset_preprocessing(data: Cifar10) -> Preprocessing:
                          class_names=tuple(data.class_names), input_size=data.train_images.shape[1], crop_size=CROP_SIZE)
 
 
-def random_crop_flip(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
-    """A random size x size crop of each uint8 N x C x H x W image, mirrored with probability 1/2, in two gathers."""
+def random_crop_flip(images: torch.Tensor, size: int, generator: torch.Generator,
+                     flip: torch.Tensor | None = None) -> torch.Tensor:
+    """A random size x size crop of each uint8 N x C x H x W image, mirrored where `flip` (bool, N) is true, or with
+    probability 1/2 when it is None; in two gathers."""
     n, c, height, width = images.shape
     device = images.device
     top = torch.randint(0, height - size + 1, (n, 1), device=device, generator=generator)
     left = torch.randint(0, width - size + 1, (n, 1), device=device, generator=generator)
-    flip = torch.randint(0, 2, (n, 1), device=device, generator=generator).bool()
+    if flip is None:
+        flip = torch.randint(0, 2, (n,), device=device, generator=generator).bool()
     steps = torch.arange(size, device=device)
     rows = top + steps
-    cols = left + torch.where(flip, size - 1 - steps, steps)
+    cols = left + torch.where(flip.view(n, 1), size - 1 - steps, steps)
     images = images.gather(2, rows[:, None, :, None].expand(n, c, size, width))
     return images.gather(3, cols[:, None, None, :].expand(n, c, size, size))
 
@@ -87,24 +102,40 @@ class DeviceBatches:
     """The training split resident on the device; each epoch yields standardized, augmented batches made there."""
 
     def __init__(self, data: Cifar10, preprocess: Preprocessing, plan: Recipe, device: torch.device,
-                 generator: torch.Generator) -> None:
+                 generator: torch.Generator, seed: int) -> None:
+        self.device = device
         self.images = torch.from_numpy(data.train_images).permute(0, 3, 1, 2).contiguous().to(device)
         self.labels = torch.from_numpy(data.train_labels).to(device)
         self.mean = torch.tensor(preprocess.mean, device=device, dtype=torch.float32)
         self.std = torch.tensor(preprocess.std, device=device, dtype=torch.float32)
         self.batch_size, self.crop_size, self.generator = plan.batch_size, preprocess.crop_size, generator
+        self.crops_per_image = plan.crops_per_image
         self.channels_last = device.type == "cuda"
         self.samples = len(self.images) * plan.crops_per_image
         self.steps = self.samples // plan.batch_size
         if self.steps == 0:
             raise EdgeclsError(f"batch size {plan.batch_size} exceeds the {self.samples} training samples; "
                                "use a smaller --batch-size")
+        # Alternating flips: a seeded coin toss per image decides its side the first time it is drawn; after that
+        # it changes side at each drawing. A function of the seed alone, so a resumed run needs no state for it.
+        self.first_flips = None
+        if plan.flip == "alternate":
+            tosses = torch.Generator().manual_seed(seed)
+            self.first_flips = (torch.rand(len(self.images), generator=tosses) < 0.5).to(device)
 
-    def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = torch.randperm(self.samples, device=self.images.device, generator=self.generator) % len(self.images)
+    def epoch(self, number: int, generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of epoch `number` (0-based), drawn with `generator` (default: the training's own)."""
+        generator = generator or self.generator
+        count = len(self.images)
+        order = torch.randperm(self.samples, device=self.device, generator=generator)
         for step in range(self.steps):
-            index = order[step * self.batch_size : (step + 1) * self.batch_size]
-            batch = random_crop_flip(self.images[index], self.crop_size, self.generator)
+            samples = order[step * self.batch_size : (step + 1) * self.batch_size]
+            index = samples % count
+            flip = None
+            if self.first_flips is not None:  # the how-many-th drawing of each image this is, counted over the run
+                drawing = number * self.crops_per_image + samples // count
+                flip = self.first_flips[index] ^ (drawing % 2 == 1)
+            batch = random_crop_flip(self.images[index], self.crop_size, generator, flip)
             batch = normalize_on_device(batch, self.mean, self.std)
             if self.channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
@@ -113,7 +144,8 @@ class DeviceBatches:
 
 def make_optimizer(model: nn.Module, plan: Recipe, steps: int) -> tuple[torch.optim.Optimizer, Any]:
     """SGD with Nesterov momentum (weight decay on weights only, not on batch-norm parameters and biases) and its
-    one-cycle learning-rate schedule over `steps` steps."""
+    one-cycle learning-rate schedule over `steps` steps. The momentum stays at `plan.momentum` throughout:
+    OneCycleLR would otherwise cycle it between 0.95 and 0.85 and ignore the recipe's value."""
     decay, no_decay = [], []
     for param in model.parameters():
         (decay if param.ndim > 1 else no_decay).append(param)
@@ -121,9 +153,97 @@ def make_optimizer(model: nn.Module, plan: Recipe, steps: int) -> tuple[torch.op
                                  {"params": no_decay, "weight_decay": 0.0}],
                                 lr=plan.lr, momentum=plan.momentum, nesterov=True)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=plan.lr, total_steps=steps, pct_start=plan.warmup,
-        anneal_strategy="linear", div_factor=10.0, final_div_factor=100.0)
+        optimizer, max_lr=plan.lr, total_steps=steps, pct_start=plan.warmup, anneal_strategy="linear",
+        cycle_momentum=False, div_factor=10.0, final_div_factor=100.0)
     return optimizer, scheduler
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights and batch-norm statistics, kept in a copy of the model
+    and updated on the device after every step (no host sync). Its time constant is `fraction` of `total_steps`."""
+
+    def __init__(self, model: nn.Module, fraction: float, total_steps: int) -> None:
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.weight = 1 - math.exp(-1 / (fraction * total_steps))  # how far each step moves toward the weights
+        pairs = list(zip(self.model.state_dict().values(), model.state_dict().values()))
+        self._averaged = [mine for mine, theirs in pairs if mine.is_floating_point()]
+        self._live = [theirs for mine, theirs in pairs if mine.is_floating_point()]
+        # batch norm's num_batches_tracked: copied, not averaged
+        self._counted = [mine for mine, theirs in pairs if not mine.is_floating_point()]
+        self._counts = [theirs for mine, theirs in pairs if not mine.is_floating_point()]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        torch._foreach_lerp_(self._averaged, self._live, self.weight)
+        torch._foreach_copy_(self._counted, self._counts)
+
+
+def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, images: torch.Tensor,
+                  labels: torch.Tensor) -> torch.Tensor:
+    """One optimizer step (bf16 autocast on CUDA); returns the loss, still on the device."""
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=images.device.type == "cuda"):
+        loss = loss_fn(model(images), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def warm_up(model: nn.Module, plan: Recipe, batches: DeviceBatches, loss_fn: nn.Module, steps: int) -> float:
+    """Run `steps` training steps on throwaway copies of the model and optimizer, with batches of a generator of
+    its own, and wait for them; the model, the training's generator and the RNG states are left exactly as they
+    were. Returns the seconds it took (not training time)."""
+    device = batches.device
+    started = time.perf_counter()
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    scratch = copy.deepcopy(model).train()
+    optimizer, _ = make_optimizer(scratch, plan, max(steps, 2))
+    average = WeightAverage(scratch, plan.ema, plan.epochs * batches.steps) if plan.ema else None
+    throwaway = torch.Generator(device=device).manual_seed(0)
+    for _, (images, labels) in zip(range(steps), batches.epoch(0, throwaway)):
+        training_step(scratch, optimizer, loss_fn, images, labels)
+        if average:
+            average.update()
+    synchronize(device)
+    torch.set_rng_state(cpu_rng)
+    if cuda_rng is not None:
+        torch.cuda.set_rng_state(cuda_rng, device)
+    return time.perf_counter() - started
+
+
+def epoch_loss(losses: torch.Tensor, model: nn.Module, epoch: int, plan: Recipe, last_path: Path,
+               written: bool) -> float:
+    """The epoch's mean loss, read from the device in one transfer (with the weights' check, the epoch's only reads
+    from the GPU); an EdgeclsError naming the first non-finite loss, or non-finite weights, so no diverged model is
+    saved."""
+    values = losses.cpu().numpy()
+    bad = np.flatnonzero(~np.isfinite(values))
+    if len(bad) == 0 and weights_finite(model):
+        return float(values.mean())
+    where = (f"the loss became {values[bad[0]]} at epoch {epoch}, step {bad[0] + 1} of {len(values)}" if len(bad)
+             else f"the weights became non-finite in epoch {epoch}")
+    kept = (f"{last_path} holds the last good epoch ({epoch - 1})" if written
+            else f"{last_path} was left as it was" if last_path.exists() else "no checkpoint was written")
+    raise EdgeclsError(f"training diverged: {where}; {kept}; use a smaller learning rate (--lr, this run's peak "
+                       f"was {plan.lr:g})")
+
+
+def weights_finite(model: nn.Module) -> bool:
+    tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
+def to_cpu(value: Any) -> Any:
+    """`value` with every tensor in it (at any depth of dicts, lists and tuples) copied to the CPU: a checkpoint
+    must load on a machine without the GPU it was trained on."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)  # a copy on the CPU too: the snapshot must not follow training
+    if isinstance(value, dict):
+        return {key: to_cpu(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_cpu(item) for item in value)
+    return value
 
 
 def checkpoint_record(model_name: str, model: nn.Module, data: Cifar10, preprocess: Preprocessing,
@@ -133,12 +253,12 @@ def checkpoint_record(model_name: str, model: nn.Module, data: Cifar10, preproce
     fingerprint names what the model was trained on), `validation` the held-out split."""
     return {
         "model": model_name, "model_config": {"num_classes": len(data.class_names)},
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "state_dict": to_cpu(model.state_dict()),
         "preprocess": preprocess.to_dict(), "epoch": epoch, "epochs": train_args["epochs"],
         "test_accuracy": accuracies.test_accuracy if accuracies else None,
         "val_accuracy": accuracies.val_accuracy if accuracies else None,
         "data_fingerprint": data.fingerprint, "validation": validation, "train_args": train_args,
-        "versions": library_versions("torch", "numpy"), "device": _device_name(device),
+        "versions": library_versions("torch", "numpy"), "device": gpu_name(device),
     }
 
 
@@ -177,102 +297,115 @@ def train(
     eval_every: int = 0,
     resume: bool = False,
     progress: bool = True,
+    cudnn_benchmark: bool = True,
     on_epoch_end: Callable[[EpochLog], None] | None = None,
 ) -> TrainResult:
     """Train `model_name` on `data` and write checkpoints/<model>.pt (last) and, with eval_every, <model>.best.pt.
 
     `val_split` training images (seeded) are held out: training never sees them, and `eval_every` picks best.pt by
     accuracy on them; the test split is only reported. With `val_split=0`, best.pt is picked on the test split.
+    `cudnn_benchmark`: let cuDNN time its algorithms for the (fixed) batch shape, on CUDA.
     """
     plan = training_plan(recipe, epochs, batch_size, lr)
+    check_seed(seed)
     create_model(model_name)  # fail on an unknown name before touching any file
     last_path, best_path, log_path = checkpoint_paths(out_dir, model_name)
     ensure_writable_dir(out_dir)
     dev = pick_device(device)
-    train_args = {"model": model_name, "recipe": recipe, **asdict(plan), "seed": seed, "val_split": val_split}
+    train_args = {"model": model_name, "recipe": recipe, **asdict(plan), "seed": seed, "val_split": val_split,
+                  "device": dev.type}
     training_data, val_images, val_labels, validation = validation_split(data, val_split, seed)
 
     preprocess = dataset_preprocessing(training_data)
     torch.manual_seed(seed)
-    on_gpu = dev.type == "cuda"
-    model = create_model(model_name, num_classes=len(data.class_names)).to(dev)
-    if on_gpu:  # before the optimizer is made, so that it holds the parameters in their final layout
-        model = model.to(memory_format=torch.channels_last)
-    generator = torch.Generator(device=dev).manual_seed(seed)
-    batches = DeviceBatches(training_data, preprocess, plan, dev, generator)
-    optimizer, scheduler = make_optimizer(model, plan, plan.epochs * batches.steps)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=plan.label_smoothing)
-    start_epoch, best_accuracy, history = 0, -1.0, []
-    if resume:
-        start_epoch, best_accuracy, history = restore(last_path, train_args, data.fingerprint, model, optimizer,
-                                                      scheduler, generator)
-    if not on_gpu and progress:
-        tqdm.write("edgecls: no CUDA GPU found: training on the CPU, which is slow (use a GPU for full runs)")
+    with on_device(dev), backend_flags(cudnn_benchmark=cudnn_benchmark and dev.type == "cuda"):
+        model = create_model(model_name, num_classes=len(data.class_names)).to(dev)
+        if dev.type == "cuda":  # before the optimizer is made, so that it holds the parameters in their final layout
+            model = model.to(memory_format=torch.channels_last)
+        generator = torch.Generator(device=dev).manual_seed(seed)
+        batches = DeviceBatches(training_data, preprocess, plan, dev, generator, seed)
+        optimizer, scheduler = make_optimizer(model, plan, plan.epochs * batches.steps)
+        average = WeightAverage(model, plan.ema, plan.epochs * batches.steps) if plan.ema else None
+        loss_fn = nn.CrossEntropyLoss(label_smoothing=plan.label_smoothing)
+        start_epoch, best_accuracy, history = 0, -1.0, []
+        if resume:
+            start_epoch, best_accuracy, history = restore(last_path, train_args, data.fingerprint, model, average,
+                                                          optimizer, scheduler, generator)
+        if dev.type != "cuda" and progress:
+            tqdm.write("edgecls: no CUDA GPU found: training on the CPU, which is slow (use a GPU for full runs)")
+        warmup_seconds = warm_up(model, plan, batches, loss_fn, WARMUP_STEPS[dev.type])
+        saved_model = average.model if average else model  # the model that is evaluated and saved
 
-    bar = tqdm(total=plan.epochs * batches.steps, initial=start_epoch * batches.steps, unit="step",
-               disable=not progress, dynamic_ncols=True, desc=f"{model_name} {dev.type}")
-    resume_state: dict[str, Any] | None = None
-    try:
-        for epoch in range(start_epoch, plan.epochs):
-            model.train()
-            started = time.perf_counter()
-            loss_sum = torch.zeros((), device=dev)
-            for step, (images, labels) in enumerate(batches.epoch()):
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=on_gpu):
-                    loss = loss_fn(model(images), labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                lr_used = optimizer.param_groups[0]["lr"]
-                scheduler.step()
-                loss_sum += loss.detach()
-                if progress and (step % 10 == 0 or step == batches.steps - 1):
-                    rate = (step + 1) * plan.batch_size / max(time.perf_counter() - started, 1e-9)
-                    bar.set_postfix(epoch=f"{epoch + 1}/{plan.epochs}", loss=f"{loss.item():.3f}",
-                                    lr=f"{lr_used:.3g}", img_s=f"{rate:,.0f}", refresh=False)
-                bar.update(1)
-            if on_gpu:
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - started
-            entry = EpochLog(epoch + 1, float(loss_sum.item()) / batches.steps, float(lr_used),
-                             round(seconds, 3), round(batches.steps * plan.batch_size / seconds, 1))
-            if eval_every and ((epoch + 1) % eval_every == 0 or epoch + 1 == plan.epochs):
-                measure_accuracies(entry, model, data, val_images, val_labels, preprocess, dev)
-                chosen_by = entry.test_accuracy if entry.val_accuracy is None else entry.val_accuracy
-                if chosen_by > best_accuracy:
-                    best_accuracy = chosen_by
-                    save_checkpoint(best_path, checkpoint_record(model_name, model, data, preprocess, train_args,
-                                                                 validation, epoch + 1, entry, dev))
-                bar.write(f"epoch {epoch + 1}: " + _accuracies_text(entry))
-            history.append(entry)
-            state = checkpoint_record(model_name, model, data, preprocess, train_args, validation, epoch + 1,
-                                      entry, dev)
-            state["resume"] = resume_state = {
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state() if on_gpu else None,
-                "best_accuracy": best_accuracy, "history": [asdict(h) for h in history]}
+        bar = tqdm(total=plan.epochs * batches.steps, initial=start_epoch * batches.steps, unit="step",
+                   disable=not progress, dynamic_ncols=True, desc=f"{model_name} {dev.type}")
+        resume_state: dict[str, Any] | None = None
+        try:
+            for epoch in range(start_epoch, plan.epochs):
+                model.train()
+                losses = torch.zeros(batches.steps, device=dev)
+                synchronize(dev)
+                started = time.perf_counter()
+                for step, (images, labels) in enumerate(batches.epoch(epoch)):
+                    losses[step] = training_step(model, optimizer, loss_fn, images, labels)
+                    lr_used = optimizer.param_groups[0]["lr"]
+                    scheduler.step()
+                    if average:
+                        average.update()
+                    bar.update(1)
+                synchronize(dev)
+                seconds = time.perf_counter() - started
+                loss = epoch_loss(losses, model, epoch + 1, plan, last_path, written=epoch > start_epoch or resume)
+                entry = EpochLog(epoch + 1, loss, float(lr_used), round(seconds, 3),
+                                 round(batches.steps * plan.batch_size / seconds, 1))
+                bar.set_postfix(epoch=f"{epoch + 1}/{plan.epochs}", loss=f"{loss:.3f}", lr=f"{lr_used:.3g}",
+                                img_s=f"{entry.images_per_second:,.0f}")
+                if eval_every and ((epoch + 1) % eval_every == 0 or epoch + 1 == plan.epochs):
+                    measure_accuracies(entry, saved_model, data, val_images, val_labels, preprocess, dev)
+                    chosen_by = entry.test_accuracy if entry.val_accuracy is None else entry.val_accuracy
+                    if chosen_by > best_accuracy:
+                        best_accuracy = chosen_by
+                        save_checkpoint(best_path, checkpoint_record(model_name, saved_model, data, preprocess,
+                                                                     train_args, validation, epoch + 1, entry, dev))
+                    bar.write(f"epoch {epoch + 1}: " + _accuracies_text(entry))
+                history.append(entry)
+                state = checkpoint_record(model_name, saved_model, data, preprocess, train_args, validation,
+                                          epoch + 1, entry, dev)
+                state["resume"] = resume_state = {
+                    "optimizer": to_cpu(optimizer.state_dict()), "scheduler": scheduler.state_dict(),
+                    "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
+                    "live_state_dict": to_cpu(model.state_dict()) if average else None,
+                    "best_accuracy": best_accuracy, "history": [asdict(h) for h in history]}
+                save_checkpoint(last_path, state)
+                write_log(log_path, history)
+                if on_epoch_end:
+                    on_epoch_end(entry)
+        finally:
+            bar.close()
+
+        final = history[-1]
+        if final.test_accuracy is None:
+            measure_accuracies(final, saved_model, data, val_images, val_labels, preprocess, dev)
+            # the last checkpoint again, now with the final accuracies
+            state = checkpoint_record(model_name, saved_model, data, preprocess, train_args, validation, plan.epochs,
+                                      final, dev)
+            state["resume"] = resume_state
             save_checkpoint(last_path, state)
-            with atomic_write(log_path, "w") as log:  # rewritten whole, so it always matches the checkpoint
-                log.writelines(json.dumps(asdict(h)) + "\n" for h in history)
-            if on_epoch_end:
-                on_epoch_end(entry)
-    finally:
-        bar.close()
-
-    final = history[-1]
-    if final.test_accuracy is None:
-        measure_accuracies(final, model, data, val_images, val_labels, preprocess, dev)
-        # the last checkpoint again, now with the final accuracies
-        state = checkpoint_record(model_name, model, data, preprocess, train_args, validation, plan.epochs, final, dev)
-        state["resume"] = resume_state
-        save_checkpoint(last_path, state)
-        with atomic_write(log_path, "w") as log:
-            log.writelines(json.dumps(asdict(h)) + "\n" for h in history)
+            write_log(log_path, history)
+        live_accuracy = None
+        if average:
+            live_accuracy = accuracy(torch_logits(model, data.test_images, preprocess, batch_size=1000, device=dev),
+                                     data.test_labels)
     train_seconds = sum(h.seconds for h in history)
     images_seen = sum(h.images_per_second * h.seconds for h in history)
     return TrainResult(last_path, best_path if eval_every else None, final.test_accuracy, final.val_accuracy,
-                       train_seconds, images_seen / max(train_seconds, 1e-9), history)
+                       train_seconds, images_seen / max(train_seconds, 1e-9), history, warmup_seconds, live_accuracy)
+
+
+def write_log(path: Path, history: list[EpochLog]) -> None:
+    """One JSON line per epoch, rewritten whole, so it always matches the checkpoint."""
+    with atomic_write(path, "w") as log:
+        log.writelines(json.dumps(asdict(h)) + "\n" for h in history)
 
 
 def measure_accuracies(entry: EpochLog, model: nn.Module, data: Cifar10, val_images: np.ndarray,
@@ -291,13 +424,19 @@ def _accuracies_text(entry: EpochLog) -> str:
 
 
 def restore(path: Path, train_args: dict[str, Any], fingerprint: str, model: nn.Module,
-            optimizer: torch.optim.Optimizer, scheduler: Any, generator: torch.Generator) -> tuple[int, float, list[EpochLog]]:
+            average: WeightAverage | None, optimizer: torch.optim.Optimizer, scheduler: Any,
+            generator: torch.Generator) -> tuple[int, float, list[EpochLog]]:
     """Load the state of an interrupted run; refuse when it was a different run."""
     if not path.exists():
         raise EdgeclsError(f"--resume: no checkpoint at {path} to resume from; start without --resume")
     saved = load_checkpoint(path)
     if saved.resume is None:
         raise EdgeclsError(f"--resume: {path} holds no resume state; start without --resume")
+    trained_on = saved.train_args.get("device")
+    if trained_on != train_args["device"]:  # its random-number states only fit a generator of that device type
+        raise EdgeclsError(f"--resume: {path} was trained on {trained_on or 'another device'}, this run is on "
+                           f"{train_args['device']}; resume on the same kind of device (--device) or start "
+                           "without --resume")
     if saved.train_args != train_args:
         changed = sorted(k for k in train_args if saved.train_args.get(k) != train_args[k])
         raise EdgeclsError(f"--resume: {path} was trained with other settings ({', '.join(changed)}); "
@@ -307,16 +446,15 @@ def restore(path: Path, train_args: dict[str, Any], fingerprint: str, model: nn.
                            "pass the same --data or start without --resume")
     if saved.epoch >= saved.epochs:
         raise EdgeclsError(f"--resume: {path} has already finished all {saved.epochs} epochs")
-    model.load_state_dict(saved.state_dict)
-    optimizer.load_state_dict(saved.resume["optimizer"])
-    scheduler.load_state_dict(saved.resume["scheduler"])
-    generator.set_state(saved.resume["generator"])
-    torch.set_rng_state(saved.resume["torch_rng"])
-    if saved.resume.get("cuda_rng") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(saved.resume["cuda_rng"])
-    history = [EpochLog(**h) for h in saved.resume["history"]]
-    return saved.epoch, float(saved.resume["best_accuracy"]), history
-
-
-def _device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    state = saved.resume
+    model.load_state_dict(state["live_state_dict"] if average else saved.state_dict)
+    if average:
+        average.model.load_state_dict(saved.state_dict)
+    optimizer.load_state_dict(state["optimizer"])  # moves the momentum buffers to the parameters' device
+    scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"], next(model.parameters()).device)
+    history = [EpochLog(**h) for h in state["history"]]
+    return saved.epoch, float(state["best_accuracy"]), history

@@ -120,11 +120,13 @@ def test_json_holds_every_figure_of_the_table(export_dir, tiny_data_dir, tmp_pat
         assert f"{name} {value:.2f}" in output
     assert f"top-1 agreement {found['agreement']:.2f}%, flips {found['flips']} " in output
     assert f"max {found['max_abs_logit_diff']:.3g}, mean {found['mean_abs_logit_diff']:.3g}" in output
-    rows = [line.split() for line in output.splitlines() if re.match(r"\s+onnxruntime fp32", line)]
+    assert re.search(r"\n  onnxruntime fp32 +accuracy +[\d.]+%, vs .*new2.reference.npz: agreement 100.00%", output)
+    rows = [line.split() for line in output.splitlines() if re.match(r"\s+onnxruntime fp32 +(end-to-end|model-only)", line)]
     assert len(rows) == len(figures["timings"]) == 4  # end-to-end and model-only, batch 1 and 4
     for row, timing in zip(rows, figures["timings"]):
         assert row[2:] == [timing["scope"], str(timing["batch_size"]), f"{timing['p50_ms']:.3f}",
-                           f"{timing['p90_ms']:.3f}", f"{timing['p99_ms']:.3f}", f"{timing['images_per_s']:.1f}"]
+                           f"{timing['p90_ms']:.3f}", f"{timing['p99_ms']:.3f}", f"{timing['images_per_s']:.1f}", "-"]
+        assert timing["pipelined_images_per_s"] is None  # ONNX Runtime's CPU runs cannot be queued
         assert timing["p50_ms"] <= timing["p90_ms"] <= timing["p99_ms"]
         assert timing["images_per_s"] == pytest.approx(timing["batch_size"] * 1e3 / timing["mean_ms"], rel=1e-6)
     environment = figures["environment"]
@@ -166,6 +168,76 @@ def test_bench_checkpoint_against_its_export(export_dir, tiny_data_dir, trained_
     assert figures["model"]["format"] == "pytorch" and figures["parity"]["flips"] == 0
     assert figures["parity"]["max_abs_logit_diff"] < 1e-3
     assert {t["variant"] for t in figures["timings"]} == {"pytorch eager fp32"}  # CPU: no fp16 / CUDA graph
+    # The timed variant has its own parity line, the same figures as the model's parity.
+    [variant] = figures["variants"]
+    assert variant["variant"] == "pytorch eager fp32" and variant["parity"] == figures["parity"]
+    assert variant["accuracy"] == figures["accuracy"]
+    assert re.search(r"pytorch eager fp32 +accuracy +[\d.]+%, vs .*new2.reference.npz: agreement 100.00%, flips 0", output)
+    # Pipelined throughput beside the one-at-a-time figure, for the model-only rows.
+    model_only = [t for t in figures["timings"] if t["scope"] == "model-only"]
+    assert len(model_only) == 2 and all(t["pipelined_images_per_s"] > 0 and t["pipelined_calls"] >= 5 for t in model_only)
+    assert all(t["pipelined_images_per_s"] is None for t in figures["timings"] if t["scope"] == "end-to-end")
+
+
+def test_fp32_runs_of_a_checkpoint_are_full_float32(trained_checkpoint, tiny_cifar):
+    """TF32 is off while the fp32 model runs (PyTorch allows it for cuDNN convolutions by default), and only then."""
+    import torch
+
+    from edgecls.evaluate import torch_logits
+    from edgecls.runtime import Classifier
+    from edgecls.runtime.torch_backend import TorchRunner
+
+    seen = []
+
+    def record_flags(module, inputs):
+        seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = True
+    # PyTorch >= 2.9 keeps these as strings too: left exactly as they were, not rewritten by the flags' restore
+    def precisions():
+        matmul, conv = torch.backends.cuda.matmul, getattr(torch.backends.cudnn, "conv", None)
+        return (torch.backends.cudnn.allow_tf32, matmul.allow_tf32, getattr(matmul, "fp32_precision", None),
+                getattr(conv, "fp32_precision", None))
+
+    untouched = precisions()
+    try:
+        with Classifier(TorchRunner(trained_checkpoint("new2"), device="cpu")) as classifier:
+            classifier.runner.model.register_forward_pre_hook(record_flags)
+            classifier.logits(tiny_cifar.test_images[:4])
+            assert classifier.describe()["precision"] == "fp32"
+            feed = {classifier.runner.input_name: classifier.preprocess(tiny_cifar.test_images[:4])}
+            run, wait = classifier.runner.pipelined(feed)
+            run()
+            wait()
+            model = classifier.runner.model
+        torch_logits(model, tiny_cifar.test_images[:4], classifier.preprocess)  # the reference path too
+        assert seen == [(False, False)] * 4 and torch.backends.cudnn.allow_tf32 is True and precisions() == untouched
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_its_model_is_one_line(trained_checkpoint, tiny_data_dir, tmp_path):
+    import torch
+
+    from edgecls.checkpoint import save_checkpoint
+
+    record = torch.load(trained_checkpoint("new2"), weights_only=True)
+    record = {key: value for key, value in record.items() if key not in ("format", "format_version", "resume")}
+    first = next(iter(record["state_dict"]))
+    cases = {
+        "other_model.pt": {**record, "model": "new1"},  # new2's shapes under new1's name
+        "missing_keys.pt": {**record, "state_dict": {k: v for k, v in record["state_dict"].items() if k != first}},
+        "extra_keys.pt": {**record, "state_dict": {**record["state_dict"], "head.weight": torch.zeros(3)}},
+    }
+    for name, doctored in cases.items():
+        path = tmp_path / name
+        save_checkpoint(path, doctored)
+        for args in (["eval", "--checkpoint", str(path)], ["bench", "--engine", str(path), *FAST]):
+            result = CliRunner().invoke(main, [*args, "--data", str(tiny_data_dir), "--device", "cpu"])
+            lines = [line for line in result.output.splitlines() if "decoding images" not in line]
+            assert result.exit_code == 2 and len(lines) == 1, (name, args, result.output)
+            assert lines[0].startswith(f"error: checkpoint {path}: its weights do not fit model")
 
 
 def test_bench_all_rows(export_dir, tiny_data_dir, trained_checkpoint, tmp_path):
@@ -238,3 +310,23 @@ def test_bench_all_gates_fail_on_a_file_that_cannot_run(export_dir, tiny_data_di
     assert code == 0 and "not a readable ONNX model" in output  # without gates: reported, not fatal
     code, output = bench(*common, "--min-agreement", "90")
     assert code == 1, output
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU (none here)")
+def test_every_cuda_variant_answers_like_the_reference(export_dir, tiny_data_dir, trained_checkpoint, tmp_path):
+    out_json = tmp_path / "cuda.json"
+    code, output = bench("--engine", str(trained_checkpoint("new2")), "--data", str(tiny_data_dir), "--device", "cuda",
+                         "--reference", str(export_dir / "new2.reference.npz"), "--json", str(out_json),
+                         "--min-agreement", "95", *FAST)
+    assert code == 0, output
+    figures = json.loads(out_json.read_text())
+    variants = {record["variant"]: record for record in figures["variants"]}
+    assert list(variants) == ["pytorch eager fp32", "pytorch eager fp16", "pytorch cuda-graph fp32",
+                              "pytorch cuda-graph fp16"]
+    for name, record in variants.items():
+        assert record["parity"]["reference"].endswith("new2.reference.npz") and name in output
+        limit = 1e-3 if name.endswith("fp32") else 5e-2  # fp32 without TF32 follows the CPU's float32 closely
+        assert record["parity"]["max_abs_logit_diff"] < limit, (name, record["parity"])
+    timed = {t["variant"] for t in figures["timings"]}
+    assert timed == set(variants) and figures["model"]["tf32"] is False
+    assert all(t["pipelined_images_per_s"] > 0 for t in figures["timings"] if t["scope"] == "model-only")

@@ -50,3 +50,18 @@ def test_measured_latency_matches_a_known_sleep():
     assert result["calls"] >= 5
     assert result["images_per_s"] == pytest.approx(4 * 1e3 / result["mean_ms"], rel=1e-6)
     assert 100 <= result["images_per_s"] <= 205  # 4 images per 20-40 ms
+
+
+def test_pipelined_throughput_counts_the_final_wait_once():
+    from edgecls.timing import measure_pipelined
+
+    events = []
+    launch = lambda: (events.append("launch"), time.sleep(0.01))  # noqa: E731
+    wait = lambda: (events.append("wait"), time.sleep(0.1))  # noqa: E731
+    result = measure_pipelined(launch, wait, batch_size=8, duration=0.2, warmup=0.0, min_calls=5)
+    calls = result["pipelined_calls"]
+    timed = events[events.index("wait") + 1 :]  # after the warm-up's launch, launch, wait
+    assert timed == ["launch"] * calls + ["wait"] and calls >= 5
+    # the final wait is inside the measured time: at most 8 images per (10 ms per launch, + 100 ms once)
+    assert 0 < result["pipelined_images_per_s"] <= 8 * calls / (0.01 * calls + 0.1)
+    assert result["pipelined_images_per_s"] >= 8 * calls / (0.2 + 0.1 + 1.0)  # loose: a busy machine is slower

@@ -85,6 +85,12 @@ class Runner(ABC):
         it (device memory on a GPU), and waits for it to finish; None when the backend cannot separate that."""
         return None
 
+    def pipelined(self, feed: dict[str, np.ndarray]) -> tuple[Callable[[], None], Callable[[], None]] | None:
+        """For throughput with many runs in flight: (`launch`, `wait`), where `launch` queues one run of the model
+        on `feed` (placed where the model reads it) without waiting for it, and `wait` waits for every queued run;
+        None when the backend cannot queue runs."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """Backend, device and settings, for reports."""
         return {"backend": self.backend}
