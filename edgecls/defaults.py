@@ -37,5 +37,8 @@ BENCH_WARMUP_S = 0.5
 BENCH_ALL_BATCH_SIZES = (1, 256)
 BENCH_ALL_DURATION_S = 0.5
 BENCH_ALL_WARMUP_S = 0.2
+# The largest batch bench times: its input (uint8 images, their float32 tensor) stays under 100 MB; engines may
+# accept less (their profile's maximum).
+BENCH_MAX_BATCH = 4096
 ONNX_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
                   "tensorrt": "TensorrtExecutionProvider"}
