@@ -37,6 +37,8 @@ _TEMPORARY_NAME = re.compile(r"\.(?P<label>.+)\.(?P<host>[0-9a-f]{6})-(?P<pid>\d
 
 def storage_error(exc: OSError, folder: str | os.PathLike, writing: str) -> EdgeclsError:
     """An error of the disk while writing `writing` into `folder`, as one line that says where and what to do."""
+    while _TEMPORARY_NAME.fullmatch(Path(folder).name):  # a staging folder: name the user's folder that holds it
+        folder = Path(folder).parent
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         why = f"no space left on the disk holding {folder}"
     elif exc.errno == errno.EROFS:

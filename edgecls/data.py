@@ -438,22 +438,24 @@ def _read_archive(path: Path) -> Cifar10:
                 name = member.name
                 while name.startswith("./"):
                     name = name[2:]
+                base = name.rsplit("/", 1)[-1]
+                match = _TREE_MEMBER.fullmatch(name)
+                wanted = member.isfile() and not base.startswith(".")  # ._* files are macOS metadata, not images
+                batch, image = wanted and base in _BATCH_FILES, wanted and match is not None and _is_image(base)
+                # Sizes come from the member's header, before a byte of it is decompressed.
+                limit = MAX_BATCH_BYTES if batch else MAX_IMAGE_BYTES if image else None
+                if limit is not None and member.size > limit:
+                    raise _too_large(f"{path}:{name}", member.size, limit)
                 total += member.size
-                if total > MAX_ARCHIVE_BYTES:
+                if total > MAX_ARCHIVE_BYTES:  # skipping members costs their decompression too
                     raise EdgeclsError(f"archive {path} unpacks to more than {MAX_ARCHIVE_BYTES >> 30} GB (at {name}), "
                                        "far more than CIFAR-10; it is not CIFAR-10 data or is damaged")
-                base = name.rsplit("/", 1)[-1]
-                if not member.isfile() or base.startswith("."):  # ._* files are macOS metadata, not images
-                    continue
-                if base in _BATCH_FILES:
-                    batches[base] = (f"{path}:{name}", _read_member(archive, member, MAX_BATCH_BYTES, path))
-                    continue
-                match = _TREE_MEMBER.fullmatch(name)
-                if match and _is_image(base):
+                if batch:
+                    batches[base] = (f"{path}:{name}", _read_member(archive, member))
+                elif image:
                     top, split, class_name, _ = match.groups()
                     tops.add(top or "")
-                    blob = _read_member(archive, member, MAX_IMAGE_BYTES, path)
-                    tree[split].setdefault(class_name, []).append((f"{path}:{name}", blob))
+                    tree[split].setdefault(class_name, []).append((f"{path}:{name}", _read_member(archive, member)))
     except PermissionError:
         raise  # not damage: load_cifar10 says which file cannot be read
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
@@ -506,9 +508,7 @@ def _read_file(path: Path, limit: int) -> bytes:
     return path.read_bytes()
 
 
-def _read_member(archive: tarfile.TarFile, member: tarfile.TarInfo, limit: int, path: Path) -> bytes:
-    if member.size > limit:  # known from the member's header: nothing of it is decompressed
-        raise _too_large(f"{path}:{member.name}", member.size, limit)
+def _read_member(archive: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     handle = archive.extractfile(member)
     assert handle is not None  # regular files always have contents
     data = handle.read()

@@ -260,7 +260,7 @@ def export_model(checkpoint_path: str | os.PathLike, out_dir: str | os.PathLike 
             report.calibration = quantized.record_path
         record = ExportSet(model=name, checkpoint_sha256=checkpoint.sha256, created_at=utc_now(), complete=True,
                            files={path.name: sha256_file(path) for path in staged.values()})
-        install_set(record, staging, out, {kind: path.name for kind, path in staged.items()}, also_install)
+        install_set(record, staging, out, also_install)
         report.files = {kind: out / path.name for kind, path in staged.items() if kind != "reference"}
         report.reference = out / staged["reference"].name
         for result in report.parity:
@@ -269,9 +269,8 @@ def export_model(checkpoint_path: str | os.PathLike, out_dir: str | os.PathLike 
     return report
 
 
-def install_set(record: ExportSet, staging: Path, out: Path, members: dict[str, str],
-                also_install: Sequence[tuple[Path, Path]] = ()) -> None:
-    """Move the staged files named by `members` (kind -> file name in `staging`) into `out` as one export set.
+def install_set(record: ExportSet, staging: Path, out: Path, also_install: Sequence[tuple[Path, Path]] = ()) -> None:
+    """Move the files `record` lists from `staging` into `out`, as one export set.
 
     Both versions of the set's record are written first; from then on only renames happen, which need no space:
     the incomplete record goes in (readers now refuse every file of this model there), then each file, then the
@@ -282,9 +281,9 @@ def install_set(record: ExportSet, staging: Path, out: Path, members: dict[str, 
     complete = record.write(staging / "complete.export.json")
     record_path = ExportSet.path_for(out, record.model)
     os.replace(pending, record_path)
-    for name in members.values():
+    for name in record.files:
         os.replace(staging / name, out / name)
-    for name in set(ExportSet.member_names(record.model)) - set(members.values()):
+    for name in set(ExportSet.member_names(record.model)) - set(record.files):
         (out / name).unlink(missing_ok=True)
     for temporary, destination in also_install:
         os.replace(temporary, destination)

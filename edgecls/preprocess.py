@@ -126,9 +126,8 @@ def resize_shorter_side(image: np.ndarray, size: int, window: int | None = None)
     new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
 
     def sample_positions(new: int, old: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        kept = np.arange(new)
-        if window is not None:
-            kept = kept[(new - window) // 2 : (new - window) // 2 + window]
+        count = new if window is None else window
+        kept = np.arange(count) + (new - count) // 2
         pos = np.clip((kept + 0.5) * (old / new) - 0.5, 0, old - 1)
         low = np.floor(pos).astype(np.int64)
         high = np.minimum(low + 1, old - 1)

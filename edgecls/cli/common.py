@@ -17,7 +17,11 @@ def check_input_file(path: str, what: str) -> Path:
     """An input file named by an option, refused in one line when it is not there: checked before any long work, so
     that the most specific problem is the one reported (not, say, missing data)."""
     file = Path(path)
-    if not file.is_file():
+    try:
+        found = file.is_file()
+    except OSError as exc:  # a folder on the way that this user may not enter
+        raise EdgeclsError(f"cannot read {what} {file} ({exc.strerror}); check the permissions of its folders") from exc
+    if not found:
         how = _MAKE_IT.get(file.suffix.lower(), "check the path")
         raise EdgeclsError(f"{what} {file} {'is a folder' if file.is_dir() else 'does not exist'}; {how}")
     return file

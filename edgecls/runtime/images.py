@@ -37,18 +37,18 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
     files: list[Path] = []
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
-            try:
+        try:
+            if path.is_dir():
                 inside = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            except OSError as exc:
-                raise EdgeclsError(f"cannot list directory {path} ({exc.strerror}); check its permissions") from exc
-            if not inside:
-                raise EdgeclsError(f"directory {path} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
-            files.extend(inside)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise EdgeclsError(f"{path} does not exist; give image files or directories of images")
+                if not inside:
+                    raise EdgeclsError(f"directory {path} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+                files.extend(inside)
+            elif path.is_file():
+                files.append(path)
+            else:
+                raise EdgeclsError(f"{path} does not exist; give image files or directories of images")
+        except OSError as exc:  # a folder this user may not list or enter
+            raise EdgeclsError(f"cannot read {exc.filename or path} ({exc.strerror}); check its permissions") from exc
     if not files:
         raise EdgeclsError("no images given; pass image files or directories")
     return files
@@ -78,7 +78,10 @@ def _opened(source: ImageSource, name: str, size: tuple[int, int] | None) -> Ite
                 raise EdgeclsError(f"image {name} has {kind} pixels, whose range the file does not give; "
                                    "convert it to 8-bit RGB first")
             yield image
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # beyond Pillow's own limit, which it checks while opening
+        raise EdgeclsError(f"image {name} has more than the {MAX_IMAGE_PIXELS // 2**20} megapixels edgecls decodes "
+                           "(far more); shrink it first") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         # OSError: unknown format, truncated data; SyntaxError and ValueError: broken headers, unsupported modes
         why = "not an image format Pillow reads" if isinstance(exc, UnidentifiedImageError) else first_line(exc)
         raise EdgeclsError(f"cannot decode image {name} ({why}); check, replace or remove the file") from exc
