@@ -40,15 +40,15 @@ def storage_error(exc: OSError, folder: str | os.PathLike, writing: str) -> Edge
     while _TEMPORARY_NAME.fullmatch(Path(folder).name):  # a staging folder: name the user's folder that holds it
         folder = Path(folder).parent
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        why = f"no space left on the disk holding {folder}"
+        why, fix = f"no space left on the disk holding {folder}", "free space or choose another folder"
     elif exc.errno == errno.EROFS:
-        why = f"{folder} is on a read-only file system"
+        why, fix = f"{folder} is on a read-only file system", "choose another folder"
     elif exc.errno == errno.EFBIG:
-        why = f"a file would exceed the largest size allowed in {folder}"
+        why, fix = f"a file would exceed the largest size allowed in {folder}", "choose another folder"
     else:
         why = f"cannot write in {folder} ({exc.strerror or type(exc).__name__})"
-    return EdgeclsError(f"{why} while writing {writing}; free space or choose another folder "
-                        "(files already there are unchanged)")
+        fix = "check its permissions or choose another folder"
+    return EdgeclsError(f"{why} while writing {writing}; {fix} (files already there are unchanged)")
 
 
 def is_storage_error(exc: OSError) -> bool:

@@ -27,7 +27,7 @@ from edgecls.artifacts import (copy_beside, ensure_writable_dir, is_storage_erro
 from edgecls.data import digest_rows
 from edgecls.defaults import (CALIBRATION_DIR, DEFAULT_CALIBRATION_SEED, DEFAULT_CALIBRATION_SIZE, DEFAULT_METHOD,
                               DEFAULT_OPSET, EXPORT_DIR)
-from edgecls.errors import EdgeclsError
+from edgecls.errors import EdgeclsError, first_line
 from edgecls.formats import ExportSet, ModelMetadata, ReferenceLogits
 from edgecls.metrics import Gate, GateResult, Parity, parity
 from edgecls.onnx_graph import consumers, drop_unused_initializers, load_onnx, save_checked, topological_sort
@@ -260,7 +260,11 @@ def export_model(checkpoint_path: str | os.PathLike, out_dir: str | os.PathLike 
             report.calibration = quantized.record_path
         record = ExportSet(model=name, checkpoint_sha256=checkpoint.sha256, created_at=utc_now(), complete=True,
                            files={path.name: sha256_file(path) for path in staged.values()})
-        install_set(record, staging, out, also_install)
+        try:
+            install_set(record, staging, out, also_install)
+        except OSError as exc:  # renames need no space, but a folder may still refuse one (its own limits)
+            raise EdgeclsError(f"installing the export of {name} into {out} failed ({first_line(exc)}); run "
+                               "`edgecls export` again (meanwhile readers refuse a half-installed set)") from exc
         report.files = {kind: out / path.name for kind, path in staged.items() if kind != "reference"}
         report.reference = out / staged["reference"].name
         for result in report.parity:

@@ -14,7 +14,6 @@ import errno
 import functools
 import gzip
 import io
-import json
 import os
 import shutil
 import signal
@@ -37,10 +36,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from edgecls import reference as references
-from edgecls.artifacts import atomic_write, ensure_writable_dir, sha256_file, temporary_prefix
+from edgecls.artifacts import atomic_write, ensure_writable_dir, sha256_file, staging_dir, temporary_prefix
 from edgecls.checkpoint import load_checkpoint, save_checkpoint
 from edgecls.cli import main
 from edgecls.data import load_cifar10
+from edgecls.defaults import BENCH_MAX_BATCH
 from edgecls.errors import EdgeclsError
 from edgecls.export import export_model
 from edgecls.formats import ExportSet, ModelMetadata
@@ -391,6 +391,11 @@ def test_a_write_the_disk_refuses_keeps_the_old_file(tmp_path, monkeypatch):
     assert str(info.value) == (f"no space left on the disk holding {tmp_path} while writing new2.pt; free space or "
                                "choose another folder (files already there are unchanged)")
     assert target.read_bytes() == b"the last good checkpoint" and [p.name for p in tmp_path.iterdir()] == ["new2.pt"]
+    with staging_dir(tmp_path, "export") as staging, pytest.raises(EdgeclsError) as info:
+        with atomic_write(staging / "new2.onnx") as handle:  # inside a staging folder: the user's folder is named
+            handle.write(b"x")
+    assert str(info.value).startswith(f"no space left on the disk holding {tmp_path} while writing new2.onnx;")
+    assert [p.name for p in tmp_path.iterdir()] == ["new2.pt"]
 
 
 # ===================================================================================== one decoder
@@ -558,7 +563,7 @@ def test_bench_batch_sizes_are_bounded_before_any_work(new2_export, tmp_path, ti
     missing_data = str(tmp_path / "no_data")
     engine = str(new2_export.files["fp32"])
     code, output = run_cli("bench", "--engine", engine, "--data", missing_data, "--batch-sizes", "1,100000")
-    assert code == 2 and "batch sizes [1, 100000] must lie between 1 and 4096" in error_line(output)
+    assert code == 2 and f"batch sizes [1, 100000] must lie between 1 and {BENCH_MAX_BATCH}" in error_line(output)
 
     # An engine whose batch is fixed at 8 (here an ONNX file exported so): 16 is refused, naming its limit.
     import onnx
@@ -691,8 +696,13 @@ def test_an_unreadable_cache_folder_costs_time_not_the_run(shared_tree, monkeypa
     assert len(warnings) == 2 and all(str(cache) in line for line in warnings), warnings
 
 
-def test_a_zero_sized_image_and_a_closed_classifier_are_one_line(new2_export):
+def test_the_python_api_misused_is_one_line(new2_export):
     classifier = Classifier.load(new2_export.files["fp32"])
+    with pytest.raises(EdgeclsError, match="classify takes pixels, not a file .'cat.jpg'.; read image files with"):
+        classifier.classify("cat.jpg")
+    for wrong, kind in ((None, "NoneType"), (7, "int"), ({"image": 1}, "dict")):
+        with pytest.raises(EdgeclsError, match=f"expected uint8 images .an array, or a list of arrays., got {kind}"):
+            classifier.classify(wrong)
     with pytest.raises(EdgeclsError, match="an image of 0x0 pixels has nothing to classify"):
         classifier.classify(np.zeros((0, 0, 3), np.uint8))
     with pytest.raises(EdgeclsError, match="an image of 0x5 pixels"):
