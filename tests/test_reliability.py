@@ -466,6 +466,15 @@ def test_training_data_and_predict_decode_every_pixel_format_alike(tmp_path, tin
         [ranked[0][0] for ranked in expected_top]
 
 
+def test_a_large_photo_decodes_to_exactly_its_pixels(tmp_path):
+    """Large images are copied out of Pillow a band of rows at a time (to save two full copies): nothing is lost."""
+    rows, cols = np.indices((3000, 2500))
+    picture = np.dstack([rows % 256, cols % 256, (rows * cols) % 251]).astype(np.uint8)  # 22 MB: two bands
+    Image.fromarray(picture).save(tmp_path / "photo.png")
+    decoded = decode(tmp_path / "photo.png")
+    assert decoded.flags.writeable and np.array_equal(decoded, picture)
+
+
 def test_pixels_whose_range_is_unknown_are_refused_in_both_places(tmp_path, tiny_cifar, new2_export):
     floating = tmp_path / "tree" / "train" / "cat" / "float.png"  # a TIFF, under the name the data loader reads
     for split in ("train", "test"):
