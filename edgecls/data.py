@@ -67,6 +67,7 @@ _DECODE_CHUNK = 1000
 MAX_IMAGE_BYTES = 1 << 20
 MAX_BATCH_BYTES = 64 << 20
 MAX_ARCHIVE_BYTES = 2 << 30  # the sum of every member, skipped ones too, so that reading an archive ends soon
+MAX_ARCHIVE_MEMBERS = 300_000  # CIFAR-10 has 60,000 images (CINIC-10, its larger cousin, 270,000)
 _POOL_MIN_IMAGES = 8192  # below this, starting worker processes costs more than it saves
 
 _HOW_TO_GET = (
@@ -434,7 +435,10 @@ def _read_archive(path: Path) -> Cifar10:
     try:
         _check_tar_end(path)
         with tarfile.open(path, "r|*") as archive:
-            for member in archive:
+            for count, member in enumerate(archive, 1):
+                if count > MAX_ARCHIVE_MEMBERS:  # each costs a header to parse and a record tarfile keeps (~450 B)
+                    raise EdgeclsError(f"archive {path} has more than {MAX_ARCHIVE_MEMBERS:,} members, far more than "
+                                       "CIFAR-10; it is not CIFAR-10 data or is damaged")
                 name = member.name
                 while name.startswith("./"):
                     name = name[2:]

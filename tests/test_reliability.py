@@ -490,30 +490,33 @@ def test_pixels_whose_range_is_unknown_are_refused_in_both_places(tmp_path, tiny
 
 # ===================================================================================== memory and time bounds
 
-def gzip_tar_bomb(path: Path, member: str, size: int) -> Path:
-    """A real .tar.gz whose one member is `size` bytes of zeros, a few MB on disk, made without compressing them all:
-    after a full flush deflate starts afresh, so each further MB of zeros compresses to the same bytes, repeated."""
-    info = tarfile.TarInfo(member)
-    info.size = size
-    header = info.tobuf(format=tarfile.GNU_FORMAT)
-    zeros = size + (-size) % 512 + 1024  # the member, its padding to a block, the end-of-archive blocks
-    whole, rest = divmod(zeros, MB)
-    block = bytes(MB)
+def gzip_repeating(path: Path, head: bytes, block: bytes, count: int, tail: bytes) -> Path:
+    """A real gzip file of head + `count` times block + tail, a few MB on disk whatever `count`, made without
+    compressing it all: after a full flush deflate starts afresh, so each further block compresses to the same bytes."""
     compressor = zlib.compressobj(9, zlib.DEFLATED, -15)  # raw deflate, in the gzip wrapper written below
-    start = compressor.compress(header) + compressor.flush(zlib.Z_FULL_FLUSH)
+    start = compressor.compress(head) + compressor.flush(zlib.Z_FULL_FLUSH)
     repeated = compressor.compress(block) + compressor.flush(zlib.Z_FULL_FLUSH)
     assert compressor.compress(block) + compressor.flush(zlib.Z_FULL_FLUSH) == repeated
-    end = compressor.compress(bytes(rest)) + compressor.flush()
-    crc = zlib.crc32(header)
-    for _ in range(whole):
+    end = compressor.compress(tail) + compressor.flush()
+    crc = zlib.crc32(head)
+    for _ in range(count):
         crc = zlib.crc32(block, crc)
-    crc = zlib.crc32(bytes(rest), crc)
+    crc = zlib.crc32(tail, crc)
     with open(path, "wb") as out:
-        out.write(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + start)  # gzip header, then the tar header
-        for _ in range(whole):
+        out.write(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + start)  # gzip header
+        for _ in range(count):
             out.write(repeated)
-        out.write(end + struct.pack("<II", crc, (len(header) + zeros) & 0xFFFFFFFF))
+        size = len(head) + count * len(block) + len(tail)
+        out.write(end + struct.pack("<II", crc, size & 0xFFFFFFFF))
     return path
+
+
+def gzip_tar_bomb(path: Path, member: str, size: int) -> Path:
+    """A .tar.gz whose one member is `size` bytes of zeros."""
+    info = tarfile.TarInfo(member)
+    info.size = size
+    zeros = size + (-size) % 512 + 1024  # the member, its padding to a block, the end-of-archive blocks
+    return gzip_repeating(path, info.tobuf(format=tarfile.GNU_FORMAT), bytes(MB), zeros // MB, bytes(zeros % MB))
 
 
 def test_decompression_bombs_are_refused_from_their_headers(tmp_path):
@@ -529,6 +532,15 @@ def test_decompression_bombs_are_refused_from_their_headers(tmp_path):
     other = gzip_tar_bomb(tmp_path / "video.tar.gz", "extras/video.bin", 2100 * MB)
     with pytest.raises(EdgeclsError, match="unpacks to more than 2 GB"):
         load_cifar10(other, cache=False)
+
+    # So is one of more members than any CIFAR-10 form has (here empty files: each costs a header and a record).
+    empty = tarfile.TarInfo("extras/empty")
+    flood = gzip_repeating(tmp_path / "flood.tar.gz", b"", empty.tobuf(format=tarfile.GNU_FORMAT) * 1000, 301,
+                           bytes(1024))
+    with pytest.raises(EdgeclsError) as refused:
+        load_cifar10(flood, cache=False)
+    assert str(refused.value) == (f"archive {flood} has more than 300,000 members, far more than CIFAR-10; it is not "
+                                  "CIFAR-10 data or is damaged")
 
     # Images whose header claims more pixels than the cap are refused before a pixel is decoded.
     huge = tmp_path / "huge.png"
