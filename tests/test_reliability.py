@@ -194,6 +194,7 @@ def test_an_export_killed_anywhere_leaves_one_complete_set_or_a_refusal(tmp_path
                          "--fp16", "--int8", "--calibration-size", "50", "--calibration-dir", str(calibration)],
                         watch, stop_at, env, tmp_path)
 
+    system_temporaries = set(Path(tempfile.gettempdir()).glob("edgecls-quant-*"))
     renames = export(first, 0)  # one whole export: the set the others try to replace
     installing = [i for i, folder in enumerate(renames, 1) if folder in (str(out), str(calibration))]
     staging = [i for i in range(1, len(renames) + 1) if i not in installing]
@@ -201,7 +202,10 @@ def test_an_export_killed_anywhere_leaves_one_complete_set_or_a_refusal(tmp_path
     assert len(installing) == 7 and len(staging) >= 4, renames
     assert what_readers_see(out) == {name: ("ok", shas[first]) for name in ExportSet.member_names("new2")}
 
-    for stop_at in [staging[0], staging[-1], *installing]:
+    # Kill while staging (its first rename, one inside a folder of the staging folder -- quantization's, whose
+    # leftovers used to stay in the system's temporary folder -- and its last), then before each rename of the install.
+    nested = [i for i in staging if Path(renames[i - 1]).parent.name.startswith(".export.")][:1]
+    for stop_at in [staging[0], *nested, staging[-1], *installing]:
         export(second, stop_at)  # another checkpoint than the installed set's: a mix would show
         seen = what_readers_see(out)
         verdicts = {verdict for verdict, _ in seen.values()}
@@ -229,9 +233,11 @@ def test_an_export_killed_anywhere_leaves_one_complete_set_or_a_refusal(tmp_path
         assert "was interrupted while installing" in row, output
     assert "new2.reference.npz not used" in output
 
-    # Killed processes left staging folders and a calibration temporary: the next export sweeps them and installs.
+    # Killed processes left staging folders and a calibration temporary, all in the output folders (none in the
+    # system's temporary folder): the next export sweeps them and installs.
     debris = [p.name for folder in (out, calibration) for p in folder.iterdir() if p.name.startswith(".")]
     assert debris, "the kills left nothing to sweep: the test did not kill where it meant to"
+    assert set(Path(tempfile.gettempdir()).glob("edgecls-quant-*")) <= system_temporaries
     export(second, 0)
     assert sorted(p.name for p in out.iterdir()) == sorted([*ExportSet.member_names("new2"), "new2.export.json"])
     assert [p.name for p in calibration.iterdir()] == ["new2.percentile.json"]
