@@ -1,22 +1,64 @@
-"""Writing artifacts safely and describing where they came from (torch-free)."""
+"""Writing artifacts safely and describing where they came from (torch-free).
+
+Every file is first written under a temporary name in its own folder, then renamed over its destination, so a
+reader sees the old file or the new one, never half of one. Temporary names carry their owner (this machine and
+process), so that what a killed process left behind is recognised and removed by the next run
+(`ensure_writable_dir` sweeps it). A disk that fills up or refuses writes is one line naming the path.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import hashlib
 import json
 import os
 import platform
+import re
+import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import IO, Any, Iterator
 
 from edgecls.errors import EdgeclsError
 
+# Errors of the disk itself rather than of the program: each is one line naming the folder, never a traceback.
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+# A temporary file or staging folder whose owner cannot be checked (another machine sharing the folder) is
+# abandoned once it is this old: no edgecls write takes a day.
+STALE_AFTER_S = 24 * 3600
+_HOST = hashlib.blake2b(socket.gethostname().encode(), digest_size=3).hexdigest()
+# .<label>.<host>-<pid>-<8 random characters from tempfile>.tmp
+_TEMPORARY_NAME = re.compile(r"\.(?P<label>.+)\.(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-[a-z0-9_]{8}\.tmp")
+
+
+def storage_error(exc: OSError, folder: str | os.PathLike, writing: str) -> EdgeclsError:
+    """An error of the disk while writing `writing` into `folder`, as one line that says where and what to do."""
+    while _TEMPORARY_NAME.fullmatch(Path(folder).name):  # a staging folder: name the user's folder that holds it
+        folder = Path(folder).parent
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        why, fix = f"no space left on the disk holding {folder}", "free space or choose another folder"
+    elif exc.errno == errno.EROFS:
+        why, fix = f"{folder} is on a read-only file system", "choose another folder"
+    elif exc.errno == errno.EFBIG:
+        why, fix = f"a file would exceed the largest size allowed in {folder}", "choose another folder"
+    else:
+        why = f"cannot write in {folder} ({exc.strerror or type(exc).__name__})"
+        fix = "check its permissions or choose another folder"
+    return EdgeclsError(f"{why} while writing {writing}; {fix} (files already there are unchanged)")
+
+
+def is_storage_error(exc: OSError) -> bool:
+    """Whether `exc` is the disk's fault (full, read-only, over a size limit) rather than the program's."""
+    return exc.errno in _STORAGE_ERRNOS
+
 
 def ensure_writable_dir(path: str | os.PathLike) -> Path:
-    """Create `path` if needed and check we can write there; raise EdgeclsError otherwise."""
+    """Create `path` if needed, check we can write there (raise EdgeclsError otherwise), and remove what killed
+    edgecls processes left there (`sweep_abandoned`)."""
     folder = Path(path)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -24,29 +66,145 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
         raise EdgeclsError(f"cannot create output folder {folder}: {exc.strerror}; choose another folder") from exc
     if not os.access(folder, os.W_OK | os.X_OK):
         raise EdgeclsError(f"output folder {folder} is not writable; fix its permissions or choose another folder")
+    sweep_abandoned(folder)
     return folder
+
+
+def check_output_file(path: str | os.PathLike) -> Path:
+    """Refuse, before any long work, an output file that could not be written later: a folder in its place, or a
+    folder that cannot be created or written. Creates nothing."""
+    target = Path(path)
+    if target.is_dir():
+        raise EdgeclsError(f"{target} is a folder; give a file name for the output")
+    existing = target.parent.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise EdgeclsError(f"cannot write {target}: {existing} is a file, not a folder; choose another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise EdgeclsError(f"cannot write {target}: folder {existing} is not writable; choose another path")
+    return target
+
+
+def temporary_prefix(label: str) -> str:
+    """The start of a temporary name for `label`: it says which machine and process own it (`sweep_abandoned`)."""
+    return f".{label}.{_HOST}-{os.getpid()}-"
+
+
+@contextlib.contextmanager
+def _temporary_file(target: Path, mode: str) -> Iterator[tuple[IO[Any], Path]]:
+    """A new temporary file beside `target`, flushed to disk and given the usual permissions when the block ends;
+    deleted when it fails. Errors of the disk become one line naming the folder."""
+    folder = ensure_writable_dir(target.parent)
+    try:
+        fd, name = tempfile.mkstemp(prefix=temporary_prefix(target.name), suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise storage_error(exc, folder, target.name) from exc
+    temporary = Path(name)
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle, temporary
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600 files; artifacts get the usual permissions
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+        if isinstance(exc, OSError) and is_storage_error(exc):
+            raise storage_error(exc, folder, target.name) from exc
+        raise
 
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file beside `path`; on success rename it over `path`, on failure delete it.
 
-    A reader therefore sees either the old file or the complete new one, never a half-written file.
+    A reader therefore sees either the old file or the complete new one, never a half-written file; a full disk
+    is an EdgeclsError naming the folder, and the old file stays.
     """
     target = Path(path)
-    ensure_writable_dir(target.parent)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    with _temporary_file(target, mode) as (handle, temporary):
+        yield handle
     try:
-        with os.fdopen(fd, mode) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600 files; artifacts get the usual permissions
-        os.replace(tmp_name, target)
+        os.replace(temporary, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
+            temporary.unlink()
         raise
+
+
+def copy_beside(source: str | os.PathLike, destination: str | os.PathLike) -> Path:
+    """Copy `source` to a temporary file in `destination`'s folder and return its path. Renaming it into place later
+    (`os.replace`) writes no data, so that step cannot fail for lack of space; the caller renames or deletes it."""
+    with _temporary_file(Path(destination), "wb") as (handle, temporary):
+        with open(source, "rb") as data:
+            shutil.copyfileobj(data, handle)
+    return temporary
+
+
+@contextlib.contextmanager
+def staging_dir(folder: str | os.PathLike, label: str) -> Iterator[Path]:
+    """A private folder inside `folder` for files that are installed together later (same disk, so installing is a
+    rename); removed when the block ends, and by a later run's sweep when this process is killed."""
+    parent = ensure_writable_dir(folder)
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=temporary_prefix(label), suffix=".tmp", dir=parent))
+    except OSError as exc:
+        raise storage_error(exc, parent, f"a {label} staging folder") from exc
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def sweep_abandoned(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files and staging folders in `folder` whose owner is gone: a process of this machine
+    that no longer runs, or, for another machine's, anything older than STALE_AFTER_S. Returns what was removed."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed  # an unreadable folder: its writes will say what is wrong
+    for entry in entries:
+        match = _TEMPORARY_NAME.fullmatch(entry.name)
+        if match is None or not _abandoned(match, entry):
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+        except OSError:
+            continue  # removed meanwhile by another sweep, or not ours to remove: either way, nothing to do
+        removed.append(Path(entry.path))
+    return removed
+
+
+def _abandoned(match: re.Match, entry: os.DirEntry) -> bool:
+    pid = int(match["pid"])
+    if match["host"] == _HOST and pid != os.getpid() and not _process_running(pid):
+        return True
+    try:
+        return time.time() - entry.stat(follow_symlinks=False).st_mtime > STALE_AFTER_S
+    except OSError:
+        return False
+
+
+def _process_running(pid: int) -> bool:
+    """Whether a process with this id runs here (a zombie, killed but not yet reaped, does not)."""
+    if os.name != "posix":
+        return True  # no cheap, harmless check elsewhere (os.kill would end it on Windows): age decides there
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): the process exists
+    return state not in ("Z", "X")
 
 
 def _umask() -> int:

@@ -66,6 +66,10 @@ def bench_model(path: str | Path, dataset: Cifar10, reference: ReferenceLike = N
     with Classifier(options.open(path)) as classifier:
         metadata = classifier.metadata
         dataset.check_fits(metadata.preprocess, path)
+        limit = classifier.runner.max_batch
+        if limit is not None and max(timing.batch_sizes) > limit:  # the classifier would time several calls as one
+            raise EdgeclsError(f"{path} accepts batches of at most {limit} images (its engine profile), but batch size "
+                               f"{max(timing.batch_sizes)} was asked for; pass smaller --batch-sizes")
         notes: list[str] = []
         if reference is None:
             manifest = getattr(classifier.runner, "manifest", None)

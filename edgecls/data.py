@@ -34,12 +34,12 @@ from pathlib import Path
 from typing import Iterable, Tuple
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from edgecls.artifacts import atomic_write
 from edgecls.errors import EdgeclsError, first_line
 from edgecls.preprocess import Preprocessing
+from edgecls.runtime.images import decode
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -62,6 +62,12 @@ _SPLITS = ("train", "test")
 # An image member of a tree archive: [top/]train|test/<class>/<file>
 _TREE_MEMBER = re.compile(r"(?:([^/]+)/)?(train|test)/([^/]+)/([^/]+)")
 _DECODE_CHUNK = 1000
+# Sizes beyond which a file cannot be CIFAR-10 data, checked before it is read (an archive member's header gives its
+# size before a byte of it is decompressed): a 32x32 image takes a few KB, a batch file 31 MB, the whole data 180 MB.
+MAX_IMAGE_BYTES = 1 << 20
+MAX_BATCH_BYTES = 64 << 20
+MAX_ARCHIVE_BYTES = 2 << 30  # the sum of every member, skipped ones too, so that reading an archive ends soon
+MAX_ARCHIVE_MEMBERS = 300_000  # CIFAR-10 has 60,000 images (CINIC-10, its larger cousin, 270,000)
 _POOL_MIN_IMAGES = 8192  # below this, starting worker processes costs more than it saves
 
 _HOW_TO_GET = (
@@ -141,7 +147,7 @@ class Cifar10:
         Each class keeps its share of the split (largest remainders get the rounding), and the chosen images keep
         their original relative order.
         """
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(check_seed(seed))
         train_index = _stratified_indices(self.train_labels, train, len(self.class_names), rng)
         test_index = _stratified_indices(self.test_labels, test, len(self.class_names), rng)
         return Cifar10(
@@ -173,9 +179,17 @@ def find_images(images: np.ndarray, digests: np.ndarray) -> list[int | None]:
     return [positions[bytes(row)].pop(0) if positions.get(bytes(row)) else None for row in digests]
 
 
+def check_seed(seed: int, what: str = "seed") -> int:
+    """Seeds are whole numbers from 0 up (numpy's generators refuse negative ones)."""
+    if seed < 0:
+        raise EdgeclsError(f"{what} {seed} is negative; use a whole number from 0 up")
+    return seed
+
+
 def seeded_subset(total: int, size: int, seed: int) -> np.ndarray:
     """`size` of `total` positions, chosen with `seed` and sorted: the same arguments always give the same images."""
-    return np.sort(np.random.default_rng(seed).choice(total, size=size, replace=False)).astype(np.int64)
+    generator = np.random.default_rng(check_seed(seed))
+    return np.sort(generator.choice(total, size=size, replace=False)).astype(np.int64)
 
 
 def resolve_data_path(data: str | os.PathLike | None) -> Path:
@@ -196,21 +210,26 @@ def load_cifar10(data: str | os.PathLike | None = None, download: bool = False, 
     Every problem with the data is an EdgeclsError naming the file at fault.
     """
     location = resolve_data_path(data)
-    source = _locate(location)
-    if source is None and download:
-        _download(location)
+    try:
         source = _locate(location)
-    if source is None:
-        raise _no_data_error(location)
-    kind, path = source
-    if not cache:
-        return _read_source(kind, path)
-    cache_file = cache_path_for(path)
-    signature = _source_signature(path)
-    cached = _read_cache(cache_file, signature)
-    if cached is not None:
-        return cached
-    dataset = _read_source(kind, path)
+        if source is None and download:
+            _download(location)
+            source = _locate(location)
+        if source is None:
+            raise _no_data_error(location)
+        kind, path = source
+        if not cache:
+            return _read_source(kind, path)
+        cache_file = cache_path_for(path)
+        signature = _source_signature(path)
+        cached = _read_cache(cache_file, signature)
+        if cached is not None:
+            return cached
+        dataset = _read_source(kind, path)
+    except OSError as exc:  # an unreadable file or folder anywhere in the data: one line naming it
+        where = exc.filename or location
+        raise EdgeclsError(f"cannot read {where} ({exc.strerror or first_line(exc)}); check that the data is readable "
+                           "(permissions) and pass it with --data") from exc
     _write_cache(cache_file, signature, dataset)
     return dataset
 
@@ -308,7 +327,7 @@ def _read_batch_folder(folder: Path) -> Cifar10:
                 f"{folder} lacks {name}: the CIFAR-10 batches are incomplete; "
                 f"fetch {CIFAR10_URL} again or use --download"
             )
-        blobs[name] = (str(file), _read_file(file))
+        blobs[name] = (str(file), _read_file(file, MAX_BATCH_BYTES))
     return _from_batches(blobs, f"CIFAR-10 python batches in {folder}")
 
 
@@ -398,7 +417,9 @@ def _read_tree_folder(root: Path) -> Cifar10:
         class_dirs = [entry for entry in sorted(folder.iterdir()) if entry.is_dir() and not entry.name.startswith(".")]
         tree[split] = {
             class_dir.name: [
-                (str(file), _read_file(file)) for file in sorted(class_dir.iterdir()) if _is_image(file.name)
+                (str(file), _read_file(file, MAX_IMAGE_BYTES))
+                for file in sorted(class_dir.iterdir())
+                if _is_image(file.name)
             ]
             for class_dir in class_dirs
         }
@@ -410,24 +431,37 @@ def _read_archive(path: Path) -> Cifar10:
     batches: dict[str, _Blob] = {}
     tree: dict[str, dict[str, list[_Blob]]] = {split: {} for split in _SPLITS}
     tops: set[str] = set()
+    total = 0
     try:
         _check_tar_end(path)
         with tarfile.open(path, "r|*") as archive:
-            for member in archive:
+            for count, member in enumerate(archive, 1):
+                if count > MAX_ARCHIVE_MEMBERS:  # each costs a header to parse and a record tarfile keeps (~450 B)
+                    raise EdgeclsError(f"archive {path} has more than {MAX_ARCHIVE_MEMBERS:,} members, far more than "
+                                       "CIFAR-10; it is not CIFAR-10 data or is damaged")
                 name = member.name
                 while name.startswith("./"):
                     name = name[2:]
                 base = name.rsplit("/", 1)[-1]
-                if not member.isfile() or base.startswith("."):  # ._* files are macOS metadata, not images
-                    continue
-                if base in _BATCH_FILES:
-                    batches[base] = (f"{path}:{name}", _read_member(archive, member))
-                    continue
                 match = _TREE_MEMBER.fullmatch(name)
-                if match and _is_image(base):
+                wanted = member.isfile() and not base.startswith(".")  # ._* files are macOS metadata, not images
+                batch, image = wanted and base in _BATCH_FILES, wanted and match is not None and _is_image(base)
+                # Sizes come from the member's header, before a byte of it is decompressed.
+                limit = MAX_BATCH_BYTES if batch else MAX_IMAGE_BYTES if image else None
+                if limit is not None and member.size > limit:
+                    raise _too_large(f"{path}:{name}", member.size, limit)
+                total += member.size
+                if total > MAX_ARCHIVE_BYTES:  # skipping members costs their decompression too
+                    raise EdgeclsError(f"archive {path} unpacks to more than {MAX_ARCHIVE_BYTES >> 30} GB (at {name}), "
+                                       "far more than CIFAR-10; it is not CIFAR-10 data or is damaged")
+                if batch:
+                    batches[base] = (f"{path}:{name}", _read_member(archive, member))
+                elif image:
                     top, split, class_name, _ = match.groups()
                     tops.add(top or "")
                     tree[split].setdefault(class_name, []).append((f"{path}:{name}", _read_member(archive, member)))
+    except PermissionError:
+        raise  # not damage: load_cifar10 says which file cannot be read
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise EdgeclsError(
             f"archive {path} is corrupt or truncated ({first_line(exc, 300)}); download or copy it again"
@@ -471,11 +505,11 @@ def _check_tar_end(path: Path) -> None:
         raise tarfile.ReadError("no end-of-archive marker")
 
 
-def _read_file(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise EdgeclsError(f"cannot read {path} ({exc.strerror}); check that it is a readable file") from exc
+def _read_file(path: Path, limit: int) -> bytes:
+    size = path.stat().st_size
+    if size > limit:
+        raise _too_large(str(path), size, limit)
+    return path.read_bytes()
 
 
 def _read_member(archive: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
@@ -485,6 +519,11 @@ def _read_member(archive: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     if len(data) != member.size:
         raise tarfile.ReadError(f"{member.name} ends after {len(data)} of {member.size} bytes")
     return data
+
+
+def _too_large(name: str, size: int, limit: int) -> EdgeclsError:
+    return EdgeclsError(f"{name} is {size:,} bytes, far more than any CIFAR-10 file (at most {limit:,}); "
+                        "the data is damaged or is not CIFAR-10")
 
 
 def _is_image(name: str) -> bool:
@@ -566,19 +605,8 @@ def _decode_chunk(blobs: list[_Blob]) -> np.ndarray:
 
 
 def _decode_image(data: bytes, name: str) -> np.ndarray:
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.size != (IMAGE_SIZE, IMAGE_SIZE):
-                width, height = image.size
-                raise EdgeclsError(
-                    f"image {name} is {width}x{height} pixels; CIFAR-10 images are {IMAGE_SIZE}x{IMAGE_SIZE}: "
-                    f"resize or remove it"
-                )
-            image.load()
-            rgb = image if image.mode == "RGB" else image.convert("RGB")  # grayscale, palette, RGBA, CMYK
-            return np.asarray(rgb, dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise EdgeclsError(f"cannot decode image {name} ({first_line(exc, 300)}); replace or remove the file") from exc
+    """One encoded image of the data set, by the same decoder `edgecls predict` uses, refused unless 32x32."""
+    return decode(data, name, size=(IMAGE_SIZE, IMAGE_SIZE))
 
 
 # --- the cache -------------------------------------------------------------------------------------------------
@@ -604,9 +632,9 @@ def _source_signature(path: Path) -> str:
 
 def _read_cache(cache_file: Path, signature: str) -> Cifar10 | None:
     """The cached data set, or None when there is none for this signature or the file is damaged."""
-    if not cache_file.is_file():
-        return None
     try:
+        if not cache_file.is_file():
+            return None
         with np.load(cache_file, allow_pickle=False) as stored:
             if str(stored["signature"]) != signature:
                 return None
@@ -619,7 +647,8 @@ def _read_cache(cache_file: Path, signature: str) -> Cifar10 | None:
                 source=str(stored["source"]),
             )
     except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-        print(f"warning: ignoring damaged data cache {cache_file} ({first_line(exc, 300)}); rebuilding it", file=sys.stderr)
+        print(f"warning: ignoring the data cache {cache_file}, which is unreadable or damaged ({first_line(exc, 300)}); "
+              "rebuilding it", file=sys.stderr)
         return None
 
 

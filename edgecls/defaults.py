@@ -37,5 +37,9 @@ BENCH_WARMUP_S = 0.5
 BENCH_ALL_BATCH_SIZES = (1, 256)
 BENCH_ALL_DURATION_S = 0.5
 BENCH_ALL_WARMUP_S = 0.2
+# The largest batch bench times (engines may accept less: their profile's maximum). ONNX Runtime's activations grow
+# with the batch: bench of new2 peaked at 1.1 GB at 1024 (data set included), above 4 GB at 4096
+# (benchmarks/bench_memory.py).
+BENCH_MAX_BATCH = 1024
 ONNX_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
                   "tensorrt": "TensorrtExecutionProvider"}

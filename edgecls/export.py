@@ -2,30 +2,33 @@
 
 Precision lives in the ONNX file (DESIGN.md §2): one file per precision, each runnable on ONNX Runtime's
 CPU provider, so every one of them is checked against the PyTorch model here before any GPU sees it.
-Everything is staged in a hidden folder and installed only once the whole export succeeded, so a failed
-run never leaves a half-written file nor replaces an earlier good one with a broken one.
+Everything is written into a staging folder inside the output folder first; only once the whole export
+succeeded are the files renamed into place as one set, described by `<model>.export.json` (`ExportSet`), which
+every reader checks. A failed run changes nothing; a run killed while installing leaves a set that readers refuse
+with one line until the next export, never a mix of two exports.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edgecls.artifacts import atomic_write, ensure_writable_dir
+from edgecls.artifacts import (copy_beside, ensure_writable_dir, is_storage_error, sha256_file, staging_dir,
+                               storage_error, utc_now)
 from edgecls.data import digest_rows
 from edgecls.defaults import (CALIBRATION_DIR, DEFAULT_CALIBRATION_SEED, DEFAULT_CALIBRATION_SIZE, DEFAULT_METHOD,
                               DEFAULT_OPSET, EXPORT_DIR)
-from edgecls.errors import EdgeclsError
-from edgecls.formats import ModelMetadata, ReferenceLogits
+from edgecls.errors import EdgeclsError, first_line
+from edgecls.formats import ExportSet, ModelMetadata, ReferenceLogits
 from edgecls.metrics import Gate, GateResult, Parity, parity
 from edgecls.onnx_graph import consumers, drop_unused_initializers, load_onnx, save_checked, topological_sort
 
@@ -83,10 +86,10 @@ def export_fp32(model: Any, crop_size: int, metadata: ModelMetadata, out_path: s
     import torch
 
     example = torch.zeros(2, 3, crop_size, crop_size)
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+    with staging_dir(Path(out_path).parent, "onnx-export") as tmp, warnings.catch_warnings():
         # The TorchScript exporter announces its own deprecation; the warning is noise for our users.
         warnings.simplefilter("ignore")
-        raw_path = Path(tmp) / "raw.onnx"
+        raw_path = tmp / "raw.onnx"
         torch.onnx.export(model.eval(), (example,), str(raw_path), dynamo=False, opset_version=opset,
                           input_names=[metadata.input_name], output_names=[metadata.output_name],
                           dynamic_axes={metadata.input_name: {0: "batch"}, metadata.output_name: {0: "batch"}},
@@ -192,15 +195,17 @@ def export_model(checkpoint_path: str | os.PathLike, out_dir: str | os.PathLike 
 
     `data` is a data location (str / None: resolved like training does) or an already loaded `Cifar10`.
     Each file is checked on ONNX Runtime against PyTorch on the test split. Files are staged and installed
-    only when every step succeeded and the fp32 file is within float rounding of PyTorch.
+    together (`install_set`) only when every step succeeded and the fp32 file is within float rounding of PyTorch;
+    the set replaces the model's earlier export in `out_dir` as a whole.
     """
     from edgecls.checkpoint import load_checkpoint
-    from edgecls.data import load_cifar10
+    from edgecls.data import check_seed, load_cifar10
     from edgecls.evaluate import torch_logits
     from edgecls.quantize import quantize_int8, validate_options
 
     started = time.perf_counter()
     validate_options(target, method, calibration_size)
+    check_seed(calibration_seed, "calibration seed")
     checkpoint = load_checkpoint(checkpoint_path)
     out = ensure_writable_dir(out_dir)
     if int8:
@@ -211,48 +216,79 @@ def export_model(checkpoint_path: str | os.PathLike, out_dir: str | os.PathLike 
     name = checkpoint.model_name
     model = checkpoint.build_model()
     report = ExportReport(name, {}, None, [])
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=out) as staging_dir:
-        staging = Path(staging_dir)
-        staged = {"fp32": export_fp32(model, checkpoint.preprocess.crop_size, checkpoint.model_metadata("fp32"),
-                                      staging / f"{name}.onnx", opset)}
-        if fp16:
-            staged["fp16"] = convert_fp16(staged["fp32"], staging / f"{name}.fp16.onnx")
-        calibration_record = None
-        if int8:
-            result = quantize_int8(staged["fp32"], staging / f"{name}.int8.onnx", data=dataset, target=target,
-                                   method=method, size=calibration_size, seed=calibration_seed,
-                                   cache=calibration_cache, record_path=staging / "calibration.json")
-            staged["int8"], calibration_record = result.path, result
-        reference = ReferenceLogits(
-            torch_logits(model, dataset.test_images, checkpoint.preprocess, batch_size=PARITY_BATCH),
-            np.asarray(dataset.test_labels), digest_rows(dataset.test_images), model=name,
-            checkpoint_sha256=checkpoint.sha256, data_fingerprint=dataset.fingerprint)
-        files = staged.items()
-        if progress:
-            from tqdm import tqdm
-            files = tqdm(files, desc="parity", unit="file", leave=False)
-        report.parity = [check_parity(path, precision, onnx_logits(path, dataset.test_images), reference.logits,
-                                      reference.labels) for precision, path in files]
-        staged_reference = reference.write(staging / f"{name}.reference.npz")
+    with staging_dir(out, "export") as staging, contextlib.ExitStack() as cleanup:
+        try:
+            staged = {"fp32": export_fp32(model, checkpoint.preprocess.crop_size, checkpoint.model_metadata("fp32"),
+                                          staging / ExportSet.member_name(name, "fp32"), opset)}
+            if fp16:
+                staged["fp16"] = convert_fp16(staged["fp32"], staging / ExportSet.member_name(name, "fp16"))
+            quantized = None
+            if int8:
+                quantized = quantize_int8(
+                    staged["fp32"], staging / ExportSet.member_name(name, "int8"), data=dataset, target=target,
+                    method=method, size=calibration_size, seed=calibration_seed, cache=calibration_cache,
+                    record_path=staging / "calibration.json", work_dir=staging)
+                staged["int8"] = quantized.path
+            reference = ReferenceLogits(
+                torch_logits(model, dataset.test_images, checkpoint.preprocess, batch_size=PARITY_BATCH),
+                np.asarray(dataset.test_labels), digest_rows(dataset.test_images), model=name,
+                checkpoint_sha256=checkpoint.sha256, data_fingerprint=dataset.fingerprint)
+            files = staged.items()
+            if progress:
+                from tqdm import tqdm
+                files = tqdm(files, desc="parity", unit="file", leave=False)
+            report.parity = [check_parity(path, precision, onnx_logits(path, dataset.test_images),
+                                          reference.logits, reference.labels) for precision, path in files]
+            staged["reference"] = reference.write(staging / ExportSet.member_name(name, "reference"))
+        except OSError as exc:  # the libraries writing into the staging folder (torch, onnx, ONNX Runtime)
+            if not is_storage_error(exc):
+                raise
+            raise storage_error(exc, out, f"the export of {name}") from exc
         if not report.passed:
             report.notes.append(f"nothing installed in {out}: the fp32 export does not match PyTorch")
             report.seconds = time.perf_counter() - started
             return report
-        # Install: each file replaces its predecessor atomically, only now that all of them exist.
-        for precision, path in staged.items():
-            report.files[precision] = install(path, out / path.name)
-        report.reference = install(staged_reference, out / staged_reference.name)
-        if calibration_record is not None:
-            report.calibration = calibration_record.record_path if calibration_record.reused else install(
-                calibration_record.record_path, Path(calibration_dir) / calibration_record.record_name)
+        # Everything that still needs disk space is written now, so that installing is renames only.
+        also_install = []
+        if quantized is not None and not quantized.reused:
+            destination = Path(calibration_dir) / quantized.record_name
+            temporary = copy_beside(quantized.record_path, destination)
+            cleanup.callback(temporary.unlink, missing_ok=True)  # renamed away once installed; removed if not
+            also_install.append((temporary, destination))
+            report.calibration = destination
+        elif quantized is not None:
+            report.calibration = quantized.record_path
+        record = ExportSet(model=name, checkpoint_sha256=checkpoint.sha256, created_at=utc_now(), complete=True,
+                           files={path.name: sha256_file(path) for path in staged.values()})
+        try:
+            install_set(record, staging, out, also_install)
+        except OSError as exc:  # renames need no space, but a folder may still refuse one (its own limits)
+            raise EdgeclsError(f"installing the export of {name} into {out} failed ({first_line(exc)}); run "
+                               "`edgecls export` again (meanwhile readers refuse a half-installed set)") from exc
+        report.files = {kind: out / path.name for kind, path in staged.items() if kind != "reference"}
+        report.reference = out / staged["reference"].name
         for result in report.parity:
             result.path = report.files[result.precision]
     report.seconds = time.perf_counter() - started
     return report
 
 
-def install(staged: Path, destination: Path) -> Path:
-    """Copy a staged file to its final place atomically (calibration/ may be on another filesystem than export/)."""
-    with atomic_write(destination) as handle:
-        handle.write(staged.read_bytes())
-    return destination
+def install_set(record: ExportSet, staging: Path, out: Path, also_install: Sequence[tuple[Path, Path]] = ()) -> None:
+    """Move the files `record` lists from `staging` into `out`, as one export set.
+
+    Both versions of the set's record are written first; from then on only renames happen, which need no space:
+    the incomplete record goes in (readers now refuse every file of this model there), then each file, then the
+    other files of `also_install` (temporary, destination: the calibration record), then the complete record. Files
+    an earlier export of the model left that this one does not write are removed, so the folder holds one set.
+    """
+    pending = replace(record, complete=False).write(staging / "pending.export.json")
+    complete = record.write(staging / "complete.export.json")
+    record_path = ExportSet.path_for(out, record.model)
+    os.replace(pending, record_path)
+    for name in record.files:
+        os.replace(staging / name, out / name)
+    for name in set(ExportSet.member_names(record.model)) - set(record.files):
+        (out / name).unlink(missing_ok=True)
+    for temporary, destination in also_install:
+        os.replace(temporary, destination)
+    os.replace(complete, record_path)

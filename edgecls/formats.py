@@ -5,6 +5,7 @@ one validation. Torch-free: the runtime reads the ONNX metadata and the engine m
 - `EngineManifest`: `<name>.plan.json` beside a TensorRT plan.
 - `ReferenceLogits`: `<model>.reference.npz`, the original model's logits on the test split.
 - `CalibrationRecord`: `calibration/<model>.<method>.json`, the calibration images and tensor ranges.
+- `ExportSet`: `<model>.export.json` beside the files of one export, which readers check before using one.
 
 The checkpoint is PyTorch's own format and lives in `edgecls.checkpoint`; the preprocessing record in
 `edgecls.preprocess`.
@@ -127,10 +128,13 @@ class ModelMetadata:
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> "ModelMetadata":
-        """The record of an ONNX file on disk (needs the `onnx` package)."""
+        """The record of an ONNX file on disk (needs the `onnx` package), once the file has passed
+        `ExportSet.check_member`."""
         from edgecls.onnx_graph import load_onnx
 
-        return cls.from_onnx(load_onnx(path), str(path))
+        metadata = cls.from_onnx(load_onnx(path), str(path))
+        ExportSet.check_member(path, metadata.model)
+        return metadata
 
     def with_precision(self, precision: str, quantization: Optional[dict] = None) -> "ModelMetadata":
         return replace(self, precision=precision, quantization=quantization)
@@ -319,3 +323,84 @@ class CalibrationRecord:
                        created_at=str(record.get("created_at", "")), versions=dict(record.get("versions", {})))
         except (KeyError, TypeError, ValueError) as exc:
             raise EdgeclsError(f"calibration record {path} lacks or garbles {first_line(exc)}; {fix}") from exc
+
+
+# ----------------------------------------------------------------------------------------------- export set
+
+@dataclass(frozen=True)
+class ExportSet:
+    """`<model>.export.json`, beside the files one export installed: their names and sha256, and whether installing
+    them finished. Export renames the record in as incomplete, then each file, then the complete record; every
+    reader of an export file calls `check_member` first, so a crash while installing leaves files that readers
+    refuse with one line, never a mix of two exports taken for one."""
+
+    model: str
+    checkpoint_sha256: str
+    files: dict  # file name (in the record's folder) -> sha256
+    complete: bool
+    created_at: str = ""
+
+    @staticmethod
+    def member_name(model: str, kind: str) -> str:
+        """The name an export gives each kind of file: an ONNX file per precision, or the reference logits."""
+        return f"{model}.reference.npz" if kind == "reference" else \
+            f"{model}{'' if kind == 'fp32' else '.' + kind}.onnx"
+
+    @classmethod
+    def member_names(cls, model: str) -> list[str]:
+        """Every name an export of `model` may install: the record governs these, whether it lists them or not."""
+        return [cls.member_name(model, kind) for kind in (*PRECISIONS, "reference")]
+
+    @staticmethod
+    def path_for(folder: str | os.PathLike, model: str) -> Path:
+        return Path(folder) / f"{model}.export.json"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format_version": FORMAT_VERSION, **asdict(self)}
+
+    def write(self, path: str | os.PathLike) -> Path:
+        write_json(path, self.to_dict())
+        return Path(path)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "ExportSet":
+        path = Path(path)
+        fix = "run `edgecls export` again"
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise EdgeclsError(f"export record {path} is unreadable ({first_line(exc)}); {fix}") from exc
+        if not isinstance(record, dict):
+            raise EdgeclsError(f"{path} is not an edgecls export record; {fix}")
+        _check_version(record, f"export record {path}", fix)
+        try:
+            return cls(model=str(record["model"]), checkpoint_sha256=str(record["checkpoint_sha256"]),
+                       files={str(name): str(digest) for name, digest in dict(record["files"]).items()},
+                       complete=bool(record["complete"]), created_at=str(record.get("created_at", "")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EdgeclsError(f"export record {path} lacks or garbles {first_line(exc)}; {fix}") from exc
+
+    @classmethod
+    def check_member(cls, path: str | os.PathLike, model: str) -> None:
+        """Refuse an export file of `model` that is not part of a complete export set: its folder's record is
+        incomplete (an export was interrupted while installing), does not list it under its name, or lists other
+        bytes. A file with no record beside it (copied alone, or exported before records existed) is not checked,
+        nor is a file under a name no export writes."""
+        path = Path(path)
+        record_path = cls.path_for(path.parent, model)
+        if not record_path.is_file():
+            return
+        record = cls.read(record_path)
+        if not record.complete:
+            raise EdgeclsError(f"{path}: the export of {model} into {path.parent} was interrupted while installing its "
+                               f"files ({record_path} is incomplete), so they may come from two exports; "
+                               "run `edgecls export` again")
+        expected = record.files.get(path.name)
+        if expected is None:
+            if path.name in cls.member_names(model):
+                raise EdgeclsError(f"{path} is not part of the last export of {model} ({record_path}); "
+                                   "run `edgecls export` again, or remove the file")
+            return
+        if sha256_file(path) != expected:
+            raise EdgeclsError(f"{path} has changed since it was exported (it does not match {record_path}); "
+                               "run `edgecls export` again")

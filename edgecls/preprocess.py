@@ -64,7 +64,7 @@ class Preprocessing:
             raise EdgeclsError(f"expected uint8 images shaped N x H x W x 3 or H x W x C, got shape {images.shape}")
         if len(images) == 0:
             raise EdgeclsError("no images to classify")
-        return np.stack([self._fit_one(np.asarray(image)) for image in images])
+        return np.stack([center_crop(self.fit(np.asarray(image))[None], self.crop_size)[0] for image in images])
 
     def normalize(self, crops: np.ndarray) -> np.ndarray:
         mean = np.asarray(self.mean, dtype=np.float32).reshape(1, 3, 1, 1)
@@ -72,12 +72,16 @@ class Preprocessing:
         chw = crops.transpose(0, 3, 1, 2).astype(np.float32) * np.float32(1 / 255)
         return np.ascontiguousarray((chw - mean) * inv_std)
 
-    def _fit_one(self, image: np.ndarray) -> np.ndarray:
+    def fit(self, image: np.ndarray) -> np.ndarray:
+        """One uint8 image (H x W, or H x W x 1, 3 or 4) as input_size x input_size x 3 RGB: the shorter side resized
+        to input_size, the center kept. Its memory is that of the image, whatever the image's shape."""
         image = to_rgb(image)
-        if image.shape[:2] != (self.input_size, self.input_size):
-            image = resize_shorter_side(image, self.input_size)
-            image = center_crop(image[None], self.input_size)[0]
-        return center_crop(image[None], self.crop_size)[0]
+        height, width = image.shape[:2]
+        if height == 0 or width == 0:
+            raise EdgeclsError(f"an image of {height}x{width} pixels has nothing to classify; remove it")
+        if (height, width) == (self.input_size, self.input_size):
+            return image
+        return resize_shorter_side(image, self.input_size, window=self.input_size)
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:
@@ -104,11 +108,13 @@ def center_crop(images: np.ndarray, size: int) -> np.ndarray:
     return images[:, top : top + size, left : left + size]
 
 
-def resize_shorter_side(image: np.ndarray, size: int) -> np.ndarray:
+def resize_shorter_side(image: np.ndarray, size: int, window: int | None = None) -> np.ndarray:
     """Resize so that the shorter side becomes `size`: box filter for whole-number shrinking, then bilinear.
 
     The box filter first averages factor x factor blocks, so a large photo is smoothed rather than sampled
-    (bilinear alone would skip most pixels and alias fine detail).
+    (bilinear alone would skip most pixels and alias fine detail). `window`: return only the centered
+    window x window of the result (`center_crop`'s offsets), computing only those pixels, so that a long thin image
+    (1 x 100000 becomes 32 x 3,200,000) costs no more memory than a square one.
     """
     factor = min(image.shape[:2]) // size
     if factor >= 2:
@@ -120,16 +126,21 @@ def resize_shorter_side(image: np.ndarray, size: int) -> np.ndarray:
     new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
 
     def sample_positions(new: int, old: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        pos = np.clip((np.arange(new) + 0.5) * (old / new) - 0.5, 0, old - 1)
+        count = new if window is None else window
+        kept = np.arange(count) + (new - count) // 2
+        pos = np.clip((kept + 0.5) * (old / new) - 0.5, 0, old - 1)
         low = np.floor(pos).astype(np.int64)
         high = np.minimum(low + 1, old - 1)
         return low, high, (pos - low).astype(np.float32)
 
     y0, y1, wy = sample_positions(new_h, height)
     x0, x1, wx = sample_positions(new_w, width)
-    pixels = image.astype(np.float32)
-    rows = pixels[y0] * (1 - wy)[:, None, None] + pixels[y1] * wy[:, None, None]
-    out = rows[:, x0] * (1 - wx)[None, :, None] + rows[:, x1] * wx[None, :, None]
+    def gather(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:  # only the pixels the samples read, as float
+        return image[rows[:, None], cols[None, :]].astype(np.float32)
+
+    left = gather(y0, x0) * (1 - wy)[:, None, None] + gather(y1, x0) * wy[:, None, None]
+    right = gather(y0, x1) * (1 - wy)[:, None, None] + gather(y1, x1) * wy[:, None, None]
+    out = left * (1 - wx)[None, :, None] + right * wx[None, :, None]
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 

@@ -90,12 +90,14 @@ def ort_method(method: str) -> Any:
 def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, data: Any = None, target: str = "trt",
                   method: str = DEFAULT_METHOD, size: int = DEFAULT_CALIBRATION_SIZE,
                   seed: int = DEFAULT_CALIBRATION_SEED, cache: str | os.PathLike | None = None,
-                  record_path: str | os.PathLike | None = None) -> QuantizeResult:
+                  record_path: str | os.PathLike | None = None,
+                  work_dir: str | os.PathLike | None = None) -> QuantizeResult:
     """Write the int8 Q/DQ version of `fp32_path` to `out_path`.
 
     `data` is a `Cifar10` (its training split is used) and may be None when `cache` names a calibration
     record from an earlier run. A new calibration record is written to `record_path`
-    (default: `calibration/<model>.<method>.json`).
+    (default: `calibration/<model>.<method>.json`). Intermediate files go to a temporary folder inside `work_dir`
+    (default: the system's), which export points at its staging folder so that nothing outlives a killed run.
     """
     from onnxruntime.quantization import QuantFormat, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -123,7 +125,7 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, dat
                                    versions=library_versions("onnxruntime", "onnx", "numpy"))
         record_path = Path(record_path) if record_path is not None else Path(CALIBRATION_DIR) / record_name
 
-    with tempfile.TemporaryDirectory(prefix="edgecls-quant-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="edgecls-quant-", dir=work_dir) as tmp:
         tmp_dir = Path(tmp)
         prepared = tmp_dir / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared))  # shape inference + constant folding, as ORT recommends

@@ -12,7 +12,7 @@ import numpy as np
 
 from edgecls.data import Cifar10, find_images
 from edgecls.errors import EdgeclsError
-from edgecls.formats import ModelMetadata, ReferenceLogits
+from edgecls.formats import ExportSet, ModelMetadata, ReferenceLogits
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,10 @@ def from_checkpoint(path: str | Path, dataset: Cifar10, device: Optional[str] = 
 
 
 def from_file(path: str | Path) -> Reference:
-    """`<model>.reference.npz` as written by `edgecls export` (not yet aligned to any test split)."""
+    """`<model>.reference.npz` as written by `edgecls export` (not yet aligned to any test split), refused when it is
+    not part of a complete export set (`ExportSet.check_member`)."""
     saved = ReferenceLogits.read(path)
+    ExportSet.check_member(path, saved.model)
     return Reference(str(path), saved.logits, saved.labels, saved.model, saved.checkpoint_sha256,
                      saved.data_fingerprint, digests=saved.digests)
 

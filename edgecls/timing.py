@@ -15,7 +15,8 @@ from typing import Any, Callable
 import numpy as np
 
 from edgecls.artifacts import library_versions, utc_now
-from edgecls.defaults import BENCH_BATCH_SIZES, BENCH_DURATION_S, BENCH_WARMUP_S
+from edgecls.defaults import BENCH_BATCH_SIZES, BENCH_DURATION_S, BENCH_MAX_BATCH, BENCH_WARMUP_S
+from edgecls.errors import EdgeclsError
 from edgecls.runtime import Classifier
 
 
@@ -29,6 +30,12 @@ class TimingSettings:
     min_calls: int = 5
     model_only: bool = True  # also time the model alone, where the backend can separate it from the transfers
     cuda_variants: bool = True  # for a checkpoint on CUDA: also fp16 and CUDA-graph runs
+
+    def __post_init__(self) -> None:  # refused when the settings are made, before any work
+        if not self.batch_sizes or not all(1 <= size <= BENCH_MAX_BATCH for size in self.batch_sizes):
+            raise EdgeclsError(f"batch sizes {list(self.batch_sizes)} must lie between 1 and {BENCH_MAX_BATCH}")
+        if self.duration < 0 or self.warmup < 0:
+            raise EdgeclsError(f"timing duration {self.duration:g} s and warm-up {self.warmup:g} s cannot be negative")
 
     def to_dict(self) -> dict[str, Any]:
         return {"batch_sizes": list(self.batch_sizes), "duration_s": self.duration, "warmup_s": self.warmup}

@@ -20,7 +20,7 @@ from edgecls.data import image_digests
 from edgecls.errors import EdgeclsError
 from edgecls.evaluate import torch_logits
 from edgecls.export import check_parity, export_model
-from edgecls.formats import ModelMetadata
+from edgecls.formats import ExportSet, ModelMetadata
 from edgecls.models import MODELS
 from edgecls.preprocess import Preprocessing
 from edgecls.runtime import load as load_runtime
@@ -134,8 +134,11 @@ def test_cli_export_end_to_end(trained_checkpoint, tiny_data_dir, tmp_path, monk
                                        str(tiny_data_dir), "--out", str(out), "--fp16", "--int8", "--calibration-size",
                                        "100", "--calibration-dir", str(calibration)])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["new1.fp16.onnx", "new1.int8.onnx", "new1.onnx",
-                                                      "new1.reference.npz"]
+    members = ["new1.fp16.onnx", "new1.int8.onnx", "new1.onnx", "new1.reference.npz"]
+    assert sorted(p.name for p in out.iterdir()) == ["new1.export.json", *members]
+    record = ExportSet.read(out / "new1.export.json")  # the set, complete, with each file's bytes
+    assert record.complete and record.model == "new1" and sorted(record.files) == members
+    assert all(record.files[name] == sha256_file(out / name) for name in members)
     assert [p.name for p in calibration.iterdir()] == ["new1.percentile.json"]
     for name in ("new1.onnx (fp32)", "new1.fp16.onnx (fp16)", "new1.int8.onnx (int8)"):
         assert f"{name}: top-1 agreement" in result.output

@@ -70,11 +70,18 @@ def test_predict_files_and_folders(fp32_onnx, photos, tiny_cifar):
 
 
 def test_unreadable_and_non_image_files(fp32_onnx, photos, tmp_path):
+    # Not an image at all: refused from its header, before the model runs or anything is printed.
+    code, output = predict(str(photos / "a.png"), str(photos / "notes.txt"), "--engine", str(fp32_onnx))
+    assert code == 2 and output.strip().splitlines() == [
+        f"error: cannot decode image {photos / 'notes.txt'} (not an image format Pillow reads); check, replace or "
+        "remove the file"]
+    # A PNG cut after its header: found while decoding its batch (here the only one), so nothing is printed but that.
     broken = tmp_path / "broken.png"
-    broken.write_bytes((photos / "a.png").read_bytes()[:40])
-    for bad in (photos / "notes.txt", broken):
-        code, output = predict(str(photos / "a.png"), str(bad), "--engine", str(fp32_onnx))
-        assert code == 2 and f"cannot read {bad} as an image" in output and len(output.strip().splitlines()) == 1
+    whole = (photos / "a.png").read_bytes()
+    broken.write_bytes(whole[: len(whole) // 2])
+    code, output = predict(str(photos / "a.png"), str(broken), "--engine", str(fp32_onnx))
+    assert code == 2 and output.strip().splitlines() == [
+        f"error: cannot decode image {broken} (image file is truncated); check, replace or remove the file"]
 
 
 def test_missing_paths_and_empty_folders(fp32_onnx, tmp_path):
@@ -87,11 +94,22 @@ def test_missing_paths_and_empty_folders(fp32_onnx, tmp_path):
     assert code == 2 and "does not exist" in output
 
 
-def test_images_with_unexpected_pixel_formats(fp32_onnx, tmp_path):
-    deep = tmp_path / "deep.png"
-    Image.fromarray(np.full((32, 32), 40000, np.uint16)).save(deep)  # 16-bit grayscale
-    code, output = predict(str(deep), "--engine", str(fp32_onnx))
-    assert code == 2 and "pixel format" in output and str(deep) in output
+def test_16_bit_images_are_scaled_not_clipped_and_float_images_refused(fp32_onnx, tiny_cifar, tmp_path):
+    gray = tiny_cifar.test_images[5][:, :, 1]
+    eight = tmp_path / "eight.png"
+    Image.fromarray(gray).save(eight)
+    sixteen = tmp_path / "sixteen.png"
+    Image.fromarray(gray.astype(np.uint16) * 257).save(sixteen)  # the same picture on the 0..65535 scale
+    assert Image.open(sixteen).mode == "I;16"
+    code, output = predict(str(eight), str(sixteen), "--engine", str(fp32_onnx))
+    got = parse(output)
+    assert code == 0 and got["sixteen.png"] == got["eight.png"]
+
+    floating = tmp_path / "float.tif"
+    Image.fromarray(gray.astype(np.float32) / 255).save(floating)
+    code, output = predict(str(floating), "--engine", str(fp32_onnx))
+    assert code == 2 and f"image {floating} has floating-point pixels" in output
+    assert len(output.strip().splitlines()) == 1
 
 
 def test_bad_engines(fp32_onnx, photos, tmp_path):

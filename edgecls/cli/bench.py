@@ -6,9 +6,10 @@ import sys
 
 import click
 
-from edgecls.cli.common import DATA_HELP
+from edgecls.cli.common import DATA_HELP, check_input_file
 from edgecls.defaults import (BENCH_ALL_BATCH_SIZES, BENCH_ALL_DURATION_S, BENCH_ALL_WARMUP_S, BENCH_BATCH_SIZES,
-                              BENCH_DURATION_S, BENCH_WARMUP_S, ENGINES_DIR, EXPORT_DIR, ONNX_PROVIDERS)
+                              BENCH_DURATION_S, BENCH_MAX_BATCH, BENCH_WARMUP_S, ENGINES_DIR, EXPORT_DIR,
+                              ONNX_PROVIDERS)
 from edgecls.errors import EdgeclsError
 
 
@@ -36,20 +37,22 @@ PROVIDER_HELP = f"ONNX Runtime provider: {', '.join(ONNX_PROVIDERS)}."
 @click.option("--data", help=DATA_HELP)
 @click.option("--reference", help="Original model to compare with: a checkpoint, or reference logits (.npz). "
                                   "Default: <model>.reference.npz saved at export, when found.")
-@click.option("--batch-sizes", help=f"Comma-separated batch sizes to time.  [default: {_sizes_text(BENCH_BATCH_SIZES)}; "
-                                    f"with --all: {_sizes_text(BENCH_ALL_BATCH_SIZES)}]")
-@click.option("--duration", type=float, help=f"Seconds of timing per batch size.  [default: {BENCH_DURATION_S:g}; "
-                                             f"with --all: {BENCH_ALL_DURATION_S:g}]")
-@click.option("--warmup", type=float, help=f"Seconds of warm-up before each timing.  [default: {BENCH_WARMUP_S:g}; "
-                                           f"with --all: {BENCH_ALL_WARMUP_S:g}]")
+@click.option("--batch-sizes", help=f"Comma-separated batch sizes to time, each 1 to {BENCH_MAX_BATCH} (and at most "
+                                    "the engine profile's maximum).  "
+                                    f"[default: {_sizes_text(BENCH_BATCH_SIZES)}; with --all: {_sizes_text(BENCH_ALL_BATCH_SIZES)}]")
+@click.option("--duration", type=click.FloatRange(min=0), help=f"Seconds of timing per batch size.  "
+                                                               f"[default: {BENCH_DURATION_S:g}; with --all: {BENCH_ALL_DURATION_S:g}]")
+@click.option("--warmup", type=click.FloatRange(min=0), help=f"Seconds of warm-up before each timing.  "
+                                                             f"[default: {BENCH_WARMUP_S:g}; with --all: {BENCH_ALL_WARMUP_S:g}]")
 @click.option("--provider", default="cpu", show_default=True, help=PROVIDER_HELP)
-@click.option("--threads", type=int, help="CPU threads for ONNX Runtime / PyTorch (default: theirs).")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime / PyTorch (default: theirs).")
 @click.option("--device", help="Device for checkpoints: cpu, cuda. Default: cuda when available.")
 @click.option("--export-dir", default=EXPORT_DIR, show_default=True, help="With --all: where the ONNX files are.")
 @click.option("--engines-dir", default=ENGINES_DIR, show_default=True, help="With --all: where the TensorRT plans are.")
 @click.option("--json", "json_path", help="Also write every figure, with the environment, to this JSON file.")
-@click.option("--max-drop", type=float, metavar="POINTS", help="Exit 1 if accuracy is more than POINTS below the reference's.")
-@click.option("--min-agreement", type=float, metavar="PERCENT",
+@click.option("--max-drop", type=click.FloatRange(0, 100), metavar="POINTS",
+              help="Exit 1 if accuracy is more than POINTS below the reference's.")
+@click.option("--min-agreement", type=click.FloatRange(0, 100), metavar="PERCENT",
               help="Exit 1 if top-1 agreement with the reference is below PERCENT.")
 def bench(engine: str | None, all_checkpoint: str | None, data: str | None, reference: str | None,
           batch_sizes: str | None, duration: float | None, warmup: float | None, provider: str, threads: int | None,
@@ -61,7 +64,7 @@ def bench(engine: str | None, all_checkpoint: str | None, data: str | None, refe
     """
     from dataclasses import replace
 
-    from edgecls.artifacts import write_json
+    from edgecls.artifacts import check_output_file, write_json
     from edgecls.bench import ALL_ARTIFACTS_TIMING, RunnerOptions, bench_all, bench_model, format_all, format_report
     from edgecls.bench import json_ready
     from edgecls.data import load_cifar10
@@ -76,6 +79,15 @@ def bench(engine: str | None, all_checkpoint: str | None, data: str | None, refe
     timing = replace(timing, **{key: value for key, value in overrides.items() if value is not None})
     options = RunnerOptions(provider=provider, threads=threads, device=device)
     gate = Gate(max_drop=max_drop, min_agreement=min_agreement)
+    # Every file named is checked before the data is read and the bench runs: the cheapest, most specific first.
+    if all_checkpoint:
+        check_input_file(all_checkpoint, "checkpoint")
+    else:
+        check_input_file(engine, "model file")
+    if reference is not None:
+        check_input_file(reference, "reference")
+    if json_path:
+        check_output_file(json_path)
     progress = sys.stderr.isatty()
     dataset = load_cifar10(data)
     if all_checkpoint:
@@ -102,17 +114,28 @@ def bench(engine: str | None, all_checkpoint: str | None, data: str | None, refe
 def predict(images: tuple[str, ...], engine: str, top_k: int, provider: str) -> None:
     """Classify image files (or the images in directories): top-k labels with probabilities.
 
+    Every file is checked (from its header) before the model runs; then the images are read, classified and printed
+    one batch at a time, so any number of them fits in memory.
+
     Example: edgecls predict photos/ cat.jpg --engine export/new2.onnx --top-k 3
     """
-    from edgecls.runtime import Classifier
-    from edgecls.runtime.images import expand_paths, read_image
+    from tqdm import tqdm
 
+    from edgecls.runtime import Classifier
+    from edgecls.runtime.images import check_image, expand_paths, fitted_batches
+
+    check_input_file(engine, "model file")
     files = expand_paths(images)
-    pixels = [read_image(path) for path in files]  # every file is checked before any model work
+    for path in files:
+        check_image(path)
     with Classifier.load(engine, provider=provider) as classifier:
-        predictions = classifier.classify(pixels)
-    for path, ranked in zip(files, predictions.top_k(top_k)):
-        click.echo(f"{path}: " + "  ".join(f"{name} {probability:.3f}" for name, probability in ranked))
+        batches = fitted_batches(files, classifier.preprocess, classifier.batch_size)
+        with tqdm(total=len(files), unit="img", disable=not sys.stderr.isatty(), leave=False) as bar:
+            for paths, fitted in batches:
+                for path, ranked in zip(paths, classifier.classify(fitted).top_k(top_k)):
+                    bar.write(f"{path}: " + "  ".join(f"{name} {probability:.3f}" for name, probability in ranked),
+                              file=sys.stdout)
+                bar.update(len(paths))
 
 
 COMMANDS = (bench, predict)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,11 @@ class Classifier:
 
     def logits(self, images: Images) -> np.ndarray:
         """float32 logits, N x classes, for uint8 HWC images (N x H x W x C array, one image, or a list)."""
+        if isinstance(images, (str, bytes, os.PathLike)):
+            raise EdgeclsError(f"classify takes pixels, not a file ({images!r}); read image files with "
+                               "edgecls.runtime.images.read_image")
+        if not isinstance(images, (np.ndarray, list, tuple)):
+            raise EdgeclsError(f"expected uint8 images (an array, or a list of arrays), got {type(images).__name__}")
         if isinstance(images, np.ndarray) and images.ndim in (2, 3):
             images = [images]  # one image, as Preprocessing reads a 2-D or 3-D array
         elif isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[-1] != 3:

@@ -10,7 +10,7 @@ import numpy as np
 
 from edgecls.defaults import ONNX_PROVIDERS
 from edgecls.errors import EdgeclsError, first_line
-from edgecls.formats import METADATA_KEY, ModelMetadata
+from edgecls.formats import METADATA_KEY, ExportSet, ModelMetadata
 from edgecls.runtime.base import Runner
 
 
@@ -50,6 +50,7 @@ class OnnxRunner(Runner):
         inputs = {i.name: [d if isinstance(d, int) and d > 0 else None for d in i.shape]
                   for i in self.session.get_inputs()}
         self.metadata.check_io(inputs, {o.name for o in self.session.get_outputs()}, str(self.path))
+        ExportSet.check_member(self.path, self.metadata.model)  # not a file of an interrupted or later export
         batch_dim = inputs[self.input_name][0]
         if batch_dim is not None:  # exported with a fixed batch: feed exactly that
             self.min_batch = self.max_batch = batch_dim
