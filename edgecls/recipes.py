@@ -60,9 +60,3 @@ def training_plan(recipe: str = DEFAULT_RECIPE, epochs: Optional[int] = None, ba
     if batch_size is not None and lr is None:  # keep the recipe's learning rate per image when only the batch changes
         plan = replace(plan, lr=plan.lr * batch_size / plan.batch_size)
     return replace(plan, epochs=epochs or plan.epochs, batch_size=batch_size or plan.batch_size, lr=lr or plan.lr)
-
-
-def check_seed(seed: int) -> None:
-    """Seeds are non-negative (numpy's generators refuse negative ones)."""
-    if seed < 0:
-        raise EdgeclsError(f"--seed {seed} is negative; pass a seed of 0 or more")

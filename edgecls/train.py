@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from edgecls.artifacts import atomic_write, ensure_writable_dir, library_versions
 from edgecls.checkpoint import load_checkpoint, save_checkpoint, validation_record
-from edgecls.data import Cifar10, seeded_subset
+from edgecls.data import Cifar10, check_seed, seeded_subset
 from edgecls.defaults import CHECKPOINT_DIR, CROP_SIZE, DEFAULT_VAL_SPLIT
 from edgecls.device import backend_flags, gpu_name, normalize_on_device, on_device, pick_device, synchronize
 from edgecls.errors import EdgeclsError
@@ -37,7 +37,7 @@ from edgecls.evaluate import torch_logits
 from edgecls.metrics import accuracy
 from edgecls.models import create_model
 from edgecls.preprocess import Preprocessing
-from edgecls.recipes import DEFAULT_RECIPE, Recipe, check_seed, training_plan
+from edgecls.recipes import DEFAULT_RECIPE, Recipe, training_plan
 
 # Untimed training steps before epoch 1, on throwaway copies: cuDNN/cuBLAS handles, cuDNN's algorithm search and
 # lazy kernel loading happen there. One step is enough on the CPU, which has none of these.
@@ -307,7 +307,7 @@ def train(
     `cudnn_benchmark`: let cuDNN time its algorithms for the (fixed) batch shape, on CUDA.
     """
     plan = training_plan(recipe, epochs, batch_size, lr)
-    check_seed(seed)
+    check_seed(seed, "--seed")
     create_model(model_name)  # fail on an unknown name before touching any file
     last_path, best_path, log_path = checkpoint_paths(out_dir, model_name)
     ensure_writable_dir(out_dir)

@@ -60,16 +60,16 @@ def train(model_name: str, data: str | None, download: bool, recipe: str, epochs
     """
     import time
 
-    from edgecls.data import load_cifar10
+    from edgecls.data import check_seed, load_cifar10
     from edgecls.device import pick_device
     from edgecls.models import create_model
-    from edgecls.recipes import check_seed, training_plan
+    from edgecls.recipes import training_plan
     from edgecls.train import check_val_split
     from edgecls.train import train as run_training
 
     create_model(model_name)  # an unknown name or impossible settings fail before the data is read
     training_plan(recipe, epochs, batch_size, lr)
-    check_seed(seed)
+    check_seed(seed, "--seed")
     pick_device(device)
     started = time.perf_counter()
     dataset = load_cifar10(data, download=download)
