@@ -13,12 +13,13 @@ The checkpoint is PyTorch's own format and lives in `edgecls.checkpoint`; the pr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import zipfile
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Collection, Mapping, Optional, Sequence
+from typing import Any, Collection, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -31,6 +32,28 @@ INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 METADATA_KEY = "edgecls"  # the ONNX metadata_props key
 FORMAT_VERSION = 1  # of every record below; each file says which version wrote it
+
+
+def _json_object(path: Path, what: str, fix: str, missing: str) -> dict:
+    """The JSON object in `path`, or one line naming the file: `missing` when there is none, else what is wrong."""
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise EdgeclsError(missing) from exc
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8, or not JSON
+        raise EdgeclsError(f"{what} {path} is unreadable or not JSON ({first_line(exc)}); {fix}") from exc
+    if not isinstance(record, dict):
+        raise EdgeclsError(f"{path} is not an edgecls {what}; {fix}")
+    return record
+
+
+@contextlib.contextmanager
+def _fields_of(what: str, fix: str) -> Iterator[None]:
+    """Turn a missing or malformed field, met while building a record, into one line naming the file."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError) as exc:
+        raise EdgeclsError(f"{what} lacks or garbles {first_line(exc)}; {fix}") from exc
 
 
 def _check_version(record: Mapping[str, Any], what: str, fix: str) -> None:
@@ -180,7 +203,7 @@ class EngineManifest:
         if not isinstance(record, dict) or "edgecls" not in record or "tensorrt_version" not in record:
             raise EdgeclsError(f"{source} is not an edgecls engine manifest; {fix}")
         _check_version(record, f"engine manifest {source}", fix)
-        try:
+        with _fields_of(f"engine manifest {source}", fix):
             batch = {key: int(record["batch"][key]) for key in ("min", "opt", "max")}
             dla_core = record.get("dla_core")
             if dla_core is not None and (isinstance(dla_core, bool) or not isinstance(dla_core, int) or dla_core < 0):
@@ -193,8 +216,6 @@ class EngineManifest:
                        build_seconds=float(record.get("build_seconds", 0.0)), built_at=str(record.get("built_at", "")),
                        dla_core=dla_core, cuda_binding=str(record.get("cuda_binding", "")),
                        board=str(record.get("board", "")), l4t_release=str(record.get("l4t_release", "")))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise EdgeclsError(f"engine manifest {source} lacks or garbles {first_line(exc)}; {fix}") from exc
 
     def write(self, plan: str | os.PathLike) -> Path:
         path = self.path_for(plan)
@@ -208,13 +229,8 @@ class EngineManifest:
         if not plan.is_file():
             raise EdgeclsError(f"engine file {plan} does not exist; build it with `edgecls build` on this device")
         path = cls.path_for(plan)
-        try:
-            record = json.loads(path.read_text())
-        except FileNotFoundError as exc:
-            raise EdgeclsError(f"{plan} has no manifest {path}; rebuild the engine with `edgecls build`") from exc
-        except (OSError, ValueError) as exc:
-            raise EdgeclsError(f"manifest {path} is unreadable ({first_line(exc)}); "
-                               "rebuild the engine with `edgecls build`") from exc
+        fix = "rebuild the engine with `edgecls build`"
+        record = _json_object(path, "engine manifest", fix, missing=f"{plan} has no manifest {path}; {fix}")
         manifest = cls.from_dict(record, str(path))
         if sha256_file(plan) != manifest.plan_sha256:
             raise EdgeclsError(f"engine file {plan} does not match its manifest (truncated, or replaced); "
@@ -305,24 +321,17 @@ class CalibrationRecord:
     def read(cls, path: str | os.PathLike) -> "CalibrationRecord":
         path = Path(path)
         fix = "delete it and calibrate afresh"
-        try:
-            record = json.loads(path.read_text())
-        except FileNotFoundError as exc:
-            raise EdgeclsError(f"calibration record {path} does not exist; drop --calibration-cache to calibrate "
-                               "afresh") from exc
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise EdgeclsError(f"calibration record {path} is unreadable or not JSON; {fix}") from exc
-        if not isinstance(record, dict) or record.get("format") != cls.FORMAT:
+        record = _json_object(path, "calibration record", fix, missing=f"calibration record {path} does not exist; "
+                                                                       "drop --calibration-cache to calibrate afresh")
+        if record.get("format") != cls.FORMAT:
             raise EdgeclsError(f"{path} is not an edgecls calibration record; pass a file from calibration/")
         _check_version(record, f"calibration record {path}", fix)
-        try:
+        with _fields_of(f"calibration record {path}", fix):
             return cls(model=str(record["model"]), checkpoint_sha256=str(record["checkpoint_sha256"]),
                        data_fingerprint=str(record["data_fingerprint"]), method=str(record["method"]),
                        size=int(record["size"]), seed=int(record["seed"]), indices=list(record["indices"]),
                        ranges=dict(record["ranges"]), split=str(record.get("split", "train")),
                        created_at=str(record.get("created_at", "")), versions=dict(record.get("versions", {})))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise EdgeclsError(f"calibration record {path} lacks or garbles {first_line(exc)}; {fix}") from exc
 
 
 # ----------------------------------------------------------------------------------------------- export set
@@ -366,19 +375,12 @@ class ExportSet:
     def read(cls, path: str | os.PathLike) -> "ExportSet":
         path = Path(path)
         fix = "run `edgecls export` again"
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise EdgeclsError(f"export record {path} is unreadable ({first_line(exc)}); {fix}") from exc
-        if not isinstance(record, dict):
-            raise EdgeclsError(f"{path} is not an edgecls export record; {fix}")
+        record = _json_object(path, "export record", fix, missing=f"export record {path} does not exist; {fix}")
         _check_version(record, f"export record {path}", fix)
-        try:
+        with _fields_of(f"export record {path}", fix):
             return cls(model=str(record["model"]), checkpoint_sha256=str(record["checkpoint_sha256"]),
                        files={str(name): str(digest) for name, digest in dict(record["files"]).items()},
                        complete=bool(record["complete"]), created_at=str(record.get("created_at", "")))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise EdgeclsError(f"export record {path} lacks or garbles {first_line(exc)}; {fix}") from exc
 
     @classmethod
     def check_member(cls, path: str | os.PathLike, model: str) -> None:
