@@ -197,7 +197,7 @@ def export_model(checkpoint_path: str | os.PathLike, out_dir: str | os.PathLike 
     from edgecls.checkpoint import load_checkpoint
     from edgecls.data import load_cifar10
     from edgecls.evaluate import torch_logits
-    from edgecls.quantize import quantize_int8, validate_options
+    from edgecls.quantize import calibration_indices, quantize_int8, validate_options
 
     started = time.perf_counter()
     validate_options(target, method, calibration_size)
@@ -207,6 +207,9 @@ def export_model(checkpoint_path: str | os.PathLike, out_dir: str | os.PathLike 
         ensure_writable_dir(calibration_dir)
     dataset = data if hasattr(data, "test_images") else load_cifar10(data)
     dataset.check_fits(checkpoint.preprocess, checkpoint.path)
+    validation = checkpoint.validation_indices(dataset) if int8 else None  # calibration must not use these
+    if int8 and calibration_cache is None:  # too few calibration images: say so before the long work
+        calibration_indices(len(dataset.train_images), calibration_size, calibration_seed, validation)
 
     name = checkpoint.model_name
     model = checkpoint.build_model()
@@ -221,7 +224,8 @@ def export_model(checkpoint_path: str | os.PathLike, out_dir: str | os.PathLike 
         if int8:
             result = quantize_int8(staged["fp32"], staging / f"{name}.int8.onnx", data=dataset, target=target,
                                    method=method, size=calibration_size, seed=calibration_seed,
-                                   cache=calibration_cache, record_path=staging / "calibration.json")
+                                   cache=calibration_cache, record_path=staging / "calibration.json",
+                                   exclude=validation)
             staged["int8"], calibration_record = result.path, result
         reference = ReferenceLogits(
             torch_logits(model, dataset.test_images, checkpoint.preprocess, batch_size=PARITY_BATCH),
