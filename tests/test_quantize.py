@@ -17,6 +17,7 @@ from edgecls.errors import EdgeclsError
 from edgecls.export import ExportReport
 from edgecls.formats import CalibrationRecord, ModelMetadata
 from edgecls.models import MODELS
+from edgecls.onnx_graph import consumers
 from edgecls.quantize import PreparedModel, calibration_indices, quantize_int8, transposed_to_conv, trt_violations
 
 
@@ -212,3 +213,10 @@ def test_a_float_layer_between_int8_layers_stays_float_in_onnx_runtime(target, f
         if node.name in neighbours:
             assert producer_of(model, node.input[1]).op_type == "DequantizeLinear", node.name
             assert producer_of(model, node.input[0]).op_type == "DequantizeLinear", node.name
+    # The int8 layer before the float one writes float: no 8-bit grid of its own pre-ReLU range on the way.
+    before = next(node for node in model.graph.node if node.name == neighbours[0])
+    assert not [user for user in consumers(model.graph)[before.output[0]] if user.op_type == "QuantizeLinear"]
+    # With every layer int8, the logits still come out of the last layer in float, not through an 8-bit grid.
+    everything = prepared.quantize(ranges, "minmax", [], fp32)
+    assert producer_of(everything, "logits").op_type == "Gemm"
+    assert producer_of(everything, producer_of(everything, "logits").input[1]).op_type == "DequantizeLinear"
