@@ -348,7 +348,8 @@ class Int8Report:
     validation: dict  # which images judged: source, size, seed, seen_in_training, note
     calibration: dict  # size, seed, split, disjoint_from_validation
     sensitivity: str  # how layers were ranked
-    candidates: list  # every choice evaluated, in order: method, float_layers, int8_layers, validation, passed, failures
+    candidates: list  # every choice evaluated, in order: method, float_layers, int8_layers, validation, passed,
+    #                   failures
     result: dict  # {"validation": Parity dict, "test": Parity dict or None}
     throughput: Optional[dict]  # CPU images/s of fp32, all-int8 and the result (None when no choice held)
     search_seconds: float
@@ -375,7 +376,8 @@ class Int8Report:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise EdgeclsError(f"int8 report {path} is unreadable or not JSON; {fix}") from exc
         if not isinstance(record, dict) or record.get("format") != cls.FORMAT:
-            raise EdgeclsError(f"{path} is not an edgecls int8 report; pass a <model>.int8-report.json from calibration/")
+            raise EdgeclsError(f"{path} is not an edgecls int8 report; pass a <model>.int8-report.json from "
+                               "calibration/")
         _check_version(record, f"int8 report {path}", fix)
         try:
             values = {f.name: record[f.name] for f in fields(cls) if f.name not in ("created_at", "versions")}

@@ -17,7 +17,8 @@ from edgecls.defaults import (CALIBRATION_DIR, CALIBRATION_METHODS, DEFAULT_CALI
 @click.option("--out", "out_dir", default=EXPORT_DIR, show_default=True,
               help="Folder for the ONNX files and reference logits.")
 @click.option("--fp16", is_flag=True, help="Also write <model>.fp16.onnx (float16 inside, float32 I/O).")
-@click.option("--int8", is_flag=True, help="Also write <model>.int8.onnx (Q/DQ, calibrated on the training split).")
+@click.option("--int8", is_flag=True,
+              help="Also write <model>.int8.onnx (Q/DQ, calibrated on training images outside the validation split).")
 @click.option("--target", type=click.Choice(QUANT_TARGETS), default=QUANT_TARGETS[0], show_default=True,
               help="int8 form: trt = TensorRT's rules (symmetric s8, float biases); cpu = fastest on ONNX Runtime x86.")
 @click.option("--method", type=click.Choice(CALIBRATION_METHODS),
@@ -36,7 +37,8 @@ from edgecls.defaults import (CALIBRATION_DIR, CALIBRATION_METHODS, DEFAULT_CALI
               help="Seed choosing those images.")
 @click.option("--calibration-cache", type=click.Path(dir_okay=False),
               help="Reuse the ranges of an earlier calibration record (calibration/<model>.<method>.json).")
-@click.option("--calibration-dir", default=CALIBRATION_DIR, show_default=True, help="Folder for calibration records.")
+@click.option("--calibration-dir", default=CALIBRATION_DIR, show_default=True,
+              help="Folder for calibration records and the int8 report.")
 @click.option("--opset", type=click.IntRange(DEFAULT_OPSET, MAX_OPSET), default=DEFAULT_OPSET, show_default=True,
               help="ONNX opset; 17 is the newest TensorRT 8.5 (JetPack 5) parses.")
 def export_command(checkpoint: str, data: str | None, out_dir: str, fp16: bool, int8: bool, target: str,
