@@ -41,6 +41,7 @@ def ranking_study(report, fp32: Path, dataset, checkpoint, gate: Gate, work: Pat
     assert report.calibration is not None
     record = CalibrationRecord.read(report.calibration)
     search = report.int8_search.report
+    work.mkdir(parents=True, exist_ok=True)
     prepared = PreparedModel.create(fp32, ModelMetadata.read(fp32), search.target, work)
     validation = ValidationImages.choose(dataset, checkpoint.validation_indices(dataset),
                                          (checkpoint.validation or {}).get("seed"), record.size)
@@ -106,7 +107,7 @@ def main() -> int:
             entry = {"export_s": seconds, "search_s": search.search_seconds, "passed": report.passed,
                      "method": search.method, "int8_layers": search.int8_layers, "layers": len(search.layers),
                      "float_layers": search.float_layers, "validation": search.result["validation"],
-                     "test": search.result["test"], "candidates": len(search.candidates)}
+                     "test": search.result["test"], "candidates": search.candidates}
             if report.passed:
                 fp32, result = report.files["fp32"], report.files["int8"]
                 all_int8 = tmp_dir / target / "all-int8.onnx"

@@ -30,8 +30,8 @@ DEFAULT_CALIBRATION_SIZE = 1024
 DEFAULT_CALIBRATION_SEED = 0
 # INT8 within a budget: the CPU throughput in its report (ONNX Runtime, the model alone, alternating rounds).
 INT8_THROUGHPUT_BATCH = 64
-INT8_THROUGHPUT_SECONDS = 1.0
-INT8_THROUGHPUT_ROUNDS = 2
+INT8_THROUGHPUT_SECONDS = 1.5
+INT8_THROUGHPUT_ROUNDS = 3
 
 # TensorRT engines.
 DEFAULT_BATCH_PROFILE = (1, 64, 256)  # min, opt, max
