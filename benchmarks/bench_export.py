@@ -80,7 +80,7 @@ def main() -> int:
         fp32 = export_fp32(checkpoint.build_model(), checkpoint.preprocess.crop_size, checkpoint.model_metadata(),
                            tmp_dir / "solo.onnx")
         quantize_int8(fp32, tmp_dir / "solo.int8.onnx", data=dataset, method=args.method,
-                      record_path=tmp_dir / "solo.json")
+                      record_path=tmp_dir / "solo.json", exclude=checkpoint.validation_indices(dataset))
         figures["export_and_calibration_s"] = time.perf_counter() - started
 
         # 2. The whole export as `edgecls export --fp16 --int8` runs it: + fp16, reference logits, parity on 10k.

@@ -25,8 +25,8 @@ from onnx import numpy_helper
 from edgecls.artifacts import (copy_beside, ensure_writable_dir, is_storage_error, sha256_file, staging_dir,
                                storage_error, utc_now)
 from edgecls.data import digest_rows
-from edgecls.defaults import (CALIBRATION_DIR, DEFAULT_CALIBRATION_SEED, DEFAULT_CALIBRATION_SIZE, DEFAULT_METHOD,
-                              DEFAULT_OPSET, EXPORT_DIR)
+from edgecls.defaults import (CALIBRATION_DIR, CALIBRATION_METHODS, DEFAULT_CALIBRATION_SEED, DEFAULT_CALIBRATION_SIZE,
+                              DEFAULT_METHOD, DEFAULT_OPSET, EXPORT_DIR)
 from edgecls.errors import EdgeclsError, first_line
 from edgecls.formats import ExportSet, ModelMetadata, ReferenceLogits
 from edgecls.metrics import Gate, GateResult, Parity, parity
@@ -66,10 +66,12 @@ class ExportReport:
     calibration: Path | None = None  # the calibration record used/written for int8
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    int8_search: Any = None  # edgecls.int8_budget.BudgetResult, when int8 was made within a budget
+    int8_report: Path | None = None  # its report, installed under calibration/
 
     @property
     def passed(self) -> bool:
-        return all(result.verdict for result in self.parity)
+        return all(result.verdict for result in self.parity) and (self.int8_search is None or self.int8_search.passed)
 
 
 # ----------------------------------------------------------------------------------------------- fp32
@@ -186,53 +188,74 @@ def check_parity(path: Path, precision: str, logits: np.ndarray, reference: np.n
 # ----------------------------------------------------------------------------------------------- all of it
 
 def export_model(checkpoint_path: str | os.PathLike, out_dir: str | os.PathLike = EXPORT_DIR, data: Any = None,
-                 fp16: bool = False, int8: bool = False, target: str = "trt", method: str = DEFAULT_METHOD,
+                 fp16: bool = False, int8: bool = False, target: str = "trt", method: str | None = None,
                  calibration_size: int = DEFAULT_CALIBRATION_SIZE, calibration_seed: int = DEFAULT_CALIBRATION_SEED,
                  calibration_cache: str | os.PathLike | None = None,
                  calibration_dir: str | os.PathLike = CALIBRATION_DIR, opset: int = DEFAULT_OPSET,
-                 progress: bool = True) -> ExportReport:
+                 budget: Gate = Gate(), progress: bool = True) -> ExportReport:
     """Export a checkpoint to `<out_dir>/<model>.onnx` (+ `.fp16.onnx`, `.int8.onnx`) and `<model>.reference.npz`.
 
     `data` is a data location (str / None: resolved like training does) or an already loaded `Cifar10`.
     Each file is checked on ONNX Runtime against PyTorch on the test split. Files are staged and installed
     together (`install_set`) only when every step succeeded and the fp32 file is within float rounding of PyTorch;
     the set replaces the model's earlier export in `out_dir` as a whole.
+    int8 calibrates on training images outside the checkpoint's validation split. With an active `budget`
+    (--max-drop / --min-agreement), `edgecls.int8_budget` chooses the float layers and the calibration method
+    (`method` None: every method; else that one) on the validation images, and nothing is installed when no choice
+    holds it; without one, the first and last layers stay float and `method` None means percentile.
     """
     from edgecls.checkpoint import load_checkpoint
     from edgecls.data import check_seed, load_cifar10
     from edgecls.evaluate import torch_logits
-    from edgecls.quantize import quantize_int8, validate_options
+    from edgecls.quantize import calibration_indices, quantize_int8, validate_options
 
     started = time.perf_counter()
-    validate_options(target, method, calibration_size)
+    validate_options(target, method or DEFAULT_METHOD, calibration_size)
     check_seed(calibration_seed, "calibration seed")
+    if budget.active and not int8:
+        raise EdgeclsError("--max-drop and --min-agreement set the accuracy budget of the int8 file: add --int8 "
+                           "(or drop them)")
     checkpoint = load_checkpoint(checkpoint_path)
     out = ensure_writable_dir(out_dir)
     if int8:
         ensure_writable_dir(calibration_dir)
     dataset = data if hasattr(data, "test_images") else load_cifar10(data)
     dataset.check_fits(checkpoint.preprocess, checkpoint.path)
+    validation = checkpoint.validation_indices(dataset) if int8 else None  # calibration must not use these
+    if int8 and calibration_cache is None:  # too few calibration images: say so before the long work
+        calibration_indices(len(dataset.train_images), calibration_size, calibration_seed, validation)
 
     name = checkpoint.model_name
     model = checkpoint.build_model()
     report = ExportReport(name, {}, None, [])
     with staging_dir(out, "export") as staging, contextlib.ExitStack() as cleanup:
         try:
+            reference = ReferenceLogits(
+                torch_logits(model, dataset.test_images, checkpoint.preprocess, batch_size=PARITY_BATCH),
+                np.asarray(dataset.test_labels), digest_rows(dataset.test_images), model=name,
+                checkpoint_sha256=checkpoint.sha256, data_fingerprint=dataset.fingerprint)
             staged = {"fp32": export_fp32(model, checkpoint.preprocess.crop_size, checkpoint.model_metadata("fp32"),
                                           staging / ExportSet.member_name(name, "fp32"), opset)}
             if fp16:
                 staged["fp16"] = convert_fp16(staged["fp32"], staging / ExportSet.member_name(name, "fp16"))
             quantized = None
-            if int8:
+            if int8 and budget.active:
+                quantized = int8_within_budget(checkpoint, dataset, validation, budget, reference, staged["fp32"],
+                                               staging, target=target, method=method, size=calibration_size,
+                                               seed=calibration_seed, cache=calibration_cache, progress=progress)
+                report.int8_search = quantized
+                if not quantized.passed:
+                    report.notes.append(f"nothing installed in {out}: no int8 choice holds the budget")
+                    report.seconds = time.perf_counter() - started
+                    return report
+            elif int8:
                 quantized = quantize_int8(
                     staged["fp32"], staging / ExportSet.member_name(name, "int8"), data=dataset, target=target,
-                    method=method, size=calibration_size, seed=calibration_seed, cache=calibration_cache,
-                    record_path=staging / "calibration.json", work_dir=staging)
+                    method=method or DEFAULT_METHOD, size=calibration_size, seed=calibration_seed,
+                    cache=calibration_cache, record_path=staging / "calibration.json", exclude=validation,
+                    work_dir=staging)
+            if quantized is not None:
                 staged["int8"] = quantized.path
-            reference = ReferenceLogits(
-                torch_logits(model, dataset.test_images, checkpoint.preprocess, batch_size=PARITY_BATCH),
-                np.asarray(dataset.test_labels), digest_rows(dataset.test_images), model=name,
-                checkpoint_sha256=checkpoint.sha256, data_fingerprint=dataset.fingerprint)
             files = staged.items()
             if progress:
                 from tqdm import tqdm
@@ -250,14 +273,19 @@ def export_model(checkpoint_path: str | os.PathLike, out_dir: str | os.PathLike 
             return report
         # Everything that still needs disk space is written now, so that installing is renames only.
         also_install = []
-        if quantized is not None and not quantized.reused:
-            destination = Path(calibration_dir) / quantized.record_name
-            temporary = copy_beside(quantized.record_path, destination)
+
+        def install_beside(staged_file: Path, destination: Path) -> Path:
+            temporary = copy_beside(staged_file, destination)
             cleanup.callback(temporary.unlink, missing_ok=True)  # renamed away once installed; removed if not
             also_install.append((temporary, destination))
-            report.calibration = destination
-        elif quantized is not None:
-            report.calibration = quantized.record_path
+            return destination
+
+        if quantized is not None:
+            report.calibration = quantized.record_path if quantized.reused else \
+                install_beside(quantized.record_path, Path(calibration_dir) / quantized.record_name)
+        if report.int8_search is not None:
+            report.int8_report = install_beside(report.int8_search.report_path,
+                                                Path(calibration_dir) / f"{name}.int8-report.json")
         record = ExportSet(model=name, checkpoint_sha256=checkpoint.sha256, created_at=utc_now(), complete=True,
                            files={path.name: sha256_file(path) for path in staged.values()})
         try:
@@ -292,3 +320,17 @@ def install_set(record: ExportSet, staging: Path, out: Path, also_install: Seque
     for temporary, destination in also_install:
         os.replace(temporary, destination)
     os.replace(complete, record_path)
+
+
+def int8_within_budget(checkpoint: Any, dataset: Any, validation: np.ndarray | None, budget: Gate,
+                       reference: ReferenceLogits, fp32_path: Path, staging: Path, *, target: str, method: str | None,
+                       size: int, seed: int, cache: str | os.PathLike | None, progress: bool) -> Any:
+    """The int8 file of `checkpoint` with the most int8 layers that holds `budget`, staged beside the fp32 one."""
+    from edgecls.int8_budget import ValidationImages, search_int8
+
+    images = ValidationImages.choose(dataset, validation, (checkpoint.validation or {}).get("seed"), size)
+    return search_int8(fp32_path, staging / f"{checkpoint.model_name}.int8.onnx", dataset, images, budget,
+                       reference.logits, target=target, methods=[method] if method else CALIBRATION_METHODS,
+                       size=size, seed=seed, cache=cache, record_path=staging / "calibration.json",
+                       report_path=staging / "int8-report.json", work_dir=staging / "int8-search", progress=progress)
+

@@ -406,3 +406,72 @@ class ExportSet:
         if sha256_file(path) != expected:
             raise EdgeclsError(f"{path} has changed since it was exported (it does not match {record_path}); "
                                "run `edgecls export` again")
+
+
+# ----------------------------------------------------------------------------------------------- int8 report
+
+@dataclass(frozen=True)
+class LayerDecision:
+    """One quantizable layer in an int8 search: what quantizing it alone costs, and whether it stayed int8."""
+
+    name: str  # the node's name in the ONNX graph
+    op: str  # Conv, ConvTranspose or Gemm, as exported
+    parameters: int
+    sqnr_db: float  # of the logits with this layer alone int8, against the float model's (validation)
+    alone: dict  # validation figures with this layer alone int8: accuracy, accuracy_delta, agreement, flips, ...
+    rank: int  # 1: the costliest alone (lowest SQNR), the first one moved back to float
+    decision: str  # "int8" | "float"
+    reason: str
+
+
+@dataclass(frozen=True)
+class Int8Report:
+    """The evidence behind an int8 file made within an accuracy budget (`edgecls export --int8 --max-drop ...`):
+    `calibration/<model>.int8-report.json`. Accuracy decisions were made on the validation images; the test split
+    is only reported. Every figure block (`validation`, `test`, a candidate's or a layer's `alone`) is a
+    `edgecls.metrics.Parity` as a dict, against the float model."""
+
+    model: str
+    checkpoint_sha256: str
+    data_fingerprint: str
+    target: str  # trt | cpu
+    budget: dict  # {"max_drop": points or None, "min_agreement": percent or None}
+    passed: bool  # the result holds the budget on the validation images
+    method: str  # the calibration method of the result
+    float_layers: list  # names of the layers left in float
+    int8_layers: int
+    layers: list  # LayerDecision per quantizable layer, in graph order
+    validation: dict  # which images judged: source, size, seed, seen_in_training, note
+    calibration: dict  # size, seed, split, disjoint_from_validation
+    sensitivity: str  # how layers were ranked
+    candidates: list  # every choice evaluated, in order: method, float_layers, int8_layers, validation, passed,
+    #                   failures
+    result: dict  # {"validation": Parity dict, "test": Parity dict or None}
+    throughput: Optional[dict]  # CPU images/s of fp32, all-int8 and the result (None when no choice held)
+    search_seconds: float
+    created_at: str = ""
+    versions: dict = field(default_factory=dict)
+
+    FORMAT = "edgecls-int8-report"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": self.FORMAT, "format_version": FORMAT_VERSION, **asdict(self)}
+
+    def write(self, path: str | os.PathLike) -> Path:
+        write_json(path, self.to_dict())
+        return Path(path)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "Int8Report":
+        path = Path(path)
+        fix = "export the model again with `edgecls export --int8 --max-drop ...`"
+        record = _json_object(path, "int8 report", fix, missing=f"int8 report {path} does not exist; {fix}")
+        if record.get("format") != cls.FORMAT:
+            raise EdgeclsError(f"{path} is not an edgecls int8 report; pass a <model>.int8-report.json from "
+                               "calibration/")
+        _check_version(record, f"int8 report {path}", fix)
+        with _fields_of(f"int8 report {path}", fix):
+            values = {f.name: record[f.name] for f in fields(cls) if f.name not in ("created_at", "versions")}
+            values["layers"] = [LayerDecision(**layer) for layer in values["layers"]]
+            return cls(**values, created_at=str(record.get("created_at", "")),
+                       versions=dict(record.get("versions", {})))

@@ -75,6 +75,17 @@ class Gate:
     max_drop: float | None = None  # accuracy points the model may lose against the reference
     min_agreement: float | None = None  # percent of images with the reference's top-1 class
 
+    def __post_init__(self) -> None:
+        # Limits come from the command line (bench and export): a meaningless one is refused before any work.
+        if self.max_drop is not None and not self.max_drop >= 0:  # `not >=` also refuses NaN
+            raise EdgeclsError(f"--max-drop {self.max_drop:g} must be at least 0 (accuracy points the model may lose "
+                               "against the reference)")
+        if self.min_agreement is not None and not 0 <= self.min_agreement <= 100:
+            raise EdgeclsError(f"--min-agreement {self.min_agreement:g} must lie between 0 and 100 (percent of images "
+                               "with the reference's top-1 class)")
+        if self.max_logit_diff is not None and not self.max_logit_diff >= 0:
+            raise EdgeclsError(f"the largest allowed |Δ logit| must be at least 0, got {self.max_logit_diff:g}")
+
     @property
     def active(self) -> bool:
         return any(limit is not None for limit in (self.max_logit_diff, self.max_drop, self.min_agreement))

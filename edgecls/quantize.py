@@ -1,8 +1,9 @@
 """INT8 explicit quantization (QuantizeLinear/DequantizeLinear) of an exported fp32 ONNX file.
 
-Calibration runs ONNX Runtime's calibrator on a seeded subset of the TRAINING split, preprocessed by
-`edgecls.preprocess.Preprocessing` as recorded in the ONNX metadata (the one truth for preprocessing), and
-`quantize_static` (QDQ format) turns the ranges into Q/DQ nodes.
+Calibration runs ONNX Runtime's calibrator on a seeded subset of the TRAINING split (never the validation images
+a checkpoint holds out: those judge the int8 file), preprocessed by `edgecls.preprocess.Preprocessing` as
+recorded in the ONNX metadata (the one truth for preprocessing), and `quantize_static` (QDQ format) turns the
+ranges into Q/DQ nodes.
 Two targets:
 
 - `trt`: what TensorRT's explicit quantization accepts on every version from 8.5 on (DESIGN.md §4):
@@ -18,11 +19,14 @@ Calibration methods: `percentile` (the default; 99.999th percentile of each tens
 best top-1 agreement with PyTorch here for both targets, ahead of `minmax`; `entropy` with ONNX Runtime's
 settings lands close to min-max on these networks.
 
-The first and the last layer stay in float for both targets, the usual practice for the two most sensitive
-layers, and cheap here (about 1% of the multiply-adds together). The first one sees the standardized pixels,
-whose 8-bit grid would be coarser than the pixels' own (measured on a 5-epoch new2: agreement with PyTorch
-99.38% -> 99.57% for `trt`, 99.57% -> 99.69% for `cpu`, at 3-5% of the int8 CPU throughput). The last one
-produces the logits, and 8-bit logits turn near-ties into flipped predictions.
+Which layers (Conv, ConvTranspose, Gemm) stay in float: a layer left out of quantization keeps its float weights
+and reads and writes float tensors in both targets (see `around_float_layers` for why the tensors matter); a
+layer's output is quantized only where an int8 layer reads it. By default the first and the last layer stay in
+float, the usual practice for the two most sensitive layers, and cheap here (about 1% of the multiply-adds together). The first one sees
+the standardized pixels, whose 8-bit grid would be coarser than the pixels' own (measured on a 5-epoch new2:
+agreement with PyTorch 99.38% -> 99.57% for `trt`, 99.57% -> 99.69% for `cpu`, at 3-5% of the int8 CPU
+throughput). The last one produces the logits, and 8-bit logits turn near-ties into flipped predictions.
+`edgecls.int8_budget` instead chooses the float layers by measurement, within an accuracy budget.
 
 The calibration set (training-split indices) and the computed tensor ranges are saved as one JSON record
 in `calibration/`; passing that record back (`cache=`) skips calibration and gives identical scales.
@@ -37,7 +41,7 @@ import os
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Collection, Iterator
 
 import numpy as np
 import onnx
@@ -49,9 +53,10 @@ from edgecls.defaults import (CALIBRATION_DIR, CALIBRATION_METHODS, DEFAULT_CALI
                               DEFAULT_CALIBRATION_SIZE, DEFAULT_METHOD, QUANT_TARGETS)
 from edgecls.errors import EdgeclsError
 from edgecls.formats import CalibrationRecord, ModelMetadata
-from edgecls.onnx_graph import consumers, save_checked
+from edgecls.onnx_graph import consumers, drop_unused_initializers, save_checked
 
 CALIBRATION_BATCH = 64
+QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "Gemm")
 
 
 @dataclass
@@ -60,6 +65,15 @@ class QuantizeResult:
     record_path: Path  # the calibration record written (new calibration) or read (cache)
     record_name: str  # its conventional name under calibration/: <model>.<method>.json
     reused: bool  # True when the ranges came from a cache instead of a calibration run
+
+
+@dataclass(frozen=True)
+class QuantizableLayer:
+    """A layer int8 can apply to, named as in the graph."""
+
+    name: str  # the node's name
+    op: str  # Conv, ConvTranspose or Gemm, as exported (the cpu form runs a ConvTranspose as a Conv)
+    parameters: int  # weights and bias
 
 
 def validate_options(target: str, method: str, size: int) -> None:
@@ -72,11 +86,18 @@ def validate_options(target: str, method: str, size: int) -> None:
         raise EdgeclsError(f"calibration size must be at least 1, got {size}")
 
 
-def calibration_indices(total: int, size: int, seed: int) -> np.ndarray:
-    """A seeded subset of `size` of `total` training images, sorted (the same seed always picks the same images)."""
+def calibration_indices(total: int, size: int, seed: int, exclude: np.ndarray | None = None) -> np.ndarray:
+    """A seeded subset of `size` of `total` training images, sorted (the same seed always picks the same images),
+    none of them in `exclude` (the validation images)."""
     if size > total:
         raise EdgeclsError(f"calibration size {size} exceeds the {total} training images; pass a smaller --calibration-size")
-    return seeded_subset(total, size, seed)
+    if exclude is None or not len(exclude):
+        return seeded_subset(total, size, seed)
+    allowed = np.setdiff1d(np.arange(total), exclude)
+    if size > len(allowed):
+        raise EdgeclsError(f"calibration size {size} exceeds the {len(allowed)} training images outside the "
+                           f"{total - len(allowed)} validation images; pass a smaller --calibration-size")
+    return allowed[seeded_subset(len(allowed), size, seed)]
 
 
 def ort_method(method: str) -> Any:
@@ -91,76 +112,147 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, dat
                   method: str = DEFAULT_METHOD, size: int = DEFAULT_CALIBRATION_SIZE,
                   seed: int = DEFAULT_CALIBRATION_SEED, cache: str | os.PathLike | None = None,
                   record_path: str | os.PathLike | None = None,
+                  exclude: np.ndarray | None = None,
                   work_dir: str | os.PathLike | None = None) -> QuantizeResult:
-    """Write the int8 Q/DQ version of `fp32_path` to `out_path`.
+    """Write the int8 Q/DQ version of `fp32_path` to `out_path`, its first and last layers in float.
 
-    `data` is a `Cifar10` (its training split is used) and may be None when `cache` names a calibration
-    record from an earlier run. A new calibration record is written to `record_path`
-    (default: `calibration/<model>.<method>.json`). Intermediate files go to a temporary folder inside `work_dir`
-    (default: the system's), which export points at its staging folder so that nothing outlives a killed run.
+    `data` is a `Cifar10` (its training split is used, less the positions in `exclude`: the validation images) and
+    may be None when `cache` names a calibration record from an earlier run. A new calibration record is written
+    to `record_path` (default: `calibration/<model>.<method>.json`). Intermediate files go to a temporary folder
+    inside `work_dir` (default: the system's), which export points at its staging folder so that nothing outlives a
+    killed run.
     """
-    from onnxruntime.quantization import QuantFormat, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     validate_options(target, method, size)
     fp32_path = Path(fp32_path)
-    metadata = ModelMetadata.read(fp32_path)
-    if metadata.precision != "fp32":
-        raise EdgeclsError(f"{fp32_path} is {metadata.precision}, quantize the fp32 file instead")
+    metadata = fp32_metadata(fp32_path)
     record_name = f"{metadata.model}.{method}.json"
-
     if cache is not None:
         record = load_calibration_record(cache, metadata, method)
         record_path = Path(cache)
     else:
-        if data is None:
-            raise EdgeclsError("int8 calibration needs the training images: pass --data (or set EDGECLS_DATA), "
-                               "or --calibration-cache with a record from an earlier export")
-        data.check_fits(metadata.preprocess, fp32_path)
-        images = data.train_images
-        indices = calibration_indices(len(images), size, seed)
-        record = CalibrationRecord(model=metadata.model, checkpoint_sha256=metadata.checkpoint_sha256,
-                                   data_fingerprint=data.fingerprint, method=method, size=size, seed=seed,
-                                   indices=indices.tolist(), ranges={}, created_at=utc_now(),
-                                   versions=library_versions("onnxruntime", "onnx", "numpy"))
+        record = new_calibration_record(metadata, data, fp32_path, method, size, seed, exclude)
         record_path = Path(record_path) if record_path is not None else Path(CALIBRATION_DIR) / record_name
 
     with tempfile.TemporaryDirectory(prefix="edgecls-quant-", dir=work_dir) as tmp:
-        tmp_dir = Path(tmp)
-        prepared = tmp_dir / "prepared.onnx"
-        quant_pre_process(str(fp32_path), str(prepared))  # shape inference + constant folding, as ORT recommends
-        model = onnx.load(str(prepared))
-        if target == "cpu" and transposed_to_conv(model):
-            onnx.save(model, str(prepared))
-        ranges_path = tmp_dir / "ranges.json"
+        prepared = PreparedModel.create(fp32_path, metadata, target, Path(tmp))
         if cache is None:
-            reader = ImageBatches(metadata.preprocess(images[indices]), metadata.input_name)
-            calibrate(prepared, reader, method, ranges_path)
-            record = replace(record, ranges=json.loads(ranges_path.read_text()))
-        else:
-            ranges_path.write_text(json.dumps(record.ranges))
-        quantized = tmp_dir / "int8.onnx"
-        try:  # with an existing cache file, quantize_static takes the ranges from it instead of calibrating
-            quantize_static(str(prepared), str(quantized), quant_format=QuantFormat.QDQ,
-                            calibrate_method=ort_method(method), calibration_cache_path=str(ranges_path),
-                            **quantization_options(model, target))
-        except (KeyError, ValueError) as exc:  # ranges that do not fit this graph
-            raise EdgeclsError(f"quantization of {fp32_path} failed ({exc}); "
-                               "if you passed --calibration-cache, it belongs to another model: drop it") from exc
-        result = onnx.load(str(quantized))
-        drop_unused_opsets(result)
-
-    quantization = {"target": target, "method": method, "calibration_size": record.size,
-                    "calibration_seed": record.seed, "calibration_split": record.split}
-    metadata.with_precision("int8", quantization).embed(result)
-    if target == "trt":
-        problems = trt_violations(result)
-        if problems:  # a bug in our options or in the quantizer, never the user's input
-            raise EdgeclsError(f"the int8 graph breaks TensorRT's Q/DQ rules: {problems[0]} (and {len(problems) - 1} more)")
-    save_checked(result, out_path)
+            record = replace(record, ranges=prepared.calibrate(data.train_images[record.indices], method))
+        float_layers = default_float_layers(prepared.model)
+        result = prepared.quantize(record.ranges, method, float_layers, fp32_path)
+    metadata.with_precision("int8", quantization_record(target, record, float_layers)).embed(result)
+    save_int8(result, target, out_path)
     if cache is None:
         record.write(record_path)
     return QuantizeResult(Path(out_path), record_path, record_name, cache is not None)
+
+
+def fp32_metadata(fp32_path: Path) -> ModelMetadata:
+    metadata = ModelMetadata.read(fp32_path)
+    if metadata.precision != "fp32":
+        raise EdgeclsError(f"{fp32_path} is {metadata.precision}, quantize the fp32 file instead")
+    return metadata
+
+
+def new_calibration_record(metadata: ModelMetadata, data: Any, fp32_path: Path, method: str, size: int, seed: int,
+                           exclude: np.ndarray | None) -> CalibrationRecord:
+    """The record of a calibration about to run on `data`'s training images (its ranges still empty)."""
+    if data is None:
+        raise EdgeclsError("int8 calibration needs the training images: pass --data (or set EDGECLS_DATA), "
+                           "or --calibration-cache with a record from an earlier export")
+    data.check_fits(metadata.preprocess, fp32_path)
+    indices = calibration_indices(len(data.train_images), size, seed, exclude)
+    return CalibrationRecord(model=metadata.model, checkpoint_sha256=metadata.checkpoint_sha256,
+                             data_fingerprint=data.fingerprint, method=method, size=size, seed=seed,
+                             indices=indices.tolist(), ranges={}, created_at=utc_now(),
+                             versions=library_versions("onnxruntime", "onnx", "numpy"))
+
+
+def quantization_record(target: str, record: CalibrationRecord, float_layers: Collection[str],
+                        budget: dict | None = None) -> dict[str, Any]:
+    """The `quantization` entry of an int8 file's metadata: how it was made, which layers stayed float, and the
+    accuracy budget asked for (None: the default first-and-last rule, no budget)."""
+    return {"target": target, "method": record.method, "calibration_size": record.size,
+            "calibration_seed": record.seed, "calibration_split": record.split,
+            "float_layers": sorted(float_layers), "budget": budget}
+
+
+def save_int8(model: onnx.ModelProto, target: str, out_path: str | os.PathLike) -> Path:
+    """Check a finished int8 graph (TensorRT's rules for `trt`) and write it atomically."""
+    if target == "trt":
+        problems = trt_violations(model)
+        if problems:  # a bug in our options or in the quantizer, never the user's input
+            raise EdgeclsError(f"the int8 graph breaks TensorRT's Q/DQ rules: {problems[0]} (and {len(problems) - 1} more)")
+    return save_checked(model, out_path)
+
+
+@dataclass
+class PreparedModel:
+    """An fp32 file made ready for quantization in `work_dir` (shape inference and constant folding, as ONNX
+    Runtime recommends; the cpu target's ConvTranspose rewritten as Conv): calibrate it, then write Q/DQ versions
+    of it with any set of float layers."""
+
+    path: Path
+    model: onnx.ModelProto
+    metadata: ModelMetadata  # the fp32 file's
+    target: str
+    layers: list[QuantizableLayer]
+    work_dir: Path
+
+    @classmethod
+    def create(cls, fp32_path: Path, metadata: ModelMetadata, target: str, work_dir: Path) -> "PreparedModel":
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        path = work_dir / "prepared.onnx"
+        quant_pre_process(str(fp32_path), str(path))
+        model = onnx.load(str(path))
+        layers = quantizable_layers(model)  # before the rewrite: a layer's op is the exported one
+        if target == "cpu" and transposed_to_conv(model):
+            onnx.save(model, str(path))
+        return cls(path, model, metadata, target, layers, work_dir)
+
+    def calibrate(self, images: np.ndarray, method: str) -> dict[str, Any]:
+        """The tensor ranges `method` finds on uint8 `images`, in ONNX Runtime's calibration-cache form."""
+        ranges_path = self.work_dir / f"calibration.{method}.json"
+        calibrate(self.path, ImageBatches(self.metadata.preprocess(images), self.metadata.input_name), method,
+                  ranges_path)
+        return json.loads(ranges_path.read_text())
+
+    def quantize(self, ranges: dict[str, Any], method: str, float_layers: Collection[str], source: Path,
+                 model: onnx.ModelProto | None = None) -> onnx.ModelProto:
+        """The Q/DQ graph of this model (or of `model`, a part of it) with `float_layers` left in float.
+
+        `source` names the fp32 file in error messages."""
+        from onnxruntime.quantization import QuantFormat, quantize_static
+
+        ranges_path = self.work_dir / f"ranges.{method}.json"
+        ranges_path.write_text(json.dumps(ranges))
+        quantized = self.work_dir / "int8.onnx"
+        options = quantization_options(self.model if model is None else model, self.target, float_layers)
+        try:  # with an existing cache file, quantize_static takes the ranges from it instead of calibrating
+            quantize_static(str(self.path) if model is None else model, str(quantized), quant_format=QuantFormat.QDQ,
+                            calibrate_method=ort_method(method), calibration_cache_path=str(ranges_path), **options)
+        except (KeyError, ValueError) as exc:  # ranges that do not fit this graph
+            raise EdgeclsError(f"quantization of {source} failed ({exc}); "
+                               "if you passed --calibration-cache, it belongs to another model: drop it") from exc
+        result = onnx.load(str(quantized))
+        unquantize_float_side_outputs(result, options["nodes_to_exclude"])
+        drop_unused_opsets(result)
+        return result
+
+
+def quantizable_layers(model: onnx.ModelProto) -> list[QuantizableLayer]:
+    """The Conv, ConvTranspose and Gemm nodes of a graph, in graph order."""
+    sizes = {init.name: int(np.prod(init.dims)) for init in model.graph.initializer}
+    return [QuantizableLayer(node.name, node.op_type, sum(sizes.get(name, 0) for name in node.input[1:]))
+            for node in model.graph.node if node.op_type in QUANTIZABLE_OPS]
+
+
+def default_float_layers(model: onnx.ModelProto) -> list[str]:
+    """The layers that read the graph's input or write its output: in float unless a budget decides otherwise."""
+    graph_inputs = {value.name for value in model.graph.input}
+    graph_outputs = {value.name for value in model.graph.output}
+    return [node.name for node in model.graph.node if node.op_type in QUANTIZABLE_OPS
+            and (set(node.input) & graph_inputs or set(node.output) & graph_outputs)]
 
 
 def calibrate(model_path: Path, reader: "ImageBatches", method: str, ranges_path: Path) -> None:
@@ -179,24 +271,89 @@ def calibrate(model_path: Path, reader: "ImageBatches", method: str, ranges_path
     save_tensors_data(ranges, ranges_path)
 
 
-def quantization_options(model: onnx.ModelProto, target: str) -> dict[str, Any]:
+def quantization_options(model: onnx.ModelProto, target: str, float_layers: Collection[str]) -> dict[str, Any]:
     """Keyword arguments of `quantize_static` for a target (see the module docstring for why)."""
     from onnxruntime.quantization import QuantType
 
-    graph_inputs = {value.name for value in model.graph.input}
-    graph_outputs = {value.name for value in model.graph.output}
-    float_layers = [node.name for node in model.graph.node
-                    if set(node.input) & graph_inputs or set(node.output) & graph_outputs]
+    excluded = [*float_layers, *around_float_layers(model, float_layers)]
     if target == "cpu":
         # This CPU has VNNI, so full-range u8 x s8 products do not saturate: no reduce_range.
         return {"activation_type": QuantType.QUInt8, "weight_type": QuantType.QInt8, "per_channel": True,
-                "reduce_range": False, "nodes_to_exclude": float_layers}
+                "reduce_range": False, "nodes_to_exclude": excluded}
     per_tensor = {node.input[1]: [{"symmetric": True}] for node in model.graph.node
-                  if node.op_type in ("ConvTranspose", "Gemm") and node.name not in float_layers}
+                  if node.op_type in ("ConvTranspose", "Gemm") and node.name not in excluded}
     return {"activation_type": QuantType.QInt8, "weight_type": QuantType.QInt8, "per_channel": True,
-            "reduce_range": False, "nodes_to_exclude": float_layers,
+            "reduce_range": False, "nodes_to_exclude": excluded,
             "extra_options": {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
                               "TensorQuantOverrides": per_tensor}}
+
+
+def unquantize_float_side_outputs(model: onnx.ModelProto, float_side: Collection[str]) -> int:
+    """Remove the Quantize/Dequantize pairs ONNX Runtime puts on an int8 layer's output when only float-side nodes
+    (`float_side`: the float layers and the nodes around them) or the graph's output read it; returns how many.
+
+    Between int8 layers the pair stays: there the ReLU that follows shares the next layer's input scale, and the
+    CPU provider fuses Dequantize-Conv-Quantize into an integer convolution. Before a float layer it would only
+    quantize the pre-ReLU range on a scale of its own, coarser, and at the output it would make 8-bit logits,
+    which turn near-ties into flipped predictions.
+    """
+    users = consumers(model.graph)
+    producers = {tensor: node for node in model.graph.node for tensor in node.output}
+    graph_outputs = {value.name for value in model.graph.output}
+    removed = 0
+    for quantize in [node for node in model.graph.node if node.op_type == "QuantizeLinear"]:
+        layer = producers.get(quantize.input[0])
+        dequantizers = users.get(quantize.output[0], [])
+        if layer is None or layer.op_type not in QUANTIZABLE_OPS or layer.name in float_side \
+                or not all(node.op_type == "DequantizeLinear" for node in dequantizers):
+            continue
+        readers = [node for dq in dequantizers for node in users.get(dq.output[0], [])]
+        if not all(reader.name in float_side for reader in readers):
+            continue
+        exposed = [dq.output[0] for dq in dequantizers if dq.output[0] in graph_outputs]
+        if len(exposed) > 1:
+            continue
+        source = quantize.input[0]
+        if exposed:  # the layer writes the graph's output itself again, under its name
+            for node in model.graph.node:
+                node.input[:] = [exposed[0] if name == source else name for name in node.input]
+            layer.output[:] = [exposed[0] if name == source else name for name in layer.output]
+            source = exposed[0]
+        for reader in readers:
+            reader.input[:] = [source if name in {dq.output[0] for dq in dequantizers} else name
+                               for name in reader.input]
+        for node in (quantize, *dequantizers):
+            model.graph.node.remove(node)
+        removed += 1
+    drop_unused_initializers(model.graph)
+    return removed
+
+def around_float_layers(model: onnx.ModelProto, float_layers: Collection[str]) -> list[str]:
+    """The nodes between each float layer and the layers next to it (ReLU, pooling, ...), before and after it.
+
+    They stay out of quantization, so a float layer reads and writes float tensors: ONNX Runtime's optimizer gives
+    a Conv whose input comes from a DequantizeLinear int8 weights of its own when it loads the file (measured with
+    ONNX Runtime 1.32), so a float layer next to int8 ones would silently run in int8 there. The int8 neighbours
+    then quantize the tensor at their own inputs.
+    """
+    users = consumers(model.graph)
+    producers = {tensor: node for node in model.graph.node for tensor in node.output}
+    constants = {init.name for init in model.graph.initializer}
+    layers = [node for node in model.graph.node if node.name in float_layers]
+    found: dict[str, None] = {}
+    pending = [tensor for node in layers for tensor in node.output]
+    while pending:  # downstream, to the next layers
+        for user in users.get(pending.pop(), []):
+            if user.op_type not in QUANTIZABLE_OPS and user.name not in found:
+                found[user.name] = None
+                pending.extend(user.output)
+    pending = [tensor for node in layers for tensor in node.input if tensor not in constants]
+    while pending:  # upstream, to the previous layers or the graph's input
+        producer = producers.get(pending.pop())
+        if producer is not None and producer.op_type not in QUANTIZABLE_OPS and producer.name not in found:
+            found[producer.name] = None
+            pending.extend(tensor for tensor in producer.input if tensor not in constants)
+    return list(found)
 
 
 def transposed_to_conv(model: onnx.ModelProto) -> int:

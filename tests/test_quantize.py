@@ -12,11 +12,13 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
+from edgecls.checkpoint import load_checkpoint
 from edgecls.errors import EdgeclsError
 from edgecls.export import ExportReport
-from edgecls.formats import ModelMetadata
+from edgecls.formats import CalibrationRecord, ModelMetadata
 from edgecls.models import MODELS
-from edgecls.quantize import calibration_indices, quantize_int8, transposed_to_conv, trt_violations
+from edgecls.onnx_graph import consumers
+from edgecls.quantize import PreparedModel, calibration_indices, quantize_int8, transposed_to_conv, trt_violations
 
 
 @pytest.fixture(scope="session")
@@ -173,3 +175,48 @@ def test_calibration_indices_are_a_seeded_subset():
     assert not np.array_equal(first, calibration_indices(1000, 100, 1))
     with pytest.raises(EdgeclsError, match="exceeds the 1000 training images"):
         calibration_indices(1000, 1001, 0)
+    validation = np.arange(0, 1000, 4)
+    outside = calibration_indices(1000, 100, 0, exclude=validation)
+    assert np.array_equal(outside, calibration_indices(1000, 100, 0, exclude=validation))
+    assert len(np.unique(outside)) == 100 and np.all(np.diff(outside) > 0) and not set(outside) & set(validation)
+    with pytest.raises(EdgeclsError, match="size 751 exceeds the 750 training images outside the 250 validation images"):
+        calibration_indices(1000, 751, 0, exclude=validation)
+
+
+def test_export_calibrates_outside_the_validation_split(new2_export, trained_checkpoint, tiny_cifar):
+    validation = load_checkpoint(trained_checkpoint("new2")).validation_indices(tiny_cifar)
+    record = CalibrationRecord.read(new2_export.calibration)
+    assert len(validation) == 40 and len(record.indices) == 200
+    assert not set(record.indices) & set(validation.tolist())
+
+
+@pytest.mark.parametrize("target", ["trt", "cpu"])
+def test_a_float_layer_between_int8_layers_stays_float_in_onnx_runtime(target, fp32_file, tiny_cifar, tmp_path):
+    """ONNX Runtime's optimizer gives a Conv that reads a DequantizeLinear output int8 weights of its own when it loads
+    the file; a float layer must therefore read (and write) float tensors, while its neighbours stay int8."""
+    fp32 = fp32_file("new2")
+    prepared = PreparedModel.create(fp32, ModelMetadata.read(fp32), target, tmp_path)
+    ranges = prepared.calibrate(tiny_cifar.train_images[:64], "minmax")
+    middle = prepared.layers[2].name  # conv3, between conv2 and conv4
+    model = prepared.quantize(ranges, "minmax", [middle], fp32)
+    optimized = tmp_path / "optimized.onnx"
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(optimized)
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    for graph in (model, onnx.load(str(optimized))):
+        node = next(node for node in graph.graph.node if node.name == middle)
+        assert node.input[1] in arrays(graph) and arrays(graph)[node.input[1]].dtype == np.float32
+        assert producer_of(graph, node.input[0]).op_type != "DequantizeLinear"
+    neighbours = [prepared.layers[1].name, prepared.layers[3].name]
+    for node in model.graph.node:
+        if node.name in neighbours:
+            assert producer_of(model, node.input[1]).op_type == "DequantizeLinear", node.name
+            assert producer_of(model, node.input[0]).op_type == "DequantizeLinear", node.name
+    # The int8 layer before the float one writes float: no 8-bit grid of its own pre-ReLU range on the way.
+    before = next(node for node in model.graph.node if node.name == neighbours[0])
+    assert not [user for user in consumers(model.graph)[before.output[0]] if user.op_type == "QuantizeLinear"]
+    # With every layer int8, the logits still come out of the last layer in float, not through an 8-bit grid.
+    everything = prepared.quantize(ranges, "minmax", [], fp32)
+    assert producer_of(everything, "logits").op_type == "Gemm"
+    assert producer_of(everything, producer_of(everything, "logits").input[1]).op_type == "DequantizeLinear"

@@ -268,22 +268,57 @@ def test_quantization_lists_float_layers_and_calibrated_ranges(parsed, project):
             assert number(row[column]) == pytest.approx(expected, rel=1e-3, abs=1e-6)
 
 
+def int8_report(checkpoint_sha256: str) -> "Int8Report":
+    """An int8 search's report as `edgecls.int8_budget` writes it: two layers, the first kept in float."""
+    from edgecls.formats import Int8Report, LayerDecision
+
+    def figures(agreement: float, delta: float) -> dict:
+        return {"images": 5000, "agreement": agreement, "flips": 20, "right_to_wrong": 9, "wrong_to_right": 6,
+                "accuracy": 70.0 + delta, "reference_accuracy": 70.0, "accuracy_delta": delta}
+
+    layers = [LayerDecision("conv1", "Conv", 1792, 31.5, figures(99.1, -0.4), 1, "float", "costliest (rank 1)"),
+              LayerDecision("conv2", "Conv", 36928, 48.3, figures(99.9, 0.02), 2, "int8", "")]
+    return Int8Report(
+        model="new2", checkpoint_sha256=checkpoint_sha256, data_fingerprint="f", target="trt",
+        budget={"max_drop": 0.3, "min_agreement": 99.5}, passed=True, method="minmax", float_layers=["conv1"],
+        int8_layers=1, layers=layers, validation={"note": "5,000 held-out training images"}, calibration={},
+        sensitivity="SQNR of the logits, lowest first", candidates=[{}, {}],
+        result={"validation": figures(99.6, -0.1), "test": figures(99.55, 0.05)},
+        throughput={"batch_size": 64, "images_per_s": {"fp32": 800.0, "all_int8": 2900.0, "result": 2700.0},
+                    "vs_fp32": 3.375, "vs_all_int8": 0.93}, search_seconds=140.0)
+
+
 def test_int8_report_replaces_the_ranges_when_present(project, tmp_path):
+    from edgecls.checkpoint import load_checkpoint
+
     calibration = tmp_path / "calibration"
     shutil.copytree(project["calibration"], calibration)
-    layers = [{"name": "conv1", "op": "Conv", "sqnr_db": 31.5, "cost": 0.4, "decision": "float"},
-              {"name": "conv2", "op": "Conv", "sqnr_db": 38.0, "cost": 0.05, "decision": "int8"}]
-    (calibration / "new2.int8-report.json").write_text(json.dumps({"layers": layers, "final": {"agreement": 99.5}}))
+    int8_report(load_checkpoint(project["checkpoint"]).sha256).write(calibration / "new2.int8-report.json")
     out = tmp_path / "r.html"
     code, _, stderr = run_report(project["checkpoint"], "-o", out, *options(project, calibration=calibration))
     assert code == 0, stderr
     parsed = Page(out.read_text())
     rows = parsed.rows("int8-report")
-    assert [(r["name"], number(r["cost"]), r["decision"]) for r in rows] == [("conv1", 0.4, "float"),
-                                                                            ("conv2", 0.05, "int8")]
-    assert dict(parsed.tables["int8-final"]) == {"agreement": "99.5"}
+    assert [(r["layer"], r["SQNR dB"], r["agreement alone"], r["Δacc alone"], r["decision"]) for r in rows] == [
+        ("conv1", "31.5", "99.10%", "-0.40", "float"), ("conv2", "48.3", "99.90%", "+0.02", "int8")]
+    final = dict(parsed.tables["int8-final"])
+    assert final["result"].startswith("1 of 2 layers int8, minmax calibration, 2 choices")
+    assert "agreement 99.55%" in final["test"] and "(+0.05 vs float)" in final["test"]
+    assert final["CPU throughput at batch 64"] == "2,700 images/s = 3.38× fp32, 0.93× all-int8"
     assert "calibration-ranges" not in parsed.tables
-    assert 'alt="per-layer cost"' in out.read_text()
+    assert 'alt="per-layer SQNR"' in out.read_text()
+
+
+def test_an_int8_report_of_another_checkpoint_is_left_out_with_a_note(project, tmp_path):
+    calibration = tmp_path / "calibration"
+    shutil.copytree(project["calibration"], calibration)
+    int8_report("0" * 64).write(calibration / "new2.int8-report.json")
+    out = tmp_path / "r.html"
+    code, _, stderr = run_report(project["checkpoint"], "-o", out, *options(project, calibration=calibration))
+    assert code == 0, stderr
+    parsed = Page(out.read_text())
+    assert "int8-report" not in parsed.tables and "calibration-ranges" in parsed.tables
+    assert "new2.int8-report.json left out: it comes from another checkpoint (000000000000" in out.read_text()
 
 
 def test_without_data_the_onnx_files_are_not_run_and_the_page_says_how(project, tmp_path, monkeypatch):

@@ -50,9 +50,9 @@ PROVIDER_HELP = f"ONNX Runtime provider: {', '.join(ONNX_PROVIDERS)}."
 @click.option("--export-dir", default=EXPORT_DIR, show_default=True, help="With --all: where the ONNX files are.")
 @click.option("--engines-dir", default=ENGINES_DIR, show_default=True, help="With --all: where the TensorRT plans are.")
 @click.option("--json", "json_path", help="Also write every figure, with the environment, to this JSON file.")
-@click.option("--max-drop", type=click.FloatRange(0, 100), metavar="POINTS",
+@click.option("--max-drop", type=float, metavar="POINTS",
               help="Exit 1 if accuracy is more than POINTS below the reference's.")
-@click.option("--min-agreement", type=click.FloatRange(0, 100), metavar="PERCENT",
+@click.option("--min-agreement", type=float, metavar="PERCENT",
               help="Exit 1 if top-1 agreement with the reference is below PERCENT.")
 def bench(engine: str | None, all_checkpoint: str | None, data: str | None, reference: str | None,
           batch_sizes: str | None, duration: float | None, warmup: float | None, provider: str, threads: int | None,

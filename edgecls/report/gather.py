@@ -24,7 +24,7 @@ from edgecls.bench import artifacts_of
 from edgecls.checkpoint import Checkpoint, load_checkpoint
 from edgecls.data import load_cifar10, resolve_data_path
 from edgecls.errors import EdgeclsError
-from edgecls.formats import CalibrationRecord, EngineManifest, ModelMetadata
+from edgecls.formats import CalibrationRecord, EngineManifest, Int8Report, ModelMetadata
 from edgecls.onnx_graph import load_onnx
 from edgecls.reference import Reference
 
@@ -131,7 +131,8 @@ class ReportInputs:
     bench: list[BenchRun] = field(default_factory=list)
     int8_layers: list[LayerPrecision] = field(default_factory=list)
     calibration: Calibration | None = None
-    int8_report: dict[str, Any] | None = None
+    int8_report: Int8Report | None = None
+    int8_report_path: Path | None = None
     missing: dict[str, str] = field(default_factory=dict)  # input -> a line saying which command makes it
     notes: dict[str, list[str]] = field(default_factory=dict)  # section -> files found but skipped, and why
     sources: list[Path] = field(default_factory=list)  # every file the page is made from
@@ -206,15 +207,17 @@ def _gather_quantization(inputs: ReportInputs, calibration_dir: Path, export_dir
     model = inputs.model
     report_path = calibration_dir / f"{model}.int8-report.json"
     if report_path.is_file():
-        inputs.int8_report = read_int8_report(report_path)
-        inputs.sources.append(report_path)
+        report = Int8Report.read(report_path)
+        if _belongs(report.checkpoint_sha256, inputs, report_path, "quantization", export_hint):
+            inputs.int8_report, inputs.int8_report_path = report, report_path
+            inputs.sources.append(report_path)
     int8 = next((f for f in inputs.onnx_files if f.precision == "int8"), None)
     if int8 is None:
         if inputs.int8_report is None:
             inputs.missing["int8"] = f"no int8 export of {model} in {export_dir}: {export_hint} writes it"
         return
     graph = load_onnx(int8.path).graph
-    inputs.int8_layers = read_int8_layers(graph)
+    inputs.int8_layers = read_int8_layers(graph, int8.metadata.get("quantization", {}).get("budget"))
     method = int8.metadata.get("quantization", {}).get("method")
     record_path = calibration_dir / f"{model}.{method}.json"
     if not record_path.is_file():
@@ -388,10 +391,11 @@ def graph_order(graph: Any) -> list[str]:
     return [value.name for value in graph.input] + [name for node in graph.node for name in node.output]
 
 
-def read_int8_layers(graph: Any) -> list[LayerPrecision]:
+def read_int8_layers(graph: Any, budget: dict[str, Any] | None = None) -> list[LayerPrecision]:
     """Each weighted layer of an int8 Q/DQ ONNX graph, int8 when its weight comes out of a DequantizeLinear node.
 
-    The reasons for float layers restate the rule `edgecls.quantize` applies (first and last layers stay float).
+    Without a `budget` (the file's metadata records one when `edgecls.int8_budget` chose its float layers), the
+    reasons for float layers restate the rule `edgecls.quantize` applies: first and last layers stay float.
     """
     dequantized = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"}
     inputs, outputs = {v.name for v in graph.input}, {v.name for v in graph.output}
@@ -402,7 +406,10 @@ def read_int8_layers(graph: Any) -> list[LayerPrecision]:
         if len(node.input) > 1 and node.input[1] in dequantized:
             layers.append(LayerPrecision(node.name, node.op_type, "int8", ""))
             continue
-        if set(node.input) & inputs:
+        if budget is not None:
+            limits = ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in budget.items() if value is not None)
+            reason = f"the int8 search kept it in float to hold the budget ({limits})"
+        elif set(node.input) & inputs:
             reason = "first layer: its input, the standardized pixels, is finer than an 8-bit grid"
         elif set(node.output) & outputs:
             reason = "last layer: 8-bit logits would turn near-ties into flipped predictions"
@@ -410,16 +417,3 @@ def read_int8_layers(graph: Any) -> list[LayerPrecision]:
             reason = "left in float by the quantizer"
         layers.append(LayerPrecision(node.name, node.op_type, "float", reason))
     return layers
-
-
-def read_int8_report(path: Path) -> dict[str, Any]:
-    """`calibration/<model>.int8-report.json`: a list of per-layer records under "layers" (op, params, SQNR,
-    cost when quantized alone, decision, ...; any keys) and optional final figures under "final"."""
-    fix = "delete it or write it again"
-    report = read_json(path, "int8 report", fix)
-    layers = report.get("layers") if isinstance(report, dict) else None
-    if not isinstance(layers, list) or not all(isinstance(layer, dict) for layer in layers):
-        raise EdgeclsError(f"int8 report {path} has no list of per-layer records under \"layers\"; {fix}")
-    if not isinstance(report.get("final", {}), dict):
-        raise EdgeclsError(f"int8 report {path}: \"final\" is not an object of figures; {fix}")
-    return {**report, "path": str(path)}

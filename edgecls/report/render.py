@@ -17,12 +17,12 @@ import numpy as np
 
 from edgecls import __version__
 from edgecls.artifacts import utc_now
+from edgecls.formats import Int8Report
 from edgecls.report import figures
 from edgecls.report.compare import Answers, Flip
 from edgecls.report.gather import BenchRun, ReportInputs
 
 GALLERY_LIMIT = 24  # flipped images shown per artifact
-SENSITIVITY_KEYS = ("cost", "sensitivity", "agreement_drop", "accuracy_drop", "sqnr_db")  # first one present is drawn
 SECTIONS = {"training": "Training", "model": "The model", "accuracy": "Accuracy", "parity": "Parity",
             "speed": "Speed", "quantization": "Quantization"}
 
@@ -290,7 +290,7 @@ def _quantization(inputs: ReportInputs) -> str:
         parts += [_h3(f"Layers: {len(rows) - kept} in int8, {kept} kept in float"),
                   _table(["layer", "op", "precision", "why float"], rows, "int8-layers")]
     if inputs.int8_report is not None:
-        parts.append(_int8_report(inputs.int8_report))
+        parts.append(_int8_report(inputs.int8_report, inputs.int8_report_path))
     elif inputs.calibration is not None:
         parts.append(_calibration(inputs))
     elif "calibration" in inputs.missing:
@@ -298,24 +298,38 @@ def _quantization(inputs: ReportInputs) -> str:
     return "\n".join(parts)
 
 
-def _int8_report(report: dict[str, Any]) -> str:
-    layers = report["layers"]
-    columns = list(dict.fromkeys(key for layer in layers for key in layer))
-    rows = [[_fmt(layer.get(c), ".4g") if _numeric(layer.get(c)) else layer.get(c, "") for c in columns]
-            for layer in layers]
-    parts = [_h3(f"Per-layer sensitivity ({report['path']})"), _table(columns, rows, "int8-report")]
-    key = next((k for k in SENSITIVITY_KEYS if layers and all(_numeric(layer.get(k)) for layer in layers)), None)
-    if key is not None:
-        names = [str(layer.get("name", layer.get("layer", i))) for i, layer in enumerate(layers)]
-        decisions = [str(layer.get("decision", layer.get("precision", ""))) for layer in layers]
-        parts.append(_figure(figures.sensitivity(names, [layer[key] for layer in layers], decisions,
-                                                 f"{key.replace('_', ' ')} when quantized alone"),
-                             f"per-layer {key}"))
-    final = report.get("final")
-    if final:
-        parts += [_h3("Final figures"),
-                  _facts([(k, _fmt(v, ".4g") if _numeric(v) else v) for k, v in final.items()], "int8-final")]
-    return "\n".join(parts)
+def _int8_report(report: Int8Report, path: Path | None) -> str:
+    """The int8 search's evidence: each layer's cost when quantized alone and the decision, then the result."""
+    rows = [[layer.name, layer.op, f"{layer.parameters:,}", _fmt(layer.sqnr_db, ".1f"),
+             _fmt(layer.alone.get("agreement"), ".2f", "%"), _fmt(layer.alone.get("accuracy_delta"), "+.2f"),
+             layer.rank, layer.decision, layer.reason] for layer in report.layers]
+    columns = ["layer", "op", "parameters", "SQNR dB", "agreement alone", "Δacc alone", "rank", "decision", "why"]
+    parts = [_h3(f"Per-layer sensitivity ({path}): {report.sensitivity}"), _table(columns, rows, "int8-report"),
+             _figure(figures.sensitivity([layer.name for layer in report.layers],
+                                         [layer.sqnr_db for layer in report.layers],
+                                         [layer.decision for layer in report.layers],
+                                         "SQNR of the logits (dB) with the layer alone int8: lower costs more"),
+                     "per-layer SQNR")]
+    budget = ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in report.budget.items() if value is not None)
+    facts: list[tuple[str, Any]] = [
+        ("budget", f"{budget} (judged on {report.validation.get('note', 'the validation images')})"),
+        ("held", "yes" if report.passed else "no: nothing was installed"),
+        ("result", f"{report.int8_layers} of {len(report.layers)} layers int8, {report.method} calibration, "
+                   f"{len(report.candidates)} choices tried in {report.search_seconds:.0f} s")]
+    for split in ("validation", "test"):
+        figures_of = report.result.get(split)
+        if figures_of:
+            facts.append((split, f"accuracy {figures_of['accuracy']:.2f}% ({figures_of['accuracy_delta']:+.2f} vs "
+                                 f"float), agreement {figures_of['agreement']:.2f}%, flips {figures_of['flips']} "
+                                 f"(right→wrong {figures_of['right_to_wrong']}, wrong→right "
+                                 f"{figures_of['wrong_to_right']}) on {figures_of['images']:,} images"))
+    if report.throughput:
+        speed = report.throughput
+        facts.append((f"CPU throughput at batch {speed['batch_size']}",
+                      f"{speed['images_per_s']['result']:,.0f} images/s = {speed['vs_fp32']:.2f}× fp32, "
+                      f"{speed['vs_all_int8']:.2f}× all-int8"))
+    return "\n".join(parts + [_h3("The result"), _facts(facts, "int8-final")])
+
 
 
 def _calibration(inputs: ReportInputs) -> str:
