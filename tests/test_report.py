@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgecls.cli import main
+from edgecls.formats import Int8Report, LayerDecision
 from edgecls.report.compare import RIGHT_TO_WRONG, WRONG_TO_RIGHT, WRONG_TO_WRONG, Answers, confusion_matrix, flips
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -268,9 +269,8 @@ def test_quantization_lists_float_layers_and_calibrated_ranges(parsed, project):
             assert number(row[column]) == pytest.approx(expected, rel=1e-3, abs=1e-6)
 
 
-def int8_report(checkpoint_sha256: str) -> "Int8Report":
+def int8_report(checkpoint_sha256: str) -> Int8Report:
     """An int8 search's report as `edgecls.int8_budget` writes it: two layers, the first kept in float."""
-    from edgecls.formats import Int8Report, LayerDecision
 
     def figures(agreement: float, delta: float) -> dict:
         return {"images": 5000, "agreement": agreement, "flips": 20, "right_to_wrong": 9, "wrong_to_right": 6,
