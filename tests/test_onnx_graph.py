@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -33,8 +35,8 @@ def test_load_onnx_reads_a_model_or_says_why_not(tmp_path):
     path.write_bytes(b"\x08\x07garbage that is no protobuf \xff\xff")
     with pytest.raises(EdgeclsError) as info:
         load_onnx(str(path))
-    assert str(info.value).startswith(f"{path} is not a readable ONNX model (")
-    assert str(info.value).endswith("); re-export it with `edgecls export`")
+    assert re.fullmatch(rf"{re.escape(str(path))} is not a readable ONNX model \(\w+(Error|Warning)\); re-export it "
+                        r"with `edgecls export`", str(info.value))  # says what the reader found wrong
     path.write_bytes(chain().SerializeToString())
     assert load_onnx(path) == chain()
 
@@ -49,6 +51,13 @@ def test_save_checked_writes_only_a_graph_that_passes_the_checker(tmp_path):
         save_checked(broken, tmp_path / "broken.onnx")
     assert str(info.value).startswith(f"the exported graph for {tmp_path / 'broken.onnx'} fails onnx.checker: ")
     assert "nowhere" in str(info.value) and "\n" not in str(info.value)
+    # The full check infers shapes: adding a [3] tensor to a [2] one passes the plain checker, not this one.
+    mismatched = chain()
+    mismatched.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.ones(3, np.float32), "bias"))
+    onnx.checker.check_model(mismatched)
+    with pytest.raises(EdgeclsError) as info:
+        save_checked(mismatched, tmp_path / "mismatched.onnx")
+    assert str(info.value).startswith(f"the exported graph for {tmp_path / 'mismatched.onnx'} fails onnx.checker: ")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
 
 
