@@ -126,13 +126,16 @@ def _current_umask() -> int:
     return mask
 
 
-def test_a_sweep_returns_what_it_removed_and_leaves_the_rest(tmp_path, monkeypatch):
+def test_a_sweep_returns_what_it_removed_and_leaves_the_rest(tmp_path, tmp_path_factory, monkeypatch):
     """Temporaries of a process that exited (reaped or not) go; a running one's, another user's, anything that
     fails to go, and what a symbolic link points to stay."""
     reaped = subprocess.Popen([sys.executable, "-c", "pass"])
     reaped.wait()
     zombie = subprocess.Popen([sys.executable, "-c", "pass"])  # exited, never waited for
-    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # The running process is named "py) Z (x": its /proc stat line reads "PID (py) Z (x) S ...", state S.
+    odd_name = tmp_path_factory.mktemp("bin") / "py) Z (x"
+    odd_name.symlink_to(os.path.realpath(sys.executable))
+    running = subprocess.Popen([str(odd_name), "-c", "import time; time.sleep(60)"])
     try:
         while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
             time.sleep(0.01)
@@ -187,8 +190,18 @@ def test_when_a_process_cannot_be_checked_age_decides(tmp_path, monkeypatch):
         patch.setattr(os, "kill", another_users)
         os.utime(tmp_path / name, (time.time() - artifacts.STALE_AFTER_S + 60,) * 2)
         assert sweep_abandoned(tmp_path) == []
-        os.utime(tmp_path / name, (time.time() - artifacts.STALE_AFTER_S - 60,) * 2)
+        os.utime(tmp_path / name, (1_000_000_000,) * 2)
+        patch.setattr(artifacts.time, "time", lambda: 1_000_000_000 + artifacts.STALE_AFTER_S)
+        assert sweep_abandoned(tmp_path) == []  # exactly STALE_AFTER_S old: not yet
+        patch.setattr(artifacts.time, "time", lambda: 1_000_000_001 + artifacts.STALE_AFTER_S)
         assert sweep_abandoned(tmp_path) == [tmp_path / name]
+        # A symbolic link's own age counts, not its target's: an old link to a fresh folder goes (the folder stays).
+        target = tmp_path / "fresh-folder"
+        target.mkdir()
+        link = tmp_path / name
+        link.symlink_to(target)
+        os.utime(link, (1_000_000_000,) * 2, follow_symlinks=False)
+        assert sweep_abandoned(tmp_path) == [link] and target.is_dir()
 
 
 def test_write_json_writes_indented_json_in_the_given_order(tmp_path):
@@ -206,14 +219,22 @@ def test_sha256_file_reads_files_larger_than_one_block(tmp_path):
     assert sha256_file(str(tmp_path / "empty.bin")) == hashlib.sha256(b"").hexdigest()
 
 
-def test_utc_now_and_library_versions():
+def test_utc_now_and_library_versions(monkeypatch):
     stamp = utc_now()
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", stamp)
     parsed = datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
     assert abs((datetime.datetime.now(datetime.timezone.utc) - parsed).total_seconds()) < 5
+    monkeypatch.setenv("TZ", "Asia/Kathmandu")  # UTC+05:45: local time would be off by hours
+    time.tzset()
+    try:
+        later = datetime.datetime.strptime(utc_now(), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert abs((datetime.datetime.now(datetime.timezone.utc) - later).total_seconds()) < 5
     import numpy
 
     import edgecls
 
-    assert library_versions("numpy", "no_such_module_here", "edgecls.errors") == {
+    assert library_versions("no_such_module_here", "numpy", "edgecls.errors") == {
         "python": platform.python_version(), "edgecls": edgecls.__version__, "numpy": numpy.__version__}

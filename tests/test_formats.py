@@ -127,6 +127,14 @@ def test_metadata_embedded_in_an_onnx_file_is_read_back_with_the_graph_checked(t
     assert "has shape ['batch', 3, 32, 32]" in refusal(ModelMetadata.from_onnx, onnx_model(crop=32), "m.onnx")
     assert ModelMetadata.from_onnx(onnx_model(batch=8), "m.onnx") == METADATA  # a fixed batch is a shape too
     assert "outputs ['probs']" in refusal(ModelMetadata.from_onnx, onnx_model(output="probs"), "m.onnx")
+    # Read from a file, every refusal names it: a graph that differs from its metadata, a record missing a field.
+    path.write_bytes(onnx_model(crop=32).SerializeToString())
+    assert refusal(ModelMetadata.read, path).startswith(f"{path}: input 'images' has shape ['batch', 3, 32, 32]")
+    incomplete = onnx_model(None)
+    incomplete.metadata_props.add(key="edgecls", value=json.dumps({k: v for k, v in METADATA.to_dict().items()
+                                                                   if k != "model"}))
+    path.write_bytes(incomplete.SerializeToString())
+    assert refusal(ModelMetadata.read, path) == f"{path}: the edgecls metadata lacks 'model'; {REEXPORT}"
 
 
 def test_reading_an_onnx_file_checks_its_export_set(tmp_path):
@@ -203,6 +211,8 @@ def test_reading_a_manifest_of_a_missing_plan_or_a_plan_without_manifest(tmp_pat
     Path(f"{plan}.json").write_text("{truncated")
     assert refusal(EngineManifest.read, plan).startswith(f"manifest {plan}.json is unreadable (Expecting")
     assert refusal(EngineManifest.read, plan).endswith(f"; {REBUILD}")
+    Path(f"{plan}.json").write_text(json.dumps({**manifest().to_dict(), "batch": {"min": 1}}))
+    assert refusal(EngineManifest.read, plan).startswith(f"engine manifest {plan}.json lacks or garbles ")
 
 
 # ================================================================================================= reference logits
@@ -229,6 +239,8 @@ def test_reference_logits_round_trip_in_their_stored_types(tmp_path):
                                                     "data_fingerprint": "d" * 16, "split": "test"}
         assert (archive["logits"].dtype, archive["labels"].dtype, archive["digests"].dtype) == \
             (np.float32, np.int64, np.uint8)
+    replace(saved, split="val").write(tmp_path / "val.reference.npz")
+    assert ReferenceLogits.read(tmp_path / "val.reference.npz").split == "val"  # the stored split, not the default
 
 
 def write_npz(path: Path, meta: Any = None, **arrays: np.ndarray) -> Path:
@@ -280,6 +292,8 @@ def test_a_calibration_record_round_trips(tmp_path):
     stored = json.loads((tmp_path / "new2.entropy.json").read_text())
     assert stored["format"] == "edgecls-calibration" and stored["format_version"] == 1 and stored["seed"] == 7
     assert CalibrationRecord.read(tmp_path / "new2.entropy.json") == record
+    calibration(split="val").write(tmp_path / "val.json")
+    assert CalibrationRecord.read(tmp_path / "val.json").split == "val"  # the stored split, not the default
     minimal = {key: value for key, value in stored.items() if key not in ("split", "created_at", "versions")}
     (tmp_path / "minimal.json").write_text(json.dumps(minimal))
     assert CalibrationRecord.read(tmp_path / "minimal.json") == calibration(split="train", created_at="", versions={})
@@ -335,10 +349,10 @@ def test_a_bad_export_record_is_refused_naming_the_file(tmp_path):
     path = tmp_path / "new2.export.json"
     fix = "run `edgecls export` again"
     assert refusal(ExportSet.read, path).startswith(f"export record {path} is unreadable (")
-    for text in (b"{", b"\xff\xfe"):
+    for text, why in ((b"{", "Expecting property name"), (b"\xff\xfe", "codec can't decode")):
         path.write_bytes(text)
         assert refusal(ExportSet.read, path).startswith(f"export record {path} is unreadable (")
-        assert refusal(ExportSet.read, path).endswith(f"); {fix}")
+        assert why in refusal(ExportSet.read, path) and refusal(ExportSet.read, path).endswith(f"); {fix}")
     path.write_text("[]")
     assert refusal(ExportSet.read, path) == f"{path} is not an edgecls export record; {fix}"
     path.write_text(json.dumps({"format_version": 2}))

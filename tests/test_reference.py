@@ -74,6 +74,9 @@ def test_align_refuses_a_reference_of_other_images_or_labels():
     nothing = np.array([], dtype=np.int64)
     empty = saved_reference(data, np.array([0]), logits=np.zeros((0, 10)), labels=nothing, digests=None, indices=nothing)
     assert len(references.align(empty, data).indices) == 0
+    no_rows = replace(saved_reference(data, np.array([0])), logits=np.zeros((0, 10)), labels=nothing,
+                      digests=np.zeros((0, 16), np.uint8))
+    assert references.align(no_rows, data).indices.dtype == np.int64  # indices numpy can index with, even of no rows
     kept = saved_reference(data, np.array([3, 5]), digests=None, indices=np.array([3, 5]))
     np.testing.assert_array_equal(references.align(kept, data).indices, [3, 5])
 
@@ -93,6 +96,10 @@ def test_check_refuses_a_reference_of_another_model_checkpoint_or_data():
     assert refusal(references.check, replace(ours, trained_on="elsewhere"), METADATA, MODEL, data) == (
         f"reference new2.reference.npz was trained on another data set (elsewhere) than {MODEL} (trained-on); pass "
         "the reference of this model")
+    fingerprinted = replace(METADATA, data_fingerprint="0123456789abcdef")
+    assert refusal(references.check, replace(ours, trained_on="fedcba9876543210"), fingerprinted, MODEL, data) == (
+        f"reference new2.reference.npz was trained on another data set (fedcba987654) than {MODEL} (0123456789ab); "
+        "pass the reference of this model")  # fingerprints shortened to 12 characters, as everywhere
     assert refusal(references.check, replace(ours, logits=ours.logits[:, :9]), METADATA, MODEL, data) == (
         f"reference new2.reference.npz has 9 classes, {MODEL} has 10; pass the reference of this model")
     # What is unknown on either side is not held against the reference.
@@ -118,7 +125,8 @@ def test_a_saved_reference_is_loaded_checked_and_aligned(tmp_path):
     resolved = references.resolve(str(path), METADATA, MODEL, data)
     np.testing.assert_array_equal(resolved.indices, order)
     np.testing.assert_array_equal(references.resolve(loaded, METADATA, MODEL, data).indices, order)
-    assert "is for model new2, but" in refusal(references.resolve, path, replace(METADATA, model="alex1"), MODEL, data)
+    assert refusal(references.resolve, path, replace(METADATA, model="alex1"), MODEL, data) == (
+        f"reference {path} is for model new2, but {MODEL} is alex1; pass the reference of this model")
     assert refusal(references.load, tmp_path / "new2.reference.json", data) == (
         f"reference {tmp_path / 'new2.reference.json'} is neither a checkpoint (.pt) nor reference logits (.npz)")
     ExportSet("new2", "c" * 64, {}, complete=False).write(ExportSet.path_for(tmp_path, "new2"))
@@ -178,3 +186,6 @@ def test_a_checkpoint_reference_is_its_models_logits_on_the_whole_test_split(tmp
             computed.trained_on) == (str(path), "new1", checkpoint.sha256, data.fingerprint, "trained-on")
     assert references.covers(computed, checkpoint.sha256, data)
     assert "no such CUDA device here" in refusal(references.from_checkpoint, path, data, "cuda:99")
+    new1 = replace(METADATA, model="new1", checkpoint_sha256=checkpoint.sha256)
+    np.testing.assert_array_equal(references.resolve(path, new1, MODEL, data, "cpu").logits, expected)
+    assert "no such CUDA device here" in refusal(references.resolve, path, new1, MODEL, data, "cuda:99")

@@ -243,6 +243,10 @@ def test_environment_records_the_machine_libraries_and_threads(monkeypatch):
                                  "numpy": np.__version__, "torch": "2.99", "cuda-python": "13.0.3"}
     assert found["threads"] == {"cpu_count": timing.os.cpu_count(), "torch": 7, "onnxruntime": 3}
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", found["measured_at"])
+    for name, version in (("onnxruntime", "1.99"), ("tensorrt", "10.99"), ("pycuda", "2099.1")):
+        monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(__version__=version))
+    assert {name: environment({})["versions"][name] for name in ("onnxruntime", "tensorrt", "pycuda")} == \
+        {"onnxruntime": "1.99", "tensorrt": "10.99", "pycuda": "2099.1"}
     monkeypatch.setitem(sys.modules, "cuda.bindings", types.SimpleNamespace())
     monkeypatch.delitem(sys.modules, "torch")
     bare = environment({"backend": "tensorrt"})
