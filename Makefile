@@ -26,11 +26,12 @@ demo: $(VENV)/installed
 # Mutation testing, not run by CI: mutmut makes one small change at a time to the core modules ([tool.mutmut] in
 # pyproject.toml) and runs the fast unit tests that reach the changed function; a change they still pass (survived) is
 # a bug they would miss. A fresh run each time (about ten minutes on two cores); `mutmut show NAME` shows a mutant.
-# The kill rate counts a timed-out mutant as caught (the change made the tests hang).
+# The kill rate counts a timed-out mutant as caught (the change made the tests hang). OMP_NUM_THREADS=1: mutmut forks
+# each mutant's run from a process where PyTorch has already run, and a forked OpenMP thread pool hangs.
 mutation: $(VENV)/installed
 	$(VENV)/bin/python -c 'import mutmut' 2>/dev/null || $(VENV)/bin/pip install --quiet -e '.[mutation]'
 	rm -rf mutants
-	$(VENV)/bin/mutmut run
+	OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run
 	$(VENV)/bin/mutmut results
 	$(VENV)/bin/mutmut export-cicd-stats
 	$(VENV)/bin/python -c 'import json; s = json.load(open("mutants/mutmut-cicd-stats.json")); print("{killed} killed, {timeout} timed out, {survived} survived, {no_tests} without tests, of {total} mutants: kill rate {rate:.1f}%".format(rate=100 * (s["killed"] + s["timeout"]) / s["total"], **s))'
