@@ -14,7 +14,7 @@ $(VENV)/installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet --no-deps --upgrade --target $(VENV)/api-stubs/tensorrt-stubs tensorrt-stubs==10.13.0.35.1
 	touch $@
 
-.PHONY: install test demo
+.PHONY: install test demo mutation
 install: $(VENV)/installed
 
 test: $(VENV)/installed
@@ -22,3 +22,16 @@ test: $(VENV)/installed
 
 demo: $(VENV)/installed
 	DATA=$(DATA) VENV=$(VENV) bash scripts/demo.sh
+
+# Mutation testing, not run by CI: mutmut makes one small change at a time to the core modules ([tool.mutmut] in
+# pyproject.toml) and runs the fast unit tests that reach the changed function; a change they still pass (survived) is
+# a bug they would miss. A fresh run each time (about ten minutes on two cores); `mutmut show NAME` shows a mutant.
+# The kill rate counts a timed-out mutant as caught (the change made the tests hang). OMP_NUM_THREADS=1: mutmut forks
+# each mutant's run from a process where PyTorch has already run, and a forked OpenMP thread pool hangs.
+mutation: $(VENV)/installed
+	$(VENV)/bin/python -c 'import mutmut' 2>/dev/null || $(VENV)/bin/pip install --quiet -e '.[mutation]'
+	rm -rf mutants
+	OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run
+	$(VENV)/bin/mutmut results
+	$(VENV)/bin/mutmut export-cicd-stats
+	$(VENV)/bin/python -c 'import json; s = json.load(open("mutants/mutmut-cicd-stats.json")); print("{killed} killed, {timeout} timed out, {survived} survived, {no_tests} without tests, of {total} mutants: kill rate {rate:.1f}%".format(rate=100 * (s["killed"] + s["timeout"]) / s["total"], **s))'

@@ -27,7 +27,7 @@ def save_checked(model: onnx.ModelProto, out_path: str | os.PathLike) -> Path:
     """Run onnx's full check (strict shape inference included), then write the file atomically."""
     try:
         onnx.checker.check_model(model, full_check=True)
-    except onnx.checker.ValidationError as exc:
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:  # the full check infers shapes
         raise EdgeclsError(f"the exported graph for {out_path} fails onnx.checker: {first_line(exc)}") from exc
     with atomic_write(out_path) as handle:
         handle.write(model.SerializeToString())
