@@ -93,6 +93,18 @@ def test_ensure_writable_dir_creates_the_folder_or_says_why_it_cannot(tmp_path, 
     assert str(info.value) == f"output folder {deep} is not writable; fix its permissions or choose another folder"
 
 
+def test_preparing_a_folder_removes_the_staging_folder_a_finished_process_left(tmp_path):
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    left = tmp_path / (temporary_prefix("export").replace(f"-{os.getpid()}-", f"-{finished.pid}-") + "abcdefgh.tmp")
+    (left / "half").mkdir(parents=True)
+    (left / "half" / "new2.onnx").write_bytes(b"x")
+    ours = tmp_path / (temporary_prefix("export") + "ijklmnop.tmp")  # this process's: still in use
+    ours.mkdir()
+    assert ensure_writable_dir(tmp_path) == tmp_path
+    assert sorted(tmp_path.iterdir()) == [ours]
+
+
 def test_check_output_file_refuses_early_and_creates_nothing(tmp_path, monkeypatch):
     target = tmp_path / "new" / "deeper" / "bench.json"
     assert check_output_file(target) == target and not (tmp_path / "new").exists()
@@ -152,6 +164,8 @@ def test_a_sweep_returns_what_it_removed_and_leaves_the_rest(tmp_path, tmp_path_
                                                              link])
         assert sorted(p.name for p in tmp_path.iterdir()) == sorted([names[running.pid], "kept-folder"])
         assert (target / "model.onnx").exists()
+        with pytest.raises(subprocess.TimeoutExpired):  # asking whether it runs sent it no signal that ends it
+            running.wait(timeout=0.5)
     finally:
         running.kill()
         running.wait()

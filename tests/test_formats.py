@@ -15,7 +15,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from edgecls.errors import EdgeclsError
-from edgecls.formats import (CalibrationRecord, EngineManifest, ExportSet, ModelMetadata, ReferenceLogits)
+from edgecls.formats import (CalibrationRecord, EngineManifest, ExportSet, Int8Report, LayerDecision, ModelMetadata,
+                             ReferenceLogits)
 from edgecls.preprocess import Preprocessing
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -209,7 +210,7 @@ def test_reading_a_manifest_of_a_missing_plan_or_a_plan_without_manifest(tmp_pat
     plan.write_bytes(b"engine")
     assert refusal(EngineManifest.read, plan) == f"{plan} has no manifest {plan}.json; {REBUILD}"
     Path(f"{plan}.json").write_text("{truncated")
-    assert refusal(EngineManifest.read, plan).startswith(f"manifest {plan}.json is unreadable (Expecting")
+    assert refusal(EngineManifest.read, plan).startswith(f"engine manifest {plan}.json is unreadable or not JSON (Expecting")
     assert refusal(EngineManifest.read, plan).endswith(f"; {REBUILD}")
     Path(f"{plan}.json").write_text(json.dumps({**manifest().to_dict(), "batch": {"min": 1}}))
     assert refusal(EngineManifest.read, plan).startswith(f"engine manifest {plan}.json lacks or garbles ")
@@ -306,11 +307,13 @@ def test_a_bad_calibration_record_is_refused_naming_the_file(tmp_path):
         f"calibration record {path} does not exist; drop --calibration-cache to calibrate afresh"
     for text in ("{", b"\xff\xfe\x00"):
         path.write_bytes(text.encode() if isinstance(text, str) else text)
-        assert refusal(CalibrationRecord.read, path) == f"calibration record {path} is unreadable or not JSON; {fix}"
-    for record in ([], {"format": "something-else", "format_version": 1}):
-        path.write_text(json.dumps(record))
-        assert refusal(CalibrationRecord.read, path) == \
-            f"{path} is not an edgecls calibration record; pass a file from calibration/"
+        message = refusal(CalibrationRecord.read, path)
+        assert message.startswith(f"calibration record {path} is unreadable or not JSON (") and message.endswith(f"); {fix}")
+    path.write_text("[]")
+    assert refusal(CalibrationRecord.read, path) == f"{path} is not an edgecls calibration record; {fix}"
+    path.write_text(json.dumps({"format": "something-else", "format_version": 1}))
+    assert refusal(CalibrationRecord.read, path) == \
+        f"{path} is not an edgecls calibration record; pass a file from calibration/"
     good = calibration().to_dict()
     path.write_text(json.dumps({**good, "format_version": 2}))
     assert refusal(CalibrationRecord.read, path) == \
@@ -348,10 +351,10 @@ def test_an_export_set_round_trips(tmp_path):
 def test_a_bad_export_record_is_refused_naming_the_file(tmp_path):
     path = tmp_path / "new2.export.json"
     fix = "run `edgecls export` again"
-    assert refusal(ExportSet.read, path).startswith(f"export record {path} is unreadable (")
+    assert refusal(ExportSet.read, path) == f"export record {path} does not exist; {fix}"
     for text, why in ((b"{", "Expecting property name"), (b"\xff\xfe", "codec can't decode")):
         path.write_bytes(text)
-        assert refusal(ExportSet.read, path).startswith(f"export record {path} is unreadable (")
+        assert refusal(ExportSet.read, path).startswith(f"export record {path} is unreadable or not JSON (")
         assert why in refusal(ExportSet.read, path) and refusal(ExportSet.read, path).endswith(f"); {fix}")
     path.write_text("[]")
     assert refusal(ExportSet.read, path) == f"{path} is not an edgecls export record; {fix}"
@@ -390,3 +393,49 @@ def test_check_member_takes_only_files_of_one_complete_export(tmp_path):
     assert refusal(ExportSet.check_member, reference, "new2") == (
         f"{reference}: the export of new2 into {tmp_path} was interrupted while installing its files ({record_path} "
         "is incomplete), so they may come from two exports; run `edgecls export` again")
+
+
+# ================================================================================================= int8 report
+
+def int8_report() -> Int8Report:
+    figures = {"images": 50, "agreement": 98.0, "flips": 1, "right_to_wrong": 1, "wrong_to_right": 0,
+               "accuracy": 70.0, "reference_accuracy": 72.0, "accuracy_delta": -2.0}
+    layers = [LayerDecision("conv", "Conv", 1792, 31.25, figures, 1, "float", "costliest left in int8 (rank 1)"),
+              LayerDecision("fc", "Gemm", 2570, 48.5, figures, 2, "int8", "the budget holds with it in int8")]
+    return Int8Report(model="new2", checkpoint_sha256="c" * 64, data_fingerprint="d" * 16, target="trt",
+                      budget={"max_drop": 0.3, "min_agreement": None}, passed=True, method="minmax",
+                      float_layers=["conv"], int8_layers=1, layers=layers,
+                      validation={"size": 50, "seen_in_training": False}, calibration={"size": 20},
+                      sensitivity="SQNR", candidates=[{"method": "minmax", "passed": True}],
+                      result={"validation": figures, "test": None}, throughput=None, search_seconds=1.5,
+                      created_at="2026-11-29T00:00:00Z", versions={"onnx": "1"})
+
+
+def test_int8_report_round_trips_with_its_layer_decisions(tmp_path):
+    path = int8_report().write(tmp_path / "new2.int8-report.json")
+    record = json.loads(path.read_text())
+    assert (record["format"], record["format_version"]) == ("edgecls-int8-report", 1)
+    assert record["layers"][0] == {"name": "conv", "op": "Conv", "parameters": 1792, "sqnr_db": 31.25,
+                                   "alone": int8_report().layers[0].alone, "rank": 1, "decision": "float",
+                                   "reason": "costliest left in int8 (rank 1)"}
+    read = Int8Report.read(path)
+    assert read == int8_report() and isinstance(read.layers[1], LayerDecision)
+
+
+def test_a_bad_int8_report_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "new2.int8-report.json"
+    fix = "export the model again with `edgecls export --int8 --max-drop ...`"
+    assert refusal(Int8Report.read, path) == f"int8 report {path} does not exist; {fix}"
+    path.write_text("{")
+    assert refusal(Int8Report.read, path).startswith(f"int8 report {path} is unreadable or not JSON (")
+    good = int8_report().to_dict()
+    path.write_text(json.dumps({**good, "format": "edgecls-calibration"}))
+    assert refusal(Int8Report.read, path) == (f"{path} is not an edgecls int8 report; pass a <model>.int8-report.json "
+                                             "from calibration/")
+    path.write_text(json.dumps({**good, "format_version": 2}))
+    assert refusal(Int8Report.read, path) == f"int8 report {path} has format version 2, this edgecls reads version 1; {fix}"
+    path.write_text(json.dumps({k: v for k, v in good.items() if k != "budget"}))
+    assert refusal(Int8Report.read, path) == f"int8 report {path} lacks or garbles 'budget'; {fix}"
+    path.write_text(json.dumps({**good, "layers": [{"name": "conv"}]}))
+    message = refusal(Int8Report.read, path)
+    assert message.startswith(f"int8 report {path} lacks or garbles ") and "missing" in message
