@@ -427,8 +427,11 @@ def test_a_bad_int8_report_is_refused_naming_the_file(tmp_path):
     fix = "export the model again with `edgecls export --int8 --max-drop ...`"
     assert refusal(Int8Report.read, path) == f"int8 report {path} does not exist; {fix}"
     path.write_text("{")
-    assert refusal(Int8Report.read, path).startswith(f"int8 report {path} is unreadable or not JSON (")
+    message = refusal(Int8Report.read, path)
+    assert message.startswith(f"int8 report {path} is unreadable or not JSON (") and message.endswith(f"); {fix}")
     good = int8_report().to_dict()
+    path.write_text(json.dumps({k: v for k, v in good.items() if k not in ("created_at", "versions")}))
+    assert Int8Report.read(path) == replace(int8_report(), created_at="", versions={})  # both optional
     path.write_text(json.dumps({**good, "format": "edgecls-calibration"}))
     assert refusal(Int8Report.read, path) == (f"{path} is not an edgecls int8 report; pass a <model>.int8-report.json "
                                              "from calibration/")
