@@ -62,6 +62,16 @@ def _check_version(record: Mapping[str, Any], what: str, fix: str) -> None:
         raise EdgeclsError(f"{what} has format version {version}, this edgecls reads version {FORMAT_VERSION}; {fix}")
 
 
+def _marked_record(path: Path, marker: str, what: str, fix: str, missing: str, elsewhere: str) -> dict:
+    """The JSON object of a record that names its format (`"format": marker`): refused in one line naming the file
+    when it is missing, unreadable, another file (`elsewhere` says where the right one is) or of another version."""
+    record = _json_object(path, what, fix, missing)
+    if record.get("format") != marker:
+        raise EdgeclsError(f"{path} is not an edgecls {what}; {elsewhere}")
+    _check_version(record, f"{what} {path}", fix)
+    return record
+
+
 # ----------------------------------------------------------------------------------------------- ONNX metadata
 
 @dataclass(frozen=True)
@@ -321,11 +331,9 @@ class CalibrationRecord:
     def read(cls, path: str | os.PathLike) -> "CalibrationRecord":
         path = Path(path)
         fix = "delete it and calibrate afresh"
-        record = _json_object(path, "calibration record", fix, missing=f"calibration record {path} does not exist; "
-                                                                       "drop --calibration-cache to calibrate afresh")
-        if record.get("format") != cls.FORMAT:
-            raise EdgeclsError(f"{path} is not an edgecls calibration record; pass a file from calibration/")
-        _check_version(record, f"calibration record {path}", fix)
+        record = _marked_record(path, cls.FORMAT, "calibration record", fix,
+                                missing=f"calibration record {path} does not exist; drop --calibration-cache to "
+                                        "calibrate afresh", elsewhere="pass a file from calibration/")
         with _fields_of(f"calibration record {path}", fix):
             return cls(model=str(record["model"]), checkpoint_sha256=str(record["checkpoint_sha256"]),
                        data_fingerprint=str(record["data_fingerprint"]), method=str(record["method"]),
@@ -465,11 +473,9 @@ class Int8Report:
     def read(cls, path: str | os.PathLike) -> "Int8Report":
         path = Path(path)
         fix = "export the model again with `edgecls export --int8 --max-drop ...`"
-        record = _json_object(path, "int8 report", fix, missing=f"int8 report {path} does not exist; {fix}")
-        if record.get("format") != cls.FORMAT:
-            raise EdgeclsError(f"{path} is not an edgecls int8 report; pass a <model>.int8-report.json from "
-                               "calibration/")
-        _check_version(record, f"int8 report {path}", fix)
+        record = _marked_record(path, cls.FORMAT, "int8 report", fix,
+                                missing=f"int8 report {path} does not exist; {fix}",
+                                elsewhere="pass a <model>.int8-report.json from calibration/")
         with _fields_of(f"int8 report {path}", fix):
             values = {f.name: record[f.name] for f in fields(cls) if f.name not in ("created_at", "versions")}
             values["layers"] = [LayerDecision(**layer) for layer in values["layers"]]
