@@ -83,6 +83,12 @@ def check_output_file(path: str | os.PathLike) -> Path:
         raise EdgeclsError(f"cannot write {target}: {existing} is a file, not a folder; choose another path")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise EdgeclsError(f"cannot write {target}: folder {existing} is not writable; choose another path")
+    try:  # permissions do not tell everything (root, /proc, a read-only mount): a nameless file that vanishes does
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise EdgeclsError(f"cannot write {target}: folder {existing} takes no new files ({exc.strerror}); "
+                           "choose another path") from exc
     return target
 
 

@@ -121,6 +121,16 @@ def test_check_output_file_refuses_early_and_creates_nothing(tmp_path, monkeypat
     with pytest.raises(EdgeclsError) as info:
         check_output_file(target)
     assert str(info.value) == f"cannot write {target}: folder {tmp_path} is not writable; choose another path"
+    monkeypatch.undo()
+    assert sorted(tmp_path.iterdir()) == [tmp_path / "file"]  # the checks left nothing behind
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, a folder no one can add files to")
+def test_check_output_file_refuses_a_folder_that_takes_no_files_whatever_the_permissions_say():
+    # /proc lets root "write" by its permission bits, yet takes no new file: only trying tells.
+    with pytest.raises(EdgeclsError) as info:
+        check_output_file("/proc/edgecls/bench.json")
+    assert str(info.value).startswith("cannot write /proc/edgecls/bench.json: folder /proc ")
 
 
 def test_copy_beside_makes_a_complete_temporary_copy_in_the_destinations_folder(tmp_path):
