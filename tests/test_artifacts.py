@@ -183,10 +183,11 @@ def test_a_sweep_returns_what_it_removed_and_leaves_the_rest(tmp_path, tmp_path_
     assert sweep_abandoned(tmp_path / "missing") == []
     for name in ("a", "b"):
         (tmp_path / (temporary_prefix(name).replace(f"-{os.getpid()}-", f"-{reaped.pid}-") + "abcdefgh.tmp")).write_text("")
-    real_unlink = os.unlink
+    real_unlink, real_scandir = os.unlink, os.scandir
+    monkeypatch.setattr(os, "scandir", lambda folder: sorted(real_scandir(folder), key=lambda entry: entry.name))
     monkeypatch.setattr(os, "unlink", lambda path: real_unlink(path) if ".b." in str(path) else (_ for _ in ()).throw(
         PermissionError(path)))
-    assert [p.name.split(".")[1] for p in sweep_abandoned(tmp_path)] == ["b"]  # "a" cannot go; "b" still does
+    assert [p.name.split(".")[1] for p in sweep_abandoned(tmp_path)] == ["b"]  # "a" (first) cannot go; "b" still does
 
 
 def test_when_a_process_cannot_be_checked_age_decides(tmp_path, monkeypatch):

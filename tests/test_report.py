@@ -243,6 +243,16 @@ def test_plan_shows_its_manifest_and_the_figures_of_its_bench_file(parsed, proje
     assert row["figures from"] == str(project["device_bench"])
 
 
+def test_an_int8_files_settings_read_as_words(parsed, project):
+    from edgecls.formats import ModelMetadata
+
+    int8 = project["export"] / "new2.int8.onnx"
+    quantization = ModelMetadata.read(int8).quantization
+    facts = {r["file"]: r for r in parsed.rows("artifacts")}[str(int8)]["facts"]
+    assert facts == (f"target trt; method percentile; calibration size 200; calibration seed 0; calibration split "
+                     f"train; float layers {', '.join(quantization['float_layers'])}; budget none")
+
+
 def test_speed_tables_are_the_bench_files(parsed, project):
     tables = [parsed.rows(name) for name in parsed.tables if name.startswith("bench-")]
     files = [project["results"] / "int8.json", project["device_bench"]]  # results/ first, then --bench

@@ -203,7 +203,7 @@ def _artifact_table(inputs: ReportInputs) -> str:
     rows = []
     for onnx in inputs.onnx_files:
         quantization = onnx.metadata.get("quantization")
-        facts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in quantization.items()) if quantization else ""
+        facts = _settings(quantization) if quantization else ""
         rows.append([str(onnx.path), "ONNX", onnx.precision, _mb(onnx.path), facts])
     for plan in inputs.plans:
         m = plan.manifest
@@ -283,7 +283,7 @@ def _quantization(inputs: ReportInputs) -> str:
     int8 = next((f for f in inputs.onnx_files if f.precision == "int8"), None)
     if int8 is not None:
         settings = int8.metadata.get("quantization", {})
-        parts.append(_p(f"{int8.path}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in settings.items())))
+        parts.append(_p(f"{int8.path}: {_settings(settings)}"))
     if inputs.int8_layers:
         rows = [[layer.name, layer.op, layer.precision, layer.reason] for layer in inputs.int8_layers]
         kept = sum(layer.precision == "float" for layer in inputs.int8_layers)
@@ -296,6 +296,18 @@ def _quantization(inputs: ReportInputs) -> str:
     elif "calibration" in inputs.missing:
         parts.append(_missing(inputs.missing["calibration"]))
     return "\n".join(parts)
+
+
+def _settings(settings: dict[str, Any]) -> str:
+    """An int8 file's quantization settings in words: lists joined, nested limits inline, "none" for empty ones."""
+    def value(item: Any) -> str:
+        if isinstance(item, dict):
+            return "(" + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in item.items() if v is not None) + ")"
+        if isinstance(item, (list, tuple)):
+            return ", ".join(map(str, item)) if item else "none"
+        return "none" if item is None else str(item)
+
+    return "; ".join(f"{key.replace('_', ' ')} {value(item)}" for key, item in settings.items())
 
 
 def _int8_report(report: Int8Report, path: Path | None) -> str:
