@@ -130,7 +130,9 @@ def test_check_output_file_refuses_a_folder_that_takes_no_files_whatever_the_per
     # /proc lets root "write" by its permission bits, yet takes no new file: only trying tells.
     with pytest.raises(EdgeclsError) as info:
         check_output_file("/proc/edgecls/bench.json")
-    assert str(info.value).startswith("cannot write /proc/edgecls/bench.json: folder /proc ")
+    message = str(info.value)
+    assert message.startswith("cannot write /proc/edgecls/bench.json: folder /proc ") and message.endswith(
+        "; choose another path")
 
 
 def test_copy_beside_makes_a_complete_temporary_copy_in_the_destinations_folder(tmp_path):

@@ -132,3 +132,19 @@ def test_a_gate_without_limits_passes_anything_and_reports_itself():
     assert missing.gate == Gate(max_drop=1.0) and missing.failures == ("no reference to compare with",)
     assert missing.to_dict()["max_drop"] == 1.0
     assert bool(GateResult(Gate(), ("a failure",))) is False
+
+
+def test_meaningless_limits_are_refused_in_one_line_saying_what_they_mean():
+    def refusal(**limits: float) -> str:
+        with pytest.raises(EdgeclsError) as info:
+            Gate(**limits)
+        return str(info.value)
+
+    assert refusal(max_drop=-1.0) == ("--max-drop -1 must be at least 0 (accuracy points the model may lose against "
+                                      "the reference)")
+    assert refusal(max_drop=float("nan")).startswith("--max-drop nan must be at least 0")
+    for agreement in (-0.5, 100.5, 101.0):
+        assert refusal(min_agreement=agreement) == (f"--min-agreement {agreement:g} must lie between 0 and 100 "
+                                                    "(percent of images with the reference's top-1 class)")
+    assert refusal(max_logit_diff=-0.1) == "the largest allowed |Δ logit| must be at least 0, got -0.1"
+    assert Gate(max_drop=0.0, min_agreement=100.0).active and Gate(min_agreement=0.0).active  # the ends are limits
