@@ -19,7 +19,7 @@ import os
 import zipfile
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Collection, Iterator, Mapping, Optional, Sequence
+from typing import Any, ClassVar, Collection, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -70,6 +70,19 @@ def _marked_record(path: Path, marker: str, what: str, fix: str, missing: str, e
         raise EdgeclsError(f"{path} is not an edgecls {what}; {elsewhere}")
     _check_version(record, f"{what} {path}", fix)
     return record
+
+
+class _MarkedRecord:
+    """A dataclass record kept as JSON that names its format: {"format": FORMAT, "format_version": ..., its fields}."""
+
+    FORMAT: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": self.FORMAT, "format_version": FORMAT_VERSION, **asdict(self)}  # type: ignore[call-overload]
+
+    def write(self, path: str | os.PathLike) -> Path:
+        write_json(path, self.to_dict())
+        return Path(path)
 
 
 # ----------------------------------------------------------------------------------------------- ONNX metadata
@@ -302,7 +315,7 @@ class ReferenceLogits:
 # ----------------------------------------------------------------------------------------------- calibration record
 
 @dataclass(frozen=True)
-class CalibrationRecord:
+class CalibrationRecord(_MarkedRecord):
     """Which training images calibrated an int8 export and the tensor ranges they gave: passing the record back
     (`--calibration-cache`) reproduces the same scales without the images."""
 
@@ -319,13 +332,6 @@ class CalibrationRecord:
     versions: dict = field(default_factory=dict)
 
     FORMAT = "edgecls-calibration"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"format": self.FORMAT, "format_version": FORMAT_VERSION, **asdict(self)}
-
-    def write(self, path: str | os.PathLike) -> Path:
-        write_json(path, self.to_dict())
-        return Path(path)
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> "CalibrationRecord":
@@ -433,7 +439,7 @@ class LayerDecision:
 
 
 @dataclass(frozen=True)
-class Int8Report:
+class Int8Report(_MarkedRecord):
     """The evidence behind an int8 file made within an accuracy budget (`edgecls export --int8 --max-drop ...`):
     `calibration/<model>.int8-report.json`. Accuracy decisions were made on the validation images; the test split
     is only reported. Every figure block (`validation`, `test`, a candidate's or a layer's `alone`) is a
@@ -461,13 +467,6 @@ class Int8Report:
     versions: dict = field(default_factory=dict)
 
     FORMAT = "edgecls-int8-report"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"format": self.FORMAT, "format_version": FORMAT_VERSION, **asdict(self)}
-
-    def write(self, path: str | os.PathLike) -> Path:
-        write_json(path, self.to_dict())
-        return Path(path)
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> "Int8Report":
