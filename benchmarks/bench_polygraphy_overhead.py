@@ -31,13 +31,21 @@ from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 
-from edgecls.runtime.tensorrt_backend import check_input
+from edgecls.runtime.tensorrt_backend import check_input, tensorrt_problem
 
 
 def per_call_us(step: Callable[[], object], number: int, repeat: int) -> float:
     """The best of `repeat` runs of `number` calls, in microseconds per call (the best: other processes share
     these cores, and their load only ever adds time)."""
     return min(timeit.repeat(step, number=number, repeat=repeat)) / number * 1e6
+
+
+def twice(step: Callable[[], None]) -> Callable[[], None]:
+    def run() -> None:
+        step()
+        step()
+
+    return run
 
 
 def polygraphy_steps(batch: np.ndarray, out_shape: Tuple[int, ...]) -> List[Tuple[str, Callable[[], object]]]:
@@ -93,7 +101,7 @@ def polygraphy_steps(batch: np.ndarray, out_shape: Tuple[int, ...]) -> List[Tupl
 
     return [
         ("of which: is_torch() alone, per call (util/array.py L36-50)", lambda: util.array.is_torch(batch)),
-        ("check_called_by x2 (infer_impl, get_input_metadata_impl)", lambda: (check_called_by(), check_called_by())),
+        ("check_called_by x2 (infer_impl, get_input_metadata_impl)", twice(check_called_by)),
         ("input metadata rebuilt (TensorMetadata, DataType)", metadata),
         ("check_inputs (base/util.py L22-53)", lambda: base_util.check_inputs(feed, meta)),
         ("input: FormattedArray, is_torch, dispatch, view", input_to_device),
@@ -205,6 +213,11 @@ def main() -> int:
     except ImportError:
         print("skipped: polygraphy is not installed in this interpreter (pip install polygraphy into a scratch venv)")
         return 0
+    if args.plan is not None:  # checked before the host part's minute of timing
+        problem = tensorrt_problem() or (None if args.plan.is_file() else f"{args.plan} is not a file")
+        if problem is not None:
+            print(f"error: --plan {args.plan} needs TensorRT, a GPU and an edgecls plan: {problem}", file=sys.stderr)
+            return 2
     result: Dict[str, object] = {"python": platform.python_version(), "machine": platform.machine(),
                                  "host": host_part(args.batch, args.number, args.repeat)}
     if args.plan is not None:
