@@ -282,17 +282,24 @@ def run_mypy(modules: Iterable[str], stub_dir: Path, work: Path) -> tuple[int, s
 
 
 def missing_build_option_names(api: dict[str, Any], version: str) -> list[str]:
-    """`Enum.MEMBER` names that edgecls.engines.build_options(version, p) returns but the API lacks."""
+    """`Enum.MEMBER` names that edgecls.engines.build_options(version, p, dla) returns but the API lacks, for the GPU
+    and for a DLA (where the version can build one: build_options refuses the others)."""
     sys.path.insert(0, str(ROOT))
     from edgecls.engines import build_options
+    from edgecls.errors import EdgeclsError
 
     missing = []
     for precision in PRECISIONS:
-        options = build_options(version, precision)
-        for enum, names in (("NetworkDefinitionCreationFlag", options.network_flags),
-                            ("BuilderFlag", options.builder_flags)):
-            members = api["enums"].get(enum, {}).get("members", {})
-            missing += [f"{enum}.{name} ({precision})" for name in names if name not in members]
+        for dla in (False, True):
+            try:  # the 11.4 list is the API of 11.4.1 too, the release that has DLA on Orin
+                options = build_options("11.4.1" if dla and version == "11.4" else version, precision, dla=dla)
+            except EdgeclsError:
+                continue  # e.g. fp32 on a DLA: refused before TensorRT is asked
+            for enum, names in (("NetworkDefinitionCreationFlag", options.network_flags),
+                                ("BuilderFlag", options.builder_flags)):
+                members = api["enums"].get(enum, {}).get("members", {})
+                target = "DLA" if dla else "GPU"
+                missing += [f"{enum}.{name} ({precision}, {target})" for name in names if name not in members]
     return missing
 
 
