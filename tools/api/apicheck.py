@@ -40,6 +40,7 @@ CUDA_MODULES = ("edgecls/runtime/cuda_memory.py",)
 # Recorded TensorRT name lists: version label -> file. "10.13" is checked with tensorrt-stubs instead (PyPI).
 TENSORRT_LISTS = {
     "8.5.2": "tensorrt-8.5.2.json",   # JetPack 5.1
+    "8.6.1": "tensorrt-8.6.1.json",   # JetPack 6.0 ships 8.6.2; v8.6.1 is the newest 8.6 tag of NVIDIA/TensorRT
     "9.3.0": "tensorrt-9.3.0.json",   # last 9.x (desktop only)
     "10.3.0": "tensorrt-10.3.0.json",  # JetPack 6.1 / 6.2
     "11.4": "tensorrt-11.4.json",     # newest (JetPack 7.2.2+ / desktop)
