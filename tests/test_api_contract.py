@@ -54,22 +54,28 @@ def _have_mypy() -> bool:
     return True
 
 
+@pytest.fixture(scope="module")
+def mypy_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One mypy cache for the module's runs (each version's stubs differ; numpy's, read by every run, do not)."""
+    return Path(os.environ.get("EDGECLS_MYPY_CACHE") or tmp_path_factory.mktemp("mypy-cache"))
+
+
 @pytest.mark.parametrize("version", list(apicheck.TENSORRT_LISTS))
-def test_tensorrt_calls_match_recorded_api(version: str, tmp_path: Path) -> None:
+def test_tensorrt_calls_match_recorded_api(version: str, tmp_path: Path, mypy_cache: Path) -> None:
     _need("mypy", _have_mypy())
     stubs = apicheck.write_tensorrt_stubs(apicheck.load_list(version), tmp_path / "stubs")
-    code, output = apicheck.run_mypy(apicheck.TENSORRT_MODULES, stubs, tmp_path / "mypy")
+    code, output = apicheck.run_mypy(apicheck.TENSORRT_MODULES, stubs, tmp_path / "mypy", mypy_cache)
     assert code == 0, f"TensorRT {version} API (tools/api/{apicheck.TENSORRT_LISTS[version]}):\n{output}"
 
 
-def test_tensorrt_calls_match_tensorrt_stubs(tmp_path: Path) -> None:
+def test_tensorrt_calls_match_tensorrt_stubs(tmp_path: Path, mypy_cache: Path) -> None:
     _need("mypy", _have_mypy())
     site = apicheck.find_tensorrt_stubs()
     _need(f"tensorrt-stubs=={apicheck.TENSORRT_STUBS_VERSION}", site is not None)
     stubs = tmp_path / "stubs"
     repaired = apicheck.install_tensorrt_stubs(site, stubs)
     assert len(repaired) <= 10, f"tensorrt-stubs needed many repairs ({repaired}); is it the pinned version?"
-    code, output = apicheck.run_mypy(apicheck.TENSORRT_MODULES, stubs, tmp_path / "mypy")
+    code, output = apicheck.run_mypy(apicheck.TENSORRT_MODULES, stubs, tmp_path / "mypy", mypy_cache)
     assert code == 0, f"TensorRT 10.13 API (tensorrt-stubs {apicheck.TENSORRT_STUBS_VERSION}):\n{output}"
 
 

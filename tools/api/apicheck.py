@@ -268,11 +268,15 @@ follow_imports = skip
 """
 
 
-def run_mypy(modules: Iterable[str], stub_dir: Path, work: Path) -> tuple[int, str]:
-    """mypy on `modules` (paths relative to the repository root) with `stub_dir` first on the search path."""
+def run_mypy(modules: Iterable[str], stub_dir: Path, work: Path, cache: Optional[Path] = None) -> tuple[int, str]:
+    """mypy on `modules` (paths relative to the repository root) with `stub_dir` first on the search path. `cache`
+    (else $EDGECLS_MYPY_CACHE, else a folder in `work`): mypy's incremental cache, which may be shared between runs
+    with different stubs (mypy rechecks what depends on a changed module); sharing it spares re-reading numpy's
+    stubs each time."""
     work.mkdir(parents=True, exist_ok=True)
     config = work / "mypy.ini"
-    config.write_text(MYPY_CONFIG.format(cache=work / "cache"))
+    cache = cache or Path(os.environ.get("EDGECLS_MYPY_CACHE") or work / "cache")
+    config.write_text(MYPY_CONFIG.format(cache=cache))
     env = {**os.environ, "MYPYPATH": str(stub_dir), "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "mypy", "--config-file", str(config), *modules]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)

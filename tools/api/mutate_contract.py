@@ -118,9 +118,9 @@ def apply(dest: Path, mutant: Mutant) -> None:
     path.write_text(text.replace(mutant.before, mutant.after))
 
 
-def run_contract(dest: Path, timeout: float) -> tuple[bool, str]:
+def run_contract(dest: Path, timeout: float, mypy_cache: Path) -> tuple[bool, str]:
     """(passed, the first failure line): the quick checks, then the mypy checks."""
-    env = {**os.environ, "PYTHONPATH": str(dest), "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {**os.environ, "PYTHONPATH": str(dest), "PYTHONDONTWRITEBYTECODE": "1", "EDGECLS_MYPY_CACHE": str(mypy_cache)}
     for selection in (f"not ({MYPY_TESTS})", MYPY_TESTS):
         done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", selection,
                                "tests/test_api_contract.py"], cwd=dest, env=env, capture_output=True, text=True,
@@ -149,9 +149,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         for number, mutant in chosen:
             print(f"{number:2}. {mutant.path}: {mutant.kind}: {mutant.before.strip()!r} -> {mutant.after.strip()!r}")
         return 0
+    with tempfile.TemporaryDirectory(prefix="contract-mypy-cache-") as cache:  # shared: numpy's stubs read once
+        return run_mutants(chosen, args, Path(cache))
+
+
+def run_mutants(chosen: list[tuple[int, Mutant]], args: argparse.Namespace, mypy_cache: Path) -> int:
     with tempfile.TemporaryDirectory(prefix="contract-baseline-") as folder:
         copy_repository(Path(folder))
-        passed, failure = run_contract(Path(folder), args.timeout)
+        passed, failure = run_contract(Path(folder), args.timeout, mypy_cache)
     if not passed:
         print(f"the unmutated contract test fails, so mutants prove nothing: {failure}")
         return 2
@@ -162,7 +167,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         with tempfile.TemporaryDirectory(prefix=f"contract-mutant-{number}-") as folder:
             copy_repository(Path(folder))
             apply(Path(folder), mutant)
-            passed, failure = run_contract(Path(folder), args.timeout)
+            passed, failure = run_contract(Path(folder), args.timeout, mypy_cache)
         results.append({"number": number, "path": mutant.path, "kind": mutant.kind, "before": mutant.before.strip(),
                         "after": mutant.after.strip(), "caught": not passed, "failure": failure,
                         "seconds": round(time.perf_counter() - started, 1)})
