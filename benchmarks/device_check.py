@@ -400,6 +400,17 @@ class DeviceCheck:
                              "--min-agreement", min_agreement, "--json", str(figures), *self.scale.bench_checkpoint)
             results[precision] = {"build": built, "bench": bench, "min_agreement": float(min_agreement),
                                   "manifest": read_json(Path(str(plan) + ".json")), "figures": read_json(figures)}
+        from edgecls.engines import dla_cores
+
+        if dla_cores():  # a Jetson with a DLA: the fp16 file on core 0, where TensorRT says its layers ran
+            plan = engines / f"{MODEL}.fp16.dla0.plan"
+            built = self.cli("build", str(export / f"{MODEL}.fp16.onnx"), "--dla", "0", "-o", str(plan))
+            figures = self.out / "bench-engine-fp16-dla0.json"
+            bench = self.cli("bench", "--engine", str(plan), "--data", self.data_path, "--reference", str(reference),
+                             "--min-agreement", "99", "--json", str(figures), *self.scale.bench_checkpoint)
+            manifest = read_json(Path(str(plan) + ".json"))
+            results["fp16 dla0"] = {"build": built, "bench": bench, "manifest": manifest, "figures": read_json(figures),
+                                    "layers_on_dla": manifest["layers_on_dla"], "layers_on_gpu": manifest["layers_on_gpu"]}
         return results
 
     def doctor_stage(self) -> dict[str, Any]:

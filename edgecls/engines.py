@@ -219,7 +219,8 @@ def dla_cores() -> Optional[int]:
 # layer named `{ForeignNode[<first layer>...<last layer>]}`, and copies data to and from DLA memory in layers named
 # `<tensor> to nvm`, `<tensor> from nvm` and `<tensor> copy finish` (a DLA engine's per-layer profile, in
 # NVIDIA/TensorRT issue #3143). GPU layers keep the network's layer names, fused ones joined by " + ". TensorRT's GPU
-# graph compiler (Myelin) makes foreign nodes too; its layer information gives those the LayerType "Myelin".
+# graph compiler (Myelin) makes foreign nodes too, of LayerType "Myelin" (a layer type NVIDIA's engine explorer,
+# tools/experimental/trt-engine-explorer/trex/colors.py, knows; it knows no DLA type).
 # Not yet seen on a device by this project: the manifest keeps both lists of names so the first DLA build can be
 # checked by eye.
 FOREIGN_NODE = re.compile(r"^\{ForeignNode\[(.*)\]\}$")

@@ -233,3 +233,15 @@ def test_tables_of_tensorrt_names_name_real_members() -> None:
             problems += [f"{path}: {table}[{key!r}] is no {enum} member of any supported TensorRT" for key in keys
                          if not any(key in api["enums"].get(enum, {}).get("members", {}) for api in lists.values())]
     assert not problems, "\n".join(problems)
+
+
+def test_every_contract_mutant_still_applies() -> None:
+    """tools/api/mutate_contract.py (`make contract-mutants`) proves the contract by mutation; each of its one-line
+    bugs must still find its line, once, in the current code (run the script itself to see them caught)."""
+    import mutate_contract
+
+    assert len(mutate_contract.MUTANTS) >= 20
+    for mutant in mutate_contract.MUTANTS:
+        text = (ROOT / mutant.path).read_text()
+        assert text.count(mutant.before) == 1, f"{mutant.path}: {mutant.before!r} matches {text.count(mutant.before)}"
+        assert mutant.after != mutant.before
