@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Prove the API contract by mutation: apply one-line bugs to the TensorRT / CUDA modules, one at a time, and show
-that tests/test_api_contract.py fails for each (`make contract-mutants`; not run by CI: about ten minutes).
+that tests/test_api_contract.py fails for each (`make contract-mutants`; not run by CI: about four minutes on two cores).
 
 Each mutant is a bug of a class the contract must catch (issue 18): a misspelled method called on an object held in
 a local, a parameter, `self.x` or a property; an enum member reached through a local alias; a handle taken with an
