@@ -16,7 +16,8 @@ fallback for the rest. DLA builds are declared the way each version's trtexec de
 (samples/common/sampleEngines.cpp, `setupNetworkAndConfig`, at v8.6.1, v9.3.0, v10.3.0, v10.13.0 and v11.1):
 
 - 8.x to 10.x: weakly typed (no STRONGLY_TYPED), FP16 (INT8 too for an int8 file) + PREFER_PRECISION_CONSTRAINTS +
-  GPU_FALLBACK. Strongly typed DLA networks exist only from 11.x, and FP16 on a strongly typed network is an error.
+  GPU_FALLBACK. Strongly typed DLA networks exist only from 11.x, and FP16 on a strongly typed network is an error
+  (NVIDIA/TensorRT issue #4228: "Parameter check failed ... condition: !config.getFlag(BuilderFlag::kFP16)").
 - 11.x: strongly typed (always), no precision flags: they no longer exist ("Strongly Typed Networks for DLA",
   docs.nvidia.com/deeplearning/tensorrt/11.4.1/inference-library/dla-strongly-typed-networks.html).
 
