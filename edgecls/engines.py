@@ -409,7 +409,8 @@ def _build(onnx_path: Path, metadata: ModelMetadata, options: BuildOptions, batc
         flags |= 1 << int(member)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    # errors recorded while parsing count even when it returns True (as Polygraphy checks, backend/trt/util.py)
+    if not parser.parse_from_file(str(onnx_path)) or parser.num_errors > 0:
         errors = [parser.get_error(i) for i in range(parser.num_errors)]
         raise EdgeclsError(f"TensorRT {trt.__version__} cannot parse {onnx_path}: "
                            f"{first_line(errors[0]) if errors else 'unknown error'}")
@@ -433,9 +434,16 @@ def _build(onnx_path: Path, metadata: ModelMetadata, options: BuildOptions, batc
         config.DLA_core = dla_core
         config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer names for the engine inspector
     crop = metadata.preprocess.crop_size
+    inputs = [network.get_input(index).name for index in range(network.num_inputs)]
+    if metadata.input_name not in inputs:
+        raise EdgeclsError(f"{onnx_path} names its input {metadata.input_name!r} but its graph has {inputs}; "
+                           "re-export it with `edgecls export`")
     profile = builder.create_optimization_profile()
     profile.set_shape(metadata.input_name, *[(n, 3, crop, crop) for n in batch])
-    config.add_optimization_profile(profile)
+    # TensorRT only logs a profile it finds invalid, and the build then fails for want of one: say so here
+    if not profile or config.add_optimization_profile(profile) < 0:
+        raise EdgeclsError(f"TensorRT {trt.__version__} refused the batch profile {':'.join(map(str, batch))} for "
+                           f"input {metadata.input_name!r} of {onnx_path} (its log above says why)")
 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:

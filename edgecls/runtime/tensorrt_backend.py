@@ -237,6 +237,11 @@ class TensorRTRunner(Runner):
         else:
             self.min_batch, self.max_batch = self.manifest.batch["min"], self.manifest.batch["max"]
         for name in names:
+            # the buffers are plain (N, C, H, W) arrays: an I/O tensor in another layout (a DLA plan built with
+            # DIRECT_IO, say) would be read as garbage without an error
+            if engine.get_tensor_format(name) != trt.TensorFormat.LINEAR:
+                raise EdgeclsError(f"{self.path}: tensor {name!r} has the {engine.get_tensor_format(name).name} "
+                                   "layout, not LINEAR; rebuild the engine with `edgecls build`")
             dtype = numpy_dtype(engine.get_tensor_dtype(name).name, name, self.path)
             shape = (self.max_batch, *(int(d) for d in shapes[name][1:]))
             state.buffers[name] = state.cuda.allocate(shape, dtype)
@@ -289,7 +294,10 @@ class TensorRTRunner(Runner):
 
         def run() -> None:
             with state.cuda.current():
-                state.context.set_input_shape(self.input_name, shape)
+                # only when another call changed it (a set_input_shape per timed call would be timed too)
+                if tuple(state.context.get_tensor_shape(self.input_name)) != shape and \
+                        not state.context.set_input_shape(self.input_name, shape):
+                    raise EdgeclsError(f"{self.path} does not accept input of shape {shape}; rebuild it")
                 self._execute(state)
                 state.cuda.synchronize()
 
