@@ -67,6 +67,12 @@ MUTANTS = (
            "method on a local"),
     Mutant(BACKEND, "dtype = numpy_dtype(engine.get_tensor_dtype(name).name, name, self.path)",
            "dtype = numpy_dtype(engine.get_tensor_datatype(name).name, name, self.path)", "method on a local"),
+    Mutant(BACKEND, "if engine.get_tensor_format(name) != trt.TensorFormat.LINEAR:",
+           "if engine.get_tensor_format(name) != trt.TensorFormat.LINEAR_:", "enum member"),
+    Mutant(BACKEND, "if tuple(state.context.get_tensor_shape(self.input_name)) != shape and",
+           "if tuple(state.context.get_shape(self.input_name)) != shape and", "method on an attribute's attribute"),
+    Mutant(ENGINES, "inputs = [network.get_input(index).name for index in range(network.num_inputs)]",
+           "inputs = [network.get_inputs(index).name for index in range(network.num_inputs)]", "method on a local"),
     # names looked up at run time: guards, getattr'd flags, tables keyed by member names
     Mutant(ENGINES, 'if hasattr(trt.BuilderFlag, "TF32"):', 'if hasattr(trt.BuilderFlag, "TF_32"):',
            "name in a hasattr guard"),
