@@ -289,11 +289,17 @@ def placement_from_layer_information(record: str | dict | list, network_layers: 
                           gpu=tuple(n for n, d in placed.items() if d == "gpu"))
 
 
-def check_dla_share(placement: LayerPlacement, dla_core: int, min_share: float, source: str) -> None:
-    """Refuse a DLA plan that runs less than `min_share` of its layers on the DLA."""
+def check_dla_share(placement: LayerPlacement, dla_core: int, min_share: float, source: str,
+                    judged: Optional[Tuple[int, int]] = None) -> None:
+    """Refuse a DLA plan that runs less than `min_share` of its layers on the DLA. `judged`: (layers the builder
+    judged able to run on the DLA, network layers), said too, so that a plan that fell back can be told from a
+    layer report read wrongly."""
     if placement.share < min_share:
-        raise EdgeclsError(f"{source} on {placement.summary(dla_core)}: below --min-dla-share {min_share:g}, so the "
-                           "plan was not written; pass --min-dla-share 0 to keep it anyway, or build without --dla")
+        before = f" (before the build, TensorRT judged {judged[0]} of the network's {judged[1]} layers able to run " \
+                 "there)" if judged else ""
+        raise EdgeclsError(f"{source} on {placement.summary(dla_core)}{before}: below --min-dla-share {min_share:g}, "
+                           "so the plan was not written; pass --min-dla-share 0 to keep it anyway, or build without "
+                           "--dla")
 
 
 @dataclass(frozen=True)
@@ -368,7 +374,7 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike | No
     started = time.perf_counter()
     placement: Optional[LayerPlacement] = None
     try:
-        serialized, network_layers = _build(onnx_path, metadata, options, batch, workspace_mib, dla_core)
+        serialized, network_layers, judged = _build(onnx_path, metadata, options, batch, workspace_mib, dla_core)
         if dla_core is not None:
             placement = _layer_placement(serialized, dla_core, network_layers)
     except (RuntimeError, TypeError, AttributeError, ValueError) as exc:
@@ -377,7 +383,7 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike | No
                            "`edgecls doctor` checks this device") from exc
     build_seconds = time.perf_counter() - started
     if placement is not None and dla_core is not None:
-        check_dla_share(placement, dla_core, min_dla_share, str(onnx_path))
+        check_dla_share(placement, dla_core, min_dla_share, str(onnx_path), (judged, len(network_layers)))
 
     with atomic_write(plan_path) as handle:
         handle.write(memoryview(serialized))
@@ -393,9 +399,10 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike | No
 
 
 def _build(onnx_path: Path, metadata: ModelMetadata, options: BuildOptions, batch: tuple[int, int, int],
-           workspace_mib: int, dla_core: Optional[int]) -> Tuple[trt.IHostMemory, list[str]]:
-    """Parse the ONNX file and build the serialized engine with one optimization profile for the batch; returns it
-    and the network's layer names, in order."""
+           workspace_mib: int, dla_core: Optional[int]) -> Tuple[trt.IHostMemory, list[str], int]:
+    """Parse the ONNX file and build the serialized engine with one optimization profile for the batch; returns it,
+    the network's layer names in order, and (DLA builds) how many of them the builder judged able to run on the
+    DLA (`IBuilderConfig.can_run_on_DLA`; 0 for GPU builds)."""
     import tensorrt as trt  # imported here, not passed in, so that mypy checks each call against the version's API
 
     logger = trt.Logger(trt.Logger.WARNING)
@@ -433,6 +440,8 @@ def _build(onnx_path: Path, metadata: ModelMetadata, options: BuildOptions, batc
         config.default_device_type = trt.DeviceType.DLA  # GPU_FALLBACK (build_options) sends the rest to the GPU
         config.DLA_core = dla_core
         config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer names for the engine inspector
+    judged = 0 if dla_core is None else sum(
+        bool(config.can_run_on_DLA(network.get_layer(index))) for index in range(network.num_layers))
     crop = metadata.preprocess.crop_size
     inputs = [network.get_input(index).name for index in range(network.num_inputs)]
     if metadata.input_name not in inputs:
@@ -449,7 +458,7 @@ def _build(onnx_path: Path, metadata: ModelMetadata, options: BuildOptions, batc
     if serialized is None:
         raise EdgeclsError(f"TensorRT {trt.__version__} failed to build an engine from {onnx_path} "
                            "(its log above says why); try a larger --workspace or a smaller --batch maximum")
-    return serialized, network_layers
+    return serialized, network_layers, judged
 
 
 def _layer_placement(serialized: trt.IHostMemory, dla_core: int, network_layers: list[str]) -> LayerPlacement:

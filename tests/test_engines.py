@@ -112,6 +112,8 @@ def test_a_plan_that_fell_back_to_the_gpu_is_seen():
     assert placement.dla == () and placement.share == 0.0 and len(placement.gpu) == len(NETWORK_LAYERS)
     with pytest.raises(EdgeclsError, match=r"0 of 8 layers \(0%\).*--min-dla-share 0\.5.*not written"):
         check_dla_share(placement, 0, DEFAULT_MIN_DLA_SHARE, "x.onnx")
+    with pytest.raises(EdgeclsError, match=r"TensorRT judged 7 of the network's 8 layers able to run there"):
+        check_dla_share(placement, 0, DEFAULT_MIN_DLA_SHARE, "x.onnx", (7, 8))
     check_dla_share(placement, 0, 0.0, "x.onnx")  # --min-dla-share 0 keeps it
 
 
