@@ -14,7 +14,7 @@ $(VENV)/installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet --no-deps --upgrade --target $(VENV)/api-stubs/tensorrt-stubs tensorrt-stubs==10.13.0.35.1
 	touch $@
 
-.PHONY: install test demo mutation
+.PHONY: install test demo mutation contract-mutants
 install: $(VENV)/installed
 
 test: $(VENV)/installed
@@ -35,3 +35,8 @@ mutation: $(VENV)/installed
 	$(VENV)/bin/mutmut results
 	$(VENV)/bin/mutmut export-cicd-stats
 	$(VENV)/bin/python -c 'import json; s = json.load(open("mutants/mutmut-cicd-stats.json")); print("{killed} killed, {timeout} timed out, {survived} survived, {no_tests} without tests, of {total} mutants: kill rate {rate:.1f}%".format(rate=100 * (s["killed"] + s["timeout"]) / s["total"], **s))'
+
+# The API contract proved by mutation (tools/api/mutate_contract.py): one-line bugs in the TensorRT / CUDA modules,
+# each of which tests/test_api_contract.py must fail. Not run by CI (about four minutes on two cores).
+contract-mutants: $(VENV)/installed
+	$(VENV)/bin/python tools/api/mutate_contract.py --json results/contract-mutants.json

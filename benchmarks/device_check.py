@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """Everything only a GPU shows, in one run (issue #9): data load, training time, images/s and accuracy of the
 `fast` recipe (3 seeds, mean and spread) and of the `best` recipe, cuDNN's benchmark mode measured, then `eval`,
-`export` and `bench` on CUDA with every variant's parity, and the CUDA-only promises of the code.
+`export` and `bench` on CUDA with every variant's parity, and the CUDA-only promises of the code. Where TensorRT is
+installed (a Jetson, or a desktop with `pip install tensorrt`) it also builds fp16 and int8 engines under --out, runs
+them through `bench` with their parity gates, runs `edgecls doctor` and the TensorRT tests; its CUDA-memory stage runs
+on any CUDA GPU, TensorRT or not.
 
     PYTHONUNBUFFERED=1 python3 benchmarks/device_check.py --data data/cifar10-jpeg.tar.gz --json $OUT/device-check.json
     python3 benchmarks/device_check.py --smoke --data DIR      # small and quick, on the CPU too: what CI runs
 
 Checkpoints, exports and the decoded-data cache go to --out (results/device-check); the figures to --json.
 
-Needs PyTorch, ONNX, ONNX Runtime, numpy, click, tqdm and pillow, nothing from the network and no TensorRT. It is
+Needs PyTorch, ONNX, ONNX Runtime, numpy, click, tqdm and pillow, nothing from the network; TensorRT is optional. It is
 meant to finish in under 8 minutes on one H100/H200: optional stages (more seeds, the best recipe, an epoch sweep,
 the CUDA tests) are skipped when they would not fit in --budget-seconds. Each stage runs on its own: a failure is
 recorded in the JSON with its error and the next stage runs. The JSON is rewritten after every stage, so a run cut
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import platform
 import re
@@ -26,6 +30,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -346,20 +351,100 @@ class DeviceCheck:
             raise StageFailed(f"failed: {', '.join(failed)}: {checks}")
         return checks
 
-    def cuda_tests(self) -> dict[str, Any]:
-        """The test suite's CUDA-only tests (skipped on machines without a GPU)."""
+    def cuda_memory_stage(self) -> dict[str, Any]:
+        """edgecls' CUDA helper on this GPU, through every binding installed (cuda-python, pycuda): allocate, copy
+        both ways on its stream, checked byte for byte, with the context pushed from a second thread too."""
         if self.device.type != "cuda":
-            raise NotHere("the CUDA tests skip themselves without a GPU")
+            raise NotHere("the CUDA helper needs a CUDA GPU")
+        from edgecls.runtime import cuda_memory
+
+        results: dict[str, Any] = {}
+        for binding in (cuda_memory.CudaPython, cuda_memory.PyCuda):
+            try:
+                cuda = binding()
+            except Exception as exc:  # noqa: BLE001 - not installed, or not working here: recorded, not fatal
+                results[binding.name] = {"status": "unavailable", "reason": first_line(exc, 300)}
+                continue
+            try:
+                results[binding.name] = {"status": "ok", **cuda_round_trips(cuda)}
+            except Exception as exc:  # noqa: BLE001
+                results[binding.name] = {"status": "failed", "error": f"{type(exc).__name__}: {first_line(exc, 300)}"}
+            finally:
+                cuda.close()
+        say("   " + ", ".join(f"{name}: {result['status']}" for name, result in results.items()))
+        if any(result["status"] == "failed" for result in results.values()):
+            raise StageFailed(f"the CUDA helper failed: {results}")
+        if not any(result["status"] == "ok" for result in results.values()):
+            raise StageFailed(f"no CUDA binding works on this CUDA GPU: {results}")
+        return results
+
+    def tensorrt_reason(self) -> Optional[str]:
+        from edgecls.engines import unavailable_reason
+
+        return unavailable_reason()
+
+    def engines_stage(self) -> dict[str, Any]:
+        """fp16 and int8 engines built from this run's exports (under --out, not the repository's engines/), each run
+        through `bench --engine` with its parity gate against the reference logits."""
+        reason = self.tensorrt_reason()
+        if reason:
+            raise NotHere(reason)
+        export, engines = self.out / "export", self.out / "engines"
+        reference = export / f"{MODEL}.reference.npz"
+        results: dict[str, Any] = {}
+        for precision, min_agreement in (("fp16", "99"), ("int8", "98")):
+            plan = engines / f"{MODEL}.{precision}.plan"
+            built = self.cli("build", str(export / f"{MODEL}.{precision}.onnx"), "-o", str(plan))
+            figures = self.out / f"bench-engine-{precision}.json"
+            bench = self.cli("bench", "--engine", str(plan), "--data", self.data_path, "--reference", str(reference),
+                             "--min-agreement", min_agreement, "--json", str(figures), *self.scale.bench_checkpoint)
+            results[precision] = {"build": built, "bench": bench, "min_agreement": float(min_agreement),
+                                  "manifest": read_json(Path(str(plan) + ".json")), "figures": read_json(figures)}
+        from edgecls.engines import dla_cores
+
+        if dla_cores():  # a Jetson with a DLA: the fp16 file on core 0, where TensorRT says its layers ran
+            plan = engines / f"{MODEL}.fp16.dla0.plan"
+            built = self.cli("build", str(export / f"{MODEL}.fp16.onnx"), "--dla", "0", "-o", str(plan))
+            figures = self.out / "bench-engine-fp16-dla0.json"
+            bench = self.cli("bench", "--engine", str(plan), "--data", self.data_path, "--reference", str(reference),
+                             "--min-agreement", "99", "--json", str(figures), *self.scale.bench_checkpoint)
+            manifest = read_json(Path(str(plan) + ".json"))
+            results["fp16 dla0"] = {"build": built, "bench": bench, "manifest": manifest, "figures": read_json(figures),
+                                    "layers_on_dla": manifest["layers_on_dla"], "layers_on_gpu": manifest["layers_on_gpu"]}
+        return results
+
+    def doctor_stage(self) -> dict[str, Any]:
+        """`edgecls doctor` on this machine: ready (exit 0) exactly where TensorRT and a GPU are."""
+        reason = self.tensorrt_reason()
+        result = self.cli("doctor", "--data", self.data_path, "--export-dir", str(self.out / "export"), "--json",
+                          expect=0 if reason is None else 1)
+        result["report"] = json.loads(result["output"][result["output"].index("{"):])
+        return result
+
+    def tensorrt_tests(self) -> dict[str, Any]:
+        """The tests written for TensorRT and the GPU, which skip themselves elsewhere."""
+        reason = self.tensorrt_reason()
+        if reason:
+            raise NotHere(reason)
+        return self.pytest("tests/test_engines.py", "tests/test_runtime.py", "tests/test_doctor.py")
+
+    def pytest(self, *arguments: str) -> dict[str, Any]:
         started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-k", "cuda",
-                               "tests/test_train.py", "tests/test_bench.py"], cwd=ROOT, env=child_env(None),
-                              capture_output=True, text=True, timeout=max(60.0, self.budget - self.elapsed() + 60))
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *arguments],
+                              cwd=ROOT, env=child_env(None), capture_output=True, text=True,
+                              timeout=max(60.0, self.budget - self.elapsed() + 60))
         output = readable(done.stdout + done.stderr)
         result = {"exit_code": done.returncode, "seconds": round(time.perf_counter() - started, 1),
                   "summary": output.strip().splitlines()[-1] if output.strip() else "", "output": output[-3000:]}
         if done.returncode != 0:
             raise StageFailed(f"pytest exited {done.returncode}: {result['summary']}")
         return result
+
+    def cuda_tests(self) -> dict[str, Any]:
+        """The test suite's CUDA-only tests (skipped on machines without a GPU)."""
+        if self.device.type != "cuda":
+            raise NotHere("the CUDA tests skip themselves without a GPU")
+        return self.pytest("-k", "cuda", "tests/test_train.py", "tests/test_bench.py")
 
     # ------------------------------------------------------------------------------------------ the run
     def estimate(self, recipe: str, epochs: Optional[int] = None, val_split: Optional[int] = None) -> float:
@@ -377,6 +462,7 @@ class DeviceCheck:
 
     def run(self) -> dict[str, Any]:
         self.stage("environment", self.environment, key="environment")
+        self.stage("CUDA memory", self.cuda_memory_stage, estimate=20, key="cuda_memory")
         self.stage("data", self.load_data, key="data")
         if self.data is None:
             return self.finish()
@@ -389,6 +475,8 @@ class DeviceCheck:
             self.stage("bench --all", lambda: self.bench_all_stage(checkpoint), key="bench_all")
             self.stage("bench checkpoint", lambda: self.bench_checkpoint_stage(checkpoint), key="bench_checkpoint")
             self.stage("CUDA checks", lambda: self.cuda_checks(first), estimate=20, key="cuda_checks")
+            self.stage("TensorRT engines", self.engines_stage, estimate=150, key="engines")
+            self.stage("doctor", self.doctor_stage, estimate=60, key="doctor")
         # In the order of what the goals need most: the seeds of the default recipe, then the best recipe.
         for seed in range(1, self.scale.seeds):
             self.stage(f"fast, seed {seed}", functools.partial(self.training_run, f"fast seed {seed}", "fast", seed=seed),
@@ -405,6 +493,7 @@ class DeviceCheck:
                        functools.partial(self.training_run, f"fast {epochs} epochs", "fast", epochs=epochs),
                        estimate=self.estimate("fast", epochs=epochs))
         self.stage("CUDA tests", self.cuda_tests, estimate=90, key="cuda_tests")
+        self.stage("TensorRT tests", self.tensorrt_tests, estimate=240, key="tensorrt_tests")
         return self.finish()
 
     def finish(self) -> dict[str, Any]:
@@ -508,6 +597,35 @@ def _num(value: Optional[float], spec: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- helpers
 
+def cuda_round_trips(cuda: Any, nbytes: int = 3 * 1024 * 1024 + 5) -> dict[str, Any]:
+    """Bytes copied to the device and back on the binding's stream come back unchanged, from this thread and from a
+    second one (each use pushes the primary context onto the calling thread)."""
+    import numpy as np
+
+    def round_trip(seed: int) -> bool:
+        buffer = cuda.allocate((nbytes,), np.uint8)
+        sent = np.random.default_rng(seed).integers(0, 256, nbytes, dtype=np.uint8)
+        buffer.host[:] = sent
+        with cuda.current():
+            cuda.to_device(buffer, nbytes)
+            buffer.host[:] = 0
+            cuda.to_host(buffer, nbytes)
+            cuda.synchronize()
+        return bool(np.array_equal(buffer.host, sent))
+
+    same_thread = round_trip(1)
+    other: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: other.update(ok=round_trip(2)))
+    thread.start()
+    thread.join(timeout=120)
+    handle = cuda.stream_handle
+    result = {"bytes": nbytes, "same_thread": same_thread, "other_thread": other.get("ok", False),
+              "stream_handle_is_int": isinstance(handle, int) and handle != 0}
+    if not all(result[key] for key in ("same_thread", "other_thread", "stream_handle_is_int")):
+        raise StageFailed(f"{cuda.name}: {result}")
+    return result
+
+
 def say(text: str) -> None:
     print(text, flush=True)
 
@@ -523,8 +641,6 @@ def readable(output: str) -> str:
 
 
 def read_json(path: Path) -> Any:
-    import json
-
     return json.loads(path.read_text())
 
 

@@ -17,7 +17,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 import numpy as np
 
 from edgecls.defaults import EXPORT_DIR
-from edgecls.engines import dla_cores, gpu_info, jetson_release
+from edgecls.engines import dla_cores, dla_unsupported, gpu_info, jetson_release
 from edgecls.errors import EdgeclsError, first_line
 from edgecls.formats import ModelMetadata
 from edgecls.metrics import Parity, parity
@@ -146,7 +146,13 @@ def device_checks(statuses: Optional[Sequence[BindingStatus]] = None) -> List[Ch
         checks.append(Check("GPU", f"{gpu.name}, compute {gpu.compute_capability}{memory} (via {gpu.source})", True))
         if trt_problem is None:
             cores = dla_cores()
-            checks.append(Check("DLA cores", str(cores) if cores is not None else "?"))
+            text = str(cores) if cores is not None else "?"
+            if cores:  # the cores exist; whether this TensorRT can build for them (NVIDIA's "Working with DLA")
+                import tensorrt as trt
+
+                unsupported = dla_unsupported(trt.__version__, "fp16")
+                text += f" (not usable: {unsupported.split(';')[0]})" if unsupported else ""
+            checks.append(Check("DLA cores", text))
 
     ort_version = _version("onnxruntime")
     if ort_version is None:

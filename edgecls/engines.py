@@ -10,12 +10,25 @@ int8 Q/DQ); what differs between versions is how the network is declared (tools/
 - 11.x: strongly typed always; the precision flags and EXPLICIT_BATCH are gone.
 
 Enum members are looked up by name (their values changed between versions) and only when they exist.
+
 A plan may target a Jetson DLA core (`dla_core`): DLA runs fp16 and int8 layers at one fixed batch size, with GPU
-fallback for the rest.
+fallback for the rest. DLA builds are declared the way each version's trtexec declares them
+(samples/common/sampleEngines.cpp, `setupNetworkAndConfig`, at v8.6.1, v9.3.0, v10.3.0, v10.13.0 and v11.1):
+
+- 8.x to 10.x: weakly typed (no STRONGLY_TYPED), FP16 (INT8 too for an int8 file) + PREFER_PRECISION_CONSTRAINTS +
+  GPU_FALLBACK. Strongly typed DLA networks exist only from 11.x, and FP16 on a strongly typed network is an error
+  (NVIDIA/TensorRT issue #4228: "Parameter check failed ... condition: !config.getFlag(BuilderFlag::kFP16)").
+- 11.x: strongly typed (always), no precision flags: they no longer exist ("Strongly Typed Networks for DLA",
+  docs.nvidia.com/deeplearning/tensorrt/11.4.1/inference-library/dla-strongly-typed-networks.html).
+
+After a DLA build TensorRT is asked where each layer runs (the engine inspector), and the build fails when less
+than `min_dla_share` of the layers are on the DLA: with GPU fallback, a layer the DLA cannot run moves to the GPU
+without a word.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -30,7 +43,7 @@ from edgecls.defaults import DEFAULT_BATCH_PROFILE, DEFAULT_WORKSPACE_MIB, ENGIN
 from edgecls.errors import EdgeclsError, first_line
 from edgecls.formats import EngineManifest, ModelMetadata
 from edgecls.runtime.cuda_memory import BindingStatus, GpuInfo, probe
-from edgecls.runtime.tensorrt_backend import tensorrt_problem
+from edgecls.runtime.tensorrt_backend import BOARD_MODEL_FILE, board_model, tensorrt_problem
 
 if TYPE_CHECKING:  # the API contract (tests/test_api_contract.py) type-checks every TensorRT call against each version
     import tensorrt as trt
@@ -45,13 +58,20 @@ class BuildOptions:
     builder_flags: tuple[str, ...]
 
 
-def build_options(tensorrt_version: str, precision: str) -> BuildOptions:
-    """How to declare the network for a TensorRT version and an ONNX precision (see the module docstring)."""
+# A DLA build fails unless at least this share of the network's layers run on the DLA (`--min-dla-share`).
+DEFAULT_MIN_DLA_SHARE = 0.5
+
+
+def build_options(tensorrt_version: str, precision: str, dla: bool = False) -> BuildOptions:
+    """How to declare the network for a TensorRT version, an ONNX precision and a target (GPU, or a DLA core with
+    GPU fallback); see the module docstring. EdgeclsError for what that version cannot build."""
     major = version_tuple(tensorrt_version)[0]
     if precision not in PRECISIONS:
         raise EdgeclsError(f"unknown ONNX precision {precision!r}; re-export the file with `edgecls export`")
     if major < 8:
         raise EdgeclsError(f"TensorRT {tensorrt_version} is too old: edgecls needs 8.5 or newer (JetPack 5.1+)")
+    if dla:
+        return _dla_build_options(tensorrt_version, precision)
     if major == 8:
         return BuildOptions(("EXPLICIT_BATCH",), {"fp32": (), "fp16": ("FP16",), "int8": ("INT8",)}[precision])
     if major == 9:
@@ -59,6 +79,22 @@ def build_options(tensorrt_version: str, precision: str) -> BuildOptions:
     if major == 10:
         return BuildOptions(("STRONGLY_TYPED",), ())
     return BuildOptions((), ())
+
+
+def _dla_build_options(tensorrt_version: str, precision: str) -> BuildOptions:
+    """trtexec's DLA declaration for the version (module docstring). On 8.x to 10.x an int8 file also gets FP16: a
+    DLA has no fp32, so a layer outside the Q/DQ pairs stays on the DLA only in fp16 (trtexec --int8 --fp16)."""
+    problem = dla_unsupported(tensorrt_version, precision)
+    if problem:
+        raise EdgeclsError(problem)
+    if precision == "fp32":
+        raise EdgeclsError("a DLA runs fp16 and int8 layers only: build the fp16 or int8 export with --dla")
+    major = version_tuple(tensorrt_version)[0]
+    if major >= 11:
+        return BuildOptions((), ("GPU_FALLBACK",))
+    precisions = ("FP16",) if precision == "fp16" else ("INT8", "FP16")
+    return BuildOptions(("EXPLICIT_BATCH",) if major < 10 else (),
+                        precisions + ("PREFER_PRECISION_CONSTRAINTS", "GPU_FALLBACK"))
 
 
 def version_tuple(version: str) -> Tuple[int, ...]:
@@ -69,13 +105,27 @@ def version_tuple(version: str) -> Tuple[int, ...]:
         raise EdgeclsError(f"cannot read the TensorRT version {version!r}") from exc
 
 
-def dla_unsupported(tensorrt_version: str) -> Optional[str]:
-    """Why this TensorRT cannot build for a DLA, or None. NVIDIA's "Working with DLA" pages (11.3.0, 11.4.1): DLA
-    support ended after 10.7 and came back for Jetson AGX Orin in 11.4.1 (JetPack 7.2.2+)."""
+def dla_unsupported(tensorrt_version: str, precision: Optional[str] = None) -> Optional[str]:
+    """Why this TensorRT cannot build an engine (of this ONNX precision) for a Jetson DLA, or None.
+
+    The version window is NVIDIA's "Working with DLA" page (docs.nvidia.com/deeplearning/tensorrt/11.5.0/
+    inference-library/work-with-dla.html, and the 11.4.1 page and release notes): 10.7 was the last 10.x release with
+    DLA; 11.0 to 11.3 have none and 11.4.0 only on Windows on ARM; 11.4.1 brought it back for Jetson AGX Orin on
+    JetPack 7.2.2+; 11.5.0 does not support JetPack, so Orin's DLA is "through TensorRT 11.4.1".
+    Int8 on 8.x: the TensorRT 8.x Developer Guide, "Working with DLA", says "DLA does not support Explicit
+    Quantization", and edgecls' int8 files are explicit (Q/DQ)."""
     version = version_tuple(tensorrt_version)
     if (10, 8) <= version[:2] and version[:3] < (11, 4, 1):
-        return (f"TensorRT {tensorrt_version} has no DLA support (10.7 was the last 10.x release with DLA; it came back "
-                "in 11.4.1 for Jetson AGX Orin on JetPack 7.2.2+); build without --dla")
+        return (f"TensorRT {tensorrt_version} has no DLA support on Jetson (10.7 was the last 10.x release with DLA; "
+                "it came back in 11.4.1 for Jetson AGX Orin on JetPack 7.2.2+); build without --dla")
+    if version[:2] >= (11, 5):
+        return (f"TensorRT {tensorrt_version} has no DLA support on Jetson (NVIDIA's \"Working with DLA\": JetPack is "
+                "not supported from 11.5.0; Orin's DLA is through TensorRT 11.4.1 on JetPack 7.2.2+); build without "
+                "--dla")
+    if precision == "int8" and version[0] == 8:
+        return (f"TensorRT {tensorrt_version} cannot put an int8 Q/DQ file on a DLA (its guide, \"Working with DLA\": "
+                "DLA does not support explicit quantization); build the fp16 export with --dla, or the int8 file for "
+                "the GPU (without --dla)")
     return None
 
 
@@ -164,6 +214,94 @@ def dla_cores() -> Optional[int]:
         return None
 
 
+# ------------------------------------------------------------------------------- where the layers of a DLA plan run
+
+# How a DLA plan's layer information names things: TensorRT fuses each subgraph it gives the DLA into one engine
+# layer named `{ForeignNode[<first layer>...<last layer>]}`, and copies data to and from DLA memory in layers named
+# `<tensor> to nvm`, `<tensor> from nvm` and `<tensor> copy finish` (a DLA engine's per-layer profile, in
+# NVIDIA/TensorRT issue #3143). GPU layers keep the network's layer names, fused ones joined by " + ". TensorRT's GPU
+# graph compiler (Myelin) makes foreign nodes too, of LayerType "Myelin" (a layer type NVIDIA's engine explorer,
+# tools/experimental/trt-engine-explorer/trex/colors.py, knows; it knows no DLA type).
+# Not yet seen on a device by this project: the manifest keeps both lists of names so the first DLA build can be
+# checked by eye.
+FOREIGN_NODE = re.compile(r"^\{ForeignNode\[(.*)\]\}$")
+DLA_MEMORY_COPY = re.compile(r" (to|from) nvm$| copy finish$")
+GPU_FOREIGN_NODE_TYPES = ("Myelin", "kgen")
+
+
+@dataclass(frozen=True)
+class LayerPlacement:
+    """Which of a DLA plan's layers run on the DLA and which on the GPU (network layer names where they can be
+    matched, else the engine's own layer names)."""
+
+    dla: tuple[str, ...]
+    gpu: tuple[str, ...]
+
+    @property
+    def share(self) -> float:
+        """The share of the layers on the DLA (0 when there are none)."""
+        total = len(self.dla) + len(self.gpu)
+        return len(self.dla) / total if total else 0.0
+
+    def summary(self, dla_core: int) -> str:
+        """One line: how many layers run where, and the first few on the GPU."""
+        total = len(self.dla) + len(self.gpu)
+        text = f"DLA core {dla_core}: {len(self.dla)} of {total} layers ({self.share:.0%}); GPU: {len(self.gpu)}"
+        if self.gpu:
+            shown = ", ".join(self.gpu[:4])
+            text += f" ({shown}{', ...' if len(self.gpu) > 4 else ''})"
+        return text
+
+
+def placement_from_layer_information(record: str | dict | list, network_layers: list[str]) -> LayerPlacement:
+    """Where the layers of a DLA plan run, from TensorRT's engine information (the engine inspector's JSON, built with
+    DETAILED profiling verbosity: {"Layers": [{"Name": .., "LayerType": ..}, ..]}; a list of names with less detail).
+
+    A foreign node that is not Myelin's is the DLA's; its `first...last` range covers those network layers, in the
+    network's order. Copies to and from DLA memory are not layers of the model and are left out. A layer whose names
+    match no network layer counts once under its engine name."""
+    if isinstance(record, str):
+        try:
+            record = json.loads(record)
+        except ValueError as exc:
+            raise EdgeclsError(f"TensorRT's layer information is not JSON ({first_line(exc)})") from exc
+    layers = record.get("Layers", []) if isinstance(record, dict) else record
+    if not isinstance(layers, list):
+        raise EdgeclsError("TensorRT's layer information has no list of layers")
+    position = {name: index for index, name in enumerate(network_layers)}
+    placed: dict[str, str] = {}
+    for layer in layers:
+        name = str(layer.get("Name", "")) if isinstance(layer, dict) else str(layer)
+        kind = str(layer.get("LayerType", "")) if isinstance(layer, dict) else ""
+        if not name or DLA_MEMORY_COPY.search(name):
+            continue
+        foreign = FOREIGN_NODE.match(name)
+        device = "dla" if foreign and kind not in GPU_FOREIGN_NODE_TYPES else "gpu"
+        if foreign:
+            first, _, last = foreign.group(1).partition("...")
+            ends = [position.get(first), position.get(last or first)]
+            covered = network_layers[ends[0]:ends[1] + 1] if None not in ends else []  # type: ignore[operator]
+        else:
+            covered = [part for part in re.split(r" \+ |\(|\)|, ", name) if part in position]
+        for covered_name in covered or [name]:
+            placed.setdefault(covered_name, device)
+    return LayerPlacement(dla=tuple(n for n, d in placed.items() if d == "dla"),
+                          gpu=tuple(n for n, d in placed.items() if d == "gpu"))
+
+
+def check_dla_share(placement: LayerPlacement, dla_core: int, min_share: float, source: str,
+                    judged: Optional[Tuple[int, int]] = None) -> None:
+    """Refuse a DLA plan that runs less than `min_share` of its layers on the DLA. `judged`: (layers the builder
+    judged able to run on the DLA, network layers), said too, so that a plan that fell back can be told from a
+    layer report read wrongly."""
+    if placement.share < min_share:
+        before = f" (before the build, TensorRT judged {judged[0]} of the network's {judged[1]} layers able to run " \
+                 "there)" if judged else ""
+        raise EdgeclsError(f"{source} on {placement.summary(dla_core)}{before}: below --min-dla-share {min_share:g}, "
+                           "so the plan was not written; pass --min-dla-share 0 to keep it anyway, or build without "
+                           "--dla")
+
+
 @dataclass(frozen=True)
 class JetsonRelease:
     """The board and its Linux for Tegra release, read where a Jetson keeps them; empty strings elsewhere."""
@@ -179,7 +317,6 @@ class JetsonRelease:
 
 
 L4T_RELEASE_FILE = "/etc/nv_tegra_release"
-BOARD_MODEL_FILE = "/proc/device-tree/model"
 
 
 def parse_l4t_release(text: str) -> str:
@@ -195,17 +332,19 @@ def jetson_release() -> JetsonRelease:
         except OSError:
             return ""
 
-    return JetsonRelease(board=read(BOARD_MODEL_FILE).replace("\x00", "").strip(),
-                         l4t=parse_l4t_release(read(L4T_RELEASE_FILE)))
+    return JetsonRelease(board=board_model(BOARD_MODEL_FILE), l4t=parse_l4t_release(read(L4T_RELEASE_FILE)))
 
 
 def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike | None = None,
                  batch: tuple[int, int, int] = DEFAULT_BATCH_PROFILE,
-                 workspace_mib: int = DEFAULT_WORKSPACE_MIB, dla_core: Optional[int] = None) -> Path:
+                 workspace_mib: int = DEFAULT_WORKSPACE_MIB, dla_core: Optional[int] = None,
+                 min_dla_share: float = DEFAULT_MIN_DLA_SHARE) -> Path:
     """Build a TensorRT plan from an exported ONNX file; write it and its manifest (`<plan>.json`) atomically.
 
     The default plan path is `engines/<onnx name without .onnx>.plan`. `dla_core`: build for that Jetson DLA core
-    (fp16 / int8 files, a fixed batch MIN = OPT = MAX), with GPU fallback for layers the DLA cannot run.
+    (fp16 / int8 files, a fixed batch MIN = OPT = MAX), with GPU fallback for layers the DLA cannot run; the manifest
+    records which layers TensorRT put where, and the build fails (nothing written) when less than `min_dla_share`
+    of them are on the DLA.
     """
     onnx_path = Path(onnx_path)
     metadata = ModelMetadata.read(onnx_path)  # validates the file before we look for TensorRT
@@ -218,28 +357,33 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike | No
     ensure_writable_dir(plan_path.parent)
     check_batch(batch)
     check_dla_request(dla_core, metadata.precision, batch, str(onnx_path))
+    if not 0.0 <= min_dla_share <= 1.0:
+        raise EdgeclsError(f"--min-dla-share {min_dla_share:g} is not a share between 0 and 1 (e.g. 0.5)")
     problem = tensorrt_problem()
     if problem is not None:
         raise EdgeclsError(problem)
     import tensorrt as trt
 
-    if dla_core is not None and dla_unsupported(trt.__version__):
-        raise EdgeclsError(str(dla_unsupported(trt.__version__)))
+    options = build_options(trt.__version__, metadata.precision, dla=dla_core is not None)
     statuses = probe()
     gpu = gpu_info(statuses)
     if gpu is None:
         raise EdgeclsError(f"no NVIDIA GPU is reachable here ({gpu_problem(statuses)}; nvidia-smi: none); "
                            "build on the device that will run the engine")
 
-    options = build_options(trt.__version__, metadata.precision)
     started = time.perf_counter()
+    placement: Optional[LayerPlacement] = None
     try:
-        serialized = _build(onnx_path, metadata, options, batch, workspace_mib, dla_core)
+        serialized, network_layers, judged = _build(onnx_path, metadata, options, batch, workspace_mib, dla_core)
+        if dla_core is not None:
+            placement = _layer_placement(serialized, dla_core, network_layers)
     except (RuntimeError, TypeError, AttributeError, ValueError) as exc:
         # pybind11 raises these when TensorRT returns nothing (e.g. TypeError for a Builder it could not make)
         raise EdgeclsError(f"TensorRT {trt.__version__} failed while building {onnx_path}: {first_line(exc)}; "
                            "`edgecls doctor` checks this device") from exc
     build_seconds = time.perf_counter() - started
+    if placement is not None and dla_core is not None:
+        check_dla_share(placement, dla_core, min_dla_share, str(onnx_path), (judged, len(network_layers)))
 
     with atomic_write(plan_path) as handle:
         handle.write(memoryview(serialized))
@@ -248,13 +392,17 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike | No
                    onnx_path=str(onnx_path), onnx_sha256=sha256_file(onnx_path), plan_sha256=sha256_file(plan_path),
                    precision=metadata.precision, batch=dict(zip(("min", "opt", "max"), batch)), model=metadata,
                    build_seconds=round(build_seconds, 2), built_at=utc_now(), dla_core=dla_core,
-                   cuda_binding=gpu.source, board=jetson.board, l4t_release=jetson.l4t).write(plan_path)
+                   cuda_binding=gpu.source, board=jetson.board, l4t_release=jetson.l4t,
+                   layers_on_dla=None if placement is None else list(placement.dla),
+                   layers_on_gpu=None if placement is None else list(placement.gpu)).write(plan_path)
     return plan_path
 
 
 def _build(onnx_path: Path, metadata: ModelMetadata, options: BuildOptions, batch: tuple[int, int, int],
-           workspace_mib: int, dla_core: Optional[int]) -> trt.IHostMemory:
-    """Parse the ONNX file and build the serialized engine with one optimization profile for the batch."""
+           workspace_mib: int, dla_core: Optional[int]) -> Tuple[trt.IHostMemory, list[str], int]:
+    """Parse the ONNX file and build the serialized engine with one optimization profile for the batch; returns it,
+    the network's layer names in order, and (DLA builds) how many of them the builder judged able to run on the
+    DLA (`IBuilderConfig.can_run_on_DLA`; 0 for GPU builds)."""
     import tensorrt as trt  # imported here, not passed in, so that mypy checks each call against the version's API
 
     logger = trt.Logger(trt.Logger.WARNING)
@@ -268,10 +416,12 @@ def _build(onnx_path: Path, metadata: ModelMetadata, options: BuildOptions, batc
         flags |= 1 << int(member)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    # errors recorded while parsing count even when it returns True (as Polygraphy checks, backend/trt/util.py)
+    if not parser.parse_from_file(str(onnx_path)) or parser.num_errors > 0:
         errors = [parser.get_error(i) for i in range(parser.num_errors)]
         raise EdgeclsError(f"TensorRT {trt.__version__} cannot parse {onnx_path}: "
                            f"{first_line(errors[0]) if errors else 'unknown error'}")
+    network_layers = [network.get_layer(index).name for index in range(network.num_layers)]
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
@@ -287,19 +437,45 @@ def _build(onnx_path: Path, metadata: ModelMetadata, options: BuildOptions, batc
             raise EdgeclsError(f"--dla {dla_core}: this device has {available or 'no'} DLA core"
                                f"{'' if available == 1 else 's'} (TensorRT {trt.__version__}); DLA cores exist on "
                                "Jetson AGX Xavier, Xavier NX and AGX Orin / Orin NX; build without --dla")
-        config.default_device_type = trt.DeviceType.DLA
+        config.default_device_type = trt.DeviceType.DLA  # GPU_FALLBACK (build_options) sends the rest to the GPU
         config.DLA_core = dla_core
-        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)  # layers the DLA cannot run go to the GPU
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer names for the engine inspector
+    judged = 0 if dla_core is None else sum(
+        bool(config.can_run_on_DLA(network.get_layer(index))) for index in range(network.num_layers))
     crop = metadata.preprocess.crop_size
+    inputs = [network.get_input(index).name for index in range(network.num_inputs)]
+    if metadata.input_name not in inputs:
+        raise EdgeclsError(f"{onnx_path} names its input {metadata.input_name!r} but its graph has {inputs}; "
+                           "re-export it with `edgecls export`")
     profile = builder.create_optimization_profile()
     profile.set_shape(metadata.input_name, *[(n, 3, crop, crop) for n in batch])
-    config.add_optimization_profile(profile)
+    # TensorRT only logs a profile it finds invalid, and the build then fails for want of one: say so here
+    if not profile or config.add_optimization_profile(profile) < 0:
+        raise EdgeclsError(f"TensorRT {trt.__version__} refused the batch profile {':'.join(map(str, batch))} for "
+                           f"input {metadata.input_name!r} of {onnx_path} (its log above says why)")
 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise EdgeclsError(f"TensorRT {trt.__version__} failed to build an engine from {onnx_path} "
                            "(its log above says why); try a larger --workspace or a smaller --batch maximum")
-    return serialized
+    return serialized, network_layers, judged
+
+
+def _layer_placement(serialized: trt.IHostMemory, dla_core: int, network_layers: list[str]) -> LayerPlacement:
+    """Ask TensorRT where the built plan runs each layer: its engine inspector, on the plan deserialized for the
+    DLA core (IEngineInspector exists in every version edgecls supports, 8.5 to 11.x)."""
+    import tensorrt as trt
+
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    runtime.DLA_core = dla_core
+    engine = runtime.deserialize_cuda_engine(serialized)
+    if engine is None:
+        raise EdgeclsError(f"TensorRT {trt.__version__} built a DLA plan it cannot deserialize (its log above says "
+                           "why); build without --dla")
+    inspector = engine.create_engine_inspector()
+    information = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
+    del inspector, engine, runtime  # in this order: each keeps the next alive
+    return placement_from_layer_information(information, network_layers)
 
 
 def build_command(onnx_path: str | os.PathLike, plan_path: str | os.PathLike | None = None) -> str:

@@ -208,6 +208,8 @@ class EngineManifest:
     cuda_binding: str = ""  # what read the GPU's facts at build: cuda-python | pycuda | nvidia-smi
     board: str = ""  # the Jetson board (/proc/device-tree/model); "" elsewhere
     l4t_release: str = ""  # the Jetson Linux release (/etc/nv_tegra_release), e.g. "35.4.1"; "" elsewhere
+    layers_on_dla: Optional[list] = None  # DLA plans: the layers TensorRT runs on the DLA (its engine inspector)
+    layers_on_gpu: Optional[list] = None  # DLA plans: the layers that fell back to the GPU; None for GPU plans
 
     @staticmethod
     def path_for(plan: str | os.PathLike) -> Path:
@@ -238,7 +240,9 @@ class EngineManifest:
                        model=ModelMetadata.from_dict(record["edgecls"], source),
                        build_seconds=float(record.get("build_seconds", 0.0)), built_at=str(record.get("built_at", "")),
                        dla_core=dla_core, cuda_binding=str(record.get("cuda_binding", "")),
-                       board=str(record.get("board", "")), l4t_release=str(record.get("l4t_release", "")))
+                       board=str(record.get("board", "")), l4t_release=str(record.get("l4t_release", "")),
+                       layers_on_dla=_name_list(record.get("layers_on_dla"), "layers_on_dla"),
+                       layers_on_gpu=_name_list(record.get("layers_on_gpu"), "layers_on_gpu"))
 
     def write(self, plan: str | os.PathLike) -> Path:
         path = self.path_for(plan)
@@ -259,6 +263,15 @@ class EngineManifest:
             raise EdgeclsError(f"engine file {plan} does not match its manifest (truncated, or replaced); "
                                "rebuild it with `edgecls build`")
         return manifest
+
+
+def _name_list(value: Any, field: str) -> Optional[list]:
+    """An optional list of layer names in a manifest (ValueError, reported by _fields_of, for anything else)."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        raise ValueError(f"{field} {value!r}")
+    return list(value)
 
 
 # ----------------------------------------------------------------------------------------------- reference logits

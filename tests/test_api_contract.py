@@ -12,6 +12,11 @@ counts they are called with, in each TensorRT version edgecls supports:
   installed cuda-bindings (13.x, imported: it needs no GPU) and the recorded 12.9 list;
 - pycuda: every `pycuda.driver` name it uses against the names in pycuda's sources at 2022.1 and 2026.1;
 - no TensorRT name known to fail at run time on a supported version (trt.nptype on 8.5 with numpy >= 1.24).
+- the holes mypy and the name checks leave, closed: pycuda / cuda-python objects held in names (locals, parameters,
+  `self.x`, properties) are followed through their class annotations, and an unannotated one fails; a local alias of
+  a binding's member is followed; names in `hasattr` / `getattr` guards and the keys of tables looked up by enum
+  member name must exist in at least one supported version. tools/api/mutate_contract.py proves each class by
+  mutation (`make contract-mutants`).
 
 Nothing here imports TensorRT or stands in for it at run time.
 """
@@ -49,22 +54,28 @@ def _have_mypy() -> bool:
     return True
 
 
+@pytest.fixture(scope="module")
+def mypy_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One mypy cache for the module's runs (each version's stubs differ; numpy's, read by every run, do not)."""
+    return Path(os.environ.get("EDGECLS_MYPY_CACHE") or tmp_path_factory.mktemp("mypy-cache"))
+
+
 @pytest.mark.parametrize("version", list(apicheck.TENSORRT_LISTS))
-def test_tensorrt_calls_match_recorded_api(version: str, tmp_path: Path) -> None:
+def test_tensorrt_calls_match_recorded_api(version: str, tmp_path: Path, mypy_cache: Path) -> None:
     _need("mypy", _have_mypy())
     stubs = apicheck.write_tensorrt_stubs(apicheck.load_list(version), tmp_path / "stubs")
-    code, output = apicheck.run_mypy(apicheck.TENSORRT_MODULES, stubs, tmp_path / "mypy")
+    code, output = apicheck.run_mypy(apicheck.TENSORRT_MODULES, stubs, tmp_path / "mypy", mypy_cache)
     assert code == 0, f"TensorRT {version} API (tools/api/{apicheck.TENSORRT_LISTS[version]}):\n{output}"
 
 
-def test_tensorrt_calls_match_tensorrt_stubs(tmp_path: Path) -> None:
+def test_tensorrt_calls_match_tensorrt_stubs(tmp_path: Path, mypy_cache: Path) -> None:
     _need("mypy", _have_mypy())
     site = apicheck.find_tensorrt_stubs()
     _need(f"tensorrt-stubs=={apicheck.TENSORRT_STUBS_VERSION}", site is not None)
     stubs = tmp_path / "stubs"
     repaired = apicheck.install_tensorrt_stubs(site, stubs)
     assert len(repaired) <= 10, f"tensorrt-stubs needed many repairs ({repaired}); is it the pinned version?"
-    code, output = apicheck.run_mypy(apicheck.TENSORRT_MODULES, stubs, tmp_path / "mypy")
+    code, output = apicheck.run_mypy(apicheck.TENSORRT_MODULES, stubs, tmp_path / "mypy", mypy_cache)
     assert code == 0, f"TensorRT 10.13 API (tensorrt-stubs {apicheck.TENSORRT_STUBS_VERSION}):\n{output}"
 
 
@@ -165,3 +176,72 @@ def test_pycuda_calls_match_recorded(version: str) -> None:
     assert {".".join(use.chain) for use in uses} >= {"init", "Device.count", "Context.pop", "mem_alloc"}, uses
     problems = apicheck.check_uses_recorded(uses, recorded)
     assert not problems, "\n".join(problems)
+
+
+# ------------------------------------------------------------------------------- the holes mypy leaves, closed
+
+CUDA_PREFIX_SETS = {"cuda-python": ("cuda.bindings.",), "pycuda": apicheck.PYCUDA_PREFIXES}
+
+
+@pytest.mark.parametrize("binding", list(CUDA_PREFIX_SETS))
+def test_cuda_binding_objects_are_annotated(binding: str) -> None:
+    """An object of a binding kept in an unannotated name would have its method calls go unchecked."""
+    problems = []
+    for module in apicheck.CUDA_MODULES:
+        problems += apicheck.unannotated_binding_objects(module, CUDA_PREFIX_SETS[binding])
+    assert not problems, "\n".join(problems)
+
+
+def test_pycuda_objects_are_followed_through_their_annotations() -> None:
+    uses = set()
+    for module in apicheck.CUDA_MODULES:
+        uses |= {".".join(use.chain) for use in apicheck.module_uses(module, apicheck.PYCUDA_PREFIXES)[0]}
+    assert {"Device.retain_primary_context", "Stream.synchronize", "Stream.handle", "Context.push",
+            "Context.detach", "DeviceAllocation.free", "HostAllocation.free"} <= uses, sorted(uses)
+
+
+def test_tensorrt_guarded_names_exist_in_a_supported_version() -> None:
+    lists = [apicheck.load_list(version) for version in apicheck.TENSORRT_LISTS]
+    problems = []
+    for module in apicheck.TENSORRT_MODULES:
+        for use in apicheck.guarded_names(module, ("tensorrt",)):
+            if not any(apicheck.tensorrt_name_exists(api, use.chain) for api in lists):
+                problems.append(f"{use}: no supported TensorRT ({', '.join(apicheck.TENSORRT_LISTS)}) has it")
+    assert not problems, "\n".join(problems)
+
+
+def test_cuda_guarded_names_exist_in_a_supported_version() -> None:
+    recorded = [json.loads((apicheck.HERE / name).read_text())
+                for name in {**apicheck.CUDA_LISTS, **apicheck.PYCUDA_LISTS}.values()]
+    problems = []
+    for module in apicheck.CUDA_MODULES:
+        for prefixes in CUDA_PREFIX_SETS.values():
+            for use in apicheck.guarded_names(module, prefixes):
+                relevant = [r for r in recorded if use.module in r["modules"]]
+                if all(apicheck.check_uses_recorded([use], r) for r in relevant):
+                    problems.append(f"{use}: in no recorded release of its binding")
+    assert not problems, "\n".join(problems)
+
+
+def test_tables_of_tensorrt_names_name_real_members() -> None:
+    lists = {version: apicheck.load_list(version) for version in apicheck.TENSORRT_LISTS}
+    problems = []
+    for path, tables in apicheck.NAME_TABLES.items():
+        for table, enum in tables.items():
+            keys = apicheck.name_table_keys(path, table)
+            assert keys, f"{path} has no table {table}"
+            problems += [f"{path}: {table}[{key!r}] is no {enum} member of any supported TensorRT" for key in keys
+                         if not any(key in api["enums"].get(enum, {}).get("members", {}) for api in lists.values())]
+    assert not problems, "\n".join(problems)
+
+
+def test_every_contract_mutant_still_applies() -> None:
+    """tools/api/mutate_contract.py (`make contract-mutants`) proves the contract by mutation; each of its one-line
+    bugs must still find its line, once, in the current code (run the script itself to see them caught)."""
+    import mutate_contract
+
+    assert len(mutate_contract.MUTANTS) >= 20
+    for mutant in mutate_contract.MUTANTS:
+        text = (ROOT / mutant.path).read_text()
+        assert text.count(mutant.before) == 1, f"{mutant.path}: {mutant.before!r} matches {text.count(mutant.before)}"
+        assert mutant.after != mutant.before

@@ -37,7 +37,11 @@ def test_the_smoke_check_runs_every_stage(tiny_data_dir, tmp_path):
     assert statuses == {"environment": "ok", "data": "ok", "cudnn benchmark mode": "skipped", "fast, seed 0": "ok",
                         "eval": "ok", "export": "ok", "bench --all": "ok", "bench checkpoint": "ok",
                         "CUDA checks": "skipped", "fast, seed 1": "ok", "best, all training images": "ok",
-                        "CUDA tests": "skipped"}, report["stages"]
+                        "CUDA tests": "skipped", "CUDA memory": "skipped", "TensorRT engines": "skipped",
+                        "doctor": "ok", "TensorRT tests": "skipped"}, report["stages"]
+    # no TensorRT here: the engine stages say why, and the doctor says this machine is not ready (exit 1)
+    assert "TensorRT" in report["stages"]["TensorRT engines"]["reason"]
+    assert report["doctor"]["exit_code"] == 1 and report["doctor"]["report"]["ready"] is False
     runs = {run["name"]: run for run in report["runs"]}
     assert list(runs) == ["fast seed 0", "fast seed 1", "best all-train"]
     assert [runs[name]["val_split"] for name in runs] == [50, 50, 0] and runs["best all-train"]["recipe"] == "best"

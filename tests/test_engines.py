@@ -15,11 +15,13 @@ from click.testing import CliRunner
 
 from edgecls.artifacts import sha256_file
 from edgecls.cli import main
-from edgecls.engines import (BuildOptions, JetsonRelease, build_command, build_engine, build_options, check_dla_request,
-                             dla_cores, dla_unsupported, parse_batch, parse_l4t_release, unavailable_reason)
+from edgecls.engines import (DEFAULT_MIN_DLA_SHARE, BuildOptions, JetsonRelease, LayerPlacement, build_command,
+                             build_engine, build_options, check_dla_request, check_dla_share, dla_cores, dla_unsupported,
+                             parse_batch, parse_l4t_release, placement_from_layer_information, unavailable_reason)
 from edgecls.errors import EdgeclsError
 from edgecls.formats import EngineManifest, ModelMetadata
 from edgecls.runtime.cuda_memory import open_cuda, probe
+from edgecls.runtime.tensorrt_backend import board_model, board_warning
 
 
 @pytest.mark.parametrize("version, precision, expected", [
@@ -46,15 +48,111 @@ def test_build_options_reject_what_cannot_work():
 
 
 @pytest.mark.parametrize("version, supported", [
-    ("8.5.2.2", True), ("10.3.0", True), ("10.7.0.23", True),  # JetPack 5 and 6 have DLA
+    ("8.5.2.2", True), ("8.6.2.3", True), ("10.3.0", True), ("10.7.0.23", True),  # JetPack 5 and 6 have DLA
     ("10.8.0", False), ("10.13.2.6", False), ("11.0.0", False), ("11.4.0", False),  # dropped after 10.7 ...
-    ("11.4.1", True), ("11.5.0", True),  # ... and back for AGX Orin in 11.4.1 (JetPack 7.2.2+)
+    ("11.4.1", True), ("11.4.1.7", True),  # ... back for AGX Orin in 11.4.1 (JetPack 7.2.2+) ...
+    ("11.5.0", False), ("12.0", False),  # ... and 11.5.0 does not support JetPack: Orin's DLA is through 11.4.1
 ])
 def test_dla_support_follows_the_tensorrt_version(version, supported):
-    reason = dla_unsupported(version)
+    reason = dla_unsupported(version, "fp16")
     assert (reason is None) == supported
     if reason:
         assert version in reason and "--dla" in reason
+
+
+@pytest.mark.parametrize("version, precision, expected", [
+    # trtexec's DLA branch (samples/common/sampleEngines.cpp): weakly typed, precision flags + PREFER_PRECISION_...
+    ("8.6.2.3", "fp16", BuildOptions(("EXPLICIT_BATCH",), ("FP16", "PREFER_PRECISION_CONSTRAINTS", "GPU_FALLBACK"))),
+    ("10.3.0", "fp16", BuildOptions((), ("FP16", "PREFER_PRECISION_CONSTRAINTS", "GPU_FALLBACK"))),  # not STRONGLY_TYPED
+    ("10.3.0", "int8", BuildOptions((), ("INT8", "FP16", "PREFER_PRECISION_CONSTRAINTS", "GPU_FALLBACK"))),
+    ("11.4.1", "int8", BuildOptions((), ("GPU_FALLBACK",))),  # strongly typed DLA: the precision flags are gone
+])
+def test_dla_build_options_follow_trtexec(version, precision, expected):
+    assert build_options(version, precision, dla=True) == expected
+    assert build_options(version, precision) != expected  # the GPU path is declared differently
+
+
+def test_dla_builds_that_a_version_cannot_make_are_refused():
+    with pytest.raises(EdgeclsError, match="explicit quantization"):  # TensorRT 8.x: no Q/DQ on the DLA
+        build_options("8.5.2.2", "int8", dla=True)
+    assert "fp16 export" in dla_unsupported("8.6.2", "int8")
+    with pytest.raises(EdgeclsError, match="no DLA support"):
+        build_options("10.13.0", "fp16", dla=True)
+    with pytest.raises(EdgeclsError, match="fp16 and int8"):
+        build_options("10.3.0", "fp32", dla=True)
+
+
+# Engine information as a DLA plan's would read: a DLA subgraph is one foreign node named after its first and last
+# network layers, with copies to and from DLA memory around it (NVIDIA/TensorRT issue #3143); GPU layers keep the
+# network's names, fused with " + ".
+NETWORK_LAYERS = ["/f.0/Conv", "/f.1/Relu", "/f.2/MaxPool", "/f.3/Conv", "/f.4/Relu", "/Flatten", "/fc/Gemm", "/fc/Add"]
+ON_DLA = {"Layers": [
+    {"Name": "input to nvm", "LayerType": "Reformat"},
+    {"Name": "{ForeignNode[/f.0/Conv.../f.4/Relu]}", "LayerType": "ForeignNode"},
+    {"Name": "/f.4/Relu from nvm", "LayerType": "Reformat"},
+    {"Name": "/f.4/Relu copy finish", "LayerType": "Reformat"},
+    {"Name": "/Flatten", "LayerType": "Shuffle"},
+    {"Name": "/fc/Gemm + /fc/Add", "LayerType": "gemm"},
+]}
+
+
+def test_layer_placement_is_read_from_the_engine_information():
+    placement = placement_from_layer_information(json.dumps(ON_DLA), NETWORK_LAYERS)
+    assert placement.dla == ("/f.0/Conv", "/f.1/Relu", "/f.2/MaxPool", "/f.3/Conv", "/f.4/Relu")
+    assert placement.gpu == ("/Flatten", "/fc/Gemm", "/fc/Add")
+    assert placement.share == pytest.approx(5 / 8)
+    assert placement.summary(0) == "DLA core 0: 5 of 8 layers (62%); GPU: 3 (/Flatten, /fc/Gemm, /fc/Add)"
+
+
+def test_a_plan_that_fell_back_to_the_gpu_is_seen():
+    """With GPU fallback every layer may land on the GPU while the manifest says dla:0: the inspector tells."""
+    all_gpu = {"Layers": [{"Name": "/f.0/Conv + /f.1/Relu", "LayerType": "CaskConvolution"},
+                          {"Name": "{ForeignNode[/f.2/MaxPool.../fc/Add]}", "LayerType": "Myelin"}]}
+    placement = placement_from_layer_information(all_gpu, NETWORK_LAYERS)
+    assert placement.dla == () and placement.share == 0.0 and len(placement.gpu) == len(NETWORK_LAYERS)
+    with pytest.raises(EdgeclsError, match=r"0 of 8 layers \(0%\).*--min-dla-share 0\.5.*not written"):
+        check_dla_share(placement, 0, DEFAULT_MIN_DLA_SHARE, "x.onnx")
+    with pytest.raises(EdgeclsError, match=r"TensorRT judged 7 of the network's 8 layers able to run there"):
+        check_dla_share(placement, 0, DEFAULT_MIN_DLA_SHARE, "x.onnx", (7, 8))
+    check_dla_share(placement, 0, 0.0, "x.onnx")  # --min-dla-share 0 keeps it
+
+
+def test_layer_placement_without_matching_names_counts_engine_layers():
+    names_only = ["input to nvm", "{ForeignNode[a...b]}", "b from nvm", "softmax"]  # LAYER_NAMES_ONLY form
+    placement = placement_from_layer_information(names_only, ["x", "y"])
+    assert placement == LayerPlacement(dla=("{ForeignNode[a...b]}",), gpu=("softmax",))
+    with pytest.raises(EdgeclsError, match="not JSON"):
+        placement_from_layer_information("{not json", NETWORK_LAYERS)
+
+
+def test_board_model_and_the_other_board_warning(tmp_path):
+    model = tmp_path / "model"
+    model.write_bytes(b"NVIDIA Jetson Orin Nano Developer Kit\x00")  # the device tree's string ends in NUL
+    assert board_model(str(model)) == "NVIDIA Jetson Orin Nano Developer Kit"
+    assert board_model(str(tmp_path / "none")) == ""
+    plan = Path("engines/new2.int8.plan")
+    warning = board_warning(plan, "NVIDIA Jetson AGX Orin Developer Kit", board_model(str(model)))
+    assert warning is not None and "\n" not in warning and warning.startswith("warning: engines/new2.int8.plan")
+    assert "AGX Orin" in warning and "Orin Nano" in warning and "edgecls build" in warning
+    assert board_warning(plan, "NVIDIA Jetson AGX Orin Developer Kit", "NVIDIA Jetson AGX Orin Developer Kit") is None
+    assert board_warning(plan, "", "NVIDIA Jetson Orin Nano Developer Kit") is None  # built before boards were recorded
+    assert board_warning(plan, "NVIDIA Jetson AGX Orin Developer Kit", "") is None  # not a Jetson: the GPU check rules
+
+
+def test_manifest_keeps_the_layer_placement(new2_files, tmp_path):
+    plan = tmp_path / "x.plan"
+    plan.write_bytes(b"plan")
+    manifest = EngineManifest(tensorrt_version="10.3.0", gpu_name="Orin", compute_capability="8.7",
+                              onnx_path="x.onnx", onnx_sha256="0", plan_sha256=sha256_file(plan), precision="fp16",
+                              batch={"min": 8, "opt": 8, "max": 8}, model=ModelMetadata.read(new2_files["fp16"]),
+                              dla_core=0, layers_on_dla=["/f.0/Conv"], layers_on_gpu=["/fc/Gemm"])
+    manifest.write(plan)
+    assert EngineManifest.read(plan) == manifest
+    record = json.loads(EngineManifest.path_for(plan).read_text())
+    record["layers_on_gpu"] = "all"
+    EngineManifest.path_for(plan).write_text(json.dumps(record))
+    with pytest.raises(EdgeclsError, match="layers_on_gpu"):
+        EngineManifest.read(plan)
 
 
 def test_dla_requests_that_cannot_run_are_refused_before_tensorrt():
@@ -167,6 +265,16 @@ def test_build_dla_checks_come_before_tensorrt(new2_files, tmp_path):
     assert not list(tmp_path.glob("*.plan*"))
 
 
+def test_build_min_dla_share_is_checked_before_tensorrt(new2_files, tmp_path):
+    runner = CliRunner()
+    alone = runner.invoke(main, ["build", str(new2_files["fp16"]), "--min-dla-share", "0.3", "-o", str(tmp_path / "a.plan")])
+    assert alone.exit_code == 2 and "--min-dla-share applies to DLA builds only" in alone.output
+    share = runner.invoke(main, ["build", str(new2_files["fp16"]), "--dla", "0", "--min-dla-share", "1.5",
+                                 "-o", str(tmp_path / "b.plan")])
+    assert share.exit_code == 2 and "--min-dla-share 1.5 is not a share between 0 and 1" in share.output
+    assert not list(tmp_path.glob("*.plan*"))
+
+
 def test_build_rejects_a_bad_plan_name_before_tensorrt(new2_files, tmp_path):
     with pytest.raises(EdgeclsError, match=r"should end in \.plan"):
         build_engine(new2_files["fp32"], tmp_path / "engine.bin")
@@ -237,7 +345,10 @@ def test_real_dla_build_runs_and_is_recorded(new2_files, tiny_cifar, tmp_path):
     from edgecls.runtime import load
 
     plan = build_engine(new2_files["fp16"], tmp_path / "new2.fp16.dla0.plan", batch=(16, 16, 16), dla_core=0)
-    assert EngineManifest.read(plan).dla_core == 0
+    manifest = EngineManifest.read(plan)
+    print("layers on the DLA:", manifest.layers_on_dla, "on the GPU:", manifest.layers_on_gpu)  # for the first run
+    placement = LayerPlacement(tuple(manifest.layers_on_dla), tuple(manifest.layers_on_gpu))
+    assert manifest.dla_core == 0 and placement.share >= DEFAULT_MIN_DLA_SHARE, placement.summary(0)
     with load(new2_files["fp16"]) as onnx_classifier:
         expected = onnx_classifier.logits(tiny_cifar.test_images)
     with load(plan) as classifier:

@@ -23,15 +23,24 @@ from edgecls.defaults import DEFAULT_BATCH_PROFILE, DEFAULT_WORKSPACE_MIB, EXPOR
 @click.option("--dla", "dla_core", type=int, metavar="CORE",
               help="Build for this Jetson DLA core (0 or 1 on Xavier / AGX Orin), GPU fallback on; fp16 and int8 "
                    "files only, one fixed batch size. Example: --dla 0")
+@click.option("--min-dla-share", type=float, default=None, metavar="SHARE",
+              help="With --dla: fail (writing nothing) when TensorRT runs less than this share of the layers on the "
+                   "DLA; 0 keeps any plan.  [default: 0.5]")
 def build_engine_command(onnx_file: str, plan: Optional[str], batch: Optional[str], workspace: int,
-                         dla_core: Optional[int]) -> None:
+                         dla_core: Optional[int], min_dla_share: Optional[float]) -> None:
     """Build a TensorRT engine from an exported ONNX file (on the device that will run it).
 
     Example: edgecls build export/new2.int8.onnx -o engines/new2.int8.plan --batch 1:64:256
 
-    On a Jetson with DLA: edgecls build export/new2.int8.onnx -o engines/new2.int8.dla0.plan --dla 0
+    On a Jetson with DLA: edgecls build export/new2.fp16.onnx -o engines/new2.fp16.dla0.plan --dla 0
+    (prints how many layers TensorRT put on the DLA and which fell back to the GPU)
     """
-    from edgecls.engines import build_engine, parse_batch
+    from edgecls.engines import DEFAULT_MIN_DLA_SHARE, LayerPlacement, build_engine, parse_batch
+    from edgecls.errors import EdgeclsError
+    from edgecls.formats import EngineManifest
+
+    if min_dla_share is not None and dla_core is None:
+        raise EdgeclsError("--min-dla-share applies to DLA builds only: add --dla CORE, or leave it out")
 
     if batch is not None:
         profile = parse_batch(batch)
@@ -39,8 +48,13 @@ def build_engine_command(onnx_file: str, plan: Optional[str], batch: Optional[st
         profile = (DEFAULT_BATCH_PROFILE[1],) * 3
     else:
         profile = DEFAULT_BATCH_PROFILE
-    path = build_engine(onnx_file, plan, batch=profile, workspace_mib=workspace, dla_core=dla_core)
+    path = build_engine(onnx_file, plan, batch=profile, workspace_mib=workspace, dla_core=dla_core,
+                        min_dla_share=DEFAULT_MIN_DLA_SHARE if min_dla_share is None else min_dla_share)
     click.echo(f"built {path} (manifest {path}.json)")
+    manifest = EngineManifest.read(path)
+    if manifest.dla_core is not None and manifest.layers_on_dla is not None:
+        placement = LayerPlacement(tuple(manifest.layers_on_dla), tuple(manifest.layers_on_gpu or ()))
+        click.echo(f"layers on {placement.summary(manifest.dla_core)}")
 
 
 @click.command("doctor")

@@ -24,11 +24,14 @@ import contextlib
 import ctypes
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
 from edgecls.errors import EdgeclsError, first_line
+
+if TYPE_CHECKING:  # for the annotations only: the API contract checks each call on a pycuda object by its class
+    import pycuda.driver as pycuda_driver
 
 CUDA_PYTHON = "cuda-python"
 PYCUDA = "pycuda"
@@ -235,11 +238,11 @@ def _release_cuda_python(driver: Any, runtime: Any, device: Any, context: Any, s
 
 # ------------------------------------------------------------------------------------------------------ pycuda
 
-def _pycuda_gpu(pycuda_driver: Any, ordinal: int) -> Tuple[Any, GpuInfo]:
+def _pycuda_gpu(pycuda_driver: Any, ordinal: int) -> Tuple[pycuda_driver.Device, GpuInfo]:
     pycuda_driver.init()
     if pycuda_driver.Device.count() <= ordinal:
         raise EdgeclsError(f"the driver sees no GPU number {ordinal}")
-    device = pycuda_driver.Device(ordinal)
+    device: pycuda_driver.Device = pycuda_driver.Device(ordinal)
     major, minor = device.compute_capability()
     return device, GpuInfo(str(device.name()).strip(), f"{major}.{minor}", int(device.total_memory()), PYCUDA)
 
@@ -260,12 +263,14 @@ class PyCuda:
         import pycuda.driver as pycuda_driver
 
         self.pycuda = pycuda_driver
+        device: pycuda_driver.Device
         device, self.gpu = _pycuda_gpu(pycuda_driver, ordinal)
-        self._context = device.retain_primary_context()
-        self._allocations: List[Any] = []  # device allocations and page-locked host arrays
-        self._streams: List[Any] = []  # the stream lives only here, so that the finalizer destroys it
+        self._context: pycuda_driver.Context = device.retain_primary_context()
+        self._device_allocations: List[pycuda_driver.DeviceAllocation] = []
+        self._host_arrays: List[np.ndarray] = []  # page-locked
+        self._streams: List[pycuda_driver.Stream] = []  # the stream lives only here, so that the finalizer destroys it
         self._release = weakref.finalize(self, _release_pycuda, pycuda_driver, self._context, self._streams,
-                                         self._allocations)
+                                         self._device_allocations, self._host_arrays)
         with self.current():
             self._streams.append(pycuda_driver.Stream())
 
@@ -281,9 +286,10 @@ class PyCuda:
     def allocate(self, shape: Tuple[int, ...], dtype: np.dtype) -> Buffer:
         with self.current():
             host = self.pycuda.pagelocked_empty(shape, dtype)
-            device = self.pycuda.mem_alloc(host.nbytes)
-        self._allocations += [device, host]
-        return Buffer(host, int(device), host.nbytes)
+            allocation: pycuda_driver.DeviceAllocation = self.pycuda.mem_alloc(host.nbytes)
+        self._device_allocations.append(allocation)
+        self._host_arrays.append(host)
+        return Buffer(host, int(allocation), host.nbytes)
 
     def to_device(self, buffer: Buffer, nbytes: int) -> None:
         self.pycuda.memcpy_htod_async(buffer.device, buffer.host.reshape(-1).view(np.uint8)[:nbytes], self.stream)
@@ -292,7 +298,7 @@ class PyCuda:
         self.pycuda.memcpy_dtoh_async(buffer.host.reshape(-1).view(np.uint8)[:nbytes], buffer.device, self.stream)
 
     @property
-    def stream(self) -> Any:
+    def stream(self) -> pycuda_driver.Stream:
         return self._streams[0]
 
     @property
@@ -306,7 +312,8 @@ class PyCuda:
         self._release()
 
 
-def _release_pycuda(pycuda_driver: Any, context: Any, streams: List[Any], allocations: List[Any]) -> None:
+def _release_pycuda(pycuda_driver: Any, context: pycuda_driver.Context, streams: List[Any],
+                    device_allocations: List[Any], host_arrays: List[np.ndarray]) -> None:
     """Free device and page-locked memory and the stream with the context current, then detach from the context.
     Errors are not raised: this also runs from the garbage collector and at exit."""
     try:
@@ -314,10 +321,13 @@ def _release_pycuda(pycuda_driver: Any, context: Any, streams: List[Any], alloca
     except Exception:  # noqa: BLE001 - the context is gone already, and with it what was allocated in it
         return
     try:
-        for allocation in allocations:
-            # a DeviceAllocation frees itself; a page-locked array through its HostAllocation (`base`)
-            (allocation if hasattr(allocation, "free") else allocation.base).free()
-        del allocations[:], streams[:]  # the stream is destroyed here, while its context is current
+        allocation: pycuda_driver.DeviceAllocation
+        for allocation in device_allocations:
+            allocation.free()
+        for array in host_arrays:
+            host_allocation: pycuda_driver.HostAllocation = array.base  # what pagelocked_empty's array lives in
+            host_allocation.free()
+        del device_allocations[:], host_arrays[:], streams[:]  # the stream is destroyed here, with its context current
     finally:
         pycuda_driver.Context.pop()
         context.detach()

@@ -12,6 +12,7 @@ Threads: every call runs with the device's primary context pushed onto the calli
 
 from __future__ import annotations
 
+import logging
 import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
@@ -55,6 +56,27 @@ def tensorrt_problem() -> Optional[str]:
         return (f"the `tensorrt` module found ({getattr(trt, '__path__', '?')}) is not TensorRT's bindings; remove it "
                 "and install TensorRT (JetPack's python3-libnvinfer)")
     return None
+
+
+BOARD_MODEL_FILE = "/proc/device-tree/model"
+
+
+def board_model(path: str = BOARD_MODEL_FILE) -> str:
+    """The board's model from the device tree (e.g. "NVIDIA Jetson AGX Orin Developer Kit"); "" where there is none."""
+    try:
+        return Path(path).read_text(errors="replace").replace("\x00", "").strip()
+    except OSError:
+        return ""
+
+
+def board_warning(plan: Path, built_on: str, here: str) -> Optional[str]:
+    """One line when a plan was built on another board model. Every Orin module reports the GPU "Orin" with compute
+    capability 8.7, so a plan from an AGX Orin passes the GPU check on an Orin Nano; TensorRT chose its kernels for
+    the other board's GPU size and clocks. A warning, not a refusal: the plan does run there."""
+    if not built_on or not here or built_on == here:
+        return None
+    return (f"warning: {plan} was built on a {built_on}, this is a {here}: the same GPU type, but its kernels were "
+            "chosen for the other board; rebuild it here with `edgecls build` for this board's speed")
 
 
 def numpy_dtype(tensorrt_type: str, tensor: str, plan: Path) -> np.dtype:
@@ -139,6 +161,7 @@ class TensorRTRunner(Runner):
         self.trt_version = "?"
         self._open_engine: Optional[_Engine] = None
         self._release: Optional[weakref.finalize] = None
+        self.warnings: list[str] = []  # e.g. a plan built on another board model
 
     @property
     def cuda(self) -> Optional[CudaBinding]:
@@ -174,6 +197,10 @@ class TensorRTRunner(Runner):
         assert manifest is not None  # read by _open first
         gpu = state.cuda.gpu
         check_compatibility(self.path, manifest, self.trt_version, gpu.name, gpu.compute_capability)
+        warning = board_warning(self.path, manifest.board, board_model())
+        if warning:
+            self.warnings.append(warning)
+            logging.getLogger("edgecls").warning(warning)
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         state.runtime = runtime
         if manifest.dla_core is not None:
@@ -210,6 +237,11 @@ class TensorRTRunner(Runner):
         else:
             self.min_batch, self.max_batch = self.manifest.batch["min"], self.manifest.batch["max"]
         for name in names:
+            # the buffers are plain (N, C, H, W) arrays: an I/O tensor in another layout (a DLA plan built with
+            # DIRECT_IO, say) would be read as garbage without an error
+            if engine.get_tensor_format(name) != trt.TensorFormat.LINEAR:
+                raise EdgeclsError(f"{self.path}: tensor {name!r} has the {engine.get_tensor_format(name).name} "
+                                   "layout, not LINEAR; rebuild the engine with `edgecls build`")
             dtype = numpy_dtype(engine.get_tensor_dtype(name).name, name, self.path)
             shape = (self.max_batch, *(int(d) for d in shapes[name][1:]))
             state.buffers[name] = state.cuda.allocate(shape, dtype)
@@ -262,7 +294,10 @@ class TensorRTRunner(Runner):
 
         def run() -> None:
             with state.cuda.current():
-                state.context.set_input_shape(self.input_name, shape)
+                # only when another call changed it (a set_input_shape per timed call would be timed too)
+                if tuple(state.context.get_tensor_shape(self.input_name)) != shape and \
+                        not state.context.set_input_shape(self.input_name, shape):
+                    raise EdgeclsError(f"{self.path} does not accept input of shape {shape}; rebuild it")
                 self._execute(state)
                 state.cuda.synchronize()
 
@@ -280,6 +315,11 @@ class TensorRTRunner(Runner):
             "cuda_helper": cuda.name if cuda else None,
             "built_with": None if built is None else {"tensorrt_version": built.tensorrt_version,
                                                       "gpu_name": built.gpu_name,
-                                                      "compute_capability": built.compute_capability},
+                                                      "compute_capability": built.compute_capability,
+                                                      "board": built.board},
             "batch": {"min": self.min_batch, "max": self.max_batch},
+            "board": board_model(),
+            "layers": None if built is None or built.layers_on_dla is None else {
+                "dla": len(built.layers_on_dla), "gpu": len(built.layers_on_gpu or ())},
+            "warnings": list(self.warnings),
         }

@@ -40,6 +40,7 @@ CUDA_MODULES = ("edgecls/runtime/cuda_memory.py",)
 # Recorded TensorRT name lists: version label -> file. "10.13" is checked with tensorrt-stubs instead (PyPI).
 TENSORRT_LISTS = {
     "8.5.2": "tensorrt-8.5.2.json",   # JetPack 5.1
+    "8.6.1": "tensorrt-8.6.1.json",   # JetPack 6.0 ships 8.6.2; v8.6.1 is the newest 8.6 tag of NVIDIA/TensorRT
     "9.3.0": "tensorrt-9.3.0.json",   # last 9.x (desktop only)
     "10.3.0": "tensorrt-10.3.0.json",  # JetPack 6.1 / 6.2
     "11.4": "tensorrt-11.4.json",     # newest (JetPack 7.2.2+ / desktop)
@@ -267,11 +268,15 @@ follow_imports = skip
 """
 
 
-def run_mypy(modules: Iterable[str], stub_dir: Path, work: Path) -> tuple[int, str]:
-    """mypy on `modules` (paths relative to the repository root) with `stub_dir` first on the search path."""
+def run_mypy(modules: Iterable[str], stub_dir: Path, work: Path, cache: Optional[Path] = None) -> tuple[int, str]:
+    """mypy on `modules` (paths relative to the repository root) with `stub_dir` first on the search path. `cache`
+    (else $EDGECLS_MYPY_CACHE, else a folder in `work`): mypy's incremental cache, which may be shared between runs
+    with different stubs (mypy rechecks what depends on a changed module); sharing it spares re-reading numpy's
+    stubs each time."""
     work.mkdir(parents=True, exist_ok=True)
     config = work / "mypy.ini"
-    config.write_text(MYPY_CONFIG.format(cache=work / "cache"))
+    cache = cache or Path(os.environ.get("EDGECLS_MYPY_CACHE") or work / "cache")
+    config.write_text(MYPY_CONFIG.format(cache=cache))
     env = {**os.environ, "MYPYPATH": str(stub_dir), "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "mypy", "--config-file", str(config), *modules]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -282,17 +287,24 @@ def run_mypy(modules: Iterable[str], stub_dir: Path, work: Path) -> tuple[int, s
 
 
 def missing_build_option_names(api: dict[str, Any], version: str) -> list[str]:
-    """`Enum.MEMBER` names that edgecls.engines.build_options(version, p) returns but the API lacks."""
+    """`Enum.MEMBER` names that edgecls.engines.build_options(version, p, dla) returns but the API lacks, for the GPU
+    and for a DLA (where the version can build one: build_options refuses the others)."""
     sys.path.insert(0, str(ROOT))
     from edgecls.engines import build_options
+    from edgecls.errors import EdgeclsError
 
     missing = []
     for precision in PRECISIONS:
-        options = build_options(version, precision)
-        for enum, names in (("NetworkDefinitionCreationFlag", options.network_flags),
-                            ("BuilderFlag", options.builder_flags)):
-            members = api["enums"].get(enum, {}).get("members", {})
-            missing += [f"{enum}.{name} ({precision})" for name in names if name not in members]
+        for dla in (False, True):
+            try:  # the 11.4 list is the API of 11.4.1 too, the release that has DLA on Orin
+                options = build_options("11.4.1" if dla and version == "11.4" else version, precision, dla=dla)
+            except EdgeclsError:
+                continue  # e.g. fp32 on a DLA: refused before TensorRT is asked
+            for enum, names in (("NetworkDefinitionCreationFlag", options.network_flags),
+                                ("BuilderFlag", options.builder_flags)):
+                members = api["enums"].get(enum, {}).get("members", {})
+                target = "DLA" if dla else "GPU"
+                missing += [f"{enum}.{name} ({precision}, {target})" for name in names if name not in members]
     return missing
 
 
@@ -373,9 +385,27 @@ def _chain(node: ast.AST) -> Optional[list[str]]:
 
 def module_uses(path: str, prefixes: tuple[str, ...] = ("cuda.bindings.",)) -> tuple[list[Use], list[str]]:
     """Every use of a module imported under one of `prefixes` in the file at `path` (relative to the repository),
-    following `import ... as alias`, `from pkg import mod as alias` and `self.attr = alias`. Imports inside an
-    `except ImportError:` block are fallbacks for other versions: they are listed in the second result, not
-    followed."""
+    following `import ... as alias`, `from pkg import mod as alias`, `self.attr = alias`, local aliases of its
+    members (`attribute = driver.CUdevice_attribute`), and names ANNOTATED with one of its classes: a parameter, a
+    local (`device: pycuda_driver.Device = ...`), a `self.x` of the class, or a property's return type
+    (`self.stream` when `def stream(self) -> pycuda_driver.Stream`). `device.retain_primary_context()` is then the
+    use `Device.retain_primary_context`. Imports inside an `except ImportError:` block are fallbacks for other
+    versions: they are listed in the second result, not followed."""
+    tree, bases, fallbacks = _bases(path, prefixes)
+    inner = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    uses = _collect_uses(path, list(ast.walk(tree)), bases, inner)
+    for function, typed in _typed_scopes(tree, bases):
+        nodes = [node for node in ast.walk(function) if not isinstance(node, ast.arg)]
+        uses += _collect_uses(path, nodes, typed, inner)
+    unique = {(u.line, str(u)): u for u in uses}  # a nested function is walked with its parent too
+    return [unique[key] for key in sorted(unique)], fallbacks
+
+
+Base = tuple[str, list[str]]  # (module, the chain inside it): ("pycuda.driver", ["Device"])
+
+
+def _bases(path: str, prefixes: tuple[str, ...]) -> tuple[ast.Module, dict[str, Base], list[str]]:
+    """The file's tree, the names that stand for a bound module or one of its members, and its fallback imports."""
     tree = ast.parse((ROOT / path).read_text(), filename=path)
     aliases: dict[str, str] = {}
     fallbacks: list[str] = []
@@ -404,26 +434,171 @@ def module_uses(path: str, prefixes: tuple[str, ...] = ("cuda.bindings.",)) -> t
                 chain = _chain(target)
                 if chain and len(chain) == 1:
                     aliases[chain[0]] = aliases[node.value.id]
+    bases: dict[str, Base] = {name: (module, []) for name, module in aliases.items()}
+    for node in ast.walk(tree):  # name = alias.member (a local alias of an enum or class)
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            chain = _chain(node.value) if isinstance(node.value, ast.Attribute) else None
+            if chain and chain[0] in aliases and node.targets[0].id not in aliases:
+                bases[node.targets[0].id] = (aliases[chain[0]], chain[1:])
+    return tree, bases, fallbacks
+
+
+def _annotation_base(annotation: Optional[ast.AST], bases: dict[str, Base]) -> Optional[Base]:
+    """The bound class an annotation names (`pycuda_driver.Context`, also as a string), or None."""
+    if isinstance(annotation, ast.Constant) and isinstance(annotation.value, str):
+        try:
+            annotation = ast.parse(annotation.value, mode="eval").body
+        except SyntaxError:
+            return None
+    chain = _chain(annotation) if annotation is not None else None
+    if chain and chain[0] in bases and len(chain) > 1:
+        module, prefix = bases[chain[0]]
+        return module, prefix + chain[1:]
+    return None
+
+
+def _typed_scopes(tree: ast.Module, bases: dict[str, Base]) -> list[tuple[ast.AST, dict[str, Base]]]:
+    """Each function with the names annotated with a bound class in it (its class's `self.x` and properties too)."""
+    class_of: dict[int, dict[str, Base]] = {}
+    for cls in ast.walk(tree):
+        if not isinstance(cls, ast.ClassDef):
+            continue
+        members: dict[str, Base] = {}
+        for node in ast.walk(cls):
+            if isinstance(node, ast.AnnAssign):
+                chain = _chain(node.target)
+                base = _annotation_base(node.annotation, bases)
+                if chain and len(chain) == 1 and chain[0].startswith("self.") and base:
+                    members[chain[0]] = base
+            elif isinstance(node, ast.FunctionDef) and any(_chain(d) == ["property"] for d in node.decorator_list):
+                base = _annotation_base(node.returns, bases)
+                if base:
+                    members[f"self.{node.name}"] = base
+        for node in ast.walk(cls):
+            if isinstance(node, ast.FunctionDef):
+                class_of[id(node)] = members
+    scopes = []
+    for function in ast.walk(tree):
+        if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        typed = dict(class_of.get(id(function), {}))
+        arguments = function.args
+        for argument in arguments.posonlyargs + arguments.args + arguments.kwonlyargs:
+            base = _annotation_base(argument.annotation, bases)
+            if base:
+                typed[argument.arg] = base
+        for node in ast.walk(function):
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                base = _annotation_base(node.annotation, bases)
+                if base:
+                    typed[node.target.id] = base
+        if typed:
+            scopes.append((function, typed))
+    return scopes
+
+
+def _collect_uses(path: str, nodes: list[ast.AST], bases: dict[str, Base], inner: set[int]) -> list[Use]:
     uses: list[Use] = []
     called_funcs: set[int] = set()
-    for node in ast.walk(tree):
+    for node in nodes:
         if isinstance(node, ast.Call):
             chain = _chain(node.func)
-            if chain and chain[0] in aliases and len(chain) > 1:
+            if chain and chain[0] in bases and len(chain) > 1:
                 called_funcs.add(id(node.func))
+                module, prefix = bases[chain[0]]
                 starred = any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords)
-                uses.append(Use(path, node.lineno, aliases[chain[0]], chain[1:], True, len(node.args),
+                uses.append(Use(path, node.lineno, module, prefix + chain[1:], True, len(node.args),
                                 [k.arg for k in node.keywords if k.arg], starred))
-    inner: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute):
-            inner.add(id(node.value))
-    for node in ast.walk(tree):
+    for node in nodes:
         if isinstance(node, ast.Attribute) and id(node) not in inner and id(node) not in called_funcs:
             chain = _chain(node)
-            if chain and chain[0] in aliases and len(chain) > 1 and not isinstance(node.ctx, ast.Store):
-                uses.append(Use(path, node.lineno, aliases[chain[0]], chain[1:], False, 0, [], False))
-    return sorted(uses, key=lambda u: (u.line, str(u))), fallbacks
+            if chain and chain[0] in bases and len(chain) > 1 and not isinstance(node.ctx, ast.Store):
+                module, prefix = bases[chain[0]]
+                uses.append(Use(path, node.lineno, module, prefix + chain[1:], False, 0, [], False))
+    return uses
+
+
+# Calls that make a binding object whose methods the code then calls: the name it is kept in must be annotated with
+# its class, or the contract could not follow those calls.
+OBJECT_FACTORIES = ("retain_primary_context", "make_context", "mem_alloc")
+
+
+def unannotated_binding_objects(path: str, prefixes: tuple[str, ...]) -> list[str]:
+    """`x = alias.SomeClass(...)` or `x = <...>.retain_primary_context()` (OBJECT_FACTORIES) where `x` is not
+    annotated with a bound class: its method calls would escape the contract."""
+    tree, bases, _ = _bases(path, prefixes)
+    typed_in = {id(function): typed for function, typed in _typed_scopes(tree, bases)}
+    problems = []
+    for function in ast.walk(tree):
+        if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        typed = typed_in.get(id(function), {})
+        for node in ast.walk(function):
+            if not (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)):
+                continue
+            chain = _chain(node.value.func)
+            if not chain or len(chain) < 2 or (chain[0] not in bases and chain[0] not in typed):
+                continue
+            if not (chain[-1][:1].isupper() or chain[-1] in OBJECT_FACTORIES):
+                continue
+            for target in node.targets:
+                name = _chain(target)
+                if name and len(name) == 1 and name[0] not in typed:
+                    problems.append(f"{path}:{node.lineno}: {name[0]} = {'.'.join(chain)}(...): annotate "
+                                    f"{name[0]} with its class (e.g. `{name[0]}: {chain[0]}.<Class> = ...`) so the "
+                                    "API contract checks the methods called on it")
+    return problems
+
+
+def guarded_names(path: str, prefixes: tuple[str, ...]) -> list[Use]:
+    """`hasattr(X, "name")` / `getattr(X, "name"[, default])` where X is a bound module, one of its members or an
+    annotated binding object: a use of `X.name` that mypy and the other checks cannot see (a string). A guard
+    exists because a version may lack the name; a name that NO supported version has is a misspelling."""
+    tree, bases, _ = _bases(path, prefixes)
+    scopes = [(tree, bases)] + [(function, {**bases, **typed}) for function, typed in _typed_scopes(tree, bases)]
+    found: dict[tuple[int, str], Use] = {}
+    for scope, names in scopes:
+        for node in ast.walk(scope):
+            if (isinstance(node, ast.Call) and _chain(node.func) in (["hasattr"], ["getattr"]) and len(node.args) >= 2
+                    and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str)):
+                chain = _chain(node.args[0])
+                if chain and chain[0] in names and not node.args[1].value.startswith("__"):  # dunders: Python's
+                    module, prefix = names[chain[0]]
+                    use = Use(path, node.lineno, module, prefix + chain[1:] + [node.args[1].value], False, 0, [], False)
+                    found[(node.lineno, str(use))] = use
+    return list(found.values())
+
+
+def tensorrt_name_exists(api: dict[str, Any], chain: list[str]) -> bool:
+    """Whether `tensorrt.<chain>` exists in a recorded TensorRT list (a module name, or a class's / enum's member)."""
+    if len(chain) == 1:
+        name = chain[0]
+        return (name in api["module"]["attributes"] or name in api["module"]["functions"]
+                or name in api["classes"] or name in api["enums"])
+    owner, name = ".".join(chain[:-1]), chain[-1]
+    if owner in api["enums"]:
+        return name in api["enums"][owner]["members"]
+    if owner in api["classes"]:
+        entry = api["classes"][owner]
+        exported = [member for enum in api["enums"].values() if enum.get("exported_to") == owner
+                    for member in enum["members"]]
+        return name in entry.get("methods", {}) or name in entry.get("properties", {}) or name in exported
+    return False
+
+
+# Tables whose keys are TensorRT enum member NAMES, looked up at run time (`NUMPY_DTYPES[dtype.name]`): a misspelled
+# key would never match, silently. file -> {table: enum}
+NAME_TABLES = {"edgecls/runtime/tensorrt_backend.py": {"NUMPY_DTYPES": "DataType"}}
+
+
+def name_table_keys(path: str, table: str) -> list[str]:
+    """The string keys of a module-level dict literal."""
+    tree = ast.parse((ROOT / path).read_text(), filename=path)
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and any(_chain(t) == [table] for t in node.targets)
+                and isinstance(node.value, ast.Dict)):
+            return [key.value for key in node.value.keys if isinstance(key, ast.Constant) and isinstance(key.value, str)]
+    return []
 
 
 def _arity_problem(use: Use, names: list[str], lo: int, hi: Optional[int]) -> Optional[str]:
