@@ -7,8 +7,11 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from conftest import refusal
 from edgecls.data import Cifar10
+from edgecls.defaults import VALIDATION_SEED
 from edgecls.export import install_set
 from edgecls.formats import BenchResult, ExportSet, Folders, ModelFiles
 from edgecls.int8_budget import ValidationImages
@@ -48,6 +51,19 @@ def test_a_re_export_leaves_one_complete_record_of_its_own_files(tmp_path):
         ExportSet.check_member(out / name, "new2")
 
 
+def test_an_export_stopped_while_installing_leaves_a_record_readers_refuse(tmp_path):
+    """The incomplete record goes in first: a crash between the renames leaves files no reader takes as a set."""
+    out = tmp_path / "export"
+    out.mkdir()
+    files = staged(tmp_path / "staging", **{"new2.onnx": b"fp32", "new2.reference.npz": b"reference"})
+    (tmp_path / "staging" / "new2.reference.npz").unlink()  # its rename will fail, after the fp32 file's
+    with pytest.raises(FileNotFoundError):
+        install_set(ExportSet("new2", "c", files, complete=True), tmp_path / "staging", out)
+    assert ExportSet.read(out / "new2.export.json") == ExportSet("new2", "c", files, complete=False)
+    assert refusal(ExportSet.check_member, out / "new2.onnx", "new2").endswith(
+        "is incomplete), so they may come from two exports; run `edgecls export` again")
+
+
 def dataset(train: int = 30, test: int = 10) -> Cifar10:
     """Training and test images told apart by their first pixel: 0..train-1 for training, 200 + i for the test."""
     train_images = np.zeros((train, 32, 32, 3), np.uint8)
@@ -70,9 +86,14 @@ def test_int8_candidates_are_judged_on_the_held_out_training_images():
 def test_without_a_held_out_split_int8_is_judged_on_a_seeded_training_subset_that_leaves_calibration_room():
     data = dataset(train=30)
     chosen = ValidationImages.choose(data, None, recorded_seed=None, calibration_size=20)
-    assert len(chosen.indices) == 10 and not chosen.held_out  # 30 training images, 20 kept for calibration
+    assert len(chosen.indices) == 10 and chosen.held_out is False  # 30 training images, 20 kept for calibration
     assert chosen.images[:, 0, 0, 0].tolist() == chosen.indices.tolist()  # training images, by position
+    assert chosen.labels.tolist() == data.train_labels[chosen.indices].tolist() and chosen.seed == VALIDATION_SEED
     assert chosen.describe()["seen_in_training"] is True
+    assert len(ValidationImages.choose(data, None, None, calibration_size=29).indices) == 1  # room for one
+    assert refusal(ValidationImages.choose, data, None, None, 30) == (
+        "the 30 training images leave none for validation beside 30 calibration images; pass a smaller "
+        "--calibration-size")
     again = ValidationImages.choose(data, None, recorded_seed=None, calibration_size=20)
     assert again.indices.tolist() == chosen.indices.tolist()
 
