@@ -18,10 +18,11 @@ import platform
 import re
 import shutil
 import socket
+import stat
 import tempfile
 import time
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Collection, Iterable, Iterator
 
 from edgecls.errors import EdgeclsError
 
@@ -70,12 +71,93 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     return folder
 
 
-def check_output_file(path: str | os.PathLike) -> Path:
-    """Refuse, before any long work, an output file that could not be written later: a folder in its place, or a
-    folder that cannot be created or written. Creates nothing."""
+# Where a command prints JSON (`bench --json -`, `doctor --json -`), this name means standard output.
+STDOUT = "-"
+
+# The files of managed artifact sets, recognised by name or by their record's "format" marker: an output of another
+# kind (a bench JSON, a report) never replaces one of them, nor any file the command reads.
+_KIND_BY_ENDING = {".export.json": "export record", ".plan.json": "engine manifest", ".log.jsonl": "training log",
+                   ".pt": "checkpoint", ".onnx": "ONNX model", ".plan": "TensorRT engine",
+                   ".engine": "TensorRT engine", ".npz": "reference logits file"}
+_KIND_BY_MARKER = {"edgecls-checkpoint": "checkpoint", "edgecls-calibration": "calibration record",
+                   "edgecls-int8-report": "int8 report"}
+_MARKER = re.compile(rb'"format"\s*:\s*"(edgecls-[a-z0-9-]+)"')
+
+
+def artifact_kind(path: str | os.PathLike) -> str | None:
+    """Which kind of managed edgecls artifact the regular file `path` is (e.g. "ONNX model", "calibration record"),
+    or None for any other file. Reads at most the first 4 KB (a record's marker comes first)."""
+    name = Path(path).name.lower()
+    for ending, kind in _KIND_BY_ENDING.items():
+        if name.endswith(ending):
+            return kind
+    if name.endswith(".json"):
+        try:
+            with open(path, "rb") as handle:
+                found = _MARKER.search(handle.read(4096))
+        except OSError:
+            return None
+        if found is not None:
+            return _KIND_BY_MARKER.get(found[1].decode(), "edgecls record")
+    return None
+
+
+def _file_type(mode: int) -> str:
+    for test, name in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def output_target(path: str | os.PathLike) -> Path:
+    """The file a write to `path` replaces: `path` itself, or, when `path` is a symbolic link, the file it points to
+    (links are written through, like the shell's `>`: the link stays and its target gets the new contents)."""
     target = Path(path)
-    if target.is_dir():
-        raise EdgeclsError(f"{target} is a folder; give a file name for the output")
+    return Path(os.path.realpath(target)) if target.is_symlink() else target
+
+
+def check_output_file(path: str | os.PathLike, inputs: Iterable[str | os.PathLike | None] = (),
+                      writes: Collection[str] = (), stdout_ok: bool = False) -> Path:
+    """Refuse, before any work, an output file that must not or could not be written; creates nothing.
+
+    Refused: a path that is one of the command's `inputs` (the same file under any name); an existing file that is not
+    a regular file (a device such as /dev/null, a FIFO, a socket, a folder); a file of a managed artifact set whose
+    kind (`artifact_kind`) is not one of the kinds the command `writes`; a folder that cannot be created or written.
+    A symbolic link is written through (`output_target`): these checks apply to the file it points to.
+    `stdout_ok`: the command takes `-` for standard output, which the message then suggests for a device.
+    Returns the file to write.
+    """
+    given = Path(path)
+    target = output_target(given)
+    shown = str(given) if target == given else f"{given} (a link to {target})"
+    try:
+        info = os.stat(given)  # follows the link to what it names, even a pipe behind /dev/stdout
+    except (FileNotFoundError, NotADirectoryError):  # a new name (a file on the way is explained below)
+        info = None
+    except OSError as exc:
+        raise EdgeclsError(f"cannot write {shown} ({exc.strerror}); choose another path") from exc
+    if info is not None and stat.S_ISDIR(info.st_mode):
+        raise EdgeclsError(f"{shown} is a folder; give a file name for the output")
+    if info is not None and not stat.S_ISREG(info.st_mode):
+        also = f", or {STDOUT} for standard output" if stdout_ok else ""
+        raise EdgeclsError(f"{shown} is {_file_type(info.st_mode)}, not a regular file: edgecls writes an output by "
+                           f"replacing a regular file or creating a new one; give a file name{also}")
+    if info is not None:
+        for source in inputs:
+            if source is None:
+                continue
+            try:
+                same = os.path.samefile(source, target)
+            except OSError:
+                continue
+            if same:
+                raise EdgeclsError(f"{shown} is {source}, an input of this command: writing the output there would "
+                                   "destroy it; give another file name")
+        kind = artifact_kind(target)
+        if kind is not None and kind not in writes:
+            raise EdgeclsError(f"{shown} is an edgecls {kind}, which this command does not write: it will not be "
+                               "replaced; give another file name")
     existing = target.parent.absolute()
     while not existing.exists():
         existing = existing.parent
@@ -128,7 +210,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
     A reader therefore sees either the old file or the complete new one, never a half-written file; a full disk
     is an EdgeclsError naming the folder, and the old file stays.
     """
-    target = Path(path)
+    _refuse_special(Path(path))
+    target = output_target(path)
     with _temporary_file(target, mode) as (handle, temporary):
         yield handle
     try:
@@ -137,6 +220,18 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
         raise
+
+
+def _refuse_special(target: Path) -> None:
+    """The last guard of every write: renaming a new file over a device, a FIFO or a socket would replace the node
+    itself (as root, /dev/null), so only a regular file or a new name is ever replaced."""
+    try:
+        mode = os.stat(target).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        raise EdgeclsError(f"{target} is {_file_type(mode)}, not a regular file; edgecls replaces only regular files: "
+                           "give a file name")
 
 
 def copy_beside(source: str | os.PathLike, destination: str | os.PathLike) -> Path:

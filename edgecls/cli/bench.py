@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import click
 
+from edgecls.artifacts import STDOUT
 from edgecls.cli.common import DATA_HELP, check_input_file
 from edgecls.defaults import (BENCH_ALL_BATCH_SIZES, BENCH_ALL_DURATION_S, BENCH_ALL_WARMUP_S, BENCH_BATCH_SIZES,
                               BENCH_DURATION_S, BENCH_MAX_BATCH, BENCH_WARMUP_S, ENGINES_DIR, EXPORT_DIR,
@@ -49,7 +51,9 @@ PROVIDER_HELP = f"ONNX Runtime provider: {', '.join(ONNX_PROVIDERS)}."
 @click.option("--device", help="Device for checkpoints: cpu, cuda. Default: cuda when available.")
 @click.option("--export-dir", default=EXPORT_DIR, show_default=True, help="With --all: where the ONNX files are.")
 @click.option("--engines-dir", default=ENGINES_DIR, show_default=True, help="With --all: where the TensorRT plans are.")
-@click.option("--json", "json_path", help="Also write every figure, with the environment, to this JSON file.")
+@click.option("--json", "json_path", is_flag=False, flag_value=STDOUT, metavar="FILE",
+              help="Also write every figure, with the environment, to this JSON file; - (or --json alone) prints the "
+                   "JSON on stdout and the table on stderr. It never replaces an input or an edgecls artifact.")
 @click.option("--max-drop", type=float, metavar="POINTS",
               help="Exit 1 if accuracy is more than POINTS below the reference's.")
 @click.option("--min-agreement", type=float, metavar="PERCENT",
@@ -86,20 +90,23 @@ def bench(engine: str | None, all_checkpoint: str | None, data: str | None, refe
         check_input_file(engine, "model file")
     if reference is not None:
         check_input_file(reference, "reference")
-    if json_path:
-        check_output_file(json_path)
+    to_stdout = json_path == STDOUT
+    if json_path and not to_stdout:
+        check_output_file(json_path, inputs=(engine, all_checkpoint, reference, data), stdout_ok=True)
     progress = sys.stderr.isatty()
     dataset = load_cifar10(data)
     if all_checkpoint:
         result = bench_all(all_checkpoint, dataset, reference, export_dir=export_dir, engines_dir=engines_dir,
                            timing=timing, options=options, gate=gate, progress=progress)
-        click.echo(format_all(result))
+        click.echo(format_all(result), err=to_stdout)
         passed = result["passed"]
     else:
         result = bench_model(engine, dataset, reference, timing=timing, options=options, gate=gate, progress=progress)
         passed = result["gates"]["passed"]
-        click.echo(format_report(result))
-    if json_path:
+        click.echo(format_report(result), err=to_stdout)
+    if to_stdout:
+        click.echo(json.dumps(json_ready(result), indent=2))
+    elif json_path:
         write_json(json_path, json_ready(result))
         click.echo(f"figures written to {json_path}")
     if not passed:
