@@ -17,8 +17,10 @@ import os
 import platform
 import re
 import shutil
+import signal
 import socket
 import stat
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -258,6 +260,20 @@ def staging_dir(folder: str | os.PathLike, label: str) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def temporary_files_in(folder: str | os.PathLike) -> Iterator[None]:
+    """Meanwhile, what libraries write to the system's temporary folder (ONNX Runtime's quantization makes
+    $TMPDIR/pre.quant.* and ort.quant.*) goes into `folder`: a staging folder, which the sweep removes when the
+    process is killed. Not for threads that write temporary files of their own meanwhile (tempfile's setting is
+    process-wide)."""
+    saved = tempfile.tempdir
+    tempfile.tempdir = str(folder)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = saved
+
+
 def sweep_abandoned(folder: str | os.PathLike) -> list[Path]:
     """Remove the temporary files and staging folders in `folder` whose owner is gone: a process of this machine
     that no longer runs, or, for another machine's, anything older than STALE_AFTER_S. Returns what was removed."""
@@ -308,6 +324,18 @@ def _process_running(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def end_with_parent(parent_pid: int) -> None:
+    """Run first in a worker process (a pool's initializer): Linux kills it with SIGKILL when its parent dies
+    (PR_SET_PDEATHSIG), so that no worker outlives a command killed with kill -9; a parent already gone ends it now."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -346,3 +374,58 @@ def library_versions(*modules: str) -> dict[str, str]:
         except Exception:  # not installed: simply not recorded
             continue
     return versions
+
+
+# The largest JSON record edgecls reads (its own are a few MB at most) and the most an .npz may declare: a hostile
+# or wrong file (/dev/zero, a 10^8 x 10 array in a 4 MB archive) is refused before it is read or allocated.
+MAX_RECORD_BYTES = 64 << 20
+MAX_ARRAYS_BYTES = 512 << 20
+
+
+def check_regular_file(path: str | os.PathLike, what: str) -> os.stat_result:
+    """Refuse, before opening it, a file that is not a regular file (a FIFO would block the read forever, a device
+    such as /dev/zero never ends); FileNotFoundError passes through for the caller's own message."""
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise EdgeclsError(f"{what} {path} is {_file_type(info.st_mode)}, not a regular file; give the file itself")
+    return info
+
+
+def read_bounded(path: str | os.PathLike, what: str, limit: int = MAX_RECORD_BYTES) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes, else one line naming it (checked before reading, and
+    while reading: a file that grows meanwhile is cut off at the limit and refused)."""
+    if check_regular_file(path, what).st_size > limit:
+        raise EdgeclsError(f"{what} {path} is larger than {limit >> 20} MB, far larger than any edgecls {what}; "
+                           "check the path")
+    with open(path, "rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise EdgeclsError(f"{what} {path} is larger than {limit >> 20} MB; check the path")
+    return data
+
+
+def check_npz_sizes(path: str | os.PathLike, what: str, limit: int = MAX_ARRAYS_BYTES) -> None:
+    """Refuse an .npz archive whose arrays declare more than `limit` bytes in all, from their headers alone, before
+    numpy allocates them. Damaged archives pass through: numpy's reader reports them."""
+    import zipfile
+
+    import numpy as np
+
+    check_regular_file(path, what)
+    total = 0
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.infolist():
+                if not member.filename.endswith(".npy"):
+                    continue
+                with archive.open(member) as handle:
+                    version = np.lib.format.read_magic(handle)
+                    reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                        np.lib.format.read_array_header_2_0
+                    shape, _, dtype = reader(handle)
+                total += int(np.prod(shape, dtype=object)) * dtype.itemsize
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError):
+        return
+    if total > limit:
+        raise EdgeclsError(f"{what} {path} declares {total / (1 << 20):,.0f} MB of arrays, more than the "
+                           f"{limit >> 20} MB any edgecls {what} holds; check the path")

@@ -23,7 +23,7 @@ import onnx
 from onnx import numpy_helper
 
 from edgecls.artifacts import (copy_beside, ensure_writable_dir, is_storage_error, sha256_file, staging_dir,
-                               storage_error, utc_now)
+                               storage_error, temporary_files_in, utc_now)
 from edgecls.data import digest_rows
 from edgecls.defaults import (CALIBRATION_DIR, CALIBRATION_METHODS, DEFAULT_CALIBRATION_SEED, DEFAULT_CALIBRATION_SIZE,
                               DEFAULT_METHOD, DEFAULT_OPSET, EXPORT_DIR)
@@ -228,7 +228,7 @@ def export_model(checkpoint_path: str | os.PathLike, out_dir: str | os.PathLike 
     name = checkpoint.model_name
     model = checkpoint.build_model()
     report = ExportReport(name, {}, None, [])
-    with staging_dir(out, "export") as staging, contextlib.ExitStack() as cleanup:
+    with staging_dir(out, "export") as staging, temporary_files_in(staging), contextlib.ExitStack() as cleanup:
         try:
             reference = ReferenceLogits(
                 torch_logits(model, dataset.test_images, checkpoint.preprocess, batch_size=PARITY_BATCH),

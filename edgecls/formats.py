@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Collection, Iterator, Mapping, Optional, Seque
 
 import numpy as np
 
-from edgecls.artifacts import atomic_write, sha256_file, write_json
+from edgecls.artifacts import atomic_write, check_npz_sizes, read_bounded, sha256_file, write_json
 from edgecls.defaults import PRECISIONS
 from edgecls.errors import EdgeclsError, first_line
 from edgecls.preprocess import Preprocessing
@@ -37,7 +37,7 @@ FORMAT_VERSION = 1  # of every record below; each file says which version wrote 
 def _json_object(path: Path, what: str, fix: str, missing: str) -> dict:
     """The JSON object in `path`, or one line naming the file: `missing` when there is none, else what is wrong."""
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(read_bounded(path, what))  # a FIFO or /dev/zero is refused, not read forever
     except FileNotFoundError as exc:
         raise EdgeclsError(missing) from exc
     except (OSError, ValueError) as exc:  # ValueError: not UTF-8, or not JSON
@@ -290,6 +290,7 @@ class ReferenceLogits:
         path = Path(path)
         fix = "export the model again"
         try:
+            check_npz_sizes(path, "reference")  # declared shapes, before numpy allocates them
             with np.load(path, allow_pickle=False) as archive:
                 arrays = {key: archive[key] for key in ("logits", "labels", "digests", "meta")}
             meta = json.loads(str(arrays["meta"]))

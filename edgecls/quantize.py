@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, replace
@@ -416,9 +417,28 @@ class ImageBatches:
         return next(self._batches, None)
 
 
+def check_ranges(ranges: Any, source: str) -> None:
+    """Refuse tensor ranges that are not finite numbers with low <= high: ONNX Runtime would turn an infinite one into
+    NaN scales (an int8 file whose every output is NaN) and a NaN one into an AssertionError."""
+    data = ranges.get("data") if isinstance(ranges, dict) else None
+    if not isinstance(data, dict) or not data:
+        raise EdgeclsError(f"{source} holds no tensor ranges; drop --calibration-cache to recalibrate")
+    for tensor, entry in data.items():
+        bounds = [entry.get(side) if isinstance(entry, dict) else None for side in ("lowest", "highest")]
+        values = [bound.get("data") if isinstance(bound, dict) else bound for bound in bounds]
+        try:
+            low, high = (float(np.asarray(value, dtype=np.float64).reshape(-1)[0]) for value in values)
+        except (TypeError, ValueError, IndexError):
+            low, high = math.nan, math.nan
+        if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+            raise EdgeclsError(f"{source}: tensor {tensor!r} has the range {values[0]!r} to {values[1]!r}, not two "
+                               "finite numbers, lowest first; drop --calibration-cache to recalibrate")
+
+
 def load_calibration_record(path: str | os.PathLike, metadata: ModelMetadata, method: str) -> CalibrationRecord:
     """Read a calibration record and make sure it belongs to this model and method."""
     record = CalibrationRecord.read(path)
+    check_ranges(record.ranges, f"calibration cache {path}")
     if record.checkpoint_sha256 != metadata.checkpoint_sha256:
         raise EdgeclsError(f"calibration cache {path} was computed for another checkpoint "
                            f"({record.checkpoint_sha256[:12]}...); drop --calibration-cache to recalibrate")

@@ -4,10 +4,14 @@ each holding every example the adversarial round found."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -132,3 +136,225 @@ def test_a_failed_command_creates_no_folder(tmp_path, new2_export, monkeypatch):
     code, output = run_cli("report", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "named" / "r.html"))
     assert code == 2 and output.startswith("error: ")
     assert sorted(path.name for path in tmp_path.iterdir()) == []
+
+
+# ================================================================================ 3. metadata checked against the graph
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+GOOD_PREPROCESS = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "class_names": CLASSES, "input_size": 32,
+                   "crop_size": 28, "channel_order": "RGB", "layout": "NCHW"}
+
+
+def small_onnx(path: Path, width: int = 10, extra_input: bool = False, input_type: str = "float",
+               **preprocess: object) -> Path:
+    """A real, runnable ONNX classifier (channel means times a 3 x width matrix) whose edgecls metadata carries
+    `preprocess` over a valid record: the hostile files of the adversarial round, made in milliseconds."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    elem = {"float": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}[input_type]
+    inputs = [helper.make_tensor_value_info("images", elem, ["batch", 3, 28, 28])]
+    nodes = [helper.make_node("Cast", ["images"], ["as_float"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceMean", ["as_float"], ["means"], axes=[2, 3], keepdims=0)]
+    if extra_input:
+        inputs.append(helper.make_tensor_value_info("scale", TensorProto.FLOAT, [1]))
+        nodes.append(helper.make_node("Mul", ["means", "scale"], ["scaled"]))
+    nodes.append(helper.make_node("MatMul", ["scaled" if extra_input else "means", "weights"], ["logits"]))
+    weights = numpy_helper.from_array(np.arange(3 * width, dtype=np.float32).reshape(3, width) / 10, "weights")
+    graph = helper.make_graph(nodes, "small", inputs,
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", width])],
+                              [weights])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    record = {"format_version": 1, "model": "new2", "precision": "fp32", "input_name": "images",
+              "output_name": "logits", "preprocess": {**GOOD_PREPROCESS, **preprocess},
+              "checkpoint_sha256": "0" * 64, "data_fingerprint": "0" * 16}
+    model.metadata_props.add(key="edgecls", value=json.dumps(record))
+    onnx.save(model, path)
+    return path
+
+
+def test_every_model_is_checked_against_its_graph_at_load(tmp_path):
+    from edgecls.runtime import load
+
+    with load(small_onnx(tmp_path / "good.onnx")) as classifier:  # the hostile files below differ in one thing each
+        assert classifier.classify(np.zeros((2, 32, 32, 3), np.uint8)).logits.shape == (2, 10)
+    refusals = {
+        "five.onnx": ({"width": 5}, "output 'logits' has shape ['batch', 5], but its metadata names 10 classes"),
+        "twenty.onnx": ({"class_names": CLASSES * 2}, "output 'logits' has shape ['batch', 10], but its metadata "
+                                                      "names 20 classes"),
+        "nonames.onnx": ({"class_names": []}, "class_names must be a non-empty list of names"),
+        "bgr.onnx": ({"channel_order": "BGR"}, "channel order 'BGR'"),
+        "nhwc.onnx": ({"layout": "NHWC"}, "layout 'NHWC'"),
+        "zerostd.onnx": ({"std": [0.25, 0.0, 0.25]}, "std must be above 0 for every channel"),
+        "nanstd.onnx": ({"std": [0.25, float("nan"), 0.25]}, "std must be 3 finite numbers"),
+        "infmean.onnx": ({"mean": [0.5, float("inf"), 0.5]}, "mean must be 3 finite numbers"),
+        "twomeans.onnx": ({"mean": [0.5, 0.5]}, "mean must be 3 finite numbers"),
+        "size0.onnx": ({"input_size": 0}, "sizes must satisfy 1 <= crop_size <= input_size <= 4096"),
+        "huge.onnx": ({"input_size": 100000}, "sizes must satisfy 1 <= crop_size <= input_size <= 4096"),
+        "second.onnx": ({"extra_input": True}, "has 2 inputs (images, scale); an edgecls model takes one"),
+        "half.onnx": ({"input_type": "float16"}, "input 'images' is float16; edgecls models take and give float32"),
+    }
+    for name, (change, message) in refusals.items():
+        with pytest.raises(EdgeclsError) as info:
+            load(small_onnx(tmp_path / name, **change))
+        assert message in str(info.value) and name in str(info.value), (name, str(info.value))
+    from PIL import Image
+
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "cat.png")
+    code, output = run_cli("predict", str(tmp_path / "cat.png"), "--engine", str(tmp_path / "nanstd.onnx"))
+    assert code == 2 and "std must be 3 finite numbers" in error_line(output)
+
+
+def test_calibration_ranges_must_be_finite(tmp_path, new2_export):
+    from edgecls.quantize import quantize_int8
+
+    record = json.loads(new2_export.calibration.read_text())
+    tensor = next(iter(record["ranges"]["data"]))
+    for bad in (float("inf"), float("-inf"), float("nan"), "high"):
+        broken = json.loads(json.dumps(record))
+        broken["ranges"]["data"][tensor]["lowest"] = bad
+        cache = tmp_path / "cache.json"
+        cache.write_text(json.dumps(broken))
+        with pytest.raises(EdgeclsError) as info:
+            quantize_int8(new2_export.files["fp32"], tmp_path / "int8.onnx", cache=cache, work_dir=tmp_path)
+        assert str(info.value).startswith(f"calibration cache {cache}: tensor {tensor!r} has the range ")
+        assert "not two finite numbers" in str(info.value) and not (tmp_path / "int8.onnx").exists()
+
+
+# ================================================================================ 4. no hang, bounded memory
+
+@contextlib.contextmanager
+def finishes_within(seconds: int):
+    """Fail (instead of hanging the suite) when the block blocks: a FIFO read would wait for ever."""
+    def expired(*_: object) -> None:
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_special_files_and_oversized_declarations_are_refused_unread(tmp_path, tiny_cifar, new2_export):
+    from edgecls.data import load_cifar10
+    from edgecls.formats import ReferenceLogits
+    from edgecls.quantize import quantize_int8
+    from conftest import write_image_folder
+
+    small = tiny_cifar.subset(10, 10, seed=0)
+    for special in ("fifo", "zero"):
+        tree = write_image_folder(small, tmp_path / special)
+        planted = next((tree / "train").iterdir()) / "x.jpg"
+        os.mkfifo(planted) if special == "fifo" else planted.symlink_to("/dev/zero")
+        with finishes_within(20), pytest.raises(EdgeclsError) as info:
+            load_cifar10(tree, cache=False)
+        kind = "a named pipe (FIFO)" if special == "fifo" else "a character device"
+        assert str(info.value) == f"data file {planted} is {kind}, not a regular file; give the file itself"
+    fifo = tmp_path / "cache.fifo.json"
+    os.mkfifo(fifo)
+    for cache in ("/dev/zero", fifo):
+        with finishes_within(20), pytest.raises(EdgeclsError, match="not a regular file"):
+            quantize_int8(new2_export.files["fp32"], tmp_path / "int8.onnx", cache=cache, work_dir=tmp_path)
+    # a 2 KB reference archive that declares 10^8 x 10 float32 logits: refused from its headers
+    import zipfile
+
+    bomb = tmp_path / "bomb.reference.npz"
+    with zipfile.ZipFile(bomb, "w") as archive:
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                      "shape": (10**8, 10)})
+        archive.writestr("logits.npy", header.getvalue() + b"\0" * 1024)
+    with finishes_within(20), pytest.raises(EdgeclsError, match="declares 3,815 MB of arrays, more than the 512 MB"):
+        ReferenceLogits.read(bomb)
+    assert ReferenceLogits.read(new2_export.reference).logits.shape[1] == 10  # a real one still reads
+
+
+def test_every_option_is_finite_and_bounded_before_work(tmp_path, new2_export):
+    model = str(new2_export.files["fp32"])
+    nowhere = str(tmp_path / "no-data")  # were the option accepted, the error would name the data instead
+    for args, message in (
+            (["--duration", "inf"], "timing duration inf s and warm-up"),
+            (["--duration", "nan"], "timing duration nan s and warm-up"),
+            (["--warmup", "inf"], "warm-up inf s must each be a number of seconds from 0 to 3600"),
+            (["--warmup", "nan"], "warm-up nan s must each be"),
+            (["--threads", "1000000"], "threads must be a whole number from 1 to 1024, got 1000000")):
+        code, output = run_cli("bench", "--engine", model, "--data", nowhere, *args)
+        assert code == 2 and message in error_line(output), output
+    code, output = run_cli("train", "--seed", str(2**32), "--data", nowhere)
+    assert code == 2 and error_line(output) == f"error: --seed {2**32} is too large; use a whole number from 0 to " \
+                                               f"{2**32 - 1}"
+    code, output = run_cli("export", "--checkpoint", model, "--calibration-seed", str(2**40), "--data", nowhere)
+    assert code == 2 and "calibration seed 1099511627776 is too large" in error_line(output)
+
+
+WORKERS_KILLED_WITH_PARENT = '''
+import os, sys, time
+import edgecls.data as data
+
+def slow_chunk(blobs):
+    with open(sys.argv[1], "a") as pids:
+        pids.write(f"{os.getpid()}\\n")
+    time.sleep(120)
+
+data._decode_chunk = slow_chunk
+data.decode_images([("x.png", b"")] * 4000, workers=2)
+'''
+
+
+def test_decode_workers_end_with_a_killed_parent(tmp_path):
+    pids = tmp_path / "pids"
+    parent = subprocess.Popen([sys.executable, "-c", WORKERS_KILLED_WITH_PARENT, str(pids)], env=cli_env(tmp_path),
+                              stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(workers) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            workers = [int(line) for line in pids.read_text().split()] if pids.exists() else []
+        assert len(workers) == 2, "the workers did not start"
+        parent.kill()
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(alive(pid) for pid in workers)
+    finally:
+        parent.kill()
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def test_onnx_runtime_temporary_files_stay_in_the_staging_folder(tmp_path, new2_export, monkeypatch):
+    import tempfile
+
+    from edgecls.artifacts import temporary_files_in
+    from edgecls.quantize import quantize_int8
+
+    made: list[str] = []
+    original = tempfile.mkdtemp
+
+    def recorded(*args: object, **kwargs: object) -> str:
+        made.append(original(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(tempfile, "mkdtemp", recorded)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    with temporary_files_in(staging):  # as export_model wraps its staging folder
+        quantize_int8(new2_export.files["fp32"], staging / "int8.onnx", cache=new2_export.calibration)
+    names = [Path(path).name for path in made]
+    assert any(name.startswith("pre.quant.") for name in names), names  # ONNX Runtime's own, in $TMPDIR by default
+    assert all(Path(path).parent == staging for path in made), made

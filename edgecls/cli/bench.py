@@ -47,7 +47,8 @@ PROVIDER_HELP = f"ONNX Runtime provider: {', '.join(ONNX_PROVIDERS)}."
 @click.option("--warmup", type=click.FloatRange(min=0), help=f"Seconds of warm-up before each timing.  "
                                                              f"[default: {BENCH_WARMUP_S:g}; with --all: {BENCH_ALL_WARMUP_S:g}]")
 @click.option("--provider", default="cpu", show_default=True, help=PROVIDER_HELP)
-@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime / PyTorch (default: theirs).")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="CPU threads for ONNX Runtime / PyTorch, at most 1024 (default: theirs).")
 @click.option("--device", help="Device for checkpoints: cpu, cuda. Default: cuda when available.")
 @click.option("--export-dir", default=EXPORT_DIR, show_default=True, help="With --all: where the ONNX files are.")
 @click.option("--engines-dir", default=ENGINES_DIR, show_default=True, help="With --all: where the TensorRT plans are.")
@@ -73,6 +74,7 @@ def bench(engine: str | None, all_checkpoint: str | None, data: str | None, refe
     from edgecls.bench import json_ready
     from edgecls.data import load_cifar10
     from edgecls.metrics import Gate
+    from edgecls.runtime.base import check_threads
     from edgecls.timing import TimingSettings
 
     if (engine is None) == (all_checkpoint is None):
@@ -81,7 +83,7 @@ def bench(engine: str | None, all_checkpoint: str | None, data: str | None, refe
     overrides = {"batch_sizes": _batch_sizes(batch_sizes) if batch_sizes else None, "duration": duration,
                  "warmup": warmup}
     timing = replace(timing, **{key: value for key, value in overrides.items() if value is not None})
-    options = RunnerOptions(provider=provider, threads=threads, device=device)
+    options = RunnerOptions(provider=provider, threads=check_threads(threads), device=device)
     gate = Gate(max_drop=max_drop, min_agreement=min_agreement)
     # Every file named is checked before the data is read and the bench runs: the cheapest, most specific first.
     if all_checkpoint:
