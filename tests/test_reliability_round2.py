@@ -358,3 +358,60 @@ def test_onnx_runtime_temporary_files_stay_in_the_staging_folder(tmp_path, new2_
     names = [Path(path).name for path in made]
     assert any(name.startswith("pre.quant.") for name in names), names  # ONNX Runtime's own, in $TMPDIR by default
     assert all(Path(path).parent == staging for path in made), made
+
+
+# ================================================================================ 5. one line, never a traceback
+
+def test_the_python_api_misused_names_the_argument(new2_export):
+    from edgecls.runtime import Classifier, load, open_runner
+
+    model = new2_export.files["fp32"]
+    with pytest.raises(EdgeclsError, match=r"runner must be an edgecls Runner .* got 'x.onnx'; to open a model file, "
+                                           r"use Classifier.load\(path\)"):
+        Classifier("x.onnx")
+    for size in (2.5, "8", True, 0):
+        with pytest.raises(EdgeclsError, match=f"batch_size must be a whole number of at least 1, got {size!r}"):
+            Classifier.load(model, batch_size=size)
+    with pytest.raises(EdgeclsError, match="provider must be a name such as 'cpu', 'cuda', 'tensorrt', got None"):
+        load(model, provider=None)
+    with pytest.raises(EdgeclsError, match="threads must be a whole number from 1 to 1024, got 1000000"):
+        load(model, threads=10**6)
+    with pytest.raises(EdgeclsError, match="path must be a str or pathlib.Path naming a model file, got b'x.onnx'"):
+        open_runner(b"x.onnx")
+    with load(model) as classifier:
+        with pytest.raises(EdgeclsError, match=r"expected uint8 images shaped .* got an array of shape \(\)"):
+            classifier.classify(np.array(7, np.uint8))
+        with pytest.raises(EdgeclsError, match=r"images of shape \(8, 3, 32, 3\) look channels-first"):
+            classifier.classify(np.zeros((8, 3, 32, 3), np.uint8))
+        good = classifier.preprocess(np.zeros((2, 32, 32, 3), np.uint8))
+        assert classifier.run_preprocessed(good).shape == (2, 10)
+        for wrong, shown in ((good.astype(np.float64), "float64 array of shape (2, 3, 28, 28)"),
+                             (good[:, :, :, :27], "float32 array of shape (2, 3, 28, 27)"),
+                             (good[0], "float32 array of shape (3, 28, 28)"), ([1.0], "list")):
+            with pytest.raises(EdgeclsError) as info:
+                classifier.run_preprocessed(wrong)
+            assert str(info.value) == ("run_preprocessed takes a float32 array of shape (N, 3, 28, 28) with N from 1 "
+                                       f"to 256 (as preprocess() makes), got a {shown}")
+
+
+def test_odd_environments_still_give_one_line(tmp_path, trained_checkpoint, tiny_data_dir):
+    import resource
+
+    env = cli_env(tmp_path)
+    # a memory limit too small for libtorch: one line saying what ran out, exit 2
+    limited = subprocess.run([sys.executable, "-m", "edgecls", "train", "--data", str(tiny_data_dir)],
+                             capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path,
+                             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (700 << 20, 700 << 20)))
+    assert limited.returncode == 2 and "Traceback" not in limited.stderr, limited.stderr
+    assert limited.stderr.strip().splitlines()[-1].startswith("error: ") and "memory" in limited.stderr
+    # stderr closed: the error cannot be shown, the exit code still says it
+    closed = subprocess.run([sys.executable, "-m", "edgecls", "bench", "--engine", str(tmp_path / "none.onnx")],
+                            stderr=subprocess.DEVNULL, env=env, timeout=120, pass_fds=(),
+                            preexec_fn=lambda: os.close(2))
+    assert closed.returncode == 2
+    # a terminal that cannot show "Δ": plain ASCII, after the export's files are installed
+    done = subprocess.run([sys.executable, "-m", "edgecls", "export", "--checkpoint", str(trained_checkpoint("new2")),
+                           "--data", str(tiny_data_dir), "--out", str(tmp_path / "export")],
+                          capture_output=True, env={**env, "PYTHONIOENCODING": "latin-1"}, timeout=300)
+    assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr.decode("latin-1")
+    assert b"max |d logit|" in done.stdout and (tmp_path / "export" / "new2.onnx").is_file()
