@@ -33,9 +33,23 @@ _STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 # A temporary file or staging folder whose owner cannot be checked (another machine sharing the folder) is
 # abandoned once it is this old: no edgecls write takes a day.
 STALE_AFTER_S = 24 * 3600
-_HOST = hashlib.blake2b(socket.gethostname().encode(), digest_size=3).hexdigest()
-# .<label>.<host>-<pid>-<8 random characters from tempfile>.tmp
-_TEMPORARY_NAME = re.compile(r"\.(?P<label>.+)\.(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-[a-z0-9_]{8}\.tmp")
+
+
+def _process_space() -> str:
+    """This machine and the process-id space its process ids belong to: the host name and, where there is one, the
+    PID namespace (a container on the same host, with the same host name, numbers its processes apart)."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return hashlib.blake2b(f"{socket.gethostname()}\0{namespace}".encode(), digest_size=3).hexdigest()
+
+
+_HOST = _process_space()
+# .<label>.<host>-<pid>-<start>-<8 random characters from tempfile>.tmp; <start> (the process's start time, in clock
+# ticks since boot) tells the owner from a later process that reuses its id; names without it are older edgecls's.
+_TEMPORARY_NAME = re.compile(r"\.(?P<label>.+)\.(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-(?:(?P<start>\d+)-)?"
+                             r"[a-z0-9_]{8}\.tmp")
 
 
 def storage_error(exc: OSError, folder: str | os.PathLike, writing: str) -> EdgeclsError:
@@ -178,7 +192,8 @@ def check_output_file(path: str | os.PathLike, inputs: Iterable[str | os.PathLik
 
 def temporary_prefix(label: str) -> str:
     """The start of a temporary name for `label`: it says which machine and process own it (`sweep_abandoned`)."""
-    return f".{label}.{_HOST}-{os.getpid()}-"
+    pid = os.getpid()
+    return f".{label}.{_HOST}-{pid}-{_start_time(pid) or 0}-"
 
 
 @contextlib.contextmanager
@@ -299,12 +314,23 @@ def sweep_abandoned(folder: str | os.PathLike) -> list[Path]:
 
 def _abandoned(match: re.Match, entry: os.DirEntry) -> bool:
     pid = int(match["pid"])
-    if match["host"] == _HOST and pid != os.getpid() and not _process_running(pid):
-        return True
+    if match["host"] == _HOST:
+        running = pid == os.getpid() or _process_running(pid)
+        started = _start_time(pid) if running else None
+        if not running or (match["start"] not in (None, "0") and started is not None and str(started) != match["start"]):
+            return True  # its owner is gone, or its id now belongs to a later process
     try:
         return time.time() - entry.stat(follow_symlinks=False).st_mtime > STALE_AFTER_S
     except OSError:
         return False
+
+
+def _start_time(pid: int) -> int | None:
+    """When process `pid` started, in clock ticks since boot (/proc/<pid>/stat, field 22); None where unknown."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _process_running(pid: int) -> bool:

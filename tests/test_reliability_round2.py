@@ -415,3 +415,48 @@ def test_odd_environments_still_give_one_line(tmp_path, trained_checkpoint, tiny
                           capture_output=True, env={**env, "PYTHONIOENCODING": "latin-1"}, timeout=300)
     assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr.decode("latin-1")
     assert b"max |d logit|" in done.stdout and (tmp_path / "export" / "new2.onnx").is_file()
+
+
+# ================================================================================ 2. a staging folder's owner, exactly
+
+HOLD_STAGING = '''
+import sys, time
+from edgecls.artifacts import staging_dir
+with staging_dir(sys.argv[1], "export") as staging:
+    print(staging, flush=True)
+    time.sleep(120)
+'''
+
+
+def test_a_staging_folder_is_swept_only_when_its_own_process_is_gone(tmp_path):
+    from edgecls.artifacts import ensure_writable_dir, temporary_prefix
+
+    owner = subprocess.Popen([sys.executable, "-c", HOLD_STAGING, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                             env=cli_env(tmp_path))
+    try:
+        staging = Path(owner.stdout.readline().strip())
+        assert staging.is_dir()
+        sweep = [sys.executable, "-c", f"from edgecls.artifacts import ensure_writable_dir; "
+                                       f"ensure_writable_dir({str(tmp_path)!r})"]
+        # from another PID namespace on this host (same host name), where the owner's id names no process or another
+        other = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", *sweep], env=cli_env(tmp_path),
+                               capture_output=True, text=True, timeout=60)
+        if other.returncode != 0:
+            pytest.skip(f"no PID namespace here: {other.stderr.strip()[:200]}")
+        assert staging.is_dir(), "a sweep in another PID namespace removed a live export's staging folder"
+        ensure_writable_dir(tmp_path)  # and from this one, where the owner is seen running
+        assert staging.is_dir()
+    finally:
+        owner.kill()
+        owner.wait()
+    ensure_writable_dir(tmp_path)
+    assert not staging.exists()  # the owner killed: swept
+    # a process id now used by a later process (this one) does not keep an earlier owner's leftovers alive
+    prefix = temporary_prefix("new2.pt")
+    host, pid, start = prefix.rstrip("-").rsplit(".", 1)[1].split("-")
+    reused = tmp_path / f".new2.pt.{host}-{pid}-{int(start) - 1}-abcdefgh.tmp"
+    reused.write_text("x")
+    ours = tmp_path / f"{prefix}ijklmnop.tmp"
+    ours.write_text("x")
+    ensure_writable_dir(tmp_path)
+    assert not reused.exists() and ours.exists()
