@@ -312,6 +312,19 @@ def sweep_abandoned(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def live_writer(folder: str | os.PathLike, label: str) -> int | None:
+    """The id of a process of this machine, still running, that holds a staging folder or temporary file named for
+    `label` in `folder` (an export installing its files, say), else None: readers then say "in progress", not
+    "interrupted"."""
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            match = _TEMPORARY_NAME.fullmatch(entry.name)
+            if match is not None and match["label"] == label and match["host"] == _HOST and \
+                    not _abandoned(match, entry):
+                return int(match["pid"])
+    return None
+
+
 def _abandoned(match: re.Match, entry: os.DirEntry) -> bool:
     pid = int(match["pid"])
     if match["host"] == _HOST:

@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Collection, Iterator, Mapping, Optional, Seque
 
 import numpy as np
 
-from edgecls.artifacts import atomic_write, check_npz_sizes, read_bounded, sha256_file, write_json
+from edgecls.artifacts import atomic_write, check_npz_sizes, live_writer, read_bounded, sha256_file, write_json
 from edgecls.defaults import PRECISIONS
 from edgecls.errors import EdgeclsError, first_line
 from edgecls.preprocess import Preprocessing
@@ -409,6 +409,10 @@ class ExportSet:
             return
         record = cls.read(record_path)
         if not record.complete:
+            writer = live_writer(path.parent, "export")
+            if writer is not None:
+                raise EdgeclsError(f"{path}: an export of {model} into {path.parent} is in progress (process {writer} "
+                                   "is installing its files); wait for it to finish, then run this again")
             raise EdgeclsError(f"{path}: the export of {model} into {path.parent} was interrupted while installing its "
                                f"files ({record_path} is incomplete), so they may come from two exports; "
                                "run `edgecls export` again")

@@ -52,7 +52,7 @@ from edgecls.artifacts import library_versions, utc_now
 from edgecls.data import seeded_subset
 from edgecls.defaults import (CALIBRATION_DIR, CALIBRATION_METHODS, DEFAULT_CALIBRATION_SEED,
                               DEFAULT_CALIBRATION_SIZE, DEFAULT_METHOD, QUANT_TARGETS)
-from edgecls.errors import EdgeclsError
+from edgecls.errors import EdgeclsError, first_line
 from edgecls.formats import CalibrationRecord, ModelMetadata
 from edgecls.onnx_graph import consumers, drop_unused_initializers, save_checked
 
@@ -139,7 +139,13 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, dat
         if cache is None:
             record = replace(record, ranges=prepared.calibrate(data.train_images[record.indices], method))
         float_layers = default_float_layers(prepared.model)
-        result = prepared.quantize(record.ranges, method, float_layers, fp32_path)
+        try:
+            result = prepared.quantize(record.ranges, method, float_layers, fp32_path)
+        except EdgeclsError as exc:
+            if cache is None:
+                raise
+            raise EdgeclsError(f"calibration cache {cache} does not fit the graph of {metadata.model} "
+                               f"({first_line(exc.__cause__ or exc)}); drop --calibration-cache to recalibrate") from exc
     metadata.with_precision("int8", quantization_record(target, record, float_layers)).embed(result)
     save_int8(result, target, out_path)
     if cache is None:

@@ -460,3 +460,39 @@ def test_a_staging_folder_is_swept_only_when_its_own_process_is_gone(tmp_path):
     ours.write_text("x")
     ensure_writable_dir(tmp_path)
     assert not reused.exists() and ours.exists()
+
+
+# ================================================================================ 6. messages that tell the truth
+
+def test_messages_name_the_users_file_and_the_true_state(tmp_path, new2_export, trained_checkpoint):
+    from edgecls.artifacts import staging_dir
+    from edgecls.formats import ExportSet
+    from edgecls.quantize import quantize_int8
+
+    # a calibration cache whose ranges do not fit the graph: the user's file is named, not a staging path
+    record = json.loads(new2_export.calibration.read_text())
+    del record["ranges"]["calibration_method"]  # ONNX Runtime's KeyError, once said to be "another model's"
+    cache = tmp_path / "edited.json"
+    cache.write_text(json.dumps(record))
+    with pytest.raises(EdgeclsError) as info:
+        quantize_int8(new2_export.files["fp32"], tmp_path / "int8.onnx", cache=cache, work_dir=tmp_path)
+    assert str(info.value).startswith(f"calibration cache {cache} does not fit the graph of new2 ('calibration_method')")
+    assert str(info.value).endswith("drop --calibration-cache to recalibrate") and "another model" not in str(info.value)
+    # an export record left incomplete: "in progress" while its writer lives, "interrupted" once it is gone
+    export = tmp_path / "export"
+    export.mkdir()
+    model = export / "new2.onnx"
+    model.write_bytes(new2_export.files["fp32"].read_bytes())
+    ExportSet(model="new2", checkpoint_sha256="0" * 64, files={}, complete=False).write(export / "new2.export.json")
+    with staging_dir(export, "export"):
+        with pytest.raises(EdgeclsError, match=f"is in progress .process {os.getpid()} is installing its files.; wait "
+                                               "for it to finish"):
+            ExportSet.check_member(model, "new2")
+    with pytest.raises(EdgeclsError, match="was interrupted while installing"):
+        ExportSet.check_member(model, "new2")
+    # a bench file that is a device: said so, with no advice to write a bench JSON onto it
+    code, output = run_cli("report", str(trained_checkpoint("new2")), "--bench", "/dev/zero",
+                           "-o", str(tmp_path / "r.html"), "--data", str(tmp_path / "no-data"),
+                           "--export-dir", str(tmp_path / "none"), "--results-dir", str(tmp_path / "none"))
+    assert code == 2 and error_line(output) == ("error: bench file /dev/zero is a character device, not a regular "
+                                                "file; give the file itself")

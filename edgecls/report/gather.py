@@ -20,6 +20,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from edgecls import reference as references
+from edgecls.artifacts import check_regular_file, read_bounded
 from edgecls.bench import artifacts_of
 from edgecls.checkpoint import Checkpoint, load_checkpoint
 from edgecls.data import load_cifar10, resolve_data_path
@@ -266,7 +267,7 @@ def read_training_log(path: Path) -> list[dict[str, Any]]:
     """The JSON lines `edgecls train` writes, one per epoch (`edgecls.train.EpochLog`), checked field by field."""
     fix = "delete it or train again with `edgecls train`"
     try:
-        lines = path.read_text().splitlines()
+        lines = read_bounded(path, "training log").decode().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise EdgeclsError(f"training log {path} is unreadable ({exc}); {fix}") from exc
     epochs = []
@@ -310,7 +311,7 @@ def model_table(checkpoint: Checkpoint) -> list[ModelRow]:
 
 def read_json(path: Path, what: str, fix: str) -> Any:
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_bounded(path, what))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise EdgeclsError(f"{what} {path} is not readable JSON ({exc}); {fix}") from exc
 
@@ -324,6 +325,8 @@ def read_bench_runs(model: str, sha256: str, results_dir: Path, explicit: list[P
     required, seen = {path.resolve() for path in explicit}, {path.resolve() for path in found}
     for path in found + [p for p in explicit if p.resolve() not in seen]:
         if path.resolve() in required and not path.is_file():
+            if path.exists():
+                check_regular_file(path, "bench file")  # a device or a FIFO: say what it is, not "does not exist"
             raise EdgeclsError(f"bench file {path} does not exist; write one with `edgecls bench ... --json {path}`")
         results = bench_results(path, read_json(path, "bench file", "write it again with `edgecls bench --json`"))
         mine = [r for r in results if r["model"].get("name") == model
