@@ -95,9 +95,7 @@ STDOUT = "-"
 _KIND_BY_ENDING = {".export.json": "export record", ".plan.json": "engine manifest", ".log.jsonl": "training log",
                    ".pt": "checkpoint", ".onnx": "ONNX model", ".plan": "TensorRT engine",
                    ".engine": "TensorRT engine", ".npz": "reference logits file"}
-_KIND_BY_MARKER = {"edgecls-checkpoint": "checkpoint", "edgecls-calibration": "calibration record",
-                   "edgecls-int8-report": "int8 report"}
-_MARKER = re.compile(rb'"format"\s*:\s*"(edgecls-[a-z0-9-]+)"')
+_MARKER = re.compile(rb'"format"\s*:\s*"edgecls-([a-z0-9-]+)"')  # the records' markers, as edgecls.formats writes them
 
 
 def artifact_kind(path: str | os.PathLike) -> str | None:
@@ -113,8 +111,9 @@ def artifact_kind(path: str | os.PathLike) -> str | None:
                 found = _MARKER.search(handle.read(4096))
         except OSError:
             return None
-        if found is not None:
-            return _KIND_BY_MARKER.get(found[1].decode(), "edgecls record")
+        if found is not None:  # a calibration marker -> "calibration record", an int8-report one -> "int8 report"
+            words = found[1].decode().replace("-", " ")
+            return words if words.endswith(("record", "report")) else f"{words} record"
     return None
 
 
