@@ -39,7 +39,7 @@ from tqdm import tqdm
 from edgecls.artifacts import atomic_write, check_regular_file, end_with_parent
 from edgecls.errors import EdgeclsError, first_line
 from edgecls.preprocess import Preprocessing
-from edgecls.runtime.images import decode
+from edgecls.imaging import decode
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
