@@ -34,12 +34,12 @@ from pathlib import Path
 from typing import Iterable, Tuple
 
 import numpy as np
-from tqdm import tqdm
 
 from edgecls.artifacts import atomic_write, check_regular_file, end_with_parent
 from edgecls.errors import EdgeclsError, first_line
-from edgecls.preprocess import Preprocessing
 from edgecls.imaging import decode
+from edgecls.preprocess import Preprocessing
+from edgecls.progress import progress_bar
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -590,7 +590,7 @@ def decode_images(blobs: list[_Blob], workers: int | None = None) -> np.ndarray:
         workers = min(_usable_cores(), 8) if large and "fork" in multiprocessing.get_all_start_methods() else 1
     pixels = np.empty((len(blobs), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     chunks = [blobs[start : start + _DECODE_CHUNK] for start in range(0, len(blobs), _DECODE_CHUNK)]
-    with tqdm(total=len(blobs), desc="decoding images", unit="img", file=sys.stderr) as bar:
+    with progress_bar(total=len(blobs), desc="decoding images", unit="img") as bar:
         if workers <= 1:
             decoded: Iterable[np.ndarray] = map(_decode_chunk, chunks)
             for start, chunk in zip(range(0, len(blobs), _DECODE_CHUNK), decoded):

@@ -496,3 +496,80 @@ def test_messages_name_the_users_file_and_the_true_state(tmp_path, new2_export, 
                            "--export-dir", str(tmp_path / "none"), "--results-dir", str(tmp_path / "none"))
     assert code == 2 and error_line(output) == ("error: bench file /dev/zero is a character device, not a regular "
                                                 "file; give the file itself")
+
+
+def test_photos_are_decoded_upright_for_data_and_predict_alike(tmp_path, tiny_cifar):
+    from PIL import Image
+
+    from edgecls.data import load_cifar10
+    from edgecls.runtime.images import read_image
+    from conftest import write_image_folder
+
+    pixels = np.zeros((32, 32, 3), np.uint8)
+    pixels[:8] = 255  # a white band along the top, as stored
+    photo = Image.fromarray(pixels)
+    exif = photo.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to show": the band is on the right when shown
+    tree = write_image_folder(tiny_cifar.subset(10, 10, seed=0), tmp_path / "tree")
+    turned = next((tree / "test").iterdir()) / "turned.jpg"
+    photo.save(turned, "JPEG", quality=100, exif=exif)
+    with Image.open(turned) as stored:
+        as_stored = np.asarray(stored.convert("RGB"))
+    upright = np.rot90(as_stored, -1)
+    assert np.array_equal(read_image(turned), upright)  # predict's reader
+    loaded = load_cifar10(tree, cache=False)
+    assert any(np.array_equal(image, upright) for image in loaded.test_images)  # the training data's
+    assert upright[:, -8:].mean() > 240 and upright[:, :8].mean() < 15
+
+
+def test_the_training_log_and_checkpoint_never_disagree_unseen(tiny_cifar, tmp_path):
+    from edgecls.report.gather import gather
+    from edgecls.train import TrainRequest, train
+
+    options = dict(epochs=3, batch_size=50, lr=0.05, val_split=40, device="cpu", progress=False, out_dir=tmp_path)
+    data = tiny_cifar.subset(200, 50, seed=0)
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_second(entry) -> None:
+        if entry.epoch == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(TrainRequest("new1", **options), data, stop_after_second)
+    log = tmp_path / "new1.log.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text(lines[0] + "\n")  # what a kill between the checkpoint's rename and the log's leaves
+    inputs = gather(tmp_path / "new1.pt")
+    assert inputs.training.epochs is None
+    assert inputs.missing["training log"].startswith(f"training log {log} ends at epoch 1, before the checkpoint's "
+                                                     "epoch 2;")
+    resumed = train(TrainRequest("new1", resume=True, **options), data)
+    assert [json.loads(line)["epoch"] for line in log.read_text().splitlines()] == [1, 2, 3]
+    assert [json.loads(line)["loss"] for line in log.read_text().splitlines()][:2] == \
+        [h.loss for h in resumed.history[:2]]
+
+
+def test_output_for_logs_stays_plain_and_one_line_per_image(tmp_path, new2_export, capsys):
+    import io as _io
+
+    from PIL import Image
+
+    from edgecls.data import decode_images
+
+    blobs = []
+    for index in range(300):
+        encoded = _io.BytesIO()
+        Image.fromarray(np.full((32, 32, 3), index % 256, np.uint8)).save(encoded, "PNG")
+        blobs.append((f"{index}.png", encoded.getvalue()))
+    capsys.readouterr()
+    assert decode_images(blobs, workers=1).shape == (300, 32, 32, 3)
+    err = capsys.readouterr().err
+    assert "\r" not in err and 1 <= len(err.splitlines()) <= 3, err  # not a carriage-return flood
+    # a newline in a file name does not split predict's one line per image
+    odd = tmp_path / "two\nlines.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(odd, "PNG")
+    result = CliRunner().invoke(main, ["predict", str(odd), "--engine", str(new2_export.files["fp32"])])
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 1 and result.stdout.startswith(f"{tmp_path}/two\\nlines.png: ")

@@ -8,7 +8,7 @@ import sys
 import click
 
 from edgecls.artifacts import STDOUT
-from edgecls.cli.common import DATA_HELP, check_input_file
+from edgecls.cli.common import DATA_HELP, check_input_file, one_line
 from edgecls.defaults import (BENCH_ALL_BATCH_SIZES, BENCH_ALL_DURATION_S, BENCH_ALL_WARMUP_S, BENCH_BATCH_SIZES,
                               BENCH_DURATION_S, BENCH_MAX_BATCH, BENCH_WARMUP_S, ENGINES_DIR, EXPORT_DIR,
                               ONNX_PROVIDERS)
@@ -142,7 +142,7 @@ def predict(images: tuple[str, ...], engine: str, top_k: int, provider: str) -> 
         with tqdm(total=len(files), unit="img", disable=not sys.stderr.isatty(), leave=False) as bar:
             for paths, fitted in batches:
                 for path, ranked in zip(paths, classifier.classify(fitted).top_k(top_k)):
-                    bar.write(f"{path}: " + "  ".join(f"{name} {probability:.3f}" for name, probability in ranked),
+                    bar.write(f"{one_line(path)}: " + "  ".join(f"{name} {probability:.3f}" for name, probability in ranked),
                               file=sys.stdout)
                 bar.update(len(paths))
 

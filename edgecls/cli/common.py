@@ -25,3 +25,9 @@ def check_input_file(path: str, what: str) -> Path:
         how = _MAKE_IT.get(file.suffix.lower(), "check the path")
         raise EdgeclsError(f"{what} {file} {'is a folder' if file.is_dir() else 'does not exist'}; {how}")
     return file
+
+
+def one_line(text: object) -> str:
+    """`text` (a file name) kept on one line of output: control characters, such as a newline in a file name, are
+    written as Python escapes (\\n), so that one-line-per-item output stays one line per item."""
+    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in str(text))

@@ -153,7 +153,13 @@ def gather(checkpoint: str | Path, *, export_dir: str | Path = "export", engines
     loaded = training.checkpoint
     inputs = ReportInputs(loaded.path, loaded.model_name, list(loaded.preprocess.class_names), training,
                           model_table(loaded), sources=[loaded.path])
-    if training.epochs is None:
+    if training.epochs is not None and training.epochs[-1]["epoch"] < loaded.epoch:
+        # the run was stopped between writing its checkpoint and its log: a curve that ends early would mislead
+        inputs.missing["training log"] = (
+            f"training log {training.log_path} ends at epoch {training.epochs[-1]['epoch']}, before the checkpoint's "
+            f"epoch {loaded.epoch}; `edgecls train --resume` (or training again) writes them together")
+        training.epochs = None
+    elif training.epochs is None:
         inputs.missing["training log"] = (f"no training log {training.log_path}: `edgecls train` writes it beside "
                                           "the checkpoint")
     else:
