@@ -339,8 +339,11 @@ def _abandoned(match: re.Match, entry: os.DirEntry) -> bool:
 
 def _start_time(pid: int) -> int | None:
     """When process `pid` started, in clock ticks since boot (/proc/<pid>/stat, field 22); None where unknown."""
+    if os.name != "posix":
+        return None
     try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        with open(f"/proc/{pid}/stat") as stat_file:
+            return int(stat_file.read().rsplit(")", 1)[1].split()[19])
     except (OSError, IndexError, ValueError):
         return None
 

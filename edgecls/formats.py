@@ -37,7 +37,7 @@ FORMAT_VERSION = 1  # of every record below; each file says which version wrote 
 def _json_object(path: Path, what: str, fix: str, missing: str) -> dict:
     """The JSON object in `path`, or one line naming the file: `missing` when there is none, else what is wrong."""
     try:
-        record = json.loads(read_bounded(path, what))  # a FIFO or /dev/zero is refused, not read forever
+        record = json.loads(read_bounded(path, what).decode())  # a FIFO or /dev/zero is refused, not read forever
     except FileNotFoundError as exc:
         raise EdgeclsError(missing) from exc
     except (OSError, ValueError) as exc:  # ValueError: not UTF-8, or not JSON
