@@ -207,7 +207,7 @@ def test_every_model_is_checked_against_its_graph_at_load(tmp_path):
 
 
 def test_calibration_ranges_must_be_finite(tmp_path, new2_export):
-    from edgecls.quantize import quantize_int8
+    from edgecls.quantize import CalibrationSettings, quantize_int8
 
     record = json.loads(new2_export.calibration.read_text())
     tensor = next(iter(record["ranges"]["data"]))
@@ -217,7 +217,8 @@ def test_calibration_ranges_must_be_finite(tmp_path, new2_export):
         cache = tmp_path / "cache.json"
         cache.write_text(json.dumps(broken))
         with pytest.raises(EdgeclsError) as info:
-            quantize_int8(new2_export.files["fp32"], tmp_path / "int8.onnx", cache=cache, work_dir=tmp_path)
+            quantize_int8(new2_export.files["fp32"], tmp_path / "int8.onnx", settings=CalibrationSettings(cache=cache),
+                          work_dir=tmp_path)
         assert str(info.value).startswith(f"calibration cache {cache}: tensor {tensor!r} has the range ")
         assert "not two finite numbers" in str(info.value) and not (tmp_path / "int8.onnx").exists()
 
@@ -242,7 +243,7 @@ def finishes_within(seconds: int):
 def test_special_files_and_oversized_declarations_are_refused_unread(tmp_path, tiny_cifar, new2_export):
     from edgecls.data import load_cifar10
     from edgecls.formats import ReferenceLogits
-    from edgecls.quantize import quantize_int8
+    from edgecls.quantize import CalibrationSettings, quantize_int8
     from conftest import write_image_folder
 
     small = tiny_cifar.subset(10, 10, seed=0)
@@ -258,7 +259,8 @@ def test_special_files_and_oversized_declarations_are_refused_unread(tmp_path, t
     os.mkfifo(fifo)
     for cache in ("/dev/zero", fifo):
         with finishes_within(20), pytest.raises(EdgeclsError, match="not a regular file"):
-            quantize_int8(new2_export.files["fp32"], tmp_path / "int8.onnx", cache=cache, work_dir=tmp_path)
+            quantize_int8(new2_export.files["fp32"], tmp_path / "int8.onnx", settings=CalibrationSettings(cache=cache),
+                          work_dir=tmp_path)
     # a 2 KB reference archive that declares 10^8 x 10 float32 logits: refused from its headers
     import zipfile
 
@@ -341,7 +343,7 @@ def test_onnx_runtime_temporary_files_stay_in_the_staging_folder(tmp_path, new2_
     import tempfile
 
     from edgecls.artifacts import temporary_files_in
-    from edgecls.quantize import quantize_int8
+    from edgecls.quantize import CalibrationSettings, quantize_int8
 
     made: list[str] = []
     original = tempfile.mkdtemp
@@ -354,7 +356,8 @@ def test_onnx_runtime_temporary_files_stay_in_the_staging_folder(tmp_path, new2_
     staging = tmp_path / "staging"
     staging.mkdir()
     with temporary_files_in(staging):  # as export_model wraps its staging folder
-        quantize_int8(new2_export.files["fp32"], staging / "int8.onnx", cache=new2_export.calibration)
+        quantize_int8(new2_export.files["fp32"], staging / "int8.onnx",
+                      settings=CalibrationSettings(cache=new2_export.calibration))
     names = [Path(path).name for path in made]
     assert any(name.startswith("pre.quant.") for name in names), names  # ONNX Runtime's own, in $TMPDIR by default
     assert all(Path(path).parent == staging for path in made), made
@@ -467,7 +470,7 @@ def test_a_staging_folder_is_swept_only_when_its_own_process_is_gone(tmp_path):
 def test_messages_name_the_users_file_and_the_true_state(tmp_path, new2_export, trained_checkpoint):
     from edgecls.artifacts import staging_dir
     from edgecls.formats import ExportSet
-    from edgecls.quantize import quantize_int8
+    from edgecls.quantize import CalibrationSettings, quantize_int8
 
     # a calibration cache whose ranges do not fit the graph: the user's file is named, not a staging path
     record = json.loads(new2_export.calibration.read_text())
@@ -475,7 +478,8 @@ def test_messages_name_the_users_file_and_the_true_state(tmp_path, new2_export, 
     cache = tmp_path / "edited.json"
     cache.write_text(json.dumps(record))
     with pytest.raises(EdgeclsError) as info:
-        quantize_int8(new2_export.files["fp32"], tmp_path / "int8.onnx", cache=cache, work_dir=tmp_path)
+        quantize_int8(new2_export.files["fp32"], tmp_path / "int8.onnx", settings=CalibrationSettings(cache=cache),
+                          work_dir=tmp_path)
     assert str(info.value).startswith(f"calibration cache {cache} does not fit the graph of new2 ('calibration_method')")
     assert str(info.value).endswith("drop --calibration-cache to recalibrate") and "another model" not in str(info.value)
     # an export record left incomplete: "in progress" while its writer lives, "interrupted" once it is gone
