@@ -190,7 +190,8 @@ def check_output_file(path: str | os.PathLike, inputs: Iterable[str | os.PathLik
 
 
 def temporary_prefix(label: str) -> str:
-    """The start of a temporary name for `label`: it says which machine and process own it (`sweep_abandoned`)."""
+    """The start of a temporary name for `label`: it says which machine (and PID namespace) and which process, by id
+    and start time, own it (`sweep_abandoned`)."""
     pid = os.getpid()
     return f".{label}.{_HOST}-{pid}-{_start_time(pid) or 0}-"
 
@@ -253,6 +254,7 @@ def _refuse_special(target: Path) -> None:
 def copy_beside(source: str | os.PathLike, destination: str | os.PathLike) -> Path:
     """Copy `source` to a temporary file in `destination`'s folder and return its path. Renaming it into place later
     (`os.replace`) writes no data, so that step cannot fail for lack of space; the caller renames or deletes it."""
+    _refuse_special(Path(destination))  # renamed over it later: never over a device or a FIFO
     with _temporary_file(Path(destination), "wb") as (handle, temporary):
         with open(source, "rb") as data:
             shutil.copyfileobj(data, handle)

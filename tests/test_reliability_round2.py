@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgecls.artifacts import atomic_write, sha256_file, write_json
+from edgecls.artifacts import atomic_write, copy_beside, sha256_file, write_json
 from edgecls.cli import main
 from edgecls.errors import EdgeclsError
 
@@ -90,6 +90,8 @@ def test_every_write_replaces_only_a_regular_file_and_writes_through_links(tmp_p
     os.mkfifo(fifo)
     with pytest.raises(EdgeclsError, match="is a named pipe .FIFO., not a regular file"):
         write_json(fifo, {"a": 1})
+    with pytest.raises(EdgeclsError, match="is a named pipe .FIFO., not a regular file"):
+        copy_beside(REPO / "README.md", fifo)  # what export installs beside its set (the calibration record)
     assert fifo.is_fifo() and [p.name for p in tmp_path.iterdir()] == ["fifo"]
     with pytest.raises(EdgeclsError, match="/dev/null is a character device"):
         with atomic_write("/dev/null") as handle:
@@ -273,6 +275,13 @@ def test_special_files_and_oversized_declarations_are_refused_unread(tmp_path, t
     with finishes_within(20), pytest.raises(EdgeclsError, match="declares 3,815 MB of arrays, more than the 512 MB"):
         ReferenceLogits.read(bomb)
     assert ReferenceLogits.read(new2_export.reference).logits.shape[1] == 10  # a real one still reads
+    fifo_model = tmp_path / "model.onnx"
+    os.mkfifo(fifo_model)
+    for model, kind in ((fifo_model, "a named pipe (FIFO)"), (Path("/dev/zero"), "a character device")):
+        with finishes_within(20):
+            code, output = run_cli("bench", "--engine", str(model))
+        assert code == 2 and error_line(output) == f"error: model file {model} is {kind}, not a regular file; give " \
+                                                   "the file itself"
 
 
 def test_every_option_is_finite_and_bounded_before_work(tmp_path, new2_export):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgecls.artifacts import check_regular_file
 from edgecls.errors import EdgeclsError
 
 DATA_HELP = ("CIFAR-10 location: a cifar-10-batches-py folder, cifar-10-python.tar.gz, an image-folder tree or a "
@@ -21,6 +22,8 @@ def check_input_file(path: str, what: str) -> Path:
         found = file.is_file()
     except OSError as exc:  # a folder on the way that this user may not enter
         raise EdgeclsError(f"cannot read {what} {file} ({exc.strerror}); check the permissions of its folders") from exc
+    if not found and file.exists() and not file.is_dir():
+        check_regular_file(file, what)  # a FIFO or a device: said so, never opened (a FIFO would block)
     if not found:
         how = _MAKE_IT.get(file.suffix.lower(), "check the path")
         raise EdgeclsError(f"{what} {file} {'is a folder' if file.is_dir() else 'does not exist'}; {how}")
