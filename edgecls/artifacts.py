@@ -441,10 +441,23 @@ def read_bounded(path: str | os.PathLike, what: str, limit: int = MAX_RECORD_BYT
         raise EdgeclsError(f"{what} {path} is larger than {limit >> 20} MB, far larger than any edgecls {what}; "
                            "check the path")
     with open(path, "rb") as handle:
-        data = handle.read(limit + 1)
+        data = read_at_most(handle, limit)
     if len(data) > limit:
         raise EdgeclsError(f"{what} {path} is larger than {limit >> 20} MB; check the path")
     return data
+
+
+def read_at_most(handle: IO[bytes], limit: int) -> bytes:
+    """What `handle` holds, up to `limit` + 1 bytes (one more says it holds more), read in 1 MB blocks: a single
+    read(limit + 1) would allocate the whole limit at once, whatever the file's size."""
+    blocks, size = [], 0
+    while size <= limit:
+        block = handle.read(min(1 << 20, limit + 1 - size))
+        if not block:
+            break
+        blocks.append(block)
+        size += len(block)
+    return b"".join(blocks)
 
 
 def check_npz_sizes(path: str | os.PathLike, what: str, limit: int = MAX_ARRAYS_BYTES) -> None:

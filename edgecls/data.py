@@ -35,7 +35,7 @@ from typing import Iterable, Tuple
 
 import numpy as np
 
-from edgecls.artifacts import atomic_write, check_regular_file, end_with_parent
+from edgecls.artifacts import atomic_write, check_regular_file, end_with_parent, read_at_most
 from edgecls.errors import EdgeclsError, first_line
 from edgecls.imaging import decode
 from edgecls.preprocess import Preprocessing
@@ -515,7 +515,7 @@ def _read_file(path: Path, limit: int) -> bytes:
     if size > limit:
         raise _too_large(str(path), size, limit)
     with open(path, "rb") as handle:
-        data = handle.read(limit + 1)  # bounded even if the file grows meanwhile
+        data = read_at_most(handle, limit)  # bounded even if the file grows meanwhile
     if len(data) > limit:
         raise _too_large(str(path), len(data), limit)
     return data

@@ -66,8 +66,8 @@ def _opened(source: ImageSource, name: str, size: tuple[int, int] | None) -> Ite
             image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         with image:
             width, height = image.size
-            if _orientation(image) in _TURNED:  # shown turned a quarter: its size as shown
-                width, height = height, width
+            if size is not None and _orientation(image) in _TURNED:  # shown turned a quarter: its size as shown
+                width, height = height, width  # (only asked with an expected size: a PNG's EXIF needs its pixels)
             if size is not None and (width, height) != size:
                 raise EdgeclsError(f"image {name} is {width}x{height} pixels, not the {size[0]}x{size[1]} expected "
                                    "here; resize or remove it")

@@ -22,7 +22,10 @@ class _PlainLines(io.TextIOBase):
     def write(self, text: str) -> int:
         line = text.replace("\r", "").strip()
         if line:
+            if sys.stdout is not None and sys.stdout is not self.stream:
+                sys.stdout.flush()  # in a log that holds both, what was printed before comes before
             self.stream.write(line + "\n")
+            self.stream.flush()
         return len(text)
 
     def flush(self) -> None:
