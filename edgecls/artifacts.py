@@ -17,11 +17,14 @@ import os
 import platform
 import re
 import shutil
+import signal
 import socket
+import stat
+import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Collection, Iterable, Iterator
 
 from edgecls.errors import EdgeclsError
 
@@ -30,9 +33,23 @@ _STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 # A temporary file or staging folder whose owner cannot be checked (another machine sharing the folder) is
 # abandoned once it is this old: no edgecls write takes a day.
 STALE_AFTER_S = 24 * 3600
-_HOST = hashlib.blake2b(socket.gethostname().encode(), digest_size=3).hexdigest()
-# .<label>.<host>-<pid>-<8 random characters from tempfile>.tmp
-_TEMPORARY_NAME = re.compile(r"\.(?P<label>.+)\.(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-[a-z0-9_]{8}\.tmp")
+
+
+def _process_space() -> str:
+    """This machine and the process-id space its process ids belong to: the host name and, where there is one, the
+    PID namespace (a container on the same host, with the same host name, numbers its processes apart)."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return hashlib.blake2b(f"{socket.gethostname()}\0{namespace}".encode(), digest_size=3).hexdigest()
+
+
+_HOST = _process_space()
+# .<label>.<host>-<pid>-<start>-<8 random characters from tempfile>.tmp; <start> (the process's start time, in clock
+# ticks since boot) tells the owner from a later process that reuses its id; names without it are older edgecls's.
+_TEMPORARY_NAME = re.compile(r"\.(?P<label>.+)\.(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-(?:(?P<start>\d+)-)?"
+                             r"[a-z0-9_]{8}\.tmp")
 
 
 def storage_error(exc: OSError, folder: str | os.PathLike, writing: str) -> EdgeclsError:
@@ -70,12 +87,92 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     return folder
 
 
-def check_output_file(path: str | os.PathLike) -> Path:
-    """Refuse, before any long work, an output file that could not be written later: a folder in its place, or a
-    folder that cannot be created or written. Creates nothing."""
+# Where a command prints JSON (`bench --json -`, `doctor --json -`), this name means standard output.
+STDOUT = "-"
+
+# The files of managed artifact sets, recognised by name or by their record's "format" marker: an output of another
+# kind (a bench JSON, a report) never replaces one of them, nor any file the command reads.
+_KIND_BY_ENDING = {".export.json": "export record", ".plan.json": "engine manifest", ".log.jsonl": "training log",
+                   ".pt": "checkpoint", ".onnx": "ONNX model", ".plan": "TensorRT engine",
+                   ".engine": "TensorRT engine", ".npz": "reference logits file"}
+_MARKER = re.compile(rb'"format"\s*:\s*"edgecls-([a-z0-9-]+)"')  # the records' markers, as edgecls.formats writes them
+
+
+def artifact_kind(path: str | os.PathLike) -> str | None:
+    """Which kind of managed edgecls artifact the regular file `path` is (e.g. "ONNX model", "calibration record"),
+    or None for any other file. Reads at most the first 4 KB (a record's marker comes first)."""
+    name = Path(path).name.lower()
+    for ending, kind in _KIND_BY_ENDING.items():
+        if name.endswith(ending):
+            return kind
+    if name.endswith(".json"):
+        try:
+            with open(path, "rb") as handle:
+                found = _MARKER.search(handle.read(4096))
+        except OSError:
+            return None
+        if found is not None:  # a calibration marker -> "calibration record", an int8-report one -> "int8 report"
+            words = found[1].decode().replace("-", " ")
+            return words if words.endswith(("record", "report")) else f"{words} record"
+    return None
+
+
+def _file_type(mode: int) -> str:
+    for test, name in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def output_target(path: str | os.PathLike) -> Path:
+    """The file a write to `path` replaces: `path` itself, or, when `path` is a symbolic link, the file it points to
+    (links are written through, like the shell's `>`: the link stays and its target gets the new contents)."""
     target = Path(path)
-    if target.is_dir():
-        raise EdgeclsError(f"{target} is a folder; give a file name for the output")
+    return Path(os.path.realpath(target)) if target.is_symlink() else target
+
+
+def check_output_file(path: str | os.PathLike, inputs: Iterable[str | os.PathLike | None] = (),
+                      writes: Collection[str] = (), stdout_ok: bool = False) -> Path:
+    """Refuse, before any work, an output file that must not or could not be written; creates nothing.
+
+    Refused: a path that is one of the command's `inputs` (the same file under any name); an existing file that is not
+    a regular file (a device such as /dev/null, a FIFO, a socket, a folder); a file of a managed artifact set whose
+    kind (`artifact_kind`) is not one of the kinds the command `writes`; a folder that cannot be created or written.
+    A symbolic link is written through (`output_target`): these checks apply to the file it points to.
+    `stdout_ok`: the command takes `-` for standard output, which the message then suggests for a device.
+    Returns the file to write.
+    """
+    given = Path(path)
+    target = output_target(given)
+    shown = str(given) if target == given else f"{given} (a link to {target})"
+    try:
+        info = os.stat(given)  # follows the link to what it names, even a pipe behind /dev/stdout
+    except (FileNotFoundError, NotADirectoryError):  # a new name (a file on the way is explained below)
+        info = None
+    except OSError as exc:
+        raise EdgeclsError(f"cannot write {shown} ({exc.strerror}); choose another path") from exc
+    if info is not None and stat.S_ISDIR(info.st_mode):
+        raise EdgeclsError(f"{shown} is a folder; give a file name for the output")
+    if info is not None and not stat.S_ISREG(info.st_mode):
+        also = f", or {STDOUT} for standard output" if stdout_ok else ""
+        raise EdgeclsError(f"{shown} is {_file_type(info.st_mode)}, not a regular file: edgecls writes an output by "
+                           f"replacing a regular file or creating a new one; give a file name{also}")
+    if info is not None:
+        for source in inputs:
+            if source is None:
+                continue
+            try:
+                same = os.path.samefile(source, target)
+            except OSError:
+                continue
+            if same:
+                raise EdgeclsError(f"{shown} is {source}, an input of this command: writing the output there would "
+                                   "destroy it; give another file name")
+        kind = artifact_kind(target)
+        if kind is not None and kind not in writes:
+            raise EdgeclsError(f"{shown} is an edgecls {kind}, which this command does not write: it will not be "
+                               "replaced; give another file name")
     existing = target.parent.absolute()
     while not existing.exists():
         existing = existing.parent
@@ -93,8 +190,10 @@ def check_output_file(path: str | os.PathLike) -> Path:
 
 
 def temporary_prefix(label: str) -> str:
-    """The start of a temporary name for `label`: it says which machine and process own it (`sweep_abandoned`)."""
-    return f".{label}.{_HOST}-{os.getpid()}-"
+    """The start of a temporary name for `label`: it says which machine (and PID namespace) and which process, by id
+    and start time, own it (`sweep_abandoned`)."""
+    pid = os.getpid()
+    return f".{label}.{_HOST}-{pid}-{_start_time(pid) or 0}-"
 
 
 @contextlib.contextmanager
@@ -128,7 +227,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
     A reader therefore sees either the old file or the complete new one, never a half-written file; a full disk
     is an EdgeclsError naming the folder, and the old file stays.
     """
-    target = Path(path)
+    _refuse_special(Path(path))
+    target = output_target(path)
     with _temporary_file(target, mode) as (handle, temporary):
         yield handle
     try:
@@ -139,9 +239,22 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
         raise
 
 
+def _refuse_special(target: Path) -> None:
+    """The last guard of every write: renaming a new file over a device, a FIFO or a socket would replace the node
+    itself (as root, /dev/null), so only a regular file or a new name is ever replaced."""
+    try:
+        mode = os.stat(target).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        raise EdgeclsError(f"{target} is {_file_type(mode)}, not a regular file; edgecls replaces only regular files: "
+                           "give a file name")
+
+
 def copy_beside(source: str | os.PathLike, destination: str | os.PathLike) -> Path:
     """Copy `source` to a temporary file in `destination`'s folder and return its path. Renaming it into place later
     (`os.replace`) writes no data, so that step cannot fail for lack of space; the caller renames or deletes it."""
+    _refuse_special(Path(destination))  # renamed over it later: never over a device or a FIFO
     with _temporary_file(Path(destination), "wb") as (handle, temporary):
         with open(source, "rb") as data:
             shutil.copyfileobj(data, handle)
@@ -161,6 +274,20 @@ def staging_dir(folder: str | os.PathLike, label: str) -> Iterator[Path]:
         yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def temporary_files_in(folder: str | os.PathLike) -> Iterator[None]:
+    """Meanwhile, what libraries write to the system's temporary folder (ONNX Runtime's quantization makes
+    $TMPDIR/pre.quant.* and ort.quant.*) goes into `folder`: a staging folder, which the sweep removes when the
+    process is killed. Not for threads that write temporary files of their own meanwhile (tempfile's setting is
+    process-wide)."""
+    saved = tempfile.tempdir
+    tempfile.tempdir = str(folder)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = saved
 
 
 def sweep_abandoned(folder: str | os.PathLike) -> list[Path]:
@@ -186,14 +313,41 @@ def sweep_abandoned(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def live_writer(folder: str | os.PathLike, label: str) -> int | None:
+    """The id of a process of this machine, still running, that holds a staging folder or temporary file named for
+    `label` in `folder` (an export installing its files, say), else None: readers then say "in progress", not
+    "interrupted"."""
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            match = _TEMPORARY_NAME.fullmatch(entry.name)
+            if match is not None and match["label"] == label and match["host"] == _HOST and \
+                    not _abandoned(match, entry):
+                return int(match["pid"])
+    return None
+
+
 def _abandoned(match: re.Match, entry: os.DirEntry) -> bool:
     pid = int(match["pid"])
-    if match["host"] == _HOST and pid != os.getpid() and not _process_running(pid):
-        return True
+    if match["host"] == _HOST:
+        running = pid == os.getpid() or _process_running(pid)
+        started = _start_time(pid) if running else None
+        if not running or (match["start"] not in (None, "0") and started is not None and str(started) != match["start"]):
+            return True  # its owner is gone, or its id now belongs to a later process
     try:
         return time.time() - entry.stat(follow_symlinks=False).st_mtime > STALE_AFTER_S
     except OSError:
         return False
+
+
+def _start_time(pid: int) -> int | None:
+    """When process `pid` started, in clock ticks since boot (/proc/<pid>/stat, field 22); None where unknown."""
+    if os.name != "posix":
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as stat_file:
+            return int(stat_file.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _process_running(pid: int) -> bool:
@@ -211,6 +365,18 @@ def _process_running(pid: int) -> bool:
     except (OSError, IndexError):
         return True  # no /proc (macOS): the process exists
     return state not in ("Z", "X")
+
+
+def end_with_parent(parent_pid: int) -> None:
+    """Run first in a worker process (a pool's initializer): Linux kills it with SIGKILL when its parent dies
+    (PR_SET_PDEATHSIG), so that no worker outlives a command killed with kill -9; a parent already gone ends it now."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:
+        os._exit(1)
 
 
 def _umask() -> int:
@@ -251,3 +417,71 @@ def library_versions(*modules: str) -> dict[str, str]:
         except Exception:  # not installed: simply not recorded
             continue
     return versions
+
+
+# The largest JSON record edgecls reads (its own are a few MB at most) and the most an .npz may declare: a hostile
+# or wrong file (/dev/zero, a 10^8 x 10 array in a 4 MB archive) is refused before it is read or allocated.
+MAX_RECORD_BYTES = 64 << 20
+MAX_ARRAYS_BYTES = 512 << 20
+
+
+def check_regular_file(path: str | os.PathLike, what: str) -> os.stat_result:
+    """Refuse, before opening it, a file that is not a regular file (a FIFO would block the read forever, a device
+    such as /dev/zero never ends); FileNotFoundError passes through for the caller's own message."""
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise EdgeclsError(f"{what} {path} is {_file_type(info.st_mode)}, not a regular file; give the file itself")
+    return info
+
+
+def read_bounded(path: str | os.PathLike, what: str, limit: int = MAX_RECORD_BYTES) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes, else one line naming it (checked before reading, and
+    while reading: a file that grows meanwhile is cut off at the limit and refused)."""
+    if check_regular_file(path, what).st_size > limit:
+        raise EdgeclsError(f"{what} {path} is larger than {limit >> 20} MB, far larger than any edgecls {what}; "
+                           "check the path")
+    with open(path, "rb") as handle:
+        data = read_at_most(handle, limit)
+    if len(data) > limit:
+        raise EdgeclsError(f"{what} {path} is larger than {limit >> 20} MB; check the path")
+    return data
+
+
+def read_at_most(handle: IO[bytes], limit: int) -> bytes:
+    """What `handle` holds, up to `limit` + 1 bytes (one more says it holds more), read in 1 MB blocks: a single
+    read(limit + 1) would allocate the whole limit at once, whatever the file's size."""
+    blocks, size = [], 0
+    while size <= limit:
+        block = handle.read(min(1 << 20, limit + 1 - size))
+        if not block:
+            break
+        blocks.append(block)
+        size += len(block)
+    return b"".join(blocks)
+
+
+def check_npz_sizes(path: str | os.PathLike, what: str, limit: int = MAX_ARRAYS_BYTES) -> None:
+    """Refuse an .npz archive whose arrays declare more than `limit` bytes in all, from their headers alone, before
+    numpy allocates them. Damaged archives pass through: numpy's reader reports them."""
+    import zipfile
+
+    import numpy as np
+
+    check_regular_file(path, what)
+    total = 0
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.infolist():
+                if not member.filename.endswith(".npy"):
+                    continue
+                with archive.open(member) as handle:
+                    version = np.lib.format.read_magic(handle)
+                    reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                        np.lib.format.read_array_header_2_0
+                    shape, _, dtype = reader(handle)
+                total += int(np.prod(shape, dtype=object)) * dtype.itemsize
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError):
+        return
+    if total > limit:
+        raise EdgeclsError(f"{what} {path} declares {total / (1 << 20):,.0f} MB of arrays, more than the "
+                           f"{limit >> 20} MB any edgecls {what} holds; check the path")

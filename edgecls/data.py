@@ -34,12 +34,12 @@ from pathlib import Path
 from typing import Iterable, Tuple
 
 import numpy as np
-from tqdm import tqdm
 
-from edgecls.artifacts import atomic_write
+from edgecls.artifacts import atomic_write, check_regular_file, end_with_parent, read_at_most
 from edgecls.errors import EdgeclsError, first_line
-from edgecls.preprocess import Preprocessing
 from edgecls.imaging import decode
+from edgecls.preprocess import Preprocessing
+from edgecls.progress import progress_bar
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -179,10 +179,15 @@ def find_images(images: np.ndarray, digests: np.ndarray) -> list[int | None]:
     return [positions[bytes(row)].pop(0) if positions.get(bytes(row)) else None for row in digests]
 
 
+MAX_SEED = 2**32 - 1
+
+
 def check_seed(seed: int, what: str = "seed") -> int:
     """Seeds are whole numbers from 0 up (numpy's generators refuse negative ones)."""
     if seed < 0:
         raise EdgeclsError(f"{what} {seed} is negative; use a whole number from 0 up")
+    if seed > MAX_SEED:  # numpy's legacy generators and the data order take 32-bit seeds
+        raise EdgeclsError(f"{what} {seed} is too large; use a whole number from 0 to {MAX_SEED}")
     return seed
 
 
@@ -506,10 +511,14 @@ def _check_tar_end(path: Path) -> None:
 
 
 def _read_file(path: Path, limit: int) -> bytes:
-    size = path.stat().st_size
+    size = check_regular_file(path, "data file").st_size  # a FIFO named x.jpg would block, /dev/zero never end
     if size > limit:
         raise _too_large(str(path), size, limit)
-    return path.read_bytes()
+    with open(path, "rb") as handle:
+        data = read_at_most(handle, limit)  # bounded even if the file grows meanwhile
+    if len(data) > limit:
+        raise _too_large(str(path), len(data), limit)
+    return data
 
 
 def _read_member(archive: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
@@ -581,7 +590,7 @@ def decode_images(blobs: list[_Blob], workers: int | None = None) -> np.ndarray:
         workers = min(_usable_cores(), 8) if large and "fork" in multiprocessing.get_all_start_methods() else 1
     pixels = np.empty((len(blobs), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     chunks = [blobs[start : start + _DECODE_CHUNK] for start in range(0, len(blobs), _DECODE_CHUNK)]
-    with tqdm(total=len(blobs), desc="decoding images", unit="img", file=sys.stderr) as bar:
+    with progress_bar(total=len(blobs), desc="decoding images", unit="img") as bar:
         if workers <= 1:
             decoded: Iterable[np.ndarray] = map(_decode_chunk, chunks)
             for start, chunk in zip(range(0, len(blobs), _DECODE_CHUNK), decoded):
@@ -590,7 +599,8 @@ def decode_images(blobs: list[_Blob], workers: int | None = None) -> np.ndarray:
             return pixels
         # fork, not spawn/forkserver: those re-run the caller's __main__, which breaks scripts without a main guard.
         # The children only decode with Pillow, so threads the parent may run (torch) are no danger to them.
-        pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+        pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                                      initializer=end_with_parent, initargs=(os.getpid(),))
         try:
             for start, chunk in zip(range(0, len(blobs), _DECODE_CHUNK), pool.map(_decode_chunk, chunks)):
                 pixels[start : start + len(chunk)] = chunk

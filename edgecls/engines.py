@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Tuple
 
-from edgecls.artifacts import atomic_write, ensure_writable_dir, sha256_file, utc_now
+from edgecls.artifacts import atomic_write, check_output_file, sha256_file, utc_now
 from edgecls.defaults import DEFAULT_BATCH_PROFILE, DEFAULT_WORKSPACE_MIB, ENGINES_DIR, PRECISIONS
 from edgecls.errors import EdgeclsError, first_line
 from edgecls.formats import EngineManifest, ModelMetadata
@@ -354,7 +354,8 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike | No
     plan_path = Path(plan_path) if plan_path is not None else default_plan_path(onnx_path)
     if plan_path.suffix != ".plan":
         raise EdgeclsError(f"engine path {plan_path} should end in .plan (its manifest goes beside it as .plan.json)")
-    ensure_writable_dir(plan_path.parent)
+    check_output_file(plan_path, inputs=(onnx_path,), writes=("TensorRT engine",))  # creates nothing: a failed
+    check_output_file(f"{plan_path}.json", inputs=(onnx_path,), writes=("engine manifest",))  # build leaves no folder
     check_batch(batch)
     check_dla_request(dla_core, metadata.precision, batch, str(onnx_path))
     if not 0.0 <= min_dla_share <= 1.0:

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 from edgecls.artifacts import (copy_beside, ensure_writable_dir, is_storage_error, sha256_file, staging_dir,
-                               storage_error, utc_now)
+                               storage_error, temporary_files_in, utc_now)
 from edgecls.data import digest_rows
 from edgecls.defaults import CALIBRATION_DIR, DEFAULT_OPSET, EXPORT_DIR
 from edgecls.errors import EdgeclsError, first_line
@@ -201,7 +201,7 @@ def export_model(request: ExportRequest, data: Any = None, progress: bool = True
     name = checkpoint.model_name
     model = checkpoint.build_model()
     report = ExportReport(name, {}, None, [])
-    with staging_dir(out, "export") as staging, contextlib.ExitStack() as cleanup:
+    with staging_dir(out, "export") as staging, temporary_files_in(staging), contextlib.ExitStack() as cleanup:
         try:
             reference = ReferenceLogits(
                 torch_logits(model, dataset.test_images, checkpoint.preprocess, batch_size=PARITY_BATCH),

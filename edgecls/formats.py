@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Collection, Iterator, Mapping, Optional, Seque
 
 import numpy as np
 
-from edgecls.artifacts import atomic_write, sha256_file, write_json
+from edgecls.artifacts import atomic_write, check_npz_sizes, live_writer, read_bounded, sha256_file, write_json
 from edgecls.defaults import CALIBRATION_DIR, ENGINES_DIR, EXPORT_DIR, PRECISIONS
 from edgecls.errors import EdgeclsError, first_line
 from edgecls.preprocess import Preprocessing
@@ -43,7 +43,7 @@ FORMAT_VERSION = 1  # of every record below; each file says which version wrote 
 def _json_object(path: Path, what: str, fix: str, missing: str) -> dict:
     """The JSON object in `path`, or one line naming the file: `missing` when there is none, else what is wrong."""
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(read_bounded(path, what).decode())  # a FIFO or /dev/zero is refused, not read forever
     except FileNotFoundError as exc:
         raise EdgeclsError(missing) from exc
     except (OSError, ValueError) as exc:  # ValueError: not UTF-8, or not JSON
@@ -406,6 +406,7 @@ class ReferenceLogits:
         path = Path(path)
         fix = "export the model again"
         try:
+            check_npz_sizes(path, "reference")  # declared shapes, before numpy allocates them
             with np.load(path, allow_pickle=False) as archive:
                 arrays = {key: archive[key] for key in ("logits", "labels", "digests", "meta")}
             meta = json.loads(str(arrays["meta"]))
@@ -528,6 +529,10 @@ class ExportSet(_Record, what="export record", fix="run `edgecls export` again")
             return
         record = cls.read(record_path)
         if not record.complete:
+            writer = live_writer(path.parent, "export")
+            if writer is not None:
+                raise EdgeclsError(f"{path}: an export of {model} into {path.parent} is in progress (process {writer} "
+                                   "is installing its files); wait for it to finish, then run this again")
             raise EdgeclsError(f"{path}: the export of {model} into {path.parent} was interrupted while installing its "
                                f"files ({record_path} is incomplete), so they may come from two exports; "
                                "run `edgecls export` again")
@@ -688,7 +693,7 @@ class BenchResult(_Record, what="bench file", fix="write it again with `edgecls 
         the field when it is a bench file with a field missing or of the wrong type."""
         path = Path(path)
         try:
-            record = json.loads(path.read_text())
+            record = json.loads(read_bounded(path, "bench file").decode())  # a device is refused, not read
         except FileNotFoundError as exc:
             raise EdgeclsError(f"bench file {path} does not exist; write one with `edgecls bench ... --json {path}`") \
                 from exc

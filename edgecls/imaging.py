@@ -66,7 +66,9 @@ def _opened(source: ImageSource, name: str, size: tuple[int, int] | None) -> Ite
             image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         with image:
             width, height = image.size
-            if size is not None and image.size != size:
+            if size is not None and _orientation(image) in _TURNED:  # shown turned a quarter: its size as shown
+                width, height = height, width  # (only asked with an expected size: a PNG's EXIF needs its pixels)
+            if size is not None and (width, height) != size:
                 raise EdgeclsError(f"image {name} is {width}x{height} pixels, not the {size[0]}x{size[1]} expected "
                                    "here; resize or remove it")
             if width * height > MAX_IMAGE_PIXELS:
@@ -98,7 +100,29 @@ def decode(source: ImageSource, name: str | None = None, size: tuple[int, int] |
     name = str(source) if name is None else name
     with _opened(source, name, size) as image:
         image.load()
+        orientation = _orientation(image)
+        if orientation in _TRANSPOSES:  # the camera's EXIF orientation: pixels as the photo is shown
+            from PIL import Image
+
+            image = image.transpose(getattr(Image.Transpose, _TRANSPOSES[orientation]))
         return _rgb(image)
+
+
+# EXIF orientation (tag 0x0112) -> the Pillow transpose that shows the image upright (as Pillow's exif_transpose,
+# without its copy of an image that needs none).
+_ORIENTATION_TAG = 0x0112
+_TRANSPOSES = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_270",
+               7: "TRANSVERSE", 8: "ROTATE_90"}
+_TURNED = {5, 6, 7, 8}
+
+
+def _orientation(image: Any) -> int:
+    """The image's EXIF orientation, 1 (as stored) when it has none or its EXIF block is unreadable."""
+    try:
+        value = image.getexif().get(_ORIENTATION_TAG, 1)
+        return int(value)
+    except (OSError, ValueError, TypeError, SyntaxError, KeyError):
+        return 1
 
 
 def _rgb(image: Any) -> np.ndarray:

@@ -7,12 +7,18 @@ size, center-crop to `crop_size`, scale to 0..1, standardize, HWC -> NCHW.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
 from edgecls.errors import EdgeclsError
+
+# What the deployment preprocessing knows how to apply; a record asking for anything else is refused when read.
+CHANNEL_ORDERS = ("RGB",)
+LAYOUTS = ("NCHW",)
+MAX_INPUT_SIZE = 4096  # pixels per side of the network input: far above any CIFAR model, far below an absurd one
 
 
 @dataclass(frozen=True)
@@ -24,6 +30,27 @@ class Preprocessing:
     crop_size: int = 28
     channel_order: str = "RGB"
     layout: str = "NCHW"
+
+    def __post_init__(self) -> None:
+        """Every value this module applies, checked once where a record is made or read: a wrong one would give
+        wrong answers silently (a zero std: inf; "BGR": swapped colours), or an absurd allocation."""
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if not isinstance(values, tuple) or len(values) != 3 or \
+                    not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+                raise EdgeclsError(f"preprocessing {name} must be 3 finite numbers (one per RGB channel), "
+                                   f"got {list(values) if isinstance(values, tuple) else values!r}")
+        if min(self.std) <= 0:
+            raise EdgeclsError(f"preprocessing std must be above 0 for every channel, got {list(self.std)}")
+        if not self.class_names or not all(isinstance(n, str) for n in self.class_names):
+            raise EdgeclsError("preprocessing class_names must be a non-empty list of names")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (self.input_size, self.crop_size)) or \
+                not 1 <= self.crop_size <= self.input_size <= MAX_INPUT_SIZE:
+            raise EdgeclsError(f"preprocessing sizes must satisfy 1 <= crop_size <= input_size <= {MAX_INPUT_SIZE}, "
+                               f"got input_size {self.input_size!r}, crop_size {self.crop_size!r}")
+        if self.channel_order not in CHANNEL_ORDERS or self.layout not in LAYOUTS:
+            raise EdgeclsError(f"preprocessing channel order {self.channel_order!r} and layout {self.layout!r}: "
+                               f"this edgecls applies only {'/'.join(CHANNEL_ORDERS)} and {'/'.join(LAYOUTS)}")
 
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> "Preprocessing":
@@ -39,6 +66,8 @@ class Preprocessing:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise EdgeclsError(f"preprocessing record is incomplete or malformed ({exc!r}); re-export the model") from exc
+        except EdgeclsError as exc:
+            raise EdgeclsError(f"{exc}; re-export the model") from exc
 
     def to_dict(self) -> dict[str, Any]:
         record = asdict(self)

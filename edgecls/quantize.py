@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, replace
@@ -51,7 +52,7 @@ from edgecls.artifacts import library_versions, utc_now
 from edgecls.data import check_seed, seeded_subset
 from edgecls.defaults import (CALIBRATION_DIR, CALIBRATION_METHODS, DEFAULT_CALIBRATION_SEED,
                               DEFAULT_CALIBRATION_SIZE, DEFAULT_METHOD, QUANT_TARGETS)
-from edgecls.errors import EdgeclsError
+from edgecls.errors import EdgeclsError, first_line
 from edgecls.formats import CalibrationRecord, Int8Report, ModelMetadata
 from edgecls.onnx_graph import (WEIGHTED_LAYERS, consumers, drop_unused_opsets, save_checked, transposed_to_conv,
                                 unquantize_float_side_outputs)
@@ -177,7 +178,13 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, dat
         if cache is None:
             record = replace(record, ranges=prepared.calibrate(data.train_images[record.indices], method))
         float_layers = default_float_layers(prepared.model)
-        result = prepared.quantize(record.ranges, method, float_layers, fp32_path)
+        try:
+            result = prepared.quantize(record.ranges, method, float_layers, fp32_path)
+        except EdgeclsError as exc:
+            if cache is None:
+                raise
+            raise EdgeclsError(f"calibration cache {cache} does not fit the graph of {metadata.model} "
+                               f"({first_line(exc.__cause__ or exc)}); drop --calibration-cache to recalibrate") from exc
     metadata.with_precision("int8", quantization_record(target, record, float_layers)).embed(result)
     save_int8(result, target, out_path)
     if cache is None:
@@ -369,9 +376,28 @@ class ImageBatches:
         return next(self._batches, None)
 
 
+def check_ranges(ranges: Any, source: str) -> None:
+    """Refuse tensor ranges that are not finite numbers with low <= high: ONNX Runtime would turn an infinite one into
+    NaN scales (an int8 file whose every output is NaN) and a NaN one into an AssertionError."""
+    data = ranges.get("data") if isinstance(ranges, dict) else None
+    if not isinstance(data, dict) or not data:
+        raise EdgeclsError(f"{source} holds no tensor ranges; drop --calibration-cache to recalibrate")
+    for tensor, entry in data.items():
+        bounds = [entry.get(side) if isinstance(entry, dict) else None for side in ("lowest", "highest")]
+        values = [bound.get("data") if isinstance(bound, dict) else bound for bound in bounds]
+        try:
+            low, high = (float(np.asarray(value, dtype=np.float64).reshape(-1)[0]) for value in values)
+        except (TypeError, ValueError, IndexError):
+            low, high = math.nan, math.nan
+        if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+            raise EdgeclsError(f"{source}: tensor {tensor!r} has the range {values[0]!r} to {values[1]!r}, not two "
+                               "finite numbers, lowest first; drop --calibration-cache to recalibrate")
+
+
 def load_calibration_record(path: str | os.PathLike, metadata: ModelMetadata, method: str) -> CalibrationRecord:
     """Read a calibration record and make sure it belongs to this model and method."""
     record = CalibrationRecord.read(path)
+    check_ranges(record.ranges, f"calibration cache {path}")
     if record.checkpoint_sha256 != metadata.checkpoint_sha256:
         raise EdgeclsError(f"calibration cache {path} was computed for another checkpoint "
                            f"({record.checkpoint_sha256[:12]}...); drop --calibration-cache to recalibrate")

@@ -21,6 +21,9 @@ from edgecls.errors import EdgeclsError
 from edgecls.runtime import Classifier
 
 
+MAX_TIMING_S = 3600.0  # seconds of timing or warm-up per batch size: an hour is already far more than any measure needs
+
+
 @dataclass(frozen=True)
 class TimingSettings:
     """What to time and for how long."""
@@ -35,8 +38,10 @@ class TimingSettings:
     def __post_init__(self) -> None:  # refused when the settings are made, before any work
         if not self.batch_sizes or not all(1 <= size <= BENCH_MAX_BATCH for size in self.batch_sizes):
             raise EdgeclsError(f"batch sizes {list(self.batch_sizes)} must lie between 1 and {BENCH_MAX_BATCH}")
-        if self.duration < 0 or self.warmup < 0:
-            raise EdgeclsError(f"timing duration {self.duration:g} s and warm-up {self.warmup:g} s cannot be negative")
+        # `not 0 <= x <= max` also refuses NaN, which no comparison satisfies (a NaN or infinite duration never ends)
+        if not (0 <= self.duration <= MAX_TIMING_S and 0 <= self.warmup <= MAX_TIMING_S):
+            raise EdgeclsError(f"timing duration {self.duration:g} s and warm-up {self.warmup:g} s must each be a "
+                               f"number of seconds from 0 to {MAX_TIMING_S:g}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"batch_sizes": list(self.batch_sizes), "duration_s": self.duration, "warmup_s": self.warmup}

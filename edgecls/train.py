@@ -39,6 +39,7 @@ from edgecls.formats import ModelFiles
 from edgecls.metrics import accuracy
 from edgecls.models import create_model
 from edgecls.preprocess import Preprocessing
+from edgecls.progress import progress_bar
 from edgecls.recipes import DEFAULT_RECIPE, Recipe, training_plan
 
 # Untimed training steps before epoch 1, on throwaway copies: cuDNN/cuBLAS handles, cuDNN's algorithm search and
@@ -366,6 +367,8 @@ class Run:
         self.start_epoch, self.best_accuracy, self.history = restore(
             self.request.paths.last, self.request.train_args(), self.data.fingerprint, self.model, self.average,
             self.optimizer, self.scheduler, self.generator)
+        # A run killed between its checkpoint and its log left the log behind: the checkpoint's history is the truth
+        write_log(self.request.paths.log, self.history)
 
     def train_epoch(self, epoch: int, bar: tqdm) -> EpochLog:
         """One epoch of steps (0-based `epoch`), timed; its losses are read from the device once, at the end."""
@@ -466,8 +469,9 @@ def train(request: TrainRequest, data: Cifar10,
             tqdm.write("edgecls: no CUDA GPU found: training on the CPU, which is slow (use a GPU for full runs)")
         warmup_seconds = warm_up(run.model, plan, run.batches, run.loss_fn, WARMUP_STEPS[dev.type])
 
-        with tqdm(total=plan.epochs * run.batches.steps, initial=run.start_epoch * run.batches.steps, unit="step",
-                  disable=not request.progress, dynamic_ncols=True, desc=f"{request.model_name} {dev.type}") as bar:
+        with progress_bar(total=plan.epochs * run.batches.steps, initial=run.start_epoch * run.batches.steps,
+                          unit="step", disable=not request.progress, dynamic_ncols=True,
+                          desc=f"{request.model_name} {dev.type}") as bar:
             for epoch in range(run.start_epoch, plan.epochs):
                 entry = run.train_epoch(epoch, bar)
                 if run.evaluation_due(entry.epoch):

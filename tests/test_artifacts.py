@@ -163,8 +163,9 @@ def test_a_sweep_returns_what_it_removed_and_leaves_the_rest(tmp_path, tmp_path_
     try:
         while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
             time.sleep(0.01)
-        names = {pid: temporary_prefix("new2.pt").replace(f"-{os.getpid()}-", f"-{pid}-") + "abcdefgh.tmp"
-                 for pid in (reaped.pid, zombie.pid, running.pid)}
+        ours = f"-{os.getpid()}-{artifacts._start_time(os.getpid())}-"  # a name carries its owner's start time too
+        names = {pid: temporary_prefix("new2.pt").replace(ours, f"-{pid}-{artifacts._start_time(pid) or 0}-") +
+                 "abcdefgh.tmp" for pid in (reaped.pid, zombie.pid, running.pid)}
         for name in names.values():
             (tmp_path / name).write_bytes(b"x")
         target = tmp_path / "kept-folder"

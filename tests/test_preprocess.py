@@ -82,8 +82,9 @@ def test_the_preprocessing_record_round_trips_and_refuses_a_broken_one():
     assert Preprocessing.from_dict(record) == PREPROCESS
     old = {key: value for key, value in record.items() if key not in ("channel_order", "layout")}
     assert Preprocessing.from_dict(old) == PREPROCESS
-    other_layout = Preprocessing.from_dict({**record, "channel_order": "BGR", "layout": "NHWC"})
-    assert (other_layout.channel_order, other_layout.layout) == ("BGR", "NHWC")
+    assert refusal(Preprocessing.from_dict, {**record, "channel_order": "BGR", "layout": "NHWC"}) == (
+        "preprocessing channel order 'BGR' and layout 'NHWC': this edgecls applies only RGB and NCHW; re-export the "
+        "model")  # never applied silently as RGB
     strings = {**record, "mean": ["0.5", "0.4", "0.3"], "input_size": "8", "crop_size": 6.0, "class_names": [1, 2]}
     assert Preprocessing.from_dict(strings) == Preprocessing(mean=(0.5, 0.4, 0.3), std=(0.25, 0.2, 0.1),
                                                              class_names=("1", "2"), input_size=8, crop_size=6)

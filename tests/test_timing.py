@@ -101,10 +101,12 @@ def test_timing_settings_are_checked_when_made():
         with pytest.raises(EdgeclsError) as info:
             TimingSettings(batch_sizes=sizes)
         assert str(info.value) == f"batch sizes {list(sizes)} must lie between 1 and 1024"
-    for duration, warmup in ((-1.0, 0.5), (2.0, -0.5)):
+    for duration, warmup in ((-1.0, 0.5), (2.0, -0.5), (float("inf"), 0.5), (float("nan"), 0.5), (2.0, float("nan")),
+                             (3601.0, 0.5)):
         with pytest.raises(EdgeclsError) as info:
             TimingSettings(duration=duration, warmup=warmup)
-        assert str(info.value) == f"timing duration {duration:g} s and warm-up {warmup:g} s cannot be negative"
+        assert str(info.value) == (f"timing duration {duration:g} s and warm-up {warmup:g} s must each be a number of "
+                                   "seconds from 0 to 3600")
 
 
 def test_timing_images_are_the_first_test_images_repeated_as_needed():

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import click
 
-from edgecls.cli.common import DATA_HELP, check_input_file
+from edgecls.artifacts import STDOUT
+from edgecls.cli.common import DATA_HELP, check_input_file, one_line
 from edgecls.defaults import (BENCH_ALL_BATCH_SIZES, BENCH_ALL_DURATION_S, BENCH_ALL_WARMUP_S, BENCH_BATCH_SIZES,
                               BENCH_DURATION_S, BENCH_MAX_BATCH, BENCH_WARMUP_S, ENGINES_DIR, EXPORT_DIR,
                               ONNX_PROVIDERS)
@@ -45,11 +47,14 @@ PROVIDER_HELP = f"ONNX Runtime provider: {', '.join(ONNX_PROVIDERS)}."
 @click.option("--warmup", type=click.FloatRange(min=0), help=f"Seconds of warm-up before each timing.  "
                                                              f"[default: {BENCH_WARMUP_S:g}; with --all: {BENCH_ALL_WARMUP_S:g}]")
 @click.option("--provider", default="cpu", show_default=True, help=PROVIDER_HELP)
-@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime / PyTorch (default: theirs).")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="CPU threads for ONNX Runtime / PyTorch, at most 1024 (default: theirs).")
 @click.option("--device", help="Device for checkpoints: cpu, cuda. Default: cuda when available.")
 @click.option("--export-dir", default=EXPORT_DIR, show_default=True, help="With --all: where the ONNX files are.")
 @click.option("--engines-dir", default=ENGINES_DIR, show_default=True, help="With --all: where the TensorRT plans are.")
-@click.option("--json", "json_path", help="Also write every figure, with the environment, to this JSON file.")
+@click.option("--json", "json_path", is_flag=False, flag_value=STDOUT, metavar="FILE",
+              help="Also write every figure, with the environment, to this JSON file; - (or --json alone) prints the "
+                   "JSON on stdout and the table on stderr. It never replaces an input or an edgecls artifact.")
 @click.option("--max-drop", type=float, metavar="POINTS",
               help="Exit 1 if accuracy is more than POINTS below the reference's.")
 @click.option("--min-agreement", type=float, metavar="PERCENT",
@@ -71,6 +76,7 @@ def bench(engine: str | None, all_checkpoint: str | None, data: str | None, refe
     from edgecls.data import load_cifar10
     from edgecls.formats import Folders
     from edgecls.metrics import Gate
+    from edgecls.runtime.base import check_threads
     from edgecls.timing import TimingSettings
 
     if (engine is None) == (all_checkpoint is None):
@@ -79,7 +85,7 @@ def bench(engine: str | None, all_checkpoint: str | None, data: str | None, refe
     overrides = {"batch_sizes": _batch_sizes(batch_sizes) if batch_sizes else None, "duration": duration,
                  "warmup": warmup}
     timing = replace(timing, **{key: value for key, value in overrides.items() if value is not None})
-    options = RunnerOptions(provider=provider, threads=threads, device=device)
+    options = RunnerOptions(provider=provider, threads=check_threads(threads), device=device)
     gate = Gate(max_drop=max_drop, min_agreement=min_agreement)
     # Every file named is checked before the data is read and the bench runs: the cheapest, most specific first.
     if all_checkpoint:
@@ -88,20 +94,23 @@ def bench(engine: str | None, all_checkpoint: str | None, data: str | None, refe
         check_input_file(engine, "model file")
     if reference is not None:
         check_input_file(reference, "reference")
-    if json_path:
-        check_output_file(json_path)
+    to_stdout = json_path == STDOUT
+    if json_path and not to_stdout:
+        check_output_file(json_path, inputs=(engine, all_checkpoint, reference, data), stdout_ok=True)
     settings = BenchSettings(timing, options, gate, progress=sys.stderr.isatty())
     dataset = load_cifar10(data)
     if all_checkpoint:
         result = bench_all(all_checkpoint, dataset, reference, folders=Folders(export_dir, engines_dir),
                            settings=settings)
-        click.echo(format_all(result))
+        click.echo(format_all(result), err=to_stdout)
         passed = result["passed"]
     else:
         result = bench_model(engine, dataset, reference, settings=settings)
         passed = result["gates"]["passed"]
-        click.echo(format_report(result))
-    if json_path:
+        click.echo(format_report(result), err=to_stdout)
+    if to_stdout:
+        click.echo(json.dumps(json_ready(result), indent=2))
+    elif json_path:
         write_json(json_path, json_ready(result))
         click.echo(f"figures written to {json_path}")
     if not passed:
@@ -135,7 +144,7 @@ def predict(images: tuple[str, ...], engine: str, top_k: int, provider: str) -> 
         with tqdm(total=len(files), unit="img", disable=not sys.stderr.isatty(), leave=False) as bar:
             for paths, fitted in batches:
                 for path, ranked in zip(paths, classifier.classify(fitted).top_k(top_k)):
-                    bar.write(f"{path}: " + "  ".join(f"{name} {probability:.3f}" for name, probability in ranked),
+                    bar.write(f"{one_line(path)}: " + "  ".join(f"{name} {probability:.3f}" for name, probability in ranked),
                               file=sys.stdout)
                 bar.update(len(paths))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgecls.artifacts import check_regular_file
 from edgecls.errors import EdgeclsError
 
 DATA_HELP = ("CIFAR-10 location: a cifar-10-batches-py folder, cifar-10-python.tar.gz, an image-folder tree or a "
@@ -21,7 +22,15 @@ def check_input_file(path: str, what: str) -> Path:
         found = file.is_file()
     except OSError as exc:  # a folder on the way that this user may not enter
         raise EdgeclsError(f"cannot read {what} {file} ({exc.strerror}); check the permissions of its folders") from exc
+    if not found and file.exists() and not file.is_dir():
+        check_regular_file(file, what)  # a FIFO or a device: said so, never opened (a FIFO would block)
     if not found:
         how = _MAKE_IT.get(file.suffix.lower(), "check the path")
         raise EdgeclsError(f"{what} {file} {'is a folder' if file.is_dir() else 'does not exist'}; {how}")
     return file
+
+
+def one_line(text: object) -> str:
+    """`text` (a file name) kept on one line of output: control characters, such as a newline in a file name, are
+    written as Python escapes (\\n), so that one-line-per-item output stays one line per item."""
+    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in str(text))

@@ -8,6 +8,7 @@ from typing import Optional
 
 import click
 
+from edgecls.artifacts import STDOUT
 from edgecls.cli.common import DATA_HELP
 from edgecls.defaults import DEFAULT_BATCH_PROFILE, DEFAULT_WORKSPACE_MIB, EXPORT_DIR
 
@@ -64,8 +65,9 @@ def build_engine_command(onnx_file: str, plan: Optional[str], batch: Optional[st
 @click.option("--data", help="Run the test engines on these test images (else random ones). " + DATA_HELP)
 @click.option("--no-build", is_flag=True, help="Only report the facts and build no test engine (then exit 0 means "
                                                "nothing is missing, not that an engine ran).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
-def doctor_command(export_dir: str, data: Optional[str], no_build: bool, as_json: bool) -> None:
+@click.option("--json", "json_path", is_flag=False, flag_value=STDOUT, metavar="FILE",
+              help="The report as JSON instead of a table: --json (or --json -) prints it, --json FILE writes it.")
+def doctor_command(export_dir: str, data: Optional[str], no_build: bool, json_path: Optional[str]) -> None:
     """Is this device ready to build and run TensorRT engines? Facts, test engines, and what to install.
 
     Prints the Jetson board and L4T / JetPack release, Python, numpy, TensorRT, which CUDA binding works
@@ -75,10 +77,19 @@ def doctor_command(export_dir: str, data: Optional[str], no_build: bool, as_json
 
     Example: edgecls doctor --data cifar10-jpeg.tar.gz
     """
+    from edgecls.artifacts import check_output_file, write_json
     from edgecls.doctor import format_report, run_doctor
 
+    if json_path not in (None, STDOUT):
+        check_output_file(json_path, inputs=(data,), stdout_ok=True)
     report = run_doctor(export_dir, data, build=not no_build)
-    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
+    if json_path == STDOUT:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    elif json_path is not None:
+        write_json(json_path, report.to_dict())
+        click.echo(f"{format_report(report)}\nreport written to {json_path}")
+    else:
+        click.echo(format_report(report))
     if not report.ready:
         sys.exit(1)
 

@@ -44,7 +44,8 @@ def report_command(checkpoint: str, output: str | None, data: str | None, bench_
     from edgecls.report.figures import require_matplotlib
 
     require_matplotlib()
-    target = check_output(Path(output) if output else Path("reports") / f"{Path(checkpoint).stem}.html")
+    target = check_output(Path(output) if output else Path("reports") / f"{Path(checkpoint).stem}.html",
+                          inputs=(checkpoint, data, *bench_files))
     result = build_report(checkpoint, target, data=data, bench_files=bench_files,
                           folders=Folders(export_dir, engines_dir, calibration_dir), results_dir=results_dir,
                           progress=sys.stderr.isatty())
@@ -55,15 +56,16 @@ def report_command(checkpoint: str, output: str | None, data: str | None, bench_
     click.echo(f"wrote {result.path}")
 
 
-def check_output(path: Path) -> Path:
-    """The output must be an .html file in a folder we can write, checked before the long work."""
-    from edgecls.artifacts import ensure_writable_dir
+def check_output(path: Path, inputs: tuple = ()) -> Path:
+    """The output must be an .html file in a folder we can write, not an input, checked before the long work (and
+    creating nothing: a failed report leaves no reports/ folder)."""
+    from edgecls.artifacts import check_output_file
 
     if path.suffix.lower() not in (".html", ".htm"):
         raise EdgeclsError(f"output {path} is not an .html file; pass -o with a name ending in .html")
     if path.is_dir():
         raise EdgeclsError(f"output {path} is a folder; pass -o with a file name ending in .html")
-    ensure_writable_dir(path.parent)
+    check_output_file(path, inputs=inputs)
     return path
 
 

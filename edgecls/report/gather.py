@@ -20,6 +20,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from edgecls import reference as references
+from edgecls.artifacts import check_regular_file, read_bounded
 from edgecls.checkpoint import Checkpoint, load_checkpoint
 from edgecls.data import load_cifar10, resolve_data_path
 from edgecls.errors import EdgeclsError
@@ -150,7 +151,13 @@ def gather(checkpoint: str | Path, *, folders: Folders = Folders(), results_dir:
     loaded = training.checkpoint
     inputs = ReportInputs(loaded.path, loaded.model_name, list(loaded.preprocess.class_names), training,
                           model_table(loaded), sources=[loaded.path])
-    if training.epochs is None:
+    if training.epochs is not None and training.epochs[-1]["epoch"] < loaded.epoch:
+        # the run was stopped between writing its checkpoint and its log: a curve that ends early would mislead
+        inputs.missing["training log"] = (
+            f"training log {training.log_path} ends at epoch {training.epochs[-1]['epoch']}, before the checkpoint's "
+            f"epoch {loaded.epoch}; `edgecls train --resume` (or training again) writes them together")
+        training.epochs = None
+    elif training.epochs is None:
         inputs.missing["training log"] = (f"no training log {training.log_path}: `edgecls train` writes it beside "
                                           "the checkpoint")
     else:
@@ -295,7 +302,7 @@ def read_training_log(path: Path) -> list[dict[str, Any]]:
     """The JSON lines `edgecls train` writes, one per epoch (`edgecls.train.EpochLog`), checked field by field."""
     fix = "delete it or train again with `edgecls train`"
     try:
-        lines = path.read_text().splitlines()
+        lines = read_bounded(path, "training log").decode().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise EdgeclsError(f"training log {path} is unreadable ({exc}); {fix}") from exc
     epochs = []
@@ -345,6 +352,8 @@ def read_bench_runs(model: str, sha256: str, results_dir: Path, explicit: list[P
     found = sorted(results_dir.glob("*.json")) if results_dir.is_dir() else []
     required, seen = {path.resolve() for path in explicit}, {path.resolve() for path in found}
     for path in found + [p for p in explicit if p.resolve() not in seen]:
+        if path.resolve() in required and path.exists() and not path.is_file():
+            check_regular_file(path, "bench file")  # a device or a FIFO: say what it is, not "does not exist"
         results = BenchResult.read_all(path)
         mine = [r for r in results if r.model["name"] == model and r.model.get("checkpoint_sha256") in (None, sha256)]
         if not mine:

@@ -7,13 +7,65 @@ Code above this layer (the classifier, the bench) never asks which backend it ho
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
 from edgecls.errors import EdgeclsError
 from edgecls.formats import ModelMetadata
+
+MAX_THREADS = 1024  # CPU threads a backend may be given: above any machine's cores, below a runaway value
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One input or output of an opened model: its numpy dtype name ("float32") and dims (None for a dynamic one)."""
+
+    dtype: str
+    dims: tuple[Optional[int], ...]
+
+
+@dataclass(frozen=True)
+class GraphIO:
+    inputs: Mapping[str, TensorInfo]
+    outputs: Mapping[str, TensorInfo]
+
+
+def check_graph(metadata: ModelMetadata, graph: GraphIO | None, source: str) -> None:
+    """The one check, at load, that a model's record (ModelMetadata, already valid on its own: see Preprocessing)
+    agrees with its graph, for ONNX files and TensorRT plans alike: exactly one input, float32, shaped
+    [batch, 3, crop, crop] with a dynamic or positive batch; a float32 output [batch, classes] whose width is the
+    number of class names. Anything else would give wrong answers silently or fail on the first image."""
+    if graph is None:
+        return
+    fix = "re-export it with `edgecls export`"
+    metadata.check_io({name: list(info.dims) for name, info in graph.inputs.items()}, set(graph.outputs), source)
+    if len(graph.inputs) != 1:
+        raise EdgeclsError(f"{source} has {len(graph.inputs)} inputs ({', '.join(sorted(graph.inputs))}); an edgecls "
+                           f"model takes one, '{metadata.input_name}'; {fix}")
+    for role, name, info in (("input", metadata.input_name, graph.inputs[metadata.input_name]),
+                             ("output", metadata.output_name, graph.outputs[metadata.output_name])):
+        if info.dtype != "float32":
+            raise EdgeclsError(f"{source}: {role} '{name}' is {info.dtype}; edgecls models take and give float32 "
+                               f"(fp16 and int8 inside only); {fix}")
+    dims = graph.outputs[metadata.output_name].dims
+    classes = len(metadata.preprocess.class_names)
+    if len(dims) != 2 or (dims[1] is not None and dims[1] != classes):
+        shown = ["batch" if d is None else d for d in dims]
+        raise EdgeclsError(f"{source}: output '{metadata.output_name}' has shape {shown}, but its metadata names "
+                           f"{classes} classes ([batch, {classes}]); {fix}")
+
+
+def check_threads(threads: Any) -> Optional[int]:
+    """A thread count for a backend: None (the backend's default) or 1 to MAX_THREADS; anything else is refused in
+    one line (a million threads would be accepted by ONNX Runtime and grow memory without bound)."""
+    if threads is None:
+        return None
+    if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= MAX_THREADS:
+        raise EdgeclsError(f"threads must be a whole number from 1 to {MAX_THREADS}, got {threads!r}")
+    return threads
 
 
 class Runner(ABC):
@@ -34,8 +86,18 @@ class Runner(ABC):
     def activate(self) -> "Runner":
         if not self.active:
             self._open()
+            try:
+                check_graph(self.metadata, self.graph_io(), str(self.path))
+            except BaseException:
+                self._close()  # a model refused is not left half-open
+                raise
             self.active = True
         return self
+
+    def graph_io(self) -> GraphIO | None:
+        """The opened model's inputs and outputs as the backend sees them, for `check_graph`; None only for a
+        backend whose graph is built from the record itself (a checkpoint)."""
+        return None
 
     def deactivate(self) -> None:
         if self.active:

@@ -49,6 +49,8 @@ def open_runner(path: str | Path, provider: str = "cpu", threads: int | None = N
     `provider`: ONNX Runtime's execution provider for .onnx files; `device`: PyTorch's for checkpoints (.pt), which
     only the training machine can run (the runtime itself never imports torch).
     """
+    if not isinstance(path, (str, os.PathLike)) or isinstance(os.fspath(path), bytes):
+        raise EdgeclsError(f"path must be a str or pathlib.Path naming a model file, got {path!r}")
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".onnx":
@@ -80,8 +82,12 @@ class Classifier:
     DEFAULT_BATCH = 256  # images per runner call when the backend accepts any batch size
 
     def __init__(self, runner: Runner, batch_size: int | None = None) -> None:
-        if batch_size is not None and batch_size < 1:
-            raise EdgeclsError(f"batch size must be at least 1, got {batch_size}")
+        if not isinstance(runner, Runner):
+            raise EdgeclsError(f"runner must be an edgecls Runner (from edgecls.runtime.open_runner), got {runner!r}; "
+                               "to open a model file, use Classifier.load(path)")
+        if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or
+                                       batch_size < 1):
+            raise EdgeclsError(f"batch_size must be a whole number of at least 1, got {batch_size!r}")
         self.runner = runner.activate()
         self.metadata = runner.metadata
         self.preprocess = self.metadata.preprocess
@@ -120,6 +126,14 @@ class Classifier:
                                "edgecls.runtime.images.read_image")
         if not isinstance(images, (np.ndarray, list, tuple)):
             raise EdgeclsError(f"expected uint8 images (an array, or a list of arrays), got {type(images).__name__}")
+        if isinstance(images, np.ndarray) and images.ndim not in (2, 3, 4):
+            raise EdgeclsError(f"expected uint8 images shaped N x H x W x C, H x W x C or H x W, got an array of "
+                               f"shape {images.shape}")
+        if isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[1] in (1, 3, 4) and \
+                images.shape[1] < images.shape[2]:
+            raise EdgeclsError(f"images of shape {images.shape} look channels-first (N x C x H x W); classify takes "
+                               "N x H x W x C uint8 images (images.transpose(0, 2, 3, 1)), and run_preprocessed "
+                               "takes preprocessed N x 3 x H x W float32 batches")
         if isinstance(images, np.ndarray) and images.ndim in (2, 3):
             images = [images]  # one image, as Preprocessing reads a 2-D or 3-D array
         elif isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[-1] != 3:
@@ -137,6 +151,13 @@ class Classifier:
 
     def run_preprocessed(self, batch: np.ndarray) -> np.ndarray:
         """Logits of an already preprocessed float32 NCHW batch that fits the engine."""
+        crop = self.preprocess.crop_size
+        if not isinstance(batch, np.ndarray) or batch.dtype != np.float32 or batch.ndim != 4 or \
+                batch.shape[1:] != (3, crop, crop) or not 1 <= len(batch) <= self.batch_size:
+            shown = f"{batch.dtype} array of shape {batch.shape}" if isinstance(batch, np.ndarray) else \
+                type(batch).__name__
+            raise EdgeclsError(f"run_preprocessed takes a float32 array of shape (N, 3, {crop}, {crop}) with N from 1 "
+                               f"to {self.batch_size} (as preprocess() makes), got a {shown}")
         return self._run(batch)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:

@@ -11,7 +11,11 @@ import numpy as np
 from edgecls.defaults import ONNX_PROVIDERS
 from edgecls.errors import EdgeclsError, first_line
 from edgecls.formats import METADATA_KEY, ExportSet, ModelMetadata
-from edgecls.runtime.base import Runner
+from edgecls.runtime.base import GraphIO, Runner, TensorInfo, check_threads
+
+# ONNX Runtime's tensor type names, as numpy's
+_ONNX_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+               "tensor(uint8)": "uint8", "tensor(int8)": "int8", "tensor(int64)": "int64", "tensor(int32)": "int32"}
 
 
 class OnnxRunner(Runner):
@@ -19,8 +23,11 @@ class OnnxRunner(Runner):
 
     def __init__(self, path: str | Path, provider: str = "cpu", threads: int | None = None) -> None:
         super().__init__(path)
+        if not isinstance(provider, str):
+            raise EdgeclsError(f"provider must be a name such as {', '.join(map(repr, ONNX_PROVIDERS))}, "
+                               f"got {provider!r}")
         self.provider = ONNX_PROVIDERS.get(provider.lower(), provider)
-        self.threads = threads
+        self.threads = check_threads(threads)
         self.session: Any = None
 
     def _open(self) -> None:
@@ -46,14 +53,22 @@ class OnnxRunner(Runner):
             ) from exc
         raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         self.metadata = ModelMetadata.from_json(raw, str(self.path))
-        # ONNX Runtime names dynamic dimensions with strings (or None); fixed ones are ints.
-        inputs = {i.name: [d if isinstance(d, int) and d > 0 else None for d in i.shape]
-                  for i in self.session.get_inputs()}
-        self.metadata.check_io(inputs, {o.name for o in self.session.get_outputs()}, str(self.path))
         ExportSet.check_member(self.path, self.metadata.model)  # not a file of an interrupted or later export
-        batch_dim = inputs[self.input_name][0]
+        # activate() checks the graph against the metadata (`check_graph`) before the runner is used
+        found = self.graph_io().inputs.get(self.input_name)
+        batch_dim = found.dims[0] if found is not None and found.dims else None
         if batch_dim is not None:  # exported with a fixed batch: feed exactly that
             self.min_batch = self.max_batch = batch_dim
+
+    def graph_io(self) -> GraphIO:
+        # ONNX Runtime names dynamic dimensions with strings (or None); fixed ones are ints. Its inputs are the
+        # graph's required ones (initializers are not listed).
+        def info(arg: Any) -> TensorInfo:
+            dims = tuple(d if isinstance(d, int) and d > 0 else None for d in (arg.shape or ()))
+            return TensorInfo(_ONNX_TYPES.get(arg.type, str(arg.type)), dims)
+
+        return GraphIO({i.name: info(i) for i in self.session.get_inputs()},
+                       {o.name: info(o) for o in self.session.get_outputs()})
 
     def _close(self) -> None:
         self.session = None

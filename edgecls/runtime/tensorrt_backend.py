@@ -21,7 +21,7 @@ import numpy as np
 
 from edgecls.errors import EdgeclsError, first_line
 from edgecls.formats import EngineManifest
-from edgecls.runtime.base import Runner
+from edgecls.runtime.base import GraphIO, Runner, TensorInfo
 from edgecls.runtime.cuda_memory import Buffer, CudaBinding, open_cuda
 
 if TYPE_CHECKING:  # the API contract (tests/test_api_contract.py) type-checks every TensorRT call against each version
@@ -160,6 +160,7 @@ class TensorRTRunner(Runner):
         self.manifest: Optional[EngineManifest] = None
         self.trt_version = "?"
         self._open_engine: Optional[_Engine] = None
+        self._graph: Optional[GraphIO] = None  # the engine's inputs and outputs, once opened
         self._release: Optional[weakref.finalize] = None
         self.warnings: list[str] = []  # e.g. a plan built on another board model
 
@@ -236,18 +237,26 @@ class TensorRTRunner(Runner):
             self.min_batch = self.max_batch = int(first)
         else:
             self.min_batch, self.max_batch = self.manifest.batch["min"], self.manifest.batch["max"]
+        dtypes = {name: numpy_dtype(engine.get_tensor_dtype(name).name, name, self.path) for name in names}
+        infos = {name: TensorInfo(dtypes[name].name, tuple(int(d) if d >= 0 else None for d in shapes[name]))
+                 for name in names}
+        self._graph = GraphIO({n: i for n, i in infos.items() if modes[n] == trt.TensorIOMode.INPUT},
+                              {n: i for n, i in infos.items() if modes[n] == trt.TensorIOMode.OUTPUT})
         for name in names:
             # the buffers are plain (N, C, H, W) arrays: an I/O tensor in another layout (a DLA plan built with
             # DIRECT_IO, say) would be read as garbage without an error
             if engine.get_tensor_format(name) != trt.TensorFormat.LINEAR:
                 raise EdgeclsError(f"{self.path}: tensor {name!r} has the {engine.get_tensor_format(name).name} "
                                    "layout, not LINEAR; rebuild the engine with `edgecls build`")
-            dtype = numpy_dtype(engine.get_tensor_dtype(name).name, name, self.path)
+            dtype = dtypes[name]
             shape = (self.max_batch, *(int(d) for d in shapes[name][1:]))
             state.buffers[name] = state.cuda.allocate(shape, dtype)
             if not state.context.set_tensor_address(name, state.buffers[name].device):
                 raise EdgeclsError(f"TensorRT refused the buffer of tensor {name!r} of {self.path} "
                                    "(its log above says why); rebuild the engine with `edgecls build`")
+
+    def graph_io(self) -> GraphIO | None:
+        return self._graph  # read from the engine when it was opened; activate() checks it against the manifest
 
     def _close(self) -> None:
         if self._release is not None:
