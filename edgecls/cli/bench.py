@@ -137,7 +137,10 @@ def bench_served(server: str, model: str, concurrency: str | None, request_batch
     from edgecls.serving.client import LoadSettings, parse_server
 
     parse_server(server)
-    levels = _batch_sizes(concurrency) if concurrency else LoadSettings.concurrency
+    try:
+        levels = tuple(int(part) for part in concurrency.split(",")) if concurrency else LoadSettings.concurrency
+    except ValueError:
+        raise EdgeclsError(f"--concurrency {concurrency!r} is not a comma-separated list of numbers, e.g. 1,8,32,64")
     overrides = {"duration": duration, "warmup": warmup}
     load = LoadSettings(concurrency=levels, request_batch=request_batch,
                         **{key: value for key, value in overrides.items() if value is not None})

@@ -140,7 +140,7 @@ def format_served(result: dict[str, Any]) -> str:
                  f"{'images/s':>9} {'batches':>8} {'mean batch':>10}")
     for row in result["load"]:
         batching = row.get("batching") or {}
-        lines.append(f"  {row['concurrency']:>11} {row['answered']:>9} {row['failed']:>6} {_num(row['p50_ms'], '8.2f'):>8} "
+        lines.append(f"  {row['concurrency']:>11} {row['timed_requests']:>9} {row['failed']:>6} {_num(row['p50_ms'], '8.2f'):>8} "
                      f"{_num(row['p90_ms'], '8.2f'):>8} {_num(row['p99_ms'], '8.2f'):>8} "
                      f"{row['images_per_s']:>9.1f} {_num(batching.get('batches'), 'd'):>8} "
                      f"{_num(batching.get('mean_batch'), '10.2f'):>10}")

@@ -229,16 +229,17 @@ def run_load(server: ServerAddress, model: str, input_name: str, batches: Sequen
              duration: float, warmup: float = 0.0, max_requests: int = 200_000,
              timeout: float = REQUEST_TIMEOUT_S) -> dict[str, Any]:
     """`concurrency` clients (threads, each its own connection) sending the `batches` in turn, back to back, for
-    `warmup` then `duration` seconds (at most `max_requests`). Latency of each request; failures counted with the
-    first reason; a level where the server stops answering ends early and says so (`complete` false)."""
+    `warmup` then `duration` seconds (at most `max_requests` timed). Latency and images of the requests answered in
+    the timed window; over the whole run, every request sent, answered and failed (a request neither answered nor
+    failed when the clients have stopped is lost); a level where the server stops answering ends early and says so
+    (`complete` false)."""
     lock = threading.Lock()
     latencies: list[float] = []
     failures: list[str] = []
-    sent = [0]
-    images = [0]
+    totals = {"sent": 0, "answered": 0, "failed": 0, "timed": 0, "images": 0}
     stop = threading.Event()
     measuring = threading.Event()
-    clients = []
+    clients: list[ServedModel] = []
     try:
         for _ in range(concurrency):
             clients.append(ServedModel(server, model, timeout))
@@ -252,26 +253,28 @@ def run_load(server: ServerAddress, model: str, input_name: str, batches: Sequen
         while not stop.is_set():
             batch = batches[turn % len(batches)]
             turn += 1
-            timed = measuring.is_set()
             with lock:
-                if timed:
-                    if sent[0] >= max_requests:
-                        break
-                    sent[0] += 1
+                timed = measuring.is_set()
+                if timed and totals["timed"] >= max_requests:
+                    break
+                totals["sent"] += 1
+                totals["timed"] += timed
             begin = time.perf_counter()
             try:
                 client.infer(input_name, batch)
             except ServerError as exc:
-                if timed:
-                    with lock:
-                        failures.append(str(exc))
+                with lock:
+                    totals["failed"] += 1
+                    failures.append(str(exc))
                 if not _alive(server):
                     stop.set()
                 continue
-            if timed and measuring.is_set():
-                with lock:
-                    latencies.append(time.perf_counter() - begin)
-                    images[0] += len(batch)
+            took = time.perf_counter() - begin
+            with lock:
+                totals["answered"] += 1
+                if timed and measuring.is_set():  # sent and answered inside the timed window
+                    latencies.append(took)
+                    totals["images"] += len(batch)
 
     threads = [threading.Thread(target=worker, args=(i, c), daemon=True) for i, c in enumerate(clients)]
     for thread in threads:
@@ -281,25 +284,25 @@ def run_load(server: ServerAddress, model: str, input_name: str, batches: Sequen
         measuring.set()
         started = time.perf_counter()
         stop.wait(duration)
-        with lock:  # what finished in the timed window
+        with lock:
             elapsed = time.perf_counter() - started
             measuring.clear()
-            done, count, failed = list(latencies), images[0], list(failures)
-            requests = sent[0]
+            done, count = list(latencies), totals["images"]
         gone = stop.is_set()
         stop.set()
-        for thread in threads:
+        for thread in threads:  # each finishes the request it has in flight
             thread.join(timeout + 5)
     finally:
         stop.set()
         for client in clients:
             client.close()
-    seconds = np.asarray(done) * 1e3 if done else np.asarray([np.nan])
-    p50, p90, p99 = np.percentile(seconds, [50, 90, 99])
-    return {"concurrency": concurrency, "request_batch": int(len(batches[0])), "requests": requests,
-            "answered": len(done), "failed": len(failed), "in_flight_at_end": requests - len(done) - len(failed),
-            "first_failure": failed[0] if failed else None, "p50_ms": float(p50), "p90_ms": float(p90),
-            "p99_ms": float(p99), "mean_ms": float(np.mean(seconds)), "images_per_s": count / elapsed,
+    milliseconds = np.asarray(done) * 1e3 if done else np.asarray([np.nan])
+    p50, p90, p99 = np.percentile(milliseconds, [50, 90, 99])
+    return {"concurrency": concurrency, "request_batch": int(len(batches[0])), "timed_requests": len(done),
+            "sent": totals["sent"], "answered": totals["answered"], "failed": totals["failed"],
+            "lost": totals["sent"] - totals["answered"] - totals["failed"],
+            "first_failure": failures[0] if failures else None, "p50_ms": float(p50), "p90_ms": float(p90),
+            "p99_ms": float(p99), "mean_ms": float(np.mean(milliseconds)), "images_per_s": count / elapsed,
             "seconds": elapsed, "complete": not gone}
 
 

@@ -218,7 +218,9 @@ def serve(settings: ServeSettings, echo: Callable[[str], None] = print) -> None:
                 triton.stop()
                 # PyTriton's second and later instances wait 1 s for the first one's handshake socket; on a busy
                 # machine that can run out while loading. Another start usually succeeds.
-                if attempt < START_ATTEMPTS and "Timeout occurred while waiting for config file" in str(exc):
+                handshake = "Timeout occurred while waiting for config file" in str(exc) or (
+                    settings.instances > 1 and "Model initialize error" in str(exc))
+                if attempt < START_ATTEMPTS and handshake:
                     echo(f"Triton's model instances missed PyTriton's 1 s handshake (busy machine?); starting again "
                          f"({attempt + 1} of {START_ATTEMPTS})")
                     continue
