@@ -126,3 +126,18 @@ def this_interpreter() -> dict:
     except Exception as exc:  # not installed, or broken by the numpy it found
         facts["pytriton_error"] = first_line(exc)
     return facts
+
+
+def serving_status() -> tuple[bool, str]:
+    """For `edgecls doctor`: whether `edgecls serve` can run here, with the interpreter it would use or why not."""
+    here = this_interpreter()
+    if problem(here) is None:
+        return True, f"works here (nvidia-pytriton {here['pytriton']}, numpy {here['numpy']}, {here['executable']})"
+    python = candidate()
+    if python is None:
+        return False, f"not set up: {problem(here)}"
+    there = probe(python)
+    why = problem(there)
+    if why is None:
+        return True, f"works, through {python} (nvidia-pytriton {there['pytriton']}, numpy {there['numpy']})"
+    return False, f"does not work: {why}"
