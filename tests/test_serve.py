@@ -97,10 +97,10 @@ def test_served_answers_are_the_runtime_answers(server, artifact, tiny_cifar, pr
         served_metadata, config = served.metadata()
         assert served_metadata == metadata  # names and preprocessing from the artifact's own metadata
         assert config["max_batch_size"] == MAX_BATCH
-        out = served.infer(metadata.input_name, inputs, outputs=("logits", "probabilities", "top_k"))
+        out = served.infer(metadata.input_name, inputs, outputs=("logits", "probabilities", "classes"))
     np.testing.assert_allclose(out["logits"], predictions.logits, rtol=0, atol=1e-5)
     np.testing.assert_allclose(out["probabilities"], predictions.probabilities, rtol=0, atol=1e-6)
-    assert [[name.decode() for name in row] for row in out["top_k"]] == \
+    assert [[name.decode() for name in row] for row in out["classes"]] == \
         [[name for name, _ in ranked] for ranked in predictions.top_k(2)]
 
 
@@ -111,7 +111,7 @@ def test_encoded_images_are_decoded_by_the_one_decoder(server, artifact, tiny_ci
     Image.fromarray(np.kron(images[0], np.ones((3, 3, 1), np.uint8))).save(jpeg, format="JPEG")  # 96 x 96: resized
     encoded = np.array([[png(image)] for image in images] + [[jpeg.getvalue()]], dtype=object)
     with ServedModel(parse_server(server.grpc), "new2_image") as served:
-        out = served.infer("image", encoded, outputs=("logits", "top_k"))
+        out = served.infer("image", encoded, outputs=("logits", "classes"))
     np.testing.assert_allclose(out["logits"][:5], predictions.logits, rtol=0, atol=1e-5)
     with Classifier.load(artifact) as classifier:  # the large JPEG: what the runtime answers for the same file
         from edgecls.runtime.images import decode
@@ -190,6 +190,15 @@ def test_bench_server_passes_its_gate_and_writes_the_bench_json(server, new2_exp
                for row in figures["load"])
     assert figures["server"]["metrics"] == server.metrics
     assert "parity vs" in result.output and "mean batch" in result.output
+    # the report page takes this file as a bench file and shows the served figures
+    from edgecls.report.gather import BenchRun, bench_results
+    from edgecls.report.render import _served
+
+    [run] = bench_results(out, figures)
+    html = _served(BenchRun(out, run), "served")
+    assert "model &#x27;new2&#x27; over grpc" in html and "top-1 agreement 100.00%" in html
+    for row in figures["load"]:
+        assert f'<td class="n">{row["images_per_s"]:,.1f}</td>' in html
 
 
 def test_bench_server_refuses_what_it_cannot_measure(server, tiny_data_dir):

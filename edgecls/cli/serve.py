@@ -40,7 +40,7 @@ def serve(artifact: str, instances: int, max_batch: Optional[int], preferred_bat
     """Serve an exported model (.onnx, or a TensorRT .plan on its device) on Triton Inference Server.
 
     Two models answer over HTTP and gRPC (KServe v2): NAME takes preprocessed float32 N x 3 x H x W, NAME_image
-    takes encoded image files; both return logits, probabilities and the top-k class names. NAME, the class names
+    takes encoded image files; both return logits, probabilities and classes (the top-k class names). NAME, the class names
     and the preprocessing come from the artifact's metadata. Runs until Ctrl-C or SIGTERM, which stop the server and
     every process it started (exit 0).
 

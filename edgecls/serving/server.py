@@ -35,7 +35,6 @@ from edgecls.runtime import Classifier, softmax
 from edgecls.serving.client import METRICS_PORT_PARAMETER
 
 IMAGE_INPUT = "image"  # the encoded-image model's input: one encoded file (BYTES) per row
-OUTPUTS = ("logits", "probabilities", "top_k")  # float32 [classes], float32 [classes], BYTES [k] class names
 IMAGE_SUFFIX = "_image"
 START_ATTEMPTS = 3
 PORT_OPTIONS = ("--http-port", "--grpc-port", "--metrics-port")
@@ -132,10 +131,11 @@ def choose_ports(settings: ServeSettings) -> Endpoints:
 
 
 def _outputs(logits: np.ndarray, class_names: Sequence[str], top_k: int) -> dict[str, np.ndarray]:
+    """Each model's outputs: logits and probabilities (float32, one per class), classes (the top-k names, BYTES)."""
     probabilities = softmax(logits).astype(np.float32)
     order = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
     names = np.array([[class_names[c].encode() for c in row] for row in order], dtype=object)
-    return {"logits": logits.astype(np.float32), "probabilities": probabilities, "top_k": names}
+    return {"logits": logits.astype(np.float32), "probabilities": probabilities, "classes": names}
 
 
 def tensor_callable(classifier: Classifier, top_k: int) -> Callable[[list], list]:
@@ -269,7 +269,7 @@ def _bound_triton(settings: ServeSettings, classifiers: list[Classifier], endpoi
     top_k = min(settings.top_k, classes)
     outputs = [Tensor(name="logits", dtype=np.float32, shape=(classes,)),
                Tensor(name="probabilities", dtype=np.float32, shape=(classes,)),
-               Tensor(name="top_k", dtype=np.bytes_, shape=(top_k,))]
+               Tensor(name="classes", dtype=np.bytes_, shape=(top_k,))]
     name = served_name(metadata)
     triton = Triton(config=config)
     batcher = DynamicBatcher(max_queue_delay_microseconds=settings.queue_delay_us,
