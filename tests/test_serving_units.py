@@ -69,6 +69,7 @@ def test_serve_without_a_serving_interpreter_is_one_line(monkeypatch, tmp_path):
     result = CliRunner().invoke(main, ["serve", str(model)])
     assert result.exit_code == 2
     assert result.output.startswith("error: edgecls serve cannot run here") and "make serve-venv" in result.output
+    assert f"{tmp_path / 'no-such-python'} does not exist" in result.output
     assert len(result.output.strip().splitlines()) == 1
 
 

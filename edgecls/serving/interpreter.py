@@ -72,6 +72,8 @@ def loader_folders(multiarch: str) -> list[Path]:
 def problem(facts: dict) -> Optional[str]:
     """Why the interpreter described by `facts` (from `probe`) cannot serve, or None when it can."""
     where = facts.get("executable", "this python")
+    if facts.get("unusable"):
+        return f"{where} {facts['unusable']}; {FIX}"
     version = tuple(facts.get("version", ()))
     if version not in STUB_VERSIONS:
         return f"{where} is Python {facts.get('python')}; PyTriton's Triton stub exists for 3.10-3.12 only; {FIX}"
@@ -95,15 +97,13 @@ def problem(facts: dict) -> Optional[str]:
 def probe(python: Path, timeout: float = 60.0) -> dict:
     """What `python` has (version, numpy, PyTriton, its libpython), asked from inside it."""
     if not python.exists():
-        return {"executable": str(python), "version": [], "python": "missing", "pytriton": None,
-                "pytriton_error": f"{python} does not exist"}
+        return {"executable": str(python), "unusable": "does not exist"}
     try:
         done = subprocess.run([str(python), "-c", _PROBE], capture_output=True, text=True, timeout=timeout,
                               env={**os.environ, "PYTHONPATH": str(repository_root())})
         facts = json.loads(done.stdout.strip().splitlines()[-1])
     except (OSError, subprocess.SubprocessError, ValueError, IndexError) as exc:
-        return {"executable": str(python), "version": [], "python": "unusable", "pytriton": None,
-                "pytriton_error": first_line(exc)}
+        return {"executable": str(python), "unusable": f"does not run as a Python ({first_line(exc)})"}
     facts["executable"] = str(python)
     return facts
 
