@@ -25,6 +25,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from edgecls.cli import main
+from edgecls.engines import unavailable_reason
 from edgecls.runtime import Classifier
 from edgecls.serving import interpreter
 from edgecls.serving.client import (ServedModel, ServerError, batch_counters, batching_between, parse_server,
@@ -212,21 +213,32 @@ def test_bench_server_refuses_what_it_cannot_measure(server, tiny_data_dir):
 
 
 def test_refusals_before_any_server_starts(artifact, tmp_path):
-    """A port in use, a missing or foreign artifact: one line, exit code 2, nothing left running."""
+    """A port in use, a missing or foreign artifact, a plan built on another device: one line, exit code 2, nothing
+    left running."""
+    import hashlib
+
+    from edgecls.formats import EngineManifest, ModelMetadata
+
     foreign = tmp_path / "foreign.onnx"
     foreign.write_bytes(b"this is not an ONNX file")
+    plan = tmp_path / "new2.plan"
+    plan.write_bytes(b"\x01" * 100)
+    EngineManifest("10.3.0", "Orin", "8.7", str(artifact), "0" * 64, hashlib.sha256(plan.read_bytes()).hexdigest(),
+                   "fp32", {"min": 1, "opt": 8, "max": 64}, ModelMetadata.read(artifact)).write(plan)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         cases = [([str(artifact), "--http-port", str(port)], f"port {port} (--http-port) is in use on 127.0.0.1"),
                  ([str(tmp_path / "missing.onnx")], "does not exist"),
-                 ([str(foreign)], "is not a readable ONNX model")]
+                 ([str(foreign)], "is not a readable ONNX model"),
+                 ([str(plan)], "needs TensorRT 10.3.0 and a GPU" if unavailable_reason() else "Orin")]
         for args, message in cases:
             with pytest.raises(Exception) as failed:
                 ServerProcess(args, startup_timeout=60)
             text = str(failed.value)
-            assert "exited with code 2" in text and message in text and "Traceback" not in text, text
+            assert "exited with code 2:" in text and message in text and "Traceback" not in text, text
+            assert failed.value.args and "error: " in text
 
 
 def test_a_server_killed_under_load_ends_the_bench_in_one_line(artifact, tiny_data_dir, new2_export, tmp_path):

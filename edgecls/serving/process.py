@@ -39,8 +39,11 @@ class ServerProcess:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self._reader.join(5)
                 code = self.process.poll()
+                left = self.group_processes() if code is not None else []  # what it failed to end itself
                 self.kill()
                 why = f"exited with code {code}" if code is not None else f"not ready after {startup_timeout:g} s"
+                if left:
+                    why += f", leaving {len(left)} of its processes running (killed now)"
                 raise EdgeclsError(f"edgecls serve {why}: {self.output_tail()}")
 
     def _read(self) -> None:
