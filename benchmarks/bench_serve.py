@@ -133,7 +133,8 @@ def main() -> int:
     parser.add_argument("--timing-seconds", type=float, default=3.0, help="in process, per batch size")
     parser.add_argument("--queue-delay", type=int, default=100, help="microseconds (edgecls serve --queue-delay)")
     parser.add_argument("--instances", type=int, default=1)
-    parser.add_argument("--threads", type=int, help="ONNX Runtime threads, in process and served (default: its own)")
+    parser.add_argument("--threads", type=int, help="ONNX Runtime threads in process (default: its own)")
+    parser.add_argument("--serve-threads", type=int, help="edgecls serve --threads (default: its own, 1 on the CPU)")
     parser.add_argument("--json", default="results/bench-serve.json")
     args = parser.parse_args()
     levels = tuple(int(c) for c in args.concurrency.split(","))
@@ -149,8 +150,8 @@ def main() -> int:
           f"{local['p50_ms_one_image']:.3f} ms", flush=True)
 
     serve_args = [args.onnx, "--queue-delay", str(args.queue_delay), "--instances", str(args.instances)]
-    if args.threads:
-        serve_args += ["--threads", str(args.threads)]
+    if args.serve_threads:
+        serve_args += ["--threads", str(args.serve_threads)]
     result: dict = {"artifact": args.onnx, "data": str(args.data), "serve_args": serve_args,
                     "in_process": {k: v for k, v in local.items() if k != "logits"}}
     started = time.perf_counter()

@@ -162,11 +162,12 @@ def test_a_client_that_leaves_mid_request_changes_nothing(server, artifact, tiny
         assert served.config()  # still live and ready
 
 
-def test_concurrent_requests_are_batched_dynamically(server, artifact, tiny_cifar):
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_concurrent_requests_are_batched_dynamically(server, artifact, tiny_cifar, protocol):
     _, inputs, metadata = expected(artifact, tiny_cifar.test_images[:8])
     before = batch_counters(server.metrics, "new2")
-    row = run_load(parse_server(server.grpc), "new2", metadata.input_name, [inputs[i : i + 1] for i in range(8)],
-                   concurrency=8, duration=1.5, warmup=0.2)
+    row = run_load(parse_server(getattr(server, protocol)), "new2", metadata.input_name,
+                   [inputs[i : i + 1] for i in range(8)], concurrency=8, duration=1.5, warmup=0.2)
     after = batch_counters(server.metrics, "new2")
     batching = batching_between(before, after)
     assert row["complete"] and row["failed"] == 0 and row["lost"] == 0 and row["timed_requests"] > 0

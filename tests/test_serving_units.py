@@ -77,7 +77,8 @@ def test_serve_without_a_serving_interpreter_is_one_line(monkeypatch, tmp_path):
     (["--instances", "0"], "--instances 0 must be at least 1"),
     (["--http-port", "70000"], "--http-port 70000 is not a port number"),
     (["--http-port", "9000", "--grpc-port", "9000"], "ports must differ"),
-    (["--preferred-batch-sizes", "8,x"], "is not a comma-separated list of positive integers"),
+    (["--preferred-batch-sizes", "8,x"], "--preferred-batch-sizes '8,x' is not a comma-separated list"),
+    (["--preferred-batch-sizes", "0,8"], "--preferred-batch-sizes [0, 8] must be positive"),
     (["--queue-delay", "-1"], "--queue-delay -1 must be at least 0"),
 ])
 def test_serve_options_are_refused_before_anything_starts(tmp_path, args, message):

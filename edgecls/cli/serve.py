@@ -8,11 +8,18 @@ from typing import Optional
 
 import click
 
-from edgecls.cli.bench import PROVIDER_HELP, _batch_sizes
+from edgecls.cli.bench import PROVIDER_HELP
 from edgecls.cli.common import check_input_file
 from edgecls.errors import EdgeclsError
 
 HANDED_OVER = "EDGECLS_SERVE_HANDED_OVER"  # set in the serving interpreter's environment: hand over once, never loop
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise EdgeclsError(f"--preferred-batch-sizes {text!r} is not a comma-separated list of batch sizes, e.g. 8,32")
 
 
 @click.command("serve")
@@ -32,7 +39,8 @@ HANDED_OVER = "EDGECLS_SERVE_HANDED_OVER"  # set in the serving interpreter's en
 @click.option("--metrics-port", type=int, help="Prometheus metrics port.  [default: a free port, printed]")
 @click.option("--top-k", type=int, default=3, show_default=True, help="Class names returned per image.")
 @click.option("--provider", default="cpu", show_default=True, help=PROVIDER_HELP)
-@click.option("--threads", type=click.IntRange(min=1), help="ONNX Runtime CPU threads per instance (default: its own).")
+@click.option("--threads", type=click.IntRange(min=1), help="ONNX Runtime threads per instance.  [default: 1 on the "
+                                                           "CPU (use --instances for more cores); else ONNX Runtime's]")
 @click.option("--log", help="Write tritonserver's log to this file (default: a temporary file, removed at exit).")
 def serve(artifact: str, instances: int, max_batch: Optional[int], preferred_batch_sizes: Optional[str],
           queue_delay_us: int, address: str, http_port: Optional[int], grpc_port: Optional[int],
@@ -52,7 +60,7 @@ def serve(artifact: str, instances: int, max_batch: Optional[int], preferred_bat
     settings = ServeSettings(artifact=artifact, provider=provider, threads=threads, instances=instances,
                              max_batch=max_batch, queue_delay_us=queue_delay_us, address=address, http_port=http_port,
                              grpc_port=grpc_port, metrics_port=metrics_port, top_k=top_k, log=log,
-                             preferred_batch_sizes=_batch_sizes(preferred_batch_sizes) if preferred_batch_sizes else ())
+                             preferred_batch_sizes=_sizes(preferred_batch_sizes) if preferred_batch_sizes else ())
     check_input_file(artifact, "model file")
     here = interpreter.this_interpreter()
     problem = interpreter.problem(here)

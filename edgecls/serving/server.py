@@ -183,11 +183,16 @@ def _with_metadata(triton: Any, metadata: ModelMetadata, metrics_port: int) -> N
 
 
 def load_classifiers(settings: ServeSettings) -> list[Classifier]:
-    """One Classifier per instance, each warmed up once (the first run of a session is the slow one)."""
+    """One Classifier per instance, each warmed up once (the first run of a session is the slow one).
+
+    On the CPU each instance runs ONNX Runtime on one thread unless --threads says otherwise: its own thread pool
+    spins between runs, and between requests that spinning tripled the server's CPU time per request on 2 cores,
+    CPU that tritonserver, the stubs and the clients needed (benchmarks/bench_serve.py). More cores: more instances."""
+    threads = settings.threads or (1 if settings.provider.lower() in ("cpu", "cpuexecutionprovider") else None)
     classifiers: list[Classifier] = []
     try:
         for _ in range(settings.instances):
-            classifier = Classifier.load(settings.artifact, provider=settings.provider, threads=settings.threads,
+            classifier = Classifier.load(settings.artifact, provider=settings.provider, threads=threads,
                                          batch_size=settings.max_batch)
             classifiers.append(classifier)
             crop = classifier.preprocess.crop_size
