@@ -269,6 +269,7 @@ def test_a_server_killed_under_load_ends_the_bench_in_one_line(artifact, tiny_da
     assert code == 2, process.output_tail()
     assert any("stopped by itself" in line for line in process.lines), process.output_tail()
     assert process.group_processes() == []
+    assert not list(Path("/dev/shm").glob(f"pytrtion{process.process.pid}-*"))  # the killed Triton's regions
 
 
 def _kill(pid: int) -> None:

@@ -272,7 +272,7 @@ def _speed(inputs: ReportInputs) -> str:
         parts += [_h3(str(source)),
                   _p(f"on {runs[0].machine}, {env.get('platform', '?')}; measured {env.get('measured_at', '?')}; "
                      f"{versions}"),
-                  _table(headers, rows, f"bench-{index}")]
+                  _table(headers, rows, f"bench-{index}") if rows else ""]  # a served bench has load rows instead
         parts += [_served(run, f"bench-{index}-served-{n}") for n, run in enumerate(runs) if run.result.get("load")]
     return "\n".join(parts)
 

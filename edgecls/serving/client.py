@@ -9,7 +9,6 @@ time and in requests.
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 import time
@@ -221,10 +220,6 @@ class LoadSettings:
                 "request_batch": self.request_batch, "max_requests": self.max_requests}
 
 
-class ServerGone(ServerError):
-    """The server stopped answering during a load run."""
-
-
 def run_load(server: ServerAddress, model: str, input_name: str, batches: Sequence[np.ndarray], concurrency: int,
              duration: float, warmup: float = 0.0, max_requests: int = 200_000,
              timeout: float = REQUEST_TIMEOUT_S) -> dict[str, Any]:
@@ -321,7 +316,3 @@ def served_logits(model: ServedModel, input_name: str, batch: np.ndarray, chunk:
     """Logits of a preprocessed batch of any size, sent `chunk` images per request."""
     parts = [model.infer(input_name, batch[start : start + chunk])["logits"] for start in range(0, len(batch), chunk)]
     return np.concatenate(parts).astype(np.float32)
-
-
-def json_text(value: Any) -> str:
-    return json.dumps(value, indent=1, sort_keys=True)

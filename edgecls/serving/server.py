@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import signal
 import socket
 import sys
 import tempfile
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -98,7 +99,6 @@ class Endpoints:
     http_port: int
     grpc_port: int
     metrics_port: int
-    models: list = field(default_factory=list)
 
     def lines(self) -> list[str]:
         host = "127.0.0.1" if self.address in ("0.0.0.0", "") else self.address
@@ -247,6 +247,7 @@ def serve(settings: ServeSettings, echo: Callable[[str], None] = print) -> None:
     finally:
         if triton is not None:
             triton.stop()
+        _remove_shared_memory()
         for classifier in classifiers:
             classifier.close()
         for sig, handler in previous.items():
@@ -288,6 +289,16 @@ def _bound_triton(settings: ServeSettings, classifiers: list[Classifier], endpoi
                 config=ModelConfig(max_batch_size=max_batch, batcher=None), strict=True)
     _with_metadata(triton, metadata, endpoints.metrics_port)
     return triton
+
+
+def _remove_shared_memory() -> None:
+    """Remove this server's Python-backend shared-memory regions (PyTriton 0.7 names them /dev/shm/pytrtion<pid>-*):
+    a tritonserver that was killed leaves them behind (4 MB each)."""
+    for region in Path("/dev/shm").glob(f"pytrtion{os.getpid()}-*"):
+        try:
+            region.unlink()
+        except OSError:
+            pass
 
 
 def _log_tail(log_file: Path) -> str:
