@@ -2,6 +2,12 @@
 # Both create ./.venv on first use. Override the interpreter with PYTHON=python3.x, the data with DATA=...
 PYTHON ?= python3
 VENV := .venv
+# `edgecls serve` runs Triton Inference Server through nvidia-pytriton, in a venv of its own (README: Serving): PyTriton
+# needs numpy < 2, and its Python-backend stub loads the system's libpython, so that venv is made from the system's own
+# interpreter (a Python built elsewhere, like pyenv's, failed binding models). Empty where none exists: serving is then
+# skipped, and `edgecls doctor` says why.
+SERVE_VENV := .venv-serve
+SERVE_PYTHON ?= $(firstword $(wildcard /usr/bin/python3.12 /usr/bin/python3.11 /usr/bin/python3.10))
 DATA ?= ../shared/data/cifar10-jpeg.tar.gz
 
 $(VENV)/installed: pyproject.toml
@@ -9,18 +15,32 @@ $(VENV)/installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	# PyTorch first, pinned: the versions these machines (and CI) have on disk.
 	$(VENV)/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(VENV)/bin/pip install --quiet -e '.[train,test,report]'
+	$(VENV)/bin/pip install --quiet -e '.[train,test,report,client]'
 	# TensorRT 10.x type stubs for the API contract test: unpacked beside the venv, not into it (tools/api/README.md)
 	$(VENV)/bin/pip install --quiet --no-deps --upgrade --target $(VENV)/api-stubs/tensorrt-stubs tensorrt-stubs==10.13.0.35.1
 	touch $@
 
-.PHONY: install test demo mutation contract-mutants
-install: $(VENV)/installed
+# The serving venv: edgecls with its `serve` extra (nvidia-pytriton, numpy < 2), no PyTorch. `edgecls serve` (from
+# ./.venv) runs the server with this venv's interpreter.
+$(SERVE_VENV)/installed: pyproject.toml
+ifeq ($(SERVE_PYTHON),)
+	@echo "make: no system python3.10-3.12 in /usr/bin, so no $(SERVE_VENV): edgecls serve and its tests are skipped (apt install python3.11-venv, or SERVE_PYTHON=...)"
+else
+	$(SERVE_PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/pip install --quiet --upgrade pip
+	$(SERVE_VENV)/bin/pip install --quiet -e '.[serve]'
+	touch $@
+endif
 
-test: $(VENV)/installed
+.PHONY: install serve-venv test demo mutation contract-mutants
+install: $(VENV)/installed $(SERVE_VENV)/installed
+
+serve-venv: $(SERVE_VENV)/installed
+
+test: install
 	$(VENV)/bin/python -m pytest -q
 
-demo: $(VENV)/installed
+demo: install
 	DATA=$(DATA) VENV=$(VENV) bash scripts/demo.sh
 
 # Mutation testing, not run by CI: mutmut makes one small change at a time to the core modules ([tool.mutmut] in

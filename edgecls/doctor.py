@@ -162,6 +162,10 @@ def device_checks(statuses: Optional[Sequence[BindingStatus]] = None) -> List[Ch
 
         providers = ", ".join(name.replace("ExecutionProvider", "") for name in onnxruntime.get_available_providers())
         checks.append(Check("ONNX Runtime", f"{ort_version} ({providers})"))
+    from edgecls.serving.interpreter import serving_status
+
+    serves, how = serving_status()  # `edgecls serve` (Triton): optional, so information only
+    checks.append(Check("serving", how, True if serves else None))
     return checks
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from edgecls.cli import bench, deploy, device, export, report, train
+from edgecls.cli import bench, deploy, device, export, report, serve, train
 from edgecls.errors import EdgeclsError, first_line
 
 
@@ -104,6 +104,6 @@ def main() -> None:
     """Train, export, build and verify compact CIFAR-10 classifiers for NVIDIA Jetson."""
 
 
-for module in (train, export, device, bench, report, deploy):
+for module in (train, export, device, bench, report, deploy, serve):
     for command in module.COMMANDS:
         main.add_command(command)

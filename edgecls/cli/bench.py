@@ -13,6 +13,7 @@ from edgecls.defaults import (BENCH_ALL_BATCH_SIZES, BENCH_ALL_DURATION_S, BENCH
                               BENCH_DURATION_S, BENCH_MAX_BATCH, BENCH_WARMUP_S, ENGINES_DIR, EXPORT_DIR,
                               ONNX_PROVIDERS)
 from edgecls.errors import EdgeclsError
+from edgecls.metrics import Gate
 
 
 def _sizes_text(sizes: tuple) -> str:
@@ -36,6 +37,16 @@ PROVIDER_HELP = f"ONNX Runtime provider: {', '.join(ONNX_PROVIDERS)}."
 @click.option("--engine", help="Model to measure: a checkpoint (.pt), an ONNX file (.onnx) or a TensorRT plan (.plan).")
 @click.option("--all", "all_checkpoint", metavar="CHECKPOINT",
               help="Instead of --engine: one row for every artifact of this checkpoint's model (export/, engines/).")
+@click.option("--server", metavar="URL", help="Instead of --engine: a served model (with --model), over the wire: "
+                                             "http://HOST:PORT or grpc://HOST:PORT.")
+@click.option("--model", "served_model", metavar="NAME", help="With --server: the served model's name (as "
+                                                                "`edgecls serve` prints it).")
+@click.option("--concurrency", help="With --server: comma-separated numbers of requests in flight to time.  "
+                                    "[default: 1,8,32,64]")
+@click.option("--request-batch", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --server: images per request during the load.")
+@click.option("--metrics", metavar="URL", help="With --server: Triton's metrics endpoint (default: the one "
+                                               "`edgecls serve` reports).")
 @click.option("--data", help=DATA_HELP)
 @click.option("--reference", help="Original model to compare with: a checkpoint, or reference logits (.npz). "
                                   "Default: <model>.reference.npz saved at export, when found.")
@@ -59,13 +70,16 @@ PROVIDER_HELP = f"ONNX Runtime provider: {', '.join(ONNX_PROVIDERS)}."
               help="Exit 1 if accuracy is more than POINTS below the reference's.")
 @click.option("--min-agreement", type=float, metavar="PERCENT",
               help="Exit 1 if top-1 agreement with the reference is below PERCENT.")
-def bench(engine: str | None, all_checkpoint: str | None, data: str | None, reference: str | None,
+def bench(engine: str | None, all_checkpoint: str | None, server: str | None, served_model: str | None,
+          concurrency: str | None, request_batch: int, metrics: str | None, data: str | None, reference: str | None,
           batch_sizes: str | None, duration: float | None, warmup: float | None, provider: str, threads: int | None,
           device: str | None, export_dir: str, engines_dir: str, json_path: str | None, max_drop: float | None,
           min_agreement: float | None) -> None:
-    """Accuracy, parity with the original model, latency and throughput of a model file.
+    """Accuracy, parity with the original model, latency and throughput of a model file or a served model.
 
     Example: edgecls bench --engine export/new2.int8.onnx --data ../shared/data/cifar10-jpeg.tar.gz --min-agreement 99
+
+    Served: edgecls bench --server grpc://127.0.0.1:8001 --model new2 --data ../shared/data/cifar10-jpeg.tar.gz
     """
     from dataclasses import replace
 
@@ -75,12 +89,17 @@ def bench(engine: str | None, all_checkpoint: str | None, data: str | None, refe
     from edgecls.bench import json_ready
     from edgecls.data import load_cifar10
     from edgecls.formats import Folders
-    from edgecls.metrics import Gate
     from edgecls.runtime.base import check_threads
     from edgecls.timing import TimingSettings
 
+    if server is not None or served_model is not None:
+        if engine is not None or all_checkpoint is not None or server is None or served_model is None:
+            raise click.UsageError("--server URL goes with --model NAME, and without --engine or --all")
+        bench_served(server, served_model, concurrency, request_batch, metrics, data, reference, duration, warmup,
+                     json_path, Gate(max_drop=max_drop, min_agreement=min_agreement))
+        return
     if (engine is None) == (all_checkpoint is None):
-        raise click.UsageError("give exactly one of --engine PATH or --all CHECKPOINT")
+        raise click.UsageError("give exactly one of --engine PATH, --all CHECKPOINT or --server URL")
     timing = ALL_ARTIFACTS_TIMING if all_checkpoint else TimingSettings()
     overrides = {"batch_sizes": _batch_sizes(batch_sizes) if batch_sizes else None, "duration": duration,
                  "warmup": warmup}
@@ -114,6 +133,42 @@ def bench(engine: str | None, all_checkpoint: str | None, data: str | None, refe
         write_json(json_path, json_ready(result))
         click.echo(f"figures written to {json_path}")
     if not passed:
+        sys.exit(1)
+
+
+def bench_served(server: str, model: str, concurrency: str | None, request_batch: int, metrics: str | None,
+                 data: str | None, reference: str | None, duration: float | None, warmup: float | None,
+                 json_path: str | None, gate: "Gate") -> None:
+    """bench --server: the served model over the wire (edgecls.serving.bench). A run the server broke off is
+    written (marked incomplete) before its one-line error."""
+    from edgecls.artifacts import check_output_file, write_json
+    from edgecls.bench import json_ready
+    from edgecls.data import load_cifar10
+    from edgecls.serving.bench import bench_server, format_served
+    from edgecls.serving.client import LoadSettings, parse_server
+
+    parse_server(server)
+    try:
+        levels = tuple(int(part) for part in concurrency.split(",")) if concurrency else LoadSettings.concurrency
+    except ValueError:
+        raise EdgeclsError(f"--concurrency {concurrency!r} is not a comma-separated list of numbers, e.g. 1,8,32,64")
+    overrides = {"duration": duration, "warmup": warmup}
+    load = LoadSettings(concurrency=levels, request_batch=request_batch,
+                        **{key: value for key, value in overrides.items() if value is not None})
+    if reference is not None:
+        check_input_file(reference, "reference")
+    if json_path:
+        check_output_file(json_path)
+    dataset = load_cifar10(data)
+    result = bench_server(server, model, dataset, reference, load=load, gate=gate, metrics=metrics,
+                          progress=sys.stderr.isatty())
+    click.echo(format_served(result))
+    if json_path:
+        write_json(json_path, json_ready(result))
+        click.echo(f"figures written to {json_path}")
+    if not result["complete"]:
+        raise EdgeclsError(result["error"])
+    if not result["gates"]["passed"]:
         sys.exit(1)
 
 
