@@ -6,6 +6,7 @@ one validation. Torch-free: the runtime reads the ONNX metadata and the engine m
 - `ReferenceLogits`: `<model>.reference.npz`, the original model's logits on the test split.
 - `CalibrationRecord`: `calibration/<model>.<method>.json`, the calibration images and tensor ranges.
 - `ExportSet`: `<model>.export.json` beside the files of one export, which readers check before using one.
+- `TritonRepository`: `edgecls-repository.json` at the root of a Triton model repository `edgecls deploy` wrote.
 
 The checkpoint is PyTorch's own format and lives in `edgecls.checkpoint`; the preprocessing record in
 `edgecls.preprocess`.
@@ -480,3 +481,31 @@ class Int8Report(_MarkedRecord):
             values["layers"] = [LayerDecision(**layer) for layer in values["layers"]]
             return cls(**values, created_at=str(record.get("created_at", "")),
                        versions=dict(record.get("versions", {})))
+
+
+# ----------------------------------------------------------------------------------------------- Triton repository
+
+@dataclass(frozen=True)
+class TritonRepository(_MarkedRecord):
+    """`edgecls-repository.json` at the root of a Triton model repository written by `edgecls deploy triton`: which
+    models it holds and the files they were made from. Deploy replaces a folder only when it holds this record, so it
+    never overwrites a folder it did not write. Triton itself reads only the model folders beside it."""
+
+    models: dict  # Triton model name -> {"kind": platform or backend, "source": the file it came from or null}
+    sources: dict  # each source file as given -> its sha256
+    created_at: str = ""
+    versions: dict = field(default_factory=dict)
+
+    FORMAT = "edgecls-triton-repository"
+    FILE_NAME = "edgecls-repository.json"
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "TritonRepository":
+        path = Path(path)
+        fix = "write the repository again with `edgecls deploy triton`"
+        record = _marked_record(path, cls.FORMAT, "Triton repository record", fix,
+                                missing=f"{path.parent} is not an edgecls model repository (no {path.name}); {fix}",
+                                elsewhere="its folder was not written by `edgecls deploy triton`")
+        with _fields_of(f"Triton repository record {path}", fix):
+            return cls(models=dict(record["models"]), sources=dict(record["sources"]),
+                       created_at=str(record.get("created_at", "")), versions=dict(record.get("versions", {})))
