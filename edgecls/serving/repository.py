@@ -30,7 +30,7 @@ from edgecls.artifacts import (ensure_writable_dir, library_versions, sha256_fil
                                storage_error, temporary_prefix, utc_now)
 from edgecls.defaults import TRITON_ONNX_MAX_BATCH, TRITON_QUEUE_DELAY_US, TRITON_TOP_K
 from edgecls.errors import EdgeclsError
-from edgecls.formats import EngineManifest, ExportSet, ModelMetadata, TritonRepository
+from edgecls.formats import METADATA_KEY, EngineManifest, ExportSet, ModelMetadata, TritonRepository
 
 VERSION = "1"  # the one version folder written per model
 LABELS_FILE = "labels.txt"  # the class names, one per line, beside config.pbtxt (Triton's label_filename)
@@ -239,8 +239,11 @@ def _batching(options: Options, max_batch: int) -> dict:
     return batching
 
 
-def _parameters(values: Mapping[str, str]) -> list:
-    return [{"key": key, "value": {"string_value": value}} for key, value in values.items()]
+def _parameters(metadata: ModelMetadata, **values: str) -> list:
+    """Every model carries the export's own metadata record (under "edgecls", as `edgecls serve`'s models do), so
+    that a client, `edgecls bench --server` or the Python models read names, class names and preprocessing from it."""
+    entries = {METADATA_KEY: json.dumps(metadata.to_dict(), separators=(",", ":")), **values}
+    return [{"key": key, "value": {"string_value": value}} for key, value in entries.items()]
 
 
 def inference_config(source: Source, options: Options) -> dict:
@@ -256,15 +259,9 @@ def inference_config(source: Source, options: Options) -> dict:
     config.update({"max_batch_size": source.max_batch, "input": [_io(source.input)],
                    "output": [_io(source.output, labels=True)],
                    "dynamic_batching": _batching(options, source.max_batch),
-                   "instance_group": [{"count": options.instances, "kind": _Enum(kind)}]})
-    if python:
-        config["parameters"] = _parameters({"edgecls_role": "onnxruntime",
-                                            "edgecls_metadata": _metadata_json(source.metadata)})
+                   "instance_group": [{"count": options.instances, "kind": _Enum(kind)}],
+                   "parameters": _parameters(source.metadata, **({"edgecls_role": "onnxruntime"} if python else {}))})
     return config
-
-
-def _metadata_json(metadata: ModelMetadata) -> str:
-    return json.dumps(metadata.to_dict(), separators=(",", ":"))
 
 
 def preprocess_config(name: str, source: Source, max_batch: int, options: Options) -> dict:
@@ -273,8 +270,7 @@ def preprocess_config(name: str, source: Source, max_batch: int, options: Option
             "input": [{"name": IMAGE_INPUT, "data_type": _Enum("TYPE_STRING"), "dims": [1]}],
             "output": [_io(source.input)], "dynamic_batching": _batching(options, max_batch),
             "instance_group": [{"count": options.instances, "kind": _Enum("KIND_CPU")}],
-            "parameters": _parameters({"edgecls_role": "preprocess",
-                                       "edgecls_metadata": _metadata_json(source.metadata)})}
+            "parameters": _parameters(source.metadata, edgecls_role="preprocess")}
 
 
 def postprocess_config(name: str, source: Source, max_batch: int, options: Options) -> dict:
@@ -287,8 +283,7 @@ def postprocess_config(name: str, source: Source, max_batch: int, options: Optio
                        {"name": TOP_K, "data_type": _Enum("TYPE_STRING"), "dims": [top_k]}],
             "dynamic_batching": _batching(options, max_batch),
             "instance_group": [{"count": options.instances, "kind": _Enum("KIND_CPU")}],
-            "parameters": _parameters({"edgecls_role": "postprocess", "edgecls_top_k": str(top_k),
-                                       "edgecls_metadata": _metadata_json(source.metadata)})}
+            "parameters": _parameters(source.metadata, edgecls_role="postprocess", edgecls_top_k=str(top_k))}
 
 
 def ensemble_config(source: Source, preprocess: str, postprocess: str, options: Options) -> dict:
@@ -311,7 +306,8 @@ def ensemble_config(source: Source, preprocess: str, postprocess: str, options: 
             "ensemble_scheduling": {"step": [
                 step(preprocess, {IMAGE_INPUT: IMAGE_INPUT}, {source.input.name: preprocessed}),
                 step(source.model_name, {source.input.name: preprocessed}, {logits.name: logits.name}),
-                step(postprocess, {logits.name: logits.name}, {PROBABILITIES: PROBABILITIES, TOP_K: TOP_K})]}}
+                step(postprocess, {logits.name: logits.name}, {PROBABILITIES: PROBABILITIES, TOP_K: TOP_K})]},
+            "parameters": _parameters(source.metadata)}
 
 
 # ----------------------------------------------------------------------------------------------- the Python models

@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402  (Triton's Python backend provides it)
 
 from edgecls.errors import EdgeclsError, first_line  # noqa: E402
-from edgecls.formats import ModelMetadata  # noqa: E402
+from edgecls.formats import METADATA_KEY, ModelMetadata  # noqa: E402
 from edgecls.runtime.classifier import Classifier, Predictions, softmax  # noqa: E402
 from edgecls.runtime.images import decode  # noqa: E402
 from edgecls.runtime.onnx_backend import OnnxRunner  # noqa: E402
@@ -39,7 +39,7 @@ class TritonPythonModel:
         parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
         self.name = config["name"]
         self.role = parameters["edgecls_role"]
-        self.metadata = ModelMetadata.from_json(parameters["edgecls_metadata"], f"Triton model {self.name}")
+        self.metadata = ModelMetadata.from_json(parameters.get(METADATA_KEY), f"Triton model {self.name}")
         if self.role == "onnxruntime":
             folder = Path(args["model_repository"]) / args["model_version"]
             provider = "cuda" if args.get("model_instance_kind") == "GPU" else "cpu"
