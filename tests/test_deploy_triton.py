@@ -228,6 +228,14 @@ def test_the_output_folder_is_replaced_only_when_deploy_wrote_it(export_dir, tmp
     assert {p.name for p in repo.iterdir()} == {"new2_int8_onnx", TritonRepository.FILE_NAME}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "mine", "repo"]  # no staging folder left
 
+    (repo / TritonRepository.FILE_NAME).write_text("{not json")  # a damaged record: deploy no longer knows the folder
+    code, output = cli("deploy", "triton", str(export_dir / "new2.onnx"), "-o", str(repo))
+    assert code == 2 and output.count("\n") == 1 and "unreadable" in output and f"remove {repo}" in output, output
+    assert (repo / "new2_int8_onnx" / "config.pbtxt").is_file()
+    (tmp_path / "link").symlink_to(repo)
+    code, output = cli("deploy", "triton", str(export_dir / "new2.onnx"), "-o", str(tmp_path / "link"))
+    assert code == 2 and "is a symbolic link" in output
+
 
 def test_a_failure_while_writing_leaves_the_old_repository_whole(export_dir, tmp_path, monkeypatch):
     repo = tmp_path / "repo"

@@ -398,7 +398,9 @@ def check_options(options: Options) -> None:
 def check_output(folder: Path) -> None:
     """Refuse, before any work, an output that is a file or a folder with contents deploy did not write."""
     try:
-        if folder.is_file() or folder.is_symlink():
+        if folder.is_symlink():
+            raise EdgeclsError(f"{folder} is a symbolic link; give the folder it points to, or another folder")
+        if folder.exists() and not folder.is_dir():
             raise EdgeclsError(f"{folder} is a file, not a folder; choose another output folder")
         if folder.is_dir() and any(folder.iterdir()):
             record = folder / TritonRepository.FILE_NAME
@@ -409,13 +411,13 @@ def check_output(folder: Path) -> None:
             TritonRepository.read(record)
     except OSError as exc:
         raise EdgeclsError(f"cannot read output folder {folder} ({exc.strerror}); check its permissions") from exc
-    ensure_writable_dir(folder.absolute().parent)
+    ensure_writable_dir(folder.parent)
 
 
 def write_repository(paths: Sequence[str | os.PathLike], output: str | os.PathLike,
                      options: Options = Options()) -> Written:
     """Write a Triton model repository for the exported files `paths` into `output` (see the module's doc)."""
-    output = Path(output)
+    output = Path(os.path.abspath(output))  # "." and "a/.." name their folder too
     check_options(options)
     if not paths:
         raise EdgeclsError("no exported model given; pass .onnx files (from `edgecls export`) or .plan files")
@@ -438,7 +440,7 @@ def write_repository(paths: Sequence[str | os.PathLike], output: str | os.PathLi
     check_output(output)
 
     models: dict[str, dict] = {}
-    parent = output.absolute().parent
+    parent = output.parent
     with staging_dir(parent, output.name) as staging:
         try:
             for source in sources:
@@ -502,15 +504,14 @@ def _install(staging: Path, output: Path) -> None:
     aside = None
     if output.is_dir() and any(output.iterdir()):
         # a name the next run's sweep removes, should this process be killed before the end
-        aside = Path(tempfile.mkdtemp(prefix=temporary_prefix(output.name), suffix=".tmp",
-                                      dir=output.absolute().parent))
+        aside = Path(tempfile.mkdtemp(prefix=temporary_prefix(output.name), suffix=".tmp", dir=output.parent))
         os.replace(output, aside)
     try:
         os.replace(staging, output)
     except OSError as exc:
         if aside is not None:
             os.replace(aside, output)
-        raise storage_error(exc, output.absolute().parent, f"the model repository {output}") from exc
+        raise storage_error(exc, output.parent, f"the model repository {output}") from exc
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
 
