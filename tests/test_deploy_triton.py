@@ -331,7 +331,8 @@ def served(export_dir, tmp_path_factory):
     grpcclient = pytest.importorskip("tritonclient.grpc")
     root = tmp_path_factory.mktemp("triton")
     write_repository([export_dir / "new2.onnx"], root / "repo",
-                     Options(onnx_backend="python", ensemble=True, top_k=3, preferred_batch=(4,), max_batch=8))
+                     Options(onnx_backend="python", ensemble=True, top_k=3, preferred_batch=(4,), max_batch=8,
+                             queue_delay_us=300_000))  # long enough for concurrent requests to be batched
     server = TritonServer(python, root / "repo", root)
     try:
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.port}")
@@ -390,6 +391,12 @@ def test_a_bad_image_is_answered_with_its_reason_and_the_next_request_is_served(
     assert good.as_numpy("classes")[0][0].decode() == expected.names[0]
 
 
+def executions(client, model: str) -> tuple[int, int]:
+    """How many requests the model has answered and in how many runs (Triton's statistics)."""
+    [stats] = client.get_inference_statistics(model).model_stats
+    return stats.inference_stats.success.count, stats.execution_count
+
+
 def test_the_model_answers_preprocessed_tensors_and_batches_them(served, export_dir, tiny_cifar):
     client, grpcclient = served
     with Classifier.load(export_dir / "new2.onnx") as classifier:
@@ -399,6 +406,24 @@ def test_the_model_answers_preprocessed_tensors_and_batches_them(served, export_
     tensor.set_data_from_numpy(batch)
     np.testing.assert_allclose(client.infer("new2_fp32_onnx", [tensor]).as_numpy("logits"), expected,
                                rtol=1e-5, atol=1e-5)
+    # four requests of two images at once: Triton batches them (preferred size 4), each gets its own rows back
+    before = executions(client, "new2_fp32_onnx")
+    answers: dict[int, np.ndarray] = {}
+
+    def answer(index: int):
+        return lambda result, error: answers.__setitem__(index, error if error else result.as_numpy("logits"))
+
+    for index in range(4):
+        part = grpcclient.InferInput("images", [2, *batch.shape[1:]], "FP32")
+        part.set_data_from_numpy(batch[2 * index : 2 * index + 2])
+        client.async_infer("new2_fp32_onnx", [part], answer(index))
+    deadline = time.monotonic() + 30
+    while len(answers) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for index in range(4):
+        np.testing.assert_allclose(answers[index], expected[2 * index : 2 * index + 2], rtol=1e-5, atol=1e-5)
+    requests, runs = (now - then for now, then in zip(executions(client, "new2_fp32_onnx"), before))
+    assert requests == 4 and runs < 4, (requests, runs)
     # over the model's max_batch_size (8): refused by Triton itself, naming the limit
     from tritonclient.utils import InferenceServerException
 
