@@ -32,6 +32,8 @@ from edgecls.serving.repository import Options, PlanTarget, python_model_files, 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
                                        reason="tritonclient is not installed: pip install 'edgecls[test]'")
 
+TIMEOUT_S = 30  # the longest a request to the test server may take
+
 CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -95,12 +97,11 @@ def test_every_config_parses_with_tritons_schema_and_says_what_the_files_say(exp
         assert config.dynamic_batching.max_queue_delay_microseconds == 250
         [group] = config.instance_group
         assert group.count == 2
+        kinds = model_config_pb2.ModelInstanceGroup
         if name.endswith("trt"):
-            assert (config.platform, config.max_batch_size, group.kind) == ("tensorrt_plan", 256,
-                                                                            model_config_pb2.ModelInstanceGroup.KIND_GPU)
+            assert (config.platform, config.max_batch_size, group.kind) == ("tensorrt_plan", 256, kinds.KIND_GPU)
         else:
-            assert (config.platform, config.max_batch_size, group.kind) == ("onnxruntime_onnx", 64,
-                                                                            model_config_pb2.ModelInstanceGroup.KIND_CPU)
+            assert (config.platform, config.max_batch_size, group.kind) == ("onnxruntime_onnx", 64, kinds.KIND_CPU)
         ensemble = configs[f"{name}_ensemble"]
         assert ensemble.platform == "ensemble" and ensemble.max_batch_size == config.max_batch_size
         steps = ensemble.ensemble_scheduling.step
@@ -237,6 +238,15 @@ def test_the_output_folder_is_replaced_only_when_deploy_wrote_it(export_dir, tmp
     assert code == 2 and "is a symbolic link" in output
 
 
+def test_a_record_of_another_kind_is_not_taken_for_a_repository(export_dir, tmp_path):
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    (folder / TritonRepository.FILE_NAME).write_text('{"format": "edgecls-calibration", "format_version": 1}')
+    with pytest.raises(EdgeclsError, match="was not written by `edgecls deploy triton`; choose another output folder"):
+        write_repository([export_dir / "new2.onnx"], folder)
+    assert [p.name for p in folder.iterdir()] == [TritonRepository.FILE_NAME]
+
+
 def test_a_failure_while_writing_leaves_the_old_repository_whole(export_dir, tmp_path, monkeypatch):
     repo = tmp_path / "repo"
     write_repository([export_dir / "new2.onnx"], repo)
@@ -338,6 +348,7 @@ def served(export_dir, tmp_path_factory):
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.port}")
         server.wait_ready(client)
         yield client, grpcclient
+        client.close()
     finally:
         server.stop()
         try:
@@ -369,7 +380,7 @@ def test_the_ensemble_answers_encoded_images_like_the_runtime(served, export_dir
               rng.integers(0, 256, (45, 70, 3), dtype=np.uint8),  # another size: resized and cropped
               rng.integers(0, 256, (40, 40), dtype=np.uint8)]  # gray
     blobs = [encoded(image) for image in images]
-    result = client.infer("new2_fp32_onnx_ensemble", [bytes_input(grpcclient, blobs)])
+    result = client.infer("new2_fp32_onnx_ensemble", [bytes_input(grpcclient, blobs)], client_timeout=TIMEOUT_S)
     with Classifier.load(export_dir / "new2.onnx") as classifier:
         expected = classifier.classify([decode(blob) for blob in blobs])
     np.testing.assert_allclose(result.as_numpy("logits"), expected.logits, rtol=1e-5, atol=1e-5)
@@ -382,10 +393,11 @@ def test_a_bad_image_is_answered_with_its_reason_and_the_next_request_is_served(
     client, grpcclient = served
     from tritonclient.utils import InferenceServerException
 
+    bad = bytes_input(grpcclient, [encoded(tiny_cifar.test_images[0]), b"not an image"])
     with pytest.raises(InferenceServerException, match="cannot decode image 1 of the request"):
-        client.infer("new2_fp32_onnx_ensemble", [bytes_input(grpcclient, [encoded(tiny_cifar.test_images[0]),
-                                                                          b"not an image"])])
-    good = client.infer("new2_fp32_onnx_ensemble", [bytes_input(grpcclient, [encoded(tiny_cifar.test_images[1])])])
+        client.infer("new2_fp32_onnx_ensemble", [bad], client_timeout=TIMEOUT_S)
+    good = client.infer("new2_fp32_onnx_ensemble", [bytes_input(grpcclient, [encoded(tiny_cifar.test_images[1])])],
+                        client_timeout=TIMEOUT_S)
     with Classifier.load(export_dir / "new2.onnx") as classifier:
         expected = classifier.classify(tiny_cifar.test_images[1:2])
     assert good.as_numpy("classes")[0][0].decode() == expected.names[0]
@@ -404,8 +416,8 @@ def test_the_model_answers_preprocessed_tensors_and_batches_them(served, export_
         expected = classifier.run_preprocessed(batch)
     tensor = grpcclient.InferInput("images", list(batch.shape), "FP32")
     tensor.set_data_from_numpy(batch)
-    np.testing.assert_allclose(client.infer("new2_fp32_onnx", [tensor]).as_numpy("logits"), expected,
-                               rtol=1e-5, atol=1e-5)
+    logits = client.infer("new2_fp32_onnx", [tensor], client_timeout=TIMEOUT_S).as_numpy("logits")
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
     # four requests of two images at once: Triton batches them (preferred size 4), each gets its own rows back
     before = executions(client, "new2_fp32_onnx")
     answers: dict[int, np.ndarray] = {}
@@ -416,8 +428,8 @@ def test_the_model_answers_preprocessed_tensors_and_batches_them(served, export_
     for index in range(4):
         part = grpcclient.InferInput("images", [2, *batch.shape[1:]], "FP32")
         part.set_data_from_numpy(batch[2 * index : 2 * index + 2])
-        client.async_infer("new2_fp32_onnx", [part], answer(index))
-    deadline = time.monotonic() + 30
+        client.async_infer("new2_fp32_onnx", [part], answer(index), client_timeout=TIMEOUT_S)
+    deadline = time.monotonic() + TIMEOUT_S
     while len(answers) < 4 and time.monotonic() < deadline:
         time.sleep(0.05)
     for index in range(4):
@@ -430,4 +442,4 @@ def test_the_model_answers_preprocessed_tensors_and_batches_them(served, export_
     tensor = grpcclient.InferInput("images", [9, *batch.shape[1:]], "FP32")
     tensor.set_data_from_numpy(np.concatenate([batch, batch[:1]]))
     with pytest.raises(InferenceServerException, match="batch-size must be <= 8"):
-        client.infer("new2_fp32_onnx", [tensor])
+        client.infer("new2_fp32_onnx", [tensor], client_timeout=TIMEOUT_S)

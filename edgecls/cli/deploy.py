@@ -31,9 +31,9 @@ def deploy() -> None:
 @click.option("--onnx-backend", type=click.Choice(["onnxruntime", "python"]), default="onnxruntime",
               show_default=True, help="Triton's onnxruntime backend, or edgecls's runtime in Triton's Python backend "
                                       "(for a Triton without the onnxruntime backend, such as PyTriton's).")
-@click.option("--ensemble", is_flag=True, help="Also write Python-backend pre/postprocessing and an ensemble per model, "
-                                               "so clients send encoded images and get logits, probabilities and "
-                                               "top-k class names.")
+@click.option("--ensemble", is_flag=True,
+              help="Also write Python-backend pre/postprocessing and an ensemble per model, so clients send encoded "
+                   "images and get logits, probabilities and top-k class names.")
 @click.option("--top-k", type=click.IntRange(1), default=TRITON_TOP_K, show_default=True,
               help="Class names the ensemble returns per image.")
 @click.option("--target-trt", metavar="VERSION", help="TensorRT version of the Triton that runs the plans, e.g. 10.3 "
@@ -60,7 +60,8 @@ def triton_command(models: tuple[str, ...], output: str, max_batch: Optional[int
                       target=PlanTarget(tensorrt=target_trt, gpu=target_gpu, compute=target_compute))
     written = write_repository(models, output, options)
     for name, model in written.models.items():
-        click.echo(f"{written.folder}/{name}: {model['kind']}" + (f" from {model['source']}" if model["source"] else ""))
+        source = f" from {model['source']}" if model["source"] else ""
+        click.echo(f"{written.folder}/{name}: {model['kind']}{source}")
     click.echo(f"wrote {written.folder}: tritonserver --model-repository {written.folder.absolute()}")
 
 
