@@ -419,11 +419,33 @@ def write_repository(paths: Sequence[str | os.PathLike], output: str | os.PathLi
     """Write a Triton model repository for the exported files `paths` into `output` (see the module's doc)."""
     output = Path(os.path.abspath(output))  # "." and "a/.." name their folder too
     check_options(options)
+    check_output(output)
     if not paths:
         raise EdgeclsError("no exported model given; pass .onnx files (from `edgecls export`) or .plan files")
     sources = [read_source(path, options) for path in paths]
+    _check_sources(sources, options)
+    preprocessing = _preprocessing_by_model(sources) if options.ensemble else {}
+
+    models: dict[str, dict] = {}
+    with staging_dir(output.parent, output.name) as staging:
+        try:
+            for source in sources:
+                models[source.model_name] = _write_inference_model(staging, source, options)
+            for model, group in preprocessing.items():
+                models.update(_write_ensembles(staging, model, group, options))
+            TritonRepository(models=models, sources={str(s.path): sha256_file(s.path) for s in sources},
+                             created_at=utc_now(), versions=library_versions("onnx")) \
+                .write(staging / TritonRepository.FILE_NAME)
+            _sync(staging)
+        except OSError as exc:
+            raise storage_error(exc, output.parent, f"the model repository {output}") from exc
+        _install(staging, output)
+    return Written(output, models)
+
+
+def _check_sources(sources: Sequence[Source], options: Options) -> None:
     names = [source.model_name for source in sources]
-    for name in set(names):
+    for name in sorted(set(names)):
         if names.count(name) > 1:
             given = ", ".join(str(s.path) for s in sources if s.model_name == name)
             raise EdgeclsError(f"{given} would all be Triton model {name}; give one file of each model and precision")
@@ -431,41 +453,38 @@ def write_repository(paths: Sequence[str | os.PathLike], output: str | os.PathLi
         if any("\n" in name or "\r" in name for name in source.metadata.preprocess.class_names):
             raise EdgeclsError(f"{source.path}: a class name holds a line break, which Triton's label file cannot "
                                "hold; export the model with single-line class names")
-    for source in sources:
         over = [size for size in options.preferred_batch if size > source.max_batch]
         if over:
             raise EdgeclsError(f"--preferred-batch {over[0]} is above the largest batch of {source.path} "
                                f"({source.max_batch}); give sizes up to {source.max_batch}")
-    preprocessing = _preprocessing_by_model(sources) if options.ensemble else {}
-    check_output(output)
 
-    models: dict[str, dict] = {}
-    parent = output.parent
-    with staging_dir(parent, output.name) as staging:
+
+def _write_ensembles(staging: Path, model: str, group: Sequence[Source], options: Options) -> dict[str, dict]:
+    """The preprocessing and postprocessing models of one exported model, and an ensemble for each of its files."""
+    first, max_batch = group[0], max(s.max_batch for s in group)
+    pre, post = f"{model}_preprocess", f"{model}_postprocess"
+    _write_python_model(staging / pre, preprocess_config(pre, first, max_batch, options))
+    _write_python_model(staging / post, postprocess_config(post, first, max_batch, options))
+    (staging / post / LABELS_FILE).write_text(_labels(first))
+    written = {pre: {"kind": "python", "source": None}, post: {"kind": "python", "source": None}}
+    for source in group:
+        config = ensemble_config(source, pre, post, options)
+        (staging / config["name"] / VERSION).mkdir(parents=True)  # Triton wants a version folder, even empty
+        (staging / config["name"] / "config.pbtxt").write_text(to_pbtxt(config))
+        (staging / config["name"] / LABELS_FILE).write_text(_labels(source))
+        written[config["name"]] = {"kind": "ensemble", "source": None}
+    return written
+
+
+def _sync(folder: Path) -> None:
+    """Flush every file and folder of the staged repository to disk before it is renamed into place, so that a crash
+    after the rename cannot leave empty files behind it."""
+    for path in [*sorted(folder.rglob("*"), reverse=True), folder]:  # files before the folders holding them
+        descriptor = os.open(path, os.O_RDONLY)
         try:
-            for source in sources:
-                models[source.model_name] = _write_inference_model(staging, source, options)
-            for model, group in preprocessing.items():
-                first, max_batch = group[0], max(s.max_batch for s in group)
-                pre, post = f"{model}_preprocess", f"{model}_postprocess"
-                _write_python_model(staging / pre, preprocess_config(pre, first, max_batch, options))
-                _write_python_model(staging / post, postprocess_config(post, first, max_batch, options))
-                (staging / post / LABELS_FILE).write_text(_labels(first))
-                models[pre] = {"kind": "python", "source": None}
-                models[post] = {"kind": "python", "source": None}
-                for source in group:
-                    config = ensemble_config(source, pre, post, options)
-                    (staging / config["name"] / VERSION).mkdir(parents=True)
-                    (staging / config["name"] / "config.pbtxt").write_text(to_pbtxt(config))
-                    (staging / config["name"] / LABELS_FILE).write_text(_labels(source))
-                    models[config["name"]] = {"kind": "ensemble", "source": None}
-            TritonRepository(models=models, sources={str(s.path): sha256_file(s.path) for s in sources},
-                             created_at=utc_now(), versions=library_versions("onnx")) \
-                .write(staging / TritonRepository.FILE_NAME)
-        except OSError as exc:
-            raise storage_error(exc, parent, f"the model repository {output}") from exc
-        _install(staging, output)
-    return Written(output, models)
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
 
 
 def _preprocessing_by_model(sources: Sequence[Source]) -> dict[str, list[Source]]:
