@@ -56,8 +56,12 @@ def make_plan(folder: Path, onnx_path: Path, batch=(1, 64, 256), dla_core=None) 
 
 
 def parse_config(path: Path):
+    return parse_config_text(path.read_text())
+
+
+def parse_config_text(text: str):
     """Triton's own schema, strictly: an unknown field or a wrong type is an error."""
-    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
 
 
 def cli(*args: str) -> tuple[int, str]:
@@ -130,10 +134,6 @@ def test_pbtxt_strings_survive_any_characters():
     text = 'caf\u00e9 "quoted" back\\slash \u732b\ttab'
     config = parse_config_text(to_pbtxt({"name": "m", "parameters": [{"key": "k", "value": {"string_value": text}}]}))
     assert config.parameters["k"].string_value == text
-
-
-def parse_config_text(text: str):
-    return text_format.Parse(text, model_config_pb2.ModelConfig())
 
 
 def test_onnx_on_gpu_and_onnx_in_the_python_backend(export_dir, tmp_path):

@@ -35,6 +35,7 @@ from edgecls.formats import METADATA_KEY, EngineManifest, ExportSet, ModelMetada
 VERSION = "1"  # the one version folder written per model
 LABELS_FILE = "labels.txt"  # the class names, one per line, beside config.pbtxt (Triton's label_filename)
 PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")  # becomes model.py of every Python-backend model
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding the edgecls package
 IMAGE_INPUT, PROBABILITIES, TOP_K = "image", "probabilities", "classes"  # names triton_python_model.py uses
 
 
@@ -313,11 +314,11 @@ def ensemble_config(source: Source, preprocess: str, postprocess: str, options: 
 # ----------------------------------------------------------------------------------------------- the Python models
 
 def python_model_files() -> list[Path]:
-    """The files a Python-backend model needs: its model.py and the edgecls modules it imports, with those they
-    import when loaded (module-level imports, followed; lazy imports inside functions it never calls are not), and
-    the package __init__ files on the way. All torch-free and onnx-free (the runtime's rule)."""
-    package_root = Path(importlib.util.find_spec("edgecls").origin).parent.parent  # type: ignore[arg-type]
-    wanted, queue = set(), _edgecls_imports(PYTHON_MODEL, module_level_only=False)
+    """The files a Python-backend model needs, relative to PACKAGE_ROOT: the edgecls modules its model.py imports,
+    with those they import when loaded (module-level imports, followed; lazy imports inside functions it never calls
+    are not), and the package __init__ files on the way. All torch-free and onnx-free (the runtime's rule)."""
+    wanted: dict[str, Path] = {}
+    queue = _edgecls_imports(PYTHON_MODEL, module_level_only=False)
     while queue:
         module = queue.pop()
         if module in wanted:
@@ -325,12 +326,11 @@ def python_model_files() -> list[Path]:
         spec = importlib.util.find_spec(module)
         if spec is None or spec.origin is None:
             raise EdgeclsError(f"edgecls module {module} is missing from this install; reinstall edgecls")
-        wanted.add(module)
+        wanted[module] = Path(spec.origin).resolve()
         parts = module.split(".")
         queue.extend(".".join(parts[:i]) for i in range(1, len(parts)))  # the packages on the way
-        queue.extend(_edgecls_imports(Path(spec.origin), module_level_only=True))
-    return sorted(Path(importlib.util.find_spec(m).origin).relative_to(package_root)  # type: ignore[arg-type]
-                  for m in wanted)
+        queue.extend(_edgecls_imports(wanted[module], module_level_only=True))
+    return sorted(path.relative_to(PACKAGE_ROOT) for path in wanted.values())
 
 
 def _edgecls_imports(path: Path, module_level_only: bool) -> list[str]:
@@ -358,10 +358,9 @@ def _write_python_model(folder: Path, config: dict) -> None:
     version = folder / VERSION
     version.mkdir(parents=True)
     shutil.copyfile(PYTHON_MODEL, version / "model.py")
-    package_root = Path(importlib.util.find_spec("edgecls").origin).parent.parent  # type: ignore[arg-type]
     for relative in python_model_files():
         (version / relative).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(package_root / relative, version / relative)
+        shutil.copyfile(PACKAGE_ROOT / relative, version / relative)
     (folder / "config.pbtxt").write_text(to_pbtxt(config))
 
 
