@@ -10,9 +10,11 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -365,6 +367,15 @@ def encoded(image: np.ndarray, format: str = "PNG") -> bytes:
     return buffer.getvalue()
 
 
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that claims width x height pixels and holds none: the decoder must refuse it from its header alone."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + \
+        chunk(b"IEND", b"")
+
+
 def bytes_input(grpcclient, blobs: list[bytes]):
     tensor = grpcclient.InferInput("image", [len(blobs), 1], "BYTES")
     tensor.set_data_from_numpy(np.array(blobs, dtype=np.object_).reshape(-1, 1))
@@ -396,6 +407,10 @@ def test_a_bad_image_is_answered_with_its_reason_and_the_next_request_is_served(
     bad = bytes_input(grpcclient, [encoded(tiny_cifar.test_images[0]), b"not an image"])
     with pytest.raises(InferenceServerException, match="cannot decode image 1 of the request"):
         client.infer("new2_fp32_onnx_ensemble", [bad], client_timeout=TIMEOUT_S)
+    bomb = "image 0 of the request is 9000x9000 pixels, more than the 64 megapixels"  # refused from its header
+    with pytest.raises(InferenceServerException, match=bomb):
+        client.infer("new2_fp32_onnx_ensemble", [bytes_input(grpcclient, [png_header(9000, 9000)])],
+                     client_timeout=TIMEOUT_S)
     good = client.infer("new2_fp32_onnx_ensemble", [bytes_input(grpcclient, [encoded(tiny_cifar.test_images[1])])],
                         client_timeout=TIMEOUT_S)
     with Classifier.load(export_dir / "new2.onnx") as classifier:

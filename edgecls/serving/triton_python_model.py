@@ -57,8 +57,9 @@ class TritonPythonModel:
         for request in requests:
             try:
                 responses.append(pb_utils.InferenceResponse(output_tensors=run(request)))
-            except EdgeclsError as exc:  # a bad image or tensor answers its own request, not the others
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(exc))))
+            except Exception as exc:  # noqa: BLE001 - a bad request is answered with its reason; the others are served
+                message = str(exc) if isinstance(exc, EdgeclsError) else f"{self.name}: {first_line(exc)}"
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message)))
         return responses
 
     def _preprocess(self, request):
