@@ -22,6 +22,9 @@ import pytest
 from click.testing import CliRunner
 from google.protobuf import text_format
 from PIL import Image
+import tritonclient.grpc as grpcclient
+from tritonclient.grpc import model_config_pb2  # Triton's own schema (the test extra installs tritonclient)
+from tritonclient.utils import InferenceServerException
 
 from edgecls.artifacts import sha256_file
 from edgecls.cli import main
@@ -30,9 +33,6 @@ from edgecls.formats import EngineManifest, ModelMetadata, TritonRepository
 from edgecls.runtime import Classifier
 from edgecls.runtime.images import decode
 from edgecls.serving.repository import Options, PlanTarget, python_model_files, to_pbtxt, write_repository
-
-model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
-                                       reason="tritonclient is not installed: pip install 'edgecls[test]'")
 
 TIMEOUT_S = 30  # the longest a request to the test server may take
 
@@ -336,21 +336,20 @@ class TritonServer:
 
 
 @pytest.fixture(scope="module")
-def served(export_dir, tmp_path_factory):
+def client(export_dir, tmp_path_factory):
     """A repository with the fp32 ONNX run by edgecls's runtime in the Python backend (PyTriton's tritonserver has no
     onnxruntime backend) and the ensemble, served by a real tritonserver on a free loopback port."""
     python = serving_python()
-    grpcclient = pytest.importorskip("tritonclient.grpc")
     root = tmp_path_factory.mktemp("triton")
     write_repository([export_dir / "new2.onnx"], root / "repo",
                      Options(onnx_backend="python", ensemble=True, top_k=3, preferred_batch=(4,), max_batch=8,
                              queue_delay_us=300_000))  # long enough for concurrent requests to be batched
     server = TritonServer(python, root / "repo", root)
     try:
-        client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.port}")
-        server.wait_ready(client)
-        yield client, grpcclient
-        client.close()
+        connection = grpcclient.InferenceServerClient(f"127.0.0.1:{server.port}")
+        server.wait_ready(connection)
+        yield connection
+        connection.close()
     finally:
         server.stop()
         try:
@@ -376,14 +375,13 @@ def png_header(width: int, height: int) -> bytes:
         chunk(b"IEND", b"")
 
 
-def bytes_input(grpcclient, blobs: list[bytes]):
+def bytes_input(blobs: list[bytes]):
     tensor = grpcclient.InferInput("image", [len(blobs), 1], "BYTES")
     tensor.set_data_from_numpy(np.array(blobs, dtype=np.object_).reshape(-1, 1))
     return tensor
 
 
-def test_the_ensemble_answers_encoded_images_like_the_runtime(served, export_dir, tiny_cifar):
-    client, grpcclient = served
+def test_the_ensemble_answers_encoded_images_like_the_runtime(client, export_dir, tiny_cifar):
     for name in ("new2_preprocess", "new2_fp32_onnx", "new2_postprocess", "new2_fp32_onnx_ensemble"):
         assert client.is_model_ready(name), name
     rng = np.random.default_rng(0)
@@ -391,7 +389,7 @@ def test_the_ensemble_answers_encoded_images_like_the_runtime(served, export_dir
               rng.integers(0, 256, (45, 70, 3), dtype=np.uint8),  # another size: resized and cropped
               rng.integers(0, 256, (40, 40), dtype=np.uint8)]  # gray
     blobs = [encoded(image) for image in images]
-    result = client.infer("new2_fp32_onnx_ensemble", [bytes_input(grpcclient, blobs)], client_timeout=TIMEOUT_S)
+    result = client.infer("new2_fp32_onnx_ensemble", [bytes_input(blobs)], client_timeout=TIMEOUT_S)
     with Classifier.load(export_dir / "new2.onnx") as classifier:
         expected = classifier.classify([decode(blob) for blob in blobs])
     np.testing.assert_allclose(result.as_numpy("logits"), expected.logits, rtol=1e-5, atol=1e-5)
@@ -400,18 +398,15 @@ def test_the_ensemble_answers_encoded_images_like_the_runtime(served, export_dir
     assert names == [[name for name, _ in row] for row in expected.top_k(3)]
 
 
-def test_a_bad_image_is_answered_with_its_reason_and_the_next_request_is_served(served, export_dir, tiny_cifar):
-    client, grpcclient = served
-    from tritonclient.utils import InferenceServerException
-
-    bad = bytes_input(grpcclient, [encoded(tiny_cifar.test_images[0]), b"not an image"])
+def test_a_bad_image_is_answered_with_its_reason_and_the_next_request_is_served(client, export_dir, tiny_cifar):
+    bad = bytes_input([encoded(tiny_cifar.test_images[0]), b"not an image"])
     with pytest.raises(InferenceServerException, match="cannot decode image 1 of the request"):
         client.infer("new2_fp32_onnx_ensemble", [bad], client_timeout=TIMEOUT_S)
     bomb = "image 0 of the request is 9000x9000 pixels, more than the 64 megapixels"  # refused from its header
     with pytest.raises(InferenceServerException, match=bomb):
-        client.infer("new2_fp32_onnx_ensemble", [bytes_input(grpcclient, [png_header(9000, 9000)])],
+        client.infer("new2_fp32_onnx_ensemble", [bytes_input([png_header(9000, 9000)])],
                      client_timeout=TIMEOUT_S)
-    good = client.infer("new2_fp32_onnx_ensemble", [bytes_input(grpcclient, [encoded(tiny_cifar.test_images[1])])],
+    good = client.infer("new2_fp32_onnx_ensemble", [bytes_input([encoded(tiny_cifar.test_images[1])])],
                         client_timeout=TIMEOUT_S)
     with Classifier.load(export_dir / "new2.onnx") as classifier:
         expected = classifier.classify(tiny_cifar.test_images[1:2])
@@ -424,8 +419,7 @@ def executions(client, model: str) -> tuple[int, int]:
     return stats.inference_stats.success.count, stats.execution_count
 
 
-def test_the_model_answers_preprocessed_tensors_and_batches_them(served, export_dir, tiny_cifar):
-    client, grpcclient = served
+def test_the_model_answers_preprocessed_tensors_and_batches_them(client, export_dir, tiny_cifar):
     with Classifier.load(export_dir / "new2.onnx") as classifier:
         batch = classifier.preprocess(tiny_cifar.test_images[:8])
         expected = classifier.run_preprocessed(batch)
@@ -452,8 +446,6 @@ def test_the_model_answers_preprocessed_tensors_and_batches_them(served, export_
     requests, runs = (now - then for now, then in zip(executions(client, "new2_fp32_onnx"), before))
     assert requests == 4 and runs < 4, (requests, runs)
     # over the model's max_batch_size (8): refused by Triton itself, naming the limit
-    from tritonclient.utils import InferenceServerException
-
     tensor = grpcclient.InferInput("images", [9, *batch.shape[1:]], "FP32")
     tensor.set_data_from_numpy(np.concatenate([batch, batch[:1]]))
     with pytest.raises(InferenceServerException, match="batch-size must be <= 8"):
