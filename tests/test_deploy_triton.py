@@ -117,6 +117,11 @@ def test_every_config_parses_with_tritons_schema_and_says_what_the_files_say(exp
         assert all(value in made for step in steps for value in step.input_map.values())
         assert [(o.name, list(o.dims)) for o in ensemble.output] == [("logits", [10]), ("probabilities", [10]),
                                                                      ("classes", [3])]
+        # every output comes from the last step and feeds none: Triton's pruning of the steps a request does not
+        # need then keeps what each output needs
+        outputs = {o.name for o in ensemble.output}
+        assert set(steps[-1].output_map.values()) == outputs
+        assert not outputs & {value for step in steps for value in step.input_map.values()}
     pre, post = configs["new2_preprocess"], configs["new2_postprocess"]
     assert pre.backend == post.backend == "python"
     assert pre.input[0].data_type == model_config_pb2.TYPE_STRING and list(pre.output[0].dims) == [3, crop, crop]
@@ -396,6 +401,15 @@ def test_the_ensemble_answers_encoded_images_like_the_runtime(client, export_dir
     np.testing.assert_allclose(result.as_numpy("probabilities"), expected.probabilities, rtol=1e-5, atol=1e-6)
     names = [[name.decode() for name in row] for row in result.as_numpy("classes")]
     assert names == [[name for name, _ in row] for row in expected.top_k(3)]
+    # One output alone (Triton prunes the steps it does not need), and Triton's own classification extension, which
+    # reads labels.txt (label_filename): the same names, as "score:index:label".
+    alone = client.infer("new2_fp32_onnx_ensemble", [bytes_input(blobs)], client_timeout=TIMEOUT_S,
+                         outputs=[grpcclient.InferRequestedOutput("classes")])
+    assert [[name.decode() for name in row] for row in alone.as_numpy("classes")] == names
+    labelled = client.infer("new2_fp32_onnx_ensemble", [bytes_input(blobs)], client_timeout=TIMEOUT_S,
+                            outputs=[grpcclient.InferRequestedOutput("logits", class_count=2)])
+    top = [[entry.decode().split(":")[2] for entry in row] for row in labelled.as_numpy("logits")]
+    assert top == [[name for name, _ in row] for row in expected.top_k(2)]
 
 
 def test_a_bad_image_is_answered_with_its_reason_and_the_next_request_is_served(client, export_dir, tiny_cifar):

@@ -274,40 +274,46 @@ def preprocess_config(name: str, source: Source, max_batch: int, options: Option
             "parameters": _parameters(source.metadata, edgecls_role="preprocess")}
 
 
-def postprocess_config(name: str, source: Source, max_batch: int, options: Options) -> dict:
-    """Logits -> probabilities and the top-k class names, in Triton's Python backend."""
-    classes = source.output.dims
+def _postprocessed(source: Source, options: Options) -> list[dict]:
+    """What the postprocessing model and the ensemble return: the logits, their softmax and the top-k class names."""
     top_k = min(options.top_k, len(source.metadata.preprocess.class_names))
+    return [_io(source.output, labels=True),
+            {"name": PROBABILITIES, "data_type": _Enum("TYPE_FP32"), "dims": list(source.output.dims),
+             "label_filename": LABELS_FILE},
+            {"name": TOP_K, "data_type": _Enum("TYPE_STRING"), "dims": [top_k]}]
+
+
+def postprocess_config(name: str, source: Source, max_batch: int, options: Options) -> dict:
+    """Logits -> the logits again, probabilities and the top-k class names, in Triton's Python backend. It hands the
+    logits on so that every output of the ensemble comes from this one last step: Triton prunes the steps whose
+    outputs a request does not ask for, and an ensemble output that also fed a later step was pruned with that step
+    (a request for the logits alone then never finished: "unexpected deadlock", Triton 2.51)."""
+    outputs = _postprocessed(source, options)
     return {"name": name, "backend": "python", "max_batch_size": max_batch, "input": [_io(source.output)],
-            "output": [{"name": PROBABILITIES, "data_type": _Enum("TYPE_FP32"), "dims": list(classes),
-                        "label_filename": LABELS_FILE},
-                       {"name": TOP_K, "data_type": _Enum("TYPE_STRING"), "dims": [top_k]}],
-            "dynamic_batching": _batching(options, max_batch),
+            "output": outputs, "dynamic_batching": _batching(options, max_batch),
             "instance_group": [{"count": options.instances, "kind": _Enum("KIND_CPU")}],
-            "parameters": _parameters(source.metadata, edgecls_role="postprocess", edgecls_top_k=str(top_k))}
+            "parameters": _parameters(source.metadata, edgecls_role="postprocess",
+                                      edgecls_top_k=str(outputs[-1]["dims"][0]))}
 
 
 def ensemble_config(source: Source, preprocess: str, postprocess: str, options: Options) -> dict:
     """Encoded images in; logits, probabilities and the top-k class names out: preprocess -> model -> postprocess."""
-    top_k = min(options.top_k, len(source.metadata.preprocess.class_names))
-    logits, classes = source.output, source.output.dims
+    outputs = _postprocessed(source, options)
 
     def step(model: str, inputs: Mapping[str, str], outputs: Mapping[str, str]) -> dict:
         return {"model_name": model, "model_version": -1,
                 "input_map": [{"key": k, "value": v} for k, v in inputs.items()],
                 "output_map": [{"key": k, "value": v} for k, v in outputs.items()]}
 
-    preprocessed = f"{source.input.name}_preprocessed"
+    # the tensors between the steps, named apart from the ensemble's own outputs
+    images, logits = f"{source.input.name}_preprocessed", f"{source.output.name}_of_model"
     return {"name": f"{source.model_name}_ensemble", "platform": "ensemble", "max_batch_size": source.max_batch,
             "input": [{"name": IMAGE_INPUT, "data_type": _Enum("TYPE_STRING"), "dims": [1]}],
-            "output": [_io(logits, labels=True),
-                       {"name": PROBABILITIES, "data_type": _Enum("TYPE_FP32"), "dims": list(classes),
-                        "label_filename": LABELS_FILE},
-                       {"name": TOP_K, "data_type": _Enum("TYPE_STRING"), "dims": [top_k]}],
+            "output": outputs,
             "ensemble_scheduling": {"step": [
-                step(preprocess, {IMAGE_INPUT: IMAGE_INPUT}, {source.input.name: preprocessed}),
-                step(source.model_name, {source.input.name: preprocessed}, {logits.name: logits.name}),
-                step(postprocess, {logits.name: logits.name}, {PROBABILITIES: PROBABILITIES, TOP_K: TOP_K})]},
+                step(preprocess, {IMAGE_INPUT: IMAGE_INPUT}, {source.input.name: images}),
+                step(source.model_name, {source.input.name: images}, {source.output.name: logits}),
+                step(postprocess, {source.output.name: logits}, {o["name"]: o["name"] for o in outputs})]},
             "parameters": _parameters(source.metadata)}
 
 

@@ -9,7 +9,7 @@ config.pbtxt parameters:
   preprocessing;
 - `onnxruntime`: the network input -> logits, the ONNX file beside this one run by edgecls's runtime (for a Triton
   without its onnxruntime backend, such as the one PyTriton ships);
-- `postprocess`: logits -> probabilities and the names of the top-k classes, most probable first.
+- `postprocess`: logits -> the logits again, probabilities and the names of the top-k classes, most probable first.
 """
 
 import json
@@ -74,7 +74,8 @@ class TritonPythonModel:
         probabilities = softmax(logits.astype(np.float32))
         predictions = Predictions(logits, probabilities, logits.argmax(axis=1), self.metadata.preprocess.class_names)
         names = [[name.encode() for name, _ in row] for row in predictions.top_k(self.top_k)]
-        return [pb_utils.Tensor(PROBABILITIES, probabilities.astype(np.float32)),
+        return [pb_utils.Tensor(self.metadata.output_name, logits),
+                pb_utils.Tensor(PROBABILITIES, probabilities.astype(np.float32)),
                 pb_utils.Tensor(TOP_K, np.array(names, dtype=np.object_))]
 
     def _onnxruntime(self, requests):
