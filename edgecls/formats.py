@@ -502,10 +502,10 @@ class TritonRepository(_MarkedRecord):
     @classmethod
     def read(cls, path: str | os.PathLike) -> "TritonRepository":
         path = Path(path)
-        fix = f"remove {path.parent} and run `edgecls deploy triton` again"
+        fix = "remove its folder and run `edgecls deploy triton` again"
         record = _marked_record(path, cls.FORMAT, "Triton repository record", fix,
                                 missing=f"{path.parent} is not an edgecls model repository (no {path.name}); {fix}",
-                                elsewhere=f"{path.parent} was not written by `edgecls deploy triton`; choose another "
+                                elsewhere="its folder was not written by `edgecls deploy triton`; choose another "
                                           "output folder")
         with _fields_of(f"Triton repository record {path}", fix):
             return cls(models=dict(record["models"]), sources=dict(record["sources"]),

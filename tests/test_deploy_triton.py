@@ -238,7 +238,7 @@ def test_the_output_folder_is_replaced_only_when_deploy_wrote_it(export_dir, tmp
 
     (repo / TritonRepository.FILE_NAME).write_text("{not json")  # a damaged record: deploy no longer knows the folder
     code, output = cli("deploy", "triton", str(export_dir / "new2.onnx"), "-o", str(repo))
-    assert code == 2 and output.count("\n") == 1 and "unreadable" in output and f"remove {repo}" in output, output
+    assert code == 2 and output.count("\n") == 1 and "unreadable" in output and "remove its folder" in output, output
     assert (repo / "new2_int8_onnx" / "config.pbtxt").is_file()
     (tmp_path / "link").symlink_to(repo)
     code, output = cli("deploy", "triton", str(export_dir / "new2.onnx"), "-o", str(tmp_path / "link"))
