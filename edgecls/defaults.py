@@ -50,3 +50,9 @@ BENCH_ALL_WARMUP_S = 0.2
 BENCH_MAX_BATCH = 1024
 ONNX_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
                   "tensorrt": "TensorrtExecutionProvider"}
+
+# `edgecls deploy triton`: the largest batch Triton forms for an ONNX file (which takes any), how long a request may
+# wait for others to join its batch, how many class names the ensemble returns per image.
+TRITON_ONNX_MAX_BATCH = 64
+TRITON_QUEUE_DELAY_US = 100
+TRITON_TOP_K = 5

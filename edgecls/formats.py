@@ -11,6 +11,7 @@ one validation. Torch-free: the runtime reads the ONNX metadata and the engine m
 
 Every field is read with its type checked (`_typed`): an edited file is refused in one line naming the file and the
 field, never taken with a wrong type ("complete": "false" is not true).
+- `TritonRepository`: `edgecls-repository.json` at the root of a Triton model repository `edgecls deploy` wrote.
 
 The checkpoint is PyTorch's own format and lives in `edgecls.checkpoint`; the preprocessing record in
 `edgecls.preprocess`.
@@ -767,3 +768,25 @@ class ModelFiles:
     def training_log(checkpoint: str | os.PathLike, model: str) -> Path:
         """The per-epoch log `edgecls train` writes beside a checkpoint."""
         return Path(checkpoint).parent / f"{model}.log.jsonl"
+
+
+# ----------------------------------------------------------------------------------------------- Triton repository
+
+@dataclass(frozen=True)
+class TritonRepository(_MarkedRecord, format="edgecls-triton-repository", what="Triton repository record",
+                       fix="remove its folder and run `edgecls deploy triton` again",
+                       elsewhere="its folder was not written by `edgecls deploy triton`; choose another output folder"):
+    """`edgecls-repository.json` at the root of a Triton model repository written by `edgecls deploy triton`: which
+    models it holds and the files they were made from. Deploy replaces a folder only when it holds this record, so it
+    never overwrites a folder it did not write. Triton itself reads only the model folders beside it."""
+
+    models: dict  # Triton model name -> {"kind": platform or backend, "source": the file it came from or null}
+    sources: dict  # each source file as given -> its sha256
+    created_at: str = ""
+    versions: dict = field(default_factory=dict)
+
+    FILE_NAME: ClassVar[str] = "edgecls-repository.json"
+
+    @classmethod
+    def missing(cls, path: Path) -> str:
+        return f"{path.parent} is not an edgecls model repository (no {path.name}); {cls.FIX}"
