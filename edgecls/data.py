@@ -46,8 +46,8 @@ from tqdm import tqdm
 
 from edgecls.artifacts import atomic_write
 from edgecls.errors import EdgeclsError, first_line
+from edgecls.imaging import IMAGE_SUFFIXES, decode
 from edgecls.preprocess import Preprocessing
-from edgecls.runtime.images import IMAGE_SUFFIXES, decode
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -610,7 +610,7 @@ def _too_large(name: str, size: int, limit: int) -> EdgeclsError:
 
 
 def _is_image(name: str) -> bool:
-    """An image file of a tree: one suffix list with `edgecls predict` (edgecls.runtime.images.IMAGE_SUFFIXES)."""
+    """An image file of a tree: one suffix list with `edgecls predict` (edgecls.imaging.IMAGE_SUFFIXES)."""
     return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES and not name.startswith(".")
 
 

@@ -49,9 +49,25 @@ def test_no_import_circles():
             visit(name, [name])
 
 
+# The modules the runtime stands on, and the training side, which sits beside it: none may import the runtime, so
+# every arrow between the layers runs down (the image decoder both need lives in edgecls.imaging, below both).
+BELOW_THE_RUNTIME = {"edgecls.errors", "edgecls.defaults", "edgecls.formats", "edgecls.preprocess", "edgecls.imaging",
+                     "edgecls.artifacts", "edgecls.metrics", "edgecls.data", "edgecls.models", "edgecls.recipes",
+                     "edgecls.checkpoint", "edgecls.train", "edgecls.device", "edgecls.reference"}
+
+
+def test_no_arrow_runs_up_into_the_runtime():
+    files = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    assert BELOW_THE_RUNTIME <= set(files), sorted(BELOW_THE_RUNTIME - set(files))
+    upward = {name: sorted(dep for dep in imports_of(files[name], set(files))
+                           if dep == "edgecls.runtime" or dep.startswith("edgecls.runtime."))
+              for name in sorted(BELOW_THE_RUNTIME)}
+    assert not {name: deps for name, deps in upward.items() if deps}, upward
+
+
 def test_the_runtime_and_the_formats_need_no_torch_and_no_onnx():
     code = ("import sys; import edgecls.runtime, edgecls.runtime.onnx_backend, edgecls.runtime.tensorrt_backend, "
-            "edgecls.formats, edgecls.metrics, edgecls.preprocess; "
+            "edgecls.runtime.images, edgecls.imaging, edgecls.formats, edgecls.metrics, edgecls.preprocess; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'onnx')); "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
