@@ -46,7 +46,7 @@ from edgecls.errors import EdgeclsError, first_line  # noqa: E402
 from edgecls.evaluate import torch_logits  # noqa: E402
 from edgecls.metrics import accuracy  # noqa: E402
 from edgecls.recipes import training_plan  # noqa: E402
-from edgecls.train import TrainResult, train  # noqa: E402
+from edgecls.train import TrainRequest, TrainResult, train  # noqa: E402
 
 DATA_CANDIDATES = ("data/cifar10-jpeg.tar.gz", "../shared/data/cifar10-jpeg.tar.gz")
 # Issue #9's goals, single center crop on the 10,000 test images.
@@ -220,9 +220,10 @@ class DeviceCheck:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         started = time.perf_counter()
-        result = train(MODEL, self.dataset, recipe=recipe, epochs=epochs, batch_size=self.scale.batch_size, seed=seed,
-                       val_split=val_split, device=str(self.device), out_dir=out, eval_every=eval_every,
-                       progress=False, on_epoch_end=progress, cudnn_benchmark=self.cudnn_benchmark)
+        request = TrainRequest(MODEL, recipe=recipe, epochs=epochs, batch_size=self.scale.batch_size, seed=seed,
+                               val_split=val_split, device=str(self.device), out_dir=out, eval_every=eval_every,
+                               progress=False, cudnn_benchmark=self.cudnn_benchmark)
+        result = train(request, self.dataset, on_epoch_end=progress)
         wall = time.perf_counter() - started
         run = self.describe_run(name, recipe, seed, val_split, plan, result, wall)
         self.report["runs"].append(run)
@@ -258,9 +259,10 @@ class DeviceCheck:
         epochs = self.scale.benchmark_epochs
         medians = {}
         for mode in (True, False):
-            result = train(MODEL, self.dataset, epochs=epochs, batch_size=self.scale.batch_size, val_split=self.scale.val_split,
-                           device=str(self.device), out_dir=self.out / "runs" / f"benchmark-{mode}", progress=False,
-                           cudnn_benchmark=mode)
+            request = TrainRequest(MODEL, epochs=epochs, batch_size=self.scale.batch_size, val_split=self.scale.val_split,
+                                   device=str(self.device), out_dir=self.out / "runs" / f"benchmark-{mode}",
+                                   progress=False, cudnn_benchmark=mode)
+            result = train(request, self.dataset)
             later = [h.seconds for h in result.history[1:]] or [result.history[0].seconds]
             medians["on" if mode else "off"] = statistics.median(later)
         self.cudnn_benchmark = medians["on"] <= medians["off"]

@@ -4,11 +4,12 @@ Python). SGD with constant Nesterov momentum, weight decay (the paper's L2), a o
 smoothing, alternating flips and, where the recipe asks, a moving average of the weights. Seeded: on the CPU a run,
 and a run interrupted and resumed, give identical weights.
 
-The loop in `train` reads top to bottom: plan -> model and optimizer -> untimed warm-up -> for each epoch, the
-device batches -> loss, step -> one read of the epoch's losses -> log line and checkpoint. Nothing in the steps
-waits for the GPU: losses stay on the device until the epoch ends, where they are read once (and checked for
-divergence). Its pieces (`DeviceBatches`, `make_optimizer`, `WeightAverage`, `warm_up`, `checkpoint_record`,
-`restore`) are small functions of their own.
+`train` takes a `TrainRequest` (every option checked when it is made) and reads top to bottom: the run (held-out
+split, preprocessing, model, optimizer, weight average, device batches) -> resume -> untimed warm-up -> for each
+epoch: the steps -> evaluation and best.pt when due -> checkpoint and log. Nothing in the steps waits for the GPU:
+losses stay on the device until the epoch ends, where they are read once (and checked for divergence). Its pieces
+(`Run`, `DeviceBatches`, `make_optimizer`, `WeightAverage`, `warm_up`, `checkpoint_record`, `restore`) are small
+of their own.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -246,160 +247,244 @@ def to_cpu(value: Any) -> Any:
     return value
 
 
-def checkpoint_record(model_name: str, model: nn.Module, data: Cifar10, preprocess: Preprocessing,
-                      train_args: dict[str, Any], validation: dict[str, Any] | None, epoch: int,
-                      accuracies: EpochLog | None, device: torch.device) -> dict[str, Any]:
-    """The fields of a checkpoint (docs/FORMATS.md), weights copied to the CPU; `data` is the whole data set (its
-    fingerprint names what the model was trained on), `validation` the held-out split."""
-    return {
-        "model": model_name, "model_config": {"num_classes": len(data.class_names)},
-        "state_dict": to_cpu(model.state_dict()),
-        "preprocess": preprocess.to_dict(), "epoch": epoch, "epochs": train_args["epochs"],
-        "test_accuracy": accuracies.test_accuracy if accuracies else None,
-        "val_accuracy": accuracies.val_accuracy if accuracies else None,
-        "data_fingerprint": data.fingerprint, "validation": validation, "train_args": train_args,
-        "versions": library_versions("torch", "numpy"), "device": gpu_name(device),
-    }
-
-
 def check_val_split(size: int, total: int) -> None:
     if not 0 <= size < total:
         raise EdgeclsError(f"--val-split {size} must be at least 0 and smaller than the {total:,} training images; "
                            "pass a smaller --val-split (0: no validation split)")
 
 
-def validation_split(data: Cifar10, size: int, seed: int) -> tuple[Cifar10, np.ndarray, np.ndarray, dict | None]:
-    """Hold `size` seeded training images out of training: (the rest, their images, labels, checkpoint record)."""
-    total = len(data.train_images)
-    check_val_split(size, total)
-    held_out = seeded_subset(total, size, seed) if size else np.empty(0, dtype=np.int64)
-    rest, images, labels = data.hold_out(held_out)
-    return rest, images, labels, validation_record(seed, images) if size else None
+class CheckpointPaths(NamedTuple):
+    last: Path
+    best: Path
+    log: Path
 
 
-def checkpoint_paths(out_dir: str | os.PathLike, model_name: str) -> tuple[Path, Path, Path]:
+def checkpoint_paths(out_dir: str | os.PathLike, model_name: str) -> CheckpointPaths:
     out = Path(out_dir)
-    return out / f"{model_name}.pt", out / f"{model_name}.best.pt", out / f"{model_name}.log.jsonl"
+    return CheckpointPaths(out / f"{model_name}.pt", out / f"{model_name}.best.pt", out / f"{model_name}.log.jsonl")
 
 
-def train(
-    model_name: str,
-    data: Cifar10,
-    *,
-    recipe: str = DEFAULT_RECIPE,
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    lr: float | None = None,
-    seed: int = 0,
-    val_split: int = DEFAULT_VAL_SPLIT,
-    device: str | None = None,
-    out_dir: str | os.PathLike = CHECKPOINT_DIR,
-    eval_every: int = 0,
-    resume: bool = False,
-    progress: bool = True,
-    cudnn_benchmark: bool = True,
-    on_epoch_end: Callable[[EpochLog], None] | None = None,
-) -> TrainResult:
-    """Train `model_name` on `data` and write checkpoints/<model>.pt (last) and, with eval_every, <model>.best.pt.
+@dataclass(frozen=True)
+class TrainRequest:
+    """One training run, asked for: `edgecls train` builds it from its options, `train` takes it. Every option is
+    checked once, when the request is made, before any data is read; only the validation split's size waits for
+    the data (`check_data`).
 
     `val_split` training images (seeded) are held out: training never sees them, and `eval_every` picks best.pt by
     accuracy on them; the test split is only reported. With `val_split=0`, best.pt is picked on the test split.
     `cudnn_benchmark`: let cuDNN time its algorithms for the (fixed) batch shape, on CUDA.
     """
-    plan = training_plan(recipe, epochs, batch_size, lr)
-    check_seed(seed, "--seed")
-    create_model(model_name)  # fail on an unknown name before touching any file
-    last_path, best_path, log_path = checkpoint_paths(out_dir, model_name)
-    ensure_writable_dir(out_dir)
-    dev = pick_device(device)
-    train_args = {"model": model_name, "recipe": recipe, **asdict(plan), "seed": seed, "val_split": val_split,
-                  "device": dev.type}
-    training_data, val_images, val_labels, validation = validation_split(data, val_split, seed)
 
-    preprocess = dataset_preprocessing(training_data)
-    torch.manual_seed(seed)
-    with on_device(dev), backend_flags(cudnn_benchmark=cudnn_benchmark and dev.type == "cuda"):
-        model = create_model(model_name, num_classes=len(data.class_names)).to(dev)
-        if dev.type == "cuda":  # before the optimizer is made, so that it holds the parameters in their final layout
+    model_name: str
+    recipe: str = DEFAULT_RECIPE
+    epochs: int | None = None  # None: the recipe's (and likewise batch_size and lr)
+    batch_size: int | None = None
+    lr: float | None = None
+    seed: int = 0
+    val_split: int = DEFAULT_VAL_SPLIT
+    device: str | None = None  # None: CUDA when available, else the CPU
+    out_dir: Path = Path(CHECKPOINT_DIR)
+    eval_every: int = 0
+    resume: bool = False
+    progress: bool = True
+    cudnn_benchmark: bool = True
+    plan: Recipe = field(init=False, repr=False)  # the recipe with the overrides
+    torch_device: torch.device = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        create_model(self.model_name)  # an unknown name fails before any file is read or written
+        object.__setattr__(self, "plan", training_plan(self.recipe, self.epochs, self.batch_size, self.lr))
+        check_seed(self.seed, "--seed")
+        if self.eval_every < 0:
+            raise EdgeclsError(f"--eval-every {self.eval_every} is negative; use a whole number from 0 up")
+        object.__setattr__(self, "out_dir", Path(self.out_dir))
+        object.__setattr__(self, "torch_device", pick_device(self.device))
+
+    def check_data(self, data: Cifar10) -> None:
+        """Refuse a validation split the data cannot give (known only once the data is read)."""
+        check_val_split(self.val_split, len(data.train_images))
+
+    @property
+    def paths(self) -> CheckpointPaths:
+        return checkpoint_paths(self.out_dir, self.model_name)
+
+    def train_args(self) -> dict[str, Any]:
+        """The settings a checkpoint records, and that a resumed run must repeat."""
+        return {"model": self.model_name, "recipe": self.recipe, **asdict(self.plan), "seed": self.seed,
+                "val_split": self.val_split, "device": self.torch_device.type}
+
+
+@dataclass
+class HeldOut:
+    """The data split for one run: what it trains on, and the validation images it never sees."""
+
+    training: Cifar10
+    images: np.ndarray
+    labels: np.ndarray
+    record: dict[str, Any] | None  # the checkpoint's `validation` field
+
+    @classmethod
+    def split(cls, data: Cifar10, size: int, seed: int) -> HeldOut:
+        """Hold `size` seeded training images out of training."""
+        check_val_split(size, len(data.train_images))
+        held_out = seeded_subset(len(data.train_images), size, seed) if size else np.empty(0, dtype=np.int64)
+        rest, images, labels = data.hold_out(held_out)
+        return cls(rest, images, labels, validation_record(seed, images) if size else None)
+
+
+class Run:
+    """What one training run holds on its device: the data and its preprocessing, the model, its optimizer and
+    schedule, the weight average, the batches, and the history so far."""
+
+    def __init__(self, request: TrainRequest, data: Cifar10) -> None:
+        self.request, self.data, self.plan, self.device = request, data, request.plan, request.torch_device
+        self.split = HeldOut.split(data, request.val_split, request.seed)
+        self.preprocess = dataset_preprocessing(self.split.training)
+        torch.manual_seed(request.seed)
+        model = create_model(request.model_name, num_classes=len(data.class_names)).to(self.device)
+        if self.device.type == "cuda":  # before the optimizer is made, so that it holds the parameters in their final layout
             model = model.to(memory_format=torch.channels_last)
-        generator = torch.Generator(device=dev).manual_seed(seed)
-        batches = DeviceBatches(training_data, preprocess, plan, dev, generator, seed)
-        optimizer, scheduler = make_optimizer(model, plan, plan.epochs * batches.steps)
-        average = WeightAverage(model, plan.ema, plan.epochs * batches.steps) if plan.ema else None
-        loss_fn = nn.CrossEntropyLoss(label_smoothing=plan.label_smoothing)
-        start_epoch, best_accuracy, history = 0, -1.0, []
-        if resume:
-            start_epoch, best_accuracy, history = restore(last_path, train_args, data.fingerprint, model, average,
-                                                          optimizer, scheduler, generator)
-        if dev.type != "cuda" and progress:
-            tqdm.write("edgecls: no CUDA GPU found: training on the CPU, which is slow (use a GPU for full runs)")
-        warmup_seconds = warm_up(model, plan, batches, loss_fn, WARMUP_STEPS[dev.type])
-        saved_model = average.model if average else model  # the model that is evaluated and saved
+        self.model = model
+        self.generator = torch.Generator(device=self.device).manual_seed(request.seed)
+        self.batches = DeviceBatches(self.split.training, self.preprocess, self.plan, self.device, self.generator,
+                                     request.seed)
+        total_steps = self.plan.epochs * self.batches.steps
+        self.optimizer, self.scheduler = make_optimizer(model, self.plan, total_steps)
+        self.average = WeightAverage(model, self.plan.ema, total_steps) if self.plan.ema else None
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=self.plan.label_smoothing)
+        self.start_epoch, self.best_accuracy, self.history = 0, -1.0, []
+        self.resume_state: dict[str, Any] | None = None
 
-        bar = tqdm(total=plan.epochs * batches.steps, initial=start_epoch * batches.steps, unit="step",
-                   disable=not progress, dynamic_ncols=True, desc=f"{model_name} {dev.type}")
-        resume_state: dict[str, Any] | None = None
-        try:
-            for epoch in range(start_epoch, plan.epochs):
-                model.train()
-                losses = torch.zeros(batches.steps, device=dev)
-                synchronize(dev)
-                started = time.perf_counter()
-                for step, (images, labels) in enumerate(batches.epoch(epoch)):
-                    losses[step] = training_step(model, optimizer, loss_fn, images, labels)
-                    lr_used = optimizer.param_groups[0]["lr"]
-                    scheduler.step()
-                    if average:
-                        average.update()
-                    bar.update(1)
-                synchronize(dev)
-                seconds = time.perf_counter() - started
-                loss = epoch_loss(losses, model, epoch + 1, plan, last_path, written=epoch > start_epoch or resume)
-                entry = EpochLog(epoch + 1, loss, float(lr_used), round(seconds, 3),
-                                 round(batches.steps * plan.batch_size / seconds, 1))
-                bar.set_postfix(epoch=f"{epoch + 1}/{plan.epochs}", loss=f"{loss:.3f}", lr=f"{lr_used:.3g}",
-                                img_s=f"{entry.images_per_second:,.0f}")
-                if eval_every and ((epoch + 1) % eval_every == 0 or epoch + 1 == plan.epochs):
-                    measure_accuracies(entry, saved_model, data, val_images, val_labels, preprocess, dev)
-                    chosen_by = entry.test_accuracy if entry.val_accuracy is None else entry.val_accuracy
-                    if chosen_by > best_accuracy:
-                        best_accuracy = chosen_by
-                        save_checkpoint(best_path, checkpoint_record(model_name, saved_model, data, preprocess,
-                                                                     train_args, validation, epoch + 1, entry, dev))
-                    bar.write(f"epoch {epoch + 1}: " + _accuracies_text(entry))
-                history.append(entry)
-                state = checkpoint_record(model_name, saved_model, data, preprocess, train_args, validation,
-                                          epoch + 1, entry, dev)
-                state["resume"] = resume_state = {
-                    "optimizer": to_cpu(optimizer.state_dict()), "scheduler": scheduler.state_dict(),
-                    "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
-                    "live_state_dict": to_cpu(model.state_dict()) if average else None,
-                    "best_accuracy": best_accuracy, "history": [asdict(h) for h in history]}
-                save_checkpoint(last_path, state)
-                write_log(log_path, history)
+    @property
+    def saved_model(self) -> nn.Module:
+        """The model that is evaluated and saved: the weight average where the recipe keeps one."""
+        return self.average.model if self.average else self.model
+
+    def restore(self) -> None:
+        """Continue an interrupted run from its last checkpoint."""
+        self.start_epoch, self.best_accuracy, self.history = restore(
+            self.request.paths.last, self.request.train_args(), self.data.fingerprint, self.model, self.average,
+            self.optimizer, self.scheduler, self.generator)
+
+    def train_epoch(self, epoch: int, bar: tqdm) -> EpochLog:
+        """One epoch of steps (0-based `epoch`), timed; its losses are read from the device once, at the end."""
+        model, dev, written = self.model, self.device, epoch > self.start_epoch or self.request.resume
+        model.train()
+        losses = torch.zeros(self.batches.steps, device=dev)
+        synchronize(dev)
+        started = time.perf_counter()
+        for step, (images, labels) in enumerate(self.batches.epoch(epoch)):
+            losses[step] = training_step(model, self.optimizer, self.loss_fn, images, labels)
+            lr_used = self.optimizer.param_groups[0]["lr"]
+            self.scheduler.step()
+            if self.average:
+                self.average.update()
+            bar.update(1)
+        synchronize(dev)
+        seconds = time.perf_counter() - started
+        loss = epoch_loss(losses, model, epoch + 1, self.plan, self.request.paths.last, written=written)
+        entry = EpochLog(epoch + 1, loss, float(lr_used), round(seconds, 3),
+                         round(self.batches.steps * self.plan.batch_size / seconds, 1))
+        bar.set_postfix(epoch=f"{epoch + 1}/{self.plan.epochs}", loss=f"{loss:.3f}", lr=f"{lr_used:.3g}",
+                        img_s=f"{entry.images_per_second:,.0f}")
+        return entry
+
+    def evaluation_due(self, epoch: int) -> bool:
+        every = self.request.eval_every
+        return bool(every) and (epoch % every == 0 or epoch == self.plan.epochs)
+
+    def evaluate(self, entry: EpochLog) -> None:
+        """Fill in the epoch's test accuracy and, when there is a validation split, its validation accuracy."""
+        measure_accuracies(entry, self.saved_model, self.data, self.split.images, self.split.labels, self.preprocess,
+                           self.device)
+
+    def keep_if_best(self, entry: EpochLog) -> None:
+        """Write best.pt when this epoch beats the best so far (on the validation split, else the test split)."""
+        chosen_by = entry.test_accuracy if entry.val_accuracy is None else entry.val_accuracy
+        if chosen_by > self.best_accuracy:
+            self.best_accuracy = chosen_by
+            save_checkpoint(self.request.paths.best, checkpoint_record(self, entry))
+
+    def save(self, entry: EpochLog) -> None:
+        """The last checkpoint, with what resuming needs, and the log: both always describe the same epoch."""
+        state = checkpoint_record(self, entry)
+        state["resume"] = self.resume_state = {
+            "optimizer": to_cpu(self.optimizer.state_dict()), "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "live_state_dict": to_cpu(self.model.state_dict()) if self.average else None,
+            "best_accuracy": self.best_accuracy, "history": [asdict(h) for h in self.history]}
+        save_checkpoint(self.request.paths.last, state)
+        write_log(self.request.paths.log, self.history)
+
+    def finish(self) -> EpochLog:
+        """The last epoch, measured if it was not: then the last checkpoint again, now with the final accuracies."""
+        final = self.history[-1]
+        if final.test_accuracy is None:
+            self.evaluate(final)
+            state = checkpoint_record(self, final)
+            state["resume"] = self.resume_state
+            save_checkpoint(self.request.paths.last, state)
+            write_log(self.request.paths.log, self.history)
+        return final
+
+    def live_accuracy(self) -> float | None:
+        """With a weight average, the test accuracy of the last training weights themselves."""
+        if not self.average:
+            return None
+        logits = torch_logits(self.model, self.data.test_images, self.preprocess, batch_size=1000, device=self.device)
+        return accuracy(logits, self.data.test_labels)
+
+
+def checkpoint_record(run: Run, entry: EpochLog) -> dict[str, Any]:
+    """The fields of a checkpoint at the end of `entry`'s epoch (docs/FORMATS.md), weights copied to the CPU; the
+    fingerprint of the run's whole data set names what the model was trained on."""
+    data, request = run.data, run.request
+    return {
+        "model": request.model_name, "model_config": {"num_classes": len(data.class_names)},
+        "state_dict": to_cpu(run.saved_model.state_dict()),
+        "preprocess": run.preprocess.to_dict(), "epoch": entry.epoch, "epochs": run.plan.epochs,
+        "test_accuracy": entry.test_accuracy, "val_accuracy": entry.val_accuracy,
+        "data_fingerprint": data.fingerprint, "validation": run.split.record, "train_args": request.train_args(),
+        "versions": library_versions("torch", "numpy"), "device": gpu_name(run.device),
+    }
+
+
+def train(request: TrainRequest, data: Cifar10,
+          on_epoch_end: Callable[[EpochLog], None] | None = None) -> TrainResult:
+    """Train as `request` asks on `data` and write <out>/<model>.pt (last), its log and, with eval_every,
+    <model>.best.pt. `on_epoch_end` is called with each epoch's log entry, after its checkpoint is written."""
+    request.check_data(data)
+    ensure_writable_dir(request.out_dir)
+    dev, plan = request.torch_device, request.plan
+    with on_device(dev), backend_flags(cudnn_benchmark=request.cudnn_benchmark and dev.type == "cuda"):
+        run = Run(request, data)
+        if request.resume:
+            run.restore()
+        if dev.type != "cuda" and request.progress:
+            tqdm.write("edgecls: no CUDA GPU found: training on the CPU, which is slow (use a GPU for full runs)")
+        warmup_seconds = warm_up(run.model, plan, run.batches, run.loss_fn, WARMUP_STEPS[dev.type])
+
+        with tqdm(total=plan.epochs * run.batches.steps, initial=run.start_epoch * run.batches.steps, unit="step",
+                  disable=not request.progress, dynamic_ncols=True, desc=f"{request.model_name} {dev.type}") as bar:
+            for epoch in range(run.start_epoch, plan.epochs):
+                entry = run.train_epoch(epoch, bar)
+                if run.evaluation_due(entry.epoch):
+                    run.evaluate(entry)
+                    run.keep_if_best(entry)
+                    bar.write(f"epoch {entry.epoch}: " + _accuracies_text(entry))
+                run.history.append(entry)
+                run.save(entry)
                 if on_epoch_end:
                     on_epoch_end(entry)
-        finally:
-            bar.close()
-
-        final = history[-1]
-        if final.test_accuracy is None:
-            measure_accuracies(final, saved_model, data, val_images, val_labels, preprocess, dev)
-            # the last checkpoint again, now with the final accuracies
-            state = checkpoint_record(model_name, saved_model, data, preprocess, train_args, validation, plan.epochs,
-                                      final, dev)
-            state["resume"] = resume_state
-            save_checkpoint(last_path, state)
-            write_log(log_path, history)
-        live_accuracy = None
-        if average:
-            live_accuracy = accuracy(torch_logits(model, data.test_images, preprocess, batch_size=1000, device=dev),
-                                     data.test_labels)
+        final = run.finish()
+        live_accuracy = run.live_accuracy()
+    history = run.history
     train_seconds = sum(h.seconds for h in history)
     images_seen = sum(h.images_per_second * h.seconds for h in history)
-    return TrainResult(last_path, best_path if eval_every else None, final.test_accuracy, final.val_accuracy,
-                       train_seconds, images_seen / max(train_seconds, 1e-9), history, warmup_seconds, live_accuracy)
+    return TrainResult(request.paths.last, request.paths.best if request.eval_every else None, final.test_accuracy,
+                       final.val_accuracy, train_seconds, images_seen / max(train_seconds, 1e-9), history,
+                       warmup_seconds, live_accuracy)
 
 
 def write_log(path: Path, history: list[EpochLog]) -> None:

@@ -67,15 +67,16 @@ def tiny_data_dir(tiny_cifar: Cifar10, tmp_path_factory: pytest.TempPathFactory)
 @pytest.fixture(scope="session")
 def trained_checkpoint(tiny_cifar: Cifar10, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """Factory: the path of a checkpoint of `model_name` trained for a few CPU epochs on tiny_cifar (cached)."""
-    from edgecls.train import train
+    from edgecls.train import TrainRequest, train
 
     made: dict[str, Path] = {}
 
     def make(model_name: str = "new2") -> Path:
         if model_name not in made:
             out = tmp_path_factory.mktemp(f"ckpt_{model_name}")
-            made[model_name] = train(model_name, tiny_cifar, epochs=3, batch_size=50, lr=0.05, val_split=40,
-                                     device="cpu", out_dir=out, progress=False).checkpoint
+            request = TrainRequest(model_name, epochs=3, batch_size=50, lr=0.05, val_split=40, device="cpu", out_dir=out,
+                                   progress=False)
+            made[model_name] = train(request, tiny_cifar).checkpoint
         return made[model_name]
 
     return make

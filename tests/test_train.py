@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import time
@@ -14,9 +15,15 @@ from edgecls.checkpoint import load_checkpoint
 from edgecls.cli import main
 from edgecls.errors import EdgeclsError
 from edgecls.evaluate import torch_logits
-from edgecls.train import random_crop_flip, train
+from edgecls.train import TrainRequest, random_crop_flip
+from edgecls.train import train as run_training
 
 FAST = dict(epochs=3, batch_size=50, lr=0.05, val_split=40, device="cpu", progress=False)
+
+
+def train(model_name, data, on_epoch_end=None, **options):
+    """A training run as the tests ask for it: the request made from keyword options, then run."""
+    return run_training(TrainRequest(model_name, **options), data, on_epoch_end)
 
 
 def test_random_crop_flip_takes_real_windows():
@@ -468,3 +475,20 @@ def test_a_cuda_run_saves_cpu_tensors_and_refuses_a_cpu_resume_in_one_line(tiny_
     assert "\n" not in str(error.value)
     resumed = train("new1", tiny_cifar, out_dir=tmp_path, resume=True, **options)
     assert [h.epoch for h in resumed.history] == [1, 2] and resumed.test_accuracy > 20
+
+
+def test_a_training_request_is_checked_when_it_is_made(tmp_path):
+    """Every option is refused in one line when the request is made: before any data is read or file written."""
+    for options, message in (({"model_name": "vgg"}, "unknown model 'vgg'"),
+                             ({"model_name": "new1", "epochs": 0}, "epochs must be at least 1"),
+                             ({"model_name": "new1", "seed": -2}, "--seed -2 is negative"),
+                             ({"model_name": "new1", "eval_every": -1}, "--eval-every -1 is negative"),
+                             ({"model_name": "new1", "device": "meta"}, "not on meta")):
+        with pytest.raises(EdgeclsError, match=message):
+            TrainRequest(out_dir=tmp_path / "out", **options)
+    assert not (tmp_path / "out").exists()
+    request = TrainRequest("new1", batch_size=256, out_dir=str(tmp_path), device="cpu")
+    assert request.plan.batch_size == 256 and request.plan.lr == pytest.approx(0.4 * 256 / 1024)
+    assert request.paths.last == tmp_path / "new1.pt" and request.train_args()["device"] == "cpu"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        request.epochs = 5

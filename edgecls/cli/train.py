@@ -60,26 +60,21 @@ def train(model_name: str, data: str | None, download: bool, recipe: str, epochs
     """
     import time
 
-    from edgecls.data import check_seed, load_cifar10
-    from edgecls.device import pick_device
-    from edgecls.models import create_model
-    from edgecls.recipes import training_plan
-    from edgecls.train import check_val_split
+    from edgecls.data import load_cifar10
+    from edgecls.train import TrainRequest
     from edgecls.train import train as run_training
 
-    create_model(model_name)  # an unknown name or impossible settings fail before the data is read
-    training_plan(recipe, epochs, batch_size, lr)
-    check_seed(seed, "--seed")
-    pick_device(device)
+    # every option is checked here, before the data is read
+    request = TrainRequest(model_name, recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                           val_split=val_split, device=device, out_dir=out_dir, eval_every=eval_every, resume=resume)
     started = time.perf_counter()
     dataset = load_cifar10(data, download=download)
     if train_images is not None or test_images is not None:
         dataset = dataset.subset(train_images, test_images, seed=seed)
-    check_val_split(val_split, len(dataset.train_images))
+    request.check_data(dataset)
     click.echo(f"data: {dataset.source}: {len(dataset.train_images):,} training / {len(dataset.test_images):,} test "
                f"images, loaded in {time.perf_counter() - started:.1f} s", err=True)
-    result = run_training(model_name, dataset, recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                          val_split=val_split, device=device, out_dir=out_dir, eval_every=eval_every, resume=resume)
+    result = run_training(request, dataset)
     validation = "" if result.val_accuracy is None else f"validation accuracy {result.val_accuracy:.2f}%, "
     averaged = "" if result.live_test_accuracy is None else (
         f"; weight average, the last weights alone {result.live_test_accuracy:.2f}%")
