@@ -45,6 +45,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edgecls.artifacts import atomic_write
+from edgecls.defaults import DEFAULT_VAL_SPLIT, VAL_SPLIT_PERCENT
 from edgecls.errors import EdgeclsError, first_line
 from edgecls.imaging import IMAGE_SUFFIXES, decode
 from edgecls.preprocess import Preprocessing
@@ -65,10 +66,6 @@ IMAGE_SIZE = 32  # the model's input size: every image of a data set is brought 
 TEST_SPLIT_PERCENT = 20
 TEST_SPLIT_SEED = 0
 MIN_CLASS_IMAGES = 5
-# Training images held out for validation when --val-split is not given: the paper's 5,000 of CIFAR-10's 50,000
-# (10%), never more than VAL_SPLIT_CAP.
-VAL_SPLIT_PERCENT = 10
-VAL_SPLIT_CAP = 5000
 # A class with fewer than 1/IMBALANCE_RATIO of the largest class's training images is reported.
 IMBALANCE_RATIO = 3
 _FIT = Preprocessing(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), class_names=(), input_size=IMAGE_SIZE)  # geometry only
@@ -241,8 +238,8 @@ def seeded_subset(total: int, size: int, seed: int) -> np.ndarray:
 
 def default_val_split(total: int) -> int:
     """Training images held out for validation when --val-split is not given: VAL_SPLIT_PERCENT of them, at most
-    VAL_SPLIT_CAP (CIFAR-10's 50,000 give the paper's 5,000)."""
-    return min(VAL_SPLIT_CAP, total * VAL_SPLIT_PERCENT // 100)
+    DEFAULT_VAL_SPLIT (CIFAR-10's 50,000 give the paper's 5,000)."""
+    return min(DEFAULT_VAL_SPLIT, total * VAL_SPLIT_PERCENT // 100)
 
 
 def imbalance_warning(data: Cifar10) -> str | None:
@@ -638,7 +635,7 @@ def _from_tree(keys: list[_TreeKey], pixels: np.ndarray, sizes: np.ndarray, clas
         empty = [name for name in class_names if not counts[split, name]]
         if empty:
             raise EdgeclsError(f"class folder{'s' if len(empty) > 1 else ''} {', '.join(empty)} in {where}/{split}/ "
-                               "hold no images; add images or remove the folder")
+                               f"{'hold' if len(empty) > 1 else 'holds'} no images; add images or remove the folder")
     position = {name: label for label, name in enumerate(class_names)}
     order = sorted(range(len(keys)), key=lambda i: (keys[i][0] != "train", position[keys[i][1]], keys[i][2]))
     pixels, sizes = pixels[order], sizes[order]
