@@ -88,6 +88,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default="results/own-data", help="Folder for the photos and every artifact.")
     parser.add_argument("--json", default="results/own-data.json")
+    parser.add_argument("--train-options", default="",
+                        help="Options added to `edgecls train`, e.g. '--epochs 8' where the CPU is too busy for 40.")
     args = parser.parse_args()
 
     work = Path(args.work).resolve()
@@ -99,7 +101,7 @@ def main() -> int:
     figures: dict = {"data": build_photos(Path(args.data), args.classes.split(","), args.per_class, photos, args.seed)}
     figures["data"]["build_seconds"] = round(time.perf_counter() - started, 1)
     runs = figures["commands"] = []
-    runs.append(edgecls(work, "train", "--data", "photos"))
+    runs.append(edgecls(work, "train", "--data", "photos", *args.train_options.split()))
     runs.append(edgecls(work, "export", "--checkpoint", "checkpoints/new2.pt", "--data", "photos", "--int8",
                         "--target", "cpu", "--max-drop", "2", "--min-agreement", "99"))
     runs.append(edgecls(work, "bench", "--engine", "export/new2.int8.onnx", "--data", "photos", "--json",

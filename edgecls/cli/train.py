@@ -85,11 +85,11 @@ def train(model_name: str, data: str | None, download: bool, recipe: str, epochs
     click.echo(f"data: {dataset.source}: {len(dataset.class_names)} classes, {len(dataset.train_images):,} training "
                f"({request.val_split:,} held out for validation) / {len(dataset.test_images):,} test images, loaded in "
                f"{time.perf_counter() - started:.1f} s{fitted}", err=True)
-    if batch_size is None and request.batch_size is not None:
-        click.echo(f"batch size {request.batch_size} (the {recipe} recipe's {RECIPES[recipe].batch_size} would give "
-                   f"{(len(dataset.train_images) - request.val_split) * RECIPES[recipe].crops_per_image // RECIPES[recipe].batch_size} "
-                   "steps an epoch on "
-                   f"this data), learning rate {request.plan.lr:g}; --batch-size to choose", err=True)
+    if batch_size is None and request.batch_size is not None:  # fitted to a small data set (TrainRequest.for_data)
+        recipe_batch = RECIPES[recipe].batch_size
+        steps = (len(dataset.train_images) - request.val_split) * RECIPES[recipe].crops_per_image // recipe_batch
+        click.echo(f"batch size {request.batch_size}, learning rate {request.plan.lr:g}: the {recipe} recipe's batch of "
+                   f"{recipe_batch} would make {steps} steps an epoch on this data (--batch-size to choose)", err=True)
     warning = imbalance_warning(dataset)
     if warning:
         click.echo(warning, err=True)
