@@ -26,9 +26,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgecls.data import load_cifar10  # noqa: E402
-from edgecls.export import check_parity, export_fp32, export_model, onnx_logits  # noqa: E402
+from edgecls.export import ExportRequest, check_parity, export_fp32, export_model, onnx_logits  # noqa: E402
 from edgecls.formats import ModelMetadata  # noqa: E402
-from edgecls.quantize import quantize_int8  # noqa: E402
+from edgecls.quantize import CalibrationSettings, quantize_int8  # noqa: E402
 
 
 def throughput(path: Path, inputs: np.ndarray, batch: int, threads: int, seconds: float) -> float:
@@ -79,20 +79,23 @@ def main() -> int:
         started = time.perf_counter()
         fp32 = export_fp32(checkpoint.build_model(), checkpoint.preprocess.crop_size, checkpoint.model_metadata(),
                            tmp_dir / "solo.onnx")
-        quantize_int8(fp32, tmp_dir / "solo.int8.onnx", data=dataset, method=args.method,
+        quantize_int8(fp32, tmp_dir / "solo.int8.onnx", data=dataset, settings=CalibrationSettings(method=args.method),
                       record_path=tmp_dir / "solo.json", exclude=checkpoint.validation_indices(dataset))
         figures["export_and_calibration_s"] = time.perf_counter() - started
 
         # 2. The whole export as `edgecls export --fp16 --int8` runs it: + fp16, reference logits, parity on 10k.
         started = time.perf_counter()
-        report = export_model(args.checkpoint, tmp_dir / "export", data=dataset, fp16=True, int8=True, target="trt",
-                              method=args.method, calibration_dir=tmp_dir / "calibration")
+        request = ExportRequest(args.checkpoint, tmp_dir / "export", fp16=True, int8=True,
+                                calibration=CalibrationSettings(target="trt", method=args.method),
+                                calibration_dir=tmp_dir / "calibration")
+        report = export_model(request, data=dataset)
         figures["full_export_s"] = time.perf_counter() - started
         files = {"fp32": report.files["fp32"], "fp16": report.files["fp16"], "int8-trt": report.files["int8"]}
 
         # 3. The CPU form, reusing the calibration record of step 2 (same images, same ranges).
         files["int8-cpu"] = tmp_dir / "export" / f"{checkpoint.model_name}.int8-cpu.onnx"
-        quantize_int8(files["fp32"], files["int8-cpu"], target="cpu", method=args.method, cache=report.calibration)
+        quantize_int8(files["fp32"], files["int8-cpu"],
+                      settings=CalibrationSettings(target="cpu", method=args.method, cache=report.calibration))
 
         reference = np.load(report.reference)
         parity = {name: check_parity(path, ModelMetadata.read(path).precision, onnx_logits(path, dataset.test_images),

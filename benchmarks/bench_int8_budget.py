@@ -27,13 +27,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from edgecls.cli.export import int8_report_table  # noqa: E402
 from edgecls.data import load_cifar10  # noqa: E402
-from edgecls.export import export_model  # noqa: E402
+from edgecls.export import ExportRequest, export_model  # noqa: E402
 from edgecls.formats import CalibrationRecord, ModelMetadata  # noqa: E402
-from edgecls.int8_budget import (Candidate, ValidationImages, cpu_throughput, format_report, greedy,  # noqa: E402
-                                 rank_layers, run_file, write_int8)
+from edgecls.int8_budget import Candidate, ValidationImages, greedy, rank_layers, run_file, write_int8  # noqa: E402
 from edgecls.metrics import Gate, parity  # noqa: E402
-from edgecls.quantize import PreparedModel  # noqa: E402
+from edgecls.quantize import CalibrationSettings, PreparedModel  # noqa: E402
+from edgecls.timing import cpu_throughput  # noqa: E402
 
 
 def ranking_study(report, fp32: Path, dataset, checkpoint, gate: Gate, work: Path) -> dict:
@@ -99,11 +100,13 @@ def main() -> int:
         tmp_dir = Path(tmp)
         for target in args.targets.split(","):
             started = time.perf_counter()
-            report = export_model(args.checkpoint, tmp_dir / target / "export", data=dataset, int8=True,
-                                  target=target, calibration_dir=tmp_dir / target / "calibration", budget=gate)
+            request = ExportRequest(args.checkpoint, tmp_dir / target / "export", int8=True, budget=gate,
+                                    calibration=CalibrationSettings(target=target),
+                                    calibration_dir=tmp_dir / target / "calibration")
+            report = export_model(request, data=dataset)
             seconds = time.perf_counter() - started
             search = report.int8_search.report
-            print(format_report(search))
+            print(int8_report_table(search))
             entry = {"export_s": seconds, "search_s": search.search_seconds, "passed": report.passed,
                      "method": search.method, "int8_layers": search.int8_layers, "layers": len(search.layers),
                      "float_layers": search.float_layers, "validation": search.result["validation"],
@@ -123,8 +126,10 @@ def main() -> int:
                       f"{speeds['vs_fp32']:.2f}x fp32 ({speeds['images_per_s']['fp32']:,.0f}), "
                       f"{speeds['vs_all_int8']:.2f}x all-int8 ({speeds['images_per_s']['all_int8']:,.0f})")
                 # The fixed rule of a plain --int8, on the same checkpoint and test split, for comparison.
-                plain = export_model(args.checkpoint, tmp_dir / target / "plain", data=dataset, int8=True,
-                                     target=target, calibration_dir=tmp_dir / target / "plain-calibration")
+                request = ExportRequest(args.checkpoint, tmp_dir / target / "plain", int8=True,
+                                        calibration=CalibrationSettings(target=target),
+                                        calibration_dir=tmp_dir / target / "plain-calibration")
+                plain = export_model(request, data=dataset)
                 fixed = next(result.parity for result in plain.parity if result.precision == "int8")
                 entry["fixed_rule_test"] = {"agreement": fixed.agreement, "accuracy_delta": fixed.accuracy_delta}
                 print(f"{target}: fixed rule (first and last float, percentile): test agreement "

@@ -86,13 +86,13 @@ def run_case(case: str, count: int, args: argparse.Namespace) -> str:
         assert result.exit_code == 0 and len(result.output.splitlines()) == count, result.output[-500:]
         return f"{count:,} JPEG files"
     if case == "bench-max-batch":
-        from edgecls.bench import bench_model
+        from edgecls.bench import BenchSettings, bench_model
         from edgecls.data import load_cifar10
         from edgecls.defaults import BENCH_MAX_BATCH
         from edgecls.timing import TimingSettings
 
-        bench_model(args.onnx, load_cifar10(args.data),
-                    timing=TimingSettings(batch_sizes=(BENCH_MAX_BATCH,), duration=1.0, warmup=0.2))
+        timing = TimingSettings(batch_sizes=(BENCH_MAX_BATCH,), duration=1.0, warmup=0.2)
+        bench_model(args.onnx, load_cifar10(args.data), settings=BenchSettings(timing))
         return f"batch {BENCH_MAX_BATCH}"
     with load(args.onnx) as classifier:
         if case == "batch":

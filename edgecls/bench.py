@@ -11,7 +11,7 @@ figures.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -19,8 +19,9 @@ import numpy as np
 
 from edgecls import reference as references
 from edgecls.data import Cifar10
-from edgecls.defaults import BENCH_ALL_BATCH_SIZES, BENCH_ALL_DURATION_S, BENCH_ALL_WARMUP_S, ENGINES_DIR, EXPORT_DIR
+from edgecls.defaults import BENCH_ALL_BATCH_SIZES, BENCH_ALL_DURATION_S, BENCH_ALL_WARMUP_S
 from edgecls.errors import EdgeclsError
+from edgecls.formats import BenchResult, Folders
 from edgecls.metrics import Gate, GateResult, Parity, accuracy, parity, per_class_accuracy
 from edgecls.reference import Reference
 from edgecls.runtime import Classifier, Runner, open_runner
@@ -47,10 +48,19 @@ class RunnerOptions:
         return open_runner(path, provider=self.provider, threads=self.threads, device=self.device)
 
 
+@dataclass(frozen=True)
+class BenchSettings:
+    """How to bench: what to time, how to open the model files, the parity gate, and whether to show progress."""
+
+    timing: TimingSettings = TimingSettings()
+    options: RunnerOptions = RunnerOptions()
+    gate: Gate = Gate()
+    progress: bool = False
+
+
 def bench_model(path: str | Path, dataset: Cifar10, reference: ReferenceLike = None, *,
-                timing: TimingSettings = TimingSettings(), options: RunnerOptions = RunnerOptions(),
-                gate: Gate = Gate(), strict_reference: Optional[bool] = None, logits: Optional[np.ndarray] = None,
-                progress: bool = False) -> dict[str, Any]:
+                settings: BenchSettings = BenchSettings(), strict_reference: Optional[bool] = None,
+                logits: Optional[np.ndarray] = None) -> dict[str, Any]:
     """Accuracy, parity, timings and the gate's verdict of one model file on `dataset`'s test split, as a dict.
 
     `reference`: a checkpoint or .npz path, or a Reference; None looks for the one saved at export beside the model.
@@ -59,6 +69,7 @@ def bench_model(path: str | Path, dataset: Cifar10, reference: ReferenceLike = N
     parity. An active `gate` without a usable reference is an error before any work. `logits`: this model's
     test-split logits when already computed (bench --all reuses the checkpoint's, computed as the reference).
     """
+    timing, options, gate, progress = settings.timing, settings.options, settings.gate, settings.progress
     path = Path(path)
     if not path.is_file():
         raise EdgeclsError(f"model file {path} does not exist; check the path")
@@ -97,21 +108,21 @@ def bench_model(path: str | Path, dataset: Cifar10, reference: ReferenceLike = N
                     timings += time_classifier(other, name, dataset.test_images, timing)
 
     labels = dataset.test_labels
-    return {
-        "model": {"path": str(path), "format": FORMATS.get(path.suffix.lower(), path.suffix),
-                  "name": metadata.model, "precision": metadata.precision, "size_mb": path.stat().st_size / 1e6,
-                  "checkpoint_sha256": metadata.checkpoint_sha256, **info},
-        "data": data_summary(dataset),
-        "accuracy": accuracy(logits, labels),
-        "per_class": per_class_accuracy(logits, labels, list(dataset.class_names)),
-        "parity": asdict(found) if found else None,
-        "variants": variants,
-        "timings": timings,
-        "settings": timing.to_dict(),
-        "notes": notes,
-        "gates": judge(gate, variants).to_dict(),
-        "environment": environment(info),
-    }
+    return BenchResult(
+        model={"path": str(path), "format": FORMATS.get(path.suffix.lower(), path.suffix),
+               "name": metadata.model, "precision": metadata.precision, "size_mb": path.stat().st_size / 1e6,
+               "checkpoint_sha256": metadata.checkpoint_sha256, **info},
+        data=data_summary(dataset),
+        accuracy=accuracy(logits, labels),
+        per_class=per_class_accuracy(logits, labels, list(dataset.class_names)),
+        parity=asdict(found) if found else None,
+        variants=variants,
+        timings=timings,
+        settings=timing.to_dict(),
+        notes=notes,
+        gates=judge(gate, variants).to_dict(),
+        environment=environment(info),
+    ).to_dict()
 
 
 def _usable_reference(reference: ReferenceLike, metadata: Any, path: Path, dataset: Cifar10, device: Optional[str],
@@ -182,30 +193,24 @@ def no_reference_error(path: str | Path) -> EdgeclsError:
 
 # ----------------------------------------------------------------------------------------------- bench --all
 
-def artifacts_of(checkpoint: Path, model: str, export_dir: Path, engines_dir: Path) -> list[Path]:
-    """Every file of this model that may exist, in pipeline order (missing ones too: their row says so)."""
-    files = [checkpoint] + [export_dir / f"{model}{suffix}.onnx" for suffix in ("", ".fp16", ".int8")]
-    plans = sorted(engines_dir.glob(f"{model}*.plan"))
-    return files + (plans or [engines_dir / f"{model}.plan"])
-
-
 def bench_all(checkpoint: str | Path, dataset: Cifar10, reference: str | Path | None = None, *,
-              export_dir: str | Path = EXPORT_DIR, engines_dir: str | Path = ENGINES_DIR,
-              timing: TimingSettings = ALL_ARTIFACTS_TIMING, options: RunnerOptions = RunnerOptions(),
-              gate: Gate = Gate(), progress: bool = False) -> dict[str, Any]:
-    """One row per artifact of the checkpoint's model, all compared with the same reference."""
+              folders: Folders = Folders(),
+              settings: BenchSettings = BenchSettings(ALL_ARTIFACTS_TIMING)) -> dict[str, Any]:
+    """One row per artifact of the checkpoint's model (its files in `folders`), all compared with the same
+    reference."""
     from edgecls.checkpoint import load_checkpoint
+
+    timing, options, gate = settings.timing, settings.options, settings.gate
 
     checkpoint = Path(checkpoint)
     loaded = load_checkpoint(checkpoint)
     dataset.check_fits(loaded.preprocess, checkpoint)
     model = loaded.model_name
-    export_dir, engines_dir = Path(export_dir), Path(engines_dir)
     ours = loaded.model_metadata()
     explicit = reference is not None
     notes: list[str] = []
     shared = references.resolve(reference, ours, checkpoint, dataset, options.device) if explicit else None
-    saved = export_dir / f"{model}.reference.npz"
+    saved = folders.of(model).reference
     if not explicit and saved.is_file():
         # The reference saved at export, if it belongs to this checkpoint and data; else the checkpoint itself.
         try:
@@ -216,7 +221,7 @@ def bench_all(checkpoint: str | Path, dataset: Cifar10, reference: str | Path | 
         shared = references.from_checkpoint(checkpoint, dataset, options.device)
 
     rows = []
-    for path in artifacts_of(checkpoint, model, export_dir, engines_dir):
+    for path in [checkpoint, *folders.of(model).artifacts()]:  # missing ones too: their row says so
         row: dict[str, Any] = {"path": str(path), "format": FORMATS.get(path.suffix.lower(), path.suffix),
                                "precision": None, "size_mb": None, "accuracy": None, "agreement": None,
                                "accuracy_delta": None, "p50_ms_batch1": None, "images_per_s": None,
@@ -228,8 +233,8 @@ def bench_all(checkpoint: str | Path, dataset: Cifar10, reference: str | Path | 
         row["size_mb"] = path.stat().st_size / 1e6
         try:
             known = shared.logits if path == checkpoint and references.covers(shared, loaded.sha256, dataset) else None
-            result = bench_model(path, dataset, shared, timing=timing, options=options, strict_reference=explicit,
-                                 logits=known, progress=progress)
+            result = bench_model(path, dataset, shared, settings=replace(settings, gate=Gate()),
+                                 strict_reference=explicit, logits=known)
         except EdgeclsError as exc:
             row["status"] = str(exc)
             if gate.active:  # a file that cannot run cannot pass a parity gate

@@ -183,7 +183,7 @@ def make_probe_models(folder: Path, seed: int = 0) -> dict[str, Path]:
     from edgecls.export import convert_fp16
     from edgecls.onnx_graph import save_checked
     from edgecls.preprocess import Preprocessing
-    from edgecls.quantize import quantize_int8
+    from edgecls.quantize import CalibrationSettings, quantize_int8
 
     rng = np.random.default_rng(seed)
     classes = tuple(f"class{i}" for i in range(10))
@@ -218,9 +218,10 @@ def make_probe_models(folder: Path, seed: int = 0) -> dict[str, Path]:
     fp32 = save_checked(model, folder / "doctor-probe.onnx")
     images = rng.integers(0, 256, (128, 32, 32, 3), dtype=np.uint8)
     data = Cifar10(images, rng.integers(0, 10, 128), images[:1], np.zeros(1, np.int64), list(classes), "random")
-    return {"fp16": convert_fp16(fp32, folder / "doctor-probe.fp16.onnx"),
-            "int8": quantize_int8(fp32, folder / "doctor-probe.int8.onnx", data=data, target="trt", size=128,
-                                  record_path=folder / "doctor-probe.calibration.json").path}
+    fp16, int8 = convert_fp16(fp32, folder / "doctor-probe.fp16.onnx"), folder / "doctor-probe.int8.onnx"
+    quantize_int8(fp32, int8, data=data, settings=CalibrationSettings(target="trt", size=128),
+                  record_path=folder / "doctor-probe.calibration.json")
+    return {"fp16": fp16, "int8": int8}
 
 
 def model_parity(candidate: str | Path, reference: str | Path, images: np.ndarray,

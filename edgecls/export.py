@@ -20,17 +20,16 @@ from typing import Any, Sequence
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from edgecls.artifacts import (copy_beside, ensure_writable_dir, is_storage_error, sha256_file, staging_dir,
                                storage_error, utc_now)
 from edgecls.data import digest_rows
-from edgecls.defaults import (CALIBRATION_DIR, CALIBRATION_METHODS, DEFAULT_CALIBRATION_SEED, DEFAULT_CALIBRATION_SIZE,
-                              DEFAULT_METHOD, DEFAULT_OPSET, EXPORT_DIR)
+from edgecls.defaults import CALIBRATION_DIR, DEFAULT_OPSET, EXPORT_DIR
 from edgecls.errors import EdgeclsError, first_line
-from edgecls.formats import ExportSet, ModelMetadata, ReferenceLogits
+from edgecls.formats import ExportSet, Int8Report, ModelMetadata, ReferenceLogits
 from edgecls.metrics import Gate, GateResult, Parity, parity
-from edgecls.onnx_graph import consumers, drop_unused_initializers, load_onnx, save_checked, topological_sort
+from edgecls.onnx_graph import fold_batchnorm, load_onnx, save_checked, topological_sort
+from edgecls.quantize import CalibrationSettings, Int8Result, calibration_indices, quantize_int8
 
 PARITY_BATCH = 500
 # fp32 ONNX vs PyTorch: both compute in float32, so only summation order differs. Anything beyond this
@@ -66,7 +65,7 @@ class ExportReport:
     calibration: Path | None = None  # the calibration record used/written for int8
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
-    int8_search: Any = None  # edgecls.int8_budget.BudgetResult, when int8 was made within a budget
+    int8_search: Int8Result | None = None  # when int8 was made within a budget: with the search's report
     int8_report: Path | None = None  # its report, installed under calibration/
 
     @property
@@ -101,48 +100,6 @@ def export_fp32(model: Any, crop_size: int, metadata: ModelMetadata, out_path: s
     onnx_model.doc_string = f"edgecls {metadata.model} ({metadata.precision})"
     metadata.embed(onnx_model)
     return save_checked(onnx_model, out_path)
-
-
-def fold_batchnorm(model: onnx.ModelProto) -> int:
-    """Fold BatchNormalization into the Conv / ConvTranspose (group 1) that alone feeds it. Returns the count."""
-    graph = model.graph
-    initializers = {init.name: init for init in graph.initializer}
-    producers = {out: node for node in graph.node for out in node.output}
-    users = consumers(graph)
-    graph_outputs = {value.name for value in graph.output}
-    folded = 0
-    for bn in [node for node in graph.node if node.op_type == "BatchNormalization"]:
-        conv = producers.get(bn.input[0])
-        if conv is None or conv.op_type not in ("Conv", "ConvTranspose") or len(users.get(bn.input[0], [])) != 1 \
-                or bn.input[0] in graph_outputs or len(bn.output) != 1:
-            continue
-        group = next((a.i for a in conv.attribute if a.name == "group"), 1)
-        if conv.op_type == "ConvTranspose" and group != 1:
-            continue  # its weight is (in, out/group, k, k): a per-output scale is not one axis
-        if not all(name in initializers for name in [*bn.input[1:5], *conv.input[1:]]):
-            continue
-        epsilon = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
-        gamma, beta, mean, var = (numpy_helper.to_array(initializers[n]).astype(np.float64) for n in bn.input[1:5])
-        scale = gamma / np.sqrt(var + epsilon)
-        weight = numpy_helper.to_array(initializers[conv.input[1]]).astype(np.float64)
-        out_axis = 1 if conv.op_type == "ConvTranspose" else 0
-        shape = [1] * weight.ndim
-        shape[out_axis] = -1
-        bias = numpy_helper.to_array(initializers[conv.input[2]]).astype(np.float64) if len(conv.input) > 2 \
-            else np.zeros_like(mean)
-        weight_name, bias_name = conv.input[1], f"{conv.name or conv.output[0]}.folded_bias"
-        initializers[weight_name].CopyFrom(numpy_helper.from_array((weight * scale.reshape(shape)).astype(np.float32),
-                                                                    weight_name))
-        graph.initializer.append(numpy_helper.from_array(((bias - mean) * scale + beta).astype(np.float32), bias_name))
-        if len(conv.input) > 2:
-            conv.input[2] = bias_name
-        else:
-            conv.input.append(bias_name)
-        conv.output[0] = bn.output[0]
-        graph.node.remove(bn)
-        folded += 1
-    drop_unused_initializers(graph)
-    return folded
 
 
 # ----------------------------------------------------------------------------------------------- fp16
@@ -187,43 +144,59 @@ def check_parity(path: Path, precision: str, logits: np.ndarray, reference: np.n
 
 # ----------------------------------------------------------------------------------------------- all of it
 
-def export_model(checkpoint_path: str | os.PathLike, out_dir: str | os.PathLike = EXPORT_DIR, data: Any = None,
-                 fp16: bool = False, int8: bool = False, target: str = "trt", method: str | None = None,
-                 calibration_size: int = DEFAULT_CALIBRATION_SIZE, calibration_seed: int = DEFAULT_CALIBRATION_SEED,
-                 calibration_cache: str | os.PathLike | None = None,
-                 calibration_dir: str | os.PathLike = CALIBRATION_DIR, opset: int = DEFAULT_OPSET,
-                 budget: Gate = Gate(), progress: bool = True) -> ExportReport:
+@dataclass(frozen=True)
+class ExportRequest:
+    """One export, asked for: `edgecls export` builds it from its options, `export_model` takes it. Every option is
+    checked once, when the request is made, before the checkpoint or the data is read.
+
+    With an active `budget` (--max-drop / --min-agreement), `edgecls.int8_budget` chooses the float layers and the
+    calibration method (`calibration.method` None: every method; else that one) on the validation images, and
+    nothing is installed when no choice holds it; without one, the first and last layers stay float and
+    `calibration.method` None means percentile.
+    """
+
+    checkpoint: Path
+    out_dir: Path = Path(EXPORT_DIR)
+    fp16: bool = False
+    int8: bool = False
+    calibration: CalibrationSettings = CalibrationSettings()
+    calibration_dir: Path = Path(CALIBRATION_DIR)
+    opset: int = DEFAULT_OPSET
+    budget: Gate = Gate()
+
+    def __post_init__(self) -> None:
+        if self.budget.active and not self.int8:
+            raise EdgeclsError("--max-drop and --min-agreement set the accuracy budget of the int8 file: add --int8 "
+                               "(or drop them)")
+        for name in ("checkpoint", "out_dir", "calibration_dir"):
+            object.__setattr__(self, name, Path(getattr(self, name)))
+
+
+def export_model(request: ExportRequest, data: Any = None, progress: bool = True) -> ExportReport:
     """Export a checkpoint to `<out_dir>/<model>.onnx` (+ `.fp16.onnx`, `.int8.onnx`) and `<model>.reference.npz`.
 
     `data` is a data location (str / None: resolved like training does) or an already loaded `Cifar10`.
     Each file is checked on ONNX Runtime against PyTorch on the test split. Files are staged and installed
     together (`install_set`) only when every step succeeded and the fp32 file is within float rounding of PyTorch;
     the set replaces the model's earlier export in `out_dir` as a whole.
-    int8 calibrates on training images outside the checkpoint's validation split. With an active `budget`
-    (--max-drop / --min-agreement), `edgecls.int8_budget` chooses the float layers and the calibration method
-    (`method` None: every method; else that one) on the validation images, and nothing is installed when no choice
-    holds it; without one, the first and last layers stay float and `method` None means percentile.
+    int8 calibrates on training images outside the checkpoint's validation split.
     """
     from edgecls.checkpoint import load_checkpoint
-    from edgecls.data import check_seed, load_cifar10
+    from edgecls.data import load_cifar10
     from edgecls.evaluate import torch_logits
-    from edgecls.quantize import calibration_indices, quantize_int8, validate_options
 
     started = time.perf_counter()
-    validate_options(target, method or DEFAULT_METHOD, calibration_size)
-    check_seed(calibration_seed, "calibration seed")
-    if budget.active and not int8:
-        raise EdgeclsError("--max-drop and --min-agreement set the accuracy budget of the int8 file: add --int8 "
-                           "(or drop them)")
-    checkpoint = load_checkpoint(checkpoint_path)
-    out = ensure_writable_dir(out_dir)
+    fp16, int8, budget, settings = request.fp16, request.int8, request.budget, request.calibration
+    calibration_dir = request.calibration_dir
+    checkpoint = load_checkpoint(request.checkpoint)
+    out = ensure_writable_dir(request.out_dir)
     if int8:
         ensure_writable_dir(calibration_dir)
     dataset = data if hasattr(data, "test_images") else load_cifar10(data)
     dataset.check_fits(checkpoint.preprocess, checkpoint.path)
     validation = checkpoint.validation_indices(dataset) if int8 else None  # calibration must not use these
-    if int8 and calibration_cache is None:  # too few calibration images: say so before the long work
-        calibration_indices(len(dataset.train_images), calibration_size, calibration_seed, validation)
+    if int8 and settings.cache is None:  # too few calibration images: say so before the long work
+        calibration_indices(len(dataset.train_images), settings.size, settings.seed, validation)
 
     name = checkpoint.model_name
     model = checkpoint.build_model()
@@ -235,25 +208,22 @@ def export_model(checkpoint_path: str | os.PathLike, out_dir: str | os.PathLike 
                 np.asarray(dataset.test_labels), digest_rows(dataset.test_images), model=name,
                 checkpoint_sha256=checkpoint.sha256, data_fingerprint=dataset.fingerprint)
             staged = {"fp32": export_fp32(model, checkpoint.preprocess.crop_size, checkpoint.model_metadata("fp32"),
-                                          staging / ExportSet.member_name(name, "fp32"), opset)}
+                                          staging / ExportSet.member_name(name, "fp32"), request.opset)}
             if fp16:
                 staged["fp16"] = convert_fp16(staged["fp32"], staging / ExportSet.member_name(name, "fp16"))
             quantized = None
             if int8 and budget.active:
-                quantized = int8_within_budget(checkpoint, dataset, validation, budget, reference, staged["fp32"],
-                                               staging, target=target, method=method, size=calibration_size,
-                                               seed=calibration_seed, cache=calibration_cache, progress=progress)
+                quantized = int8_within_budget(request, checkpoint, dataset, validation, reference.logits,
+                                               staged["fp32"], staging, progress)
                 report.int8_search = quantized
                 if not quantized.passed:
                     report.notes.append(f"nothing installed in {out}: no int8 choice holds the budget")
                     report.seconds = time.perf_counter() - started
                     return report
             elif int8:
-                quantized = quantize_int8(
-                    staged["fp32"], staging / ExportSet.member_name(name, "int8"), data=dataset, target=target,
-                    method=method or DEFAULT_METHOD, size=calibration_size, seed=calibration_seed,
-                    cache=calibration_cache, record_path=staging / "calibration.json", exclude=validation,
-                    work_dir=staging)
+                quantized = quantize_int8(staged["fp32"], staging / ExportSet.member_name(name, "int8"), data=dataset,
+                                          settings=settings, record_path=staging / "calibration.json",
+                                          exclude=validation, work_dir=staging)
             if quantized is not None:
                 staged["int8"] = quantized.path
             files = staged.items()
@@ -280,14 +250,18 @@ def export_model(checkpoint_path: str | os.PathLike, out_dir: str | os.PathLike 
             also_install.append((temporary, destination))
             return destination
 
+        # The files this export installs in other folders: the record lists them, so that readers take only these.
+        companions: dict[str, str] = {}
         if quantized is not None:
             report.calibration = quantized.record_path if quantized.reused else \
                 install_beside(quantized.record_path, Path(calibration_dir) / quantized.record_name)
+            companions[report.calibration.name] = sha256_file(quantized.record_path)
         if report.int8_search is not None:
-            report.int8_report = install_beside(report.int8_search.report_path,
-                                                Path(calibration_dir) / f"{name}.int8-report.json")
+            int8_report = Int8Report.path_for(calibration_dir, name)
+            companions[int8_report.name] = sha256_file(report.int8_search.report_path)
+            report.int8_report = install_beside(report.int8_search.report_path, int8_report)
         record = ExportSet(model=name, checkpoint_sha256=checkpoint.sha256, created_at=utc_now(), complete=True,
-                           files={path.name: sha256_file(path) for path in staged.values()})
+                           files={path.name: sha256_file(path) for path in staged.values()}, companions=companions)
         try:
             install_set(record, staging, out, also_install)
         except OSError as exc:  # renames need no space, but a folder may still refuse one (its own limits)
@@ -322,15 +296,16 @@ def install_set(record: ExportSet, staging: Path, out: Path, also_install: Seque
     os.replace(complete, record_path)
 
 
-def int8_within_budget(checkpoint: Any, dataset: Any, validation: np.ndarray | None, budget: Gate,
-                       reference: ReferenceLogits, fp32_path: Path, staging: Path, *, target: str, method: str | None,
-                       size: int, seed: int, cache: str | os.PathLike | None, progress: bool) -> Any:
-    """The int8 file of `checkpoint` with the most int8 layers that holds `budget`, staged beside the fp32 one."""
-    from edgecls.int8_budget import ValidationImages, search_int8
+def int8_within_budget(request: ExportRequest, checkpoint: Any, dataset: Any, validation: np.ndarray | None,
+                       test_logits: np.ndarray, fp32_path: Path, staging: Path, progress: bool) -> Int8Result:
+    """The int8 file of `checkpoint` with the most int8 layers that holds the request's budget, staged beside the
+    fp32 one (`test_logits`: the reference logits, for the report)."""
+    from edgecls.int8_budget import Int8Search, ValidationImages, search_int8
 
-    images = ValidationImages.choose(dataset, validation, (checkpoint.validation or {}).get("seed"), size)
-    return search_int8(fp32_path, staging / f"{checkpoint.model_name}.int8.onnx", dataset, images, budget,
-                       reference.logits, target=target, methods=[method] if method else CALIBRATION_METHODS,
-                       size=size, seed=seed, cache=cache, record_path=staging / "calibration.json",
-                       report_path=staging / "int8-report.json", work_dir=staging / "int8-search", progress=progress)
+    images = ValidationImages.choose(dataset, validation, (checkpoint.validation or {}).get("seed"),
+                                     request.calibration.size)
+    search = Int8Search(fp32_path, staging / ExportSet.member_name(checkpoint.model_name, "int8"), request.budget,
+                        request.calibration, record_path=staging / "calibration.json",
+                        report_path=staging / "int8-report.json", work_dir=staging / "int8-search")
+    return search_int8(search, dataset, images, test_logits, progress)
 

@@ -6,6 +6,11 @@ one validation. Torch-free: the runtime reads the ONNX metadata and the engine m
 - `ReferenceLogits`: `<model>.reference.npz`, the original model's logits on the test split.
 - `CalibrationRecord`: `calibration/<model>.<method>.json`, the calibration images and tensor ranges.
 - `ExportSet`: `<model>.export.json` beside the files of one export, which readers check before using one.
+- `Int8Report`: `calibration/<model>.int8-report.json`, the evidence of an int8 file made within a budget.
+- `BenchResult`: one model file's result in an `edgecls bench --json` file.
+
+Every field is read with its type checked (`_typed`): an edited file is refused in one line naming the file and the
+field, never taken with a wrong type ("complete": "false" is not true).
 
 The checkpoint is PyTorch's own format and lives in `edgecls.checkpoint`; the preprocessing record in
 `edgecls.preprocess`.
@@ -15,16 +20,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import zipfile
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, Collection, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
 from edgecls.artifacts import atomic_write, sha256_file, write_json
-from edgecls.defaults import PRECISIONS
+from edgecls.defaults import CALIBRATION_DIR, ENGINES_DIR, EXPORT_DIR, PRECISIONS
 from edgecls.errors import EdgeclsError, first_line
 from edgecls.preprocess import Preprocessing
 
@@ -72,17 +78,113 @@ def _marked_record(path: Path, marker: str, what: str, fix: str, missing: str, e
     return record
 
 
-class _MarkedRecord:
-    """A dataclass record kept as JSON that names its format: {"format": FORMAT, "format_version": ..., its fields}."""
+_KIND_WORDS = {"bool": "true or false", "int": "a whole number", "float": "a finite number", "str": "a string",
+               "dict": "a JSON object", "list": "a list"}
 
-    FORMAT: ClassVar[str]
+
+def _is_kind(value: Any, kind: str) -> bool:
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, {"str": str, "dict": dict, "list": list}[kind])
+
+
+def _typed(value: Any, kind: str, name: str) -> Any:
+    """`value` when it is of `kind` ("int", "float", "str", "bool", "dict", "list", or "Optional[...]" of one: JSON's
+    own types, a bool being no number), else a TypeError naming the field (`_fields_of` turns it into one line)."""
+    if kind.startswith("Optional["):
+        if value is None:
+            return None
+        kind = kind[len("Optional["):-1]
+    if not _is_kind(value, kind):
+        shown = json.dumps(value) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
+        raise TypeError(f"{name} ({shown[:40]} is not {_KIND_WORDS[kind]})")
+    return float(value) if kind == "float" else value
+
+
+def _typed_fields(cls: type, record: Any, prefix: str = "") -> dict[str, Any]:
+    """The values of the dataclass `cls`'s fields in the JSON object `record`, each checked against the field's
+    annotation; a field with a default may be absent (it then keeps its default)."""
+    if not isinstance(record, dict):
+        raise TypeError(f"{prefix.rstrip('.') or 'the record'} (not a JSON object)")
+    values = {}
+    for spec in fields(cls):
+        if spec.name in record:
+            values[spec.name] = _typed(record[spec.name], str(spec.type), prefix + spec.name)
+        elif spec.default is MISSING and spec.default_factory is MISSING:  # type: ignore[misc]
+            raise KeyError(prefix + spec.name)
+    return values
+
+
+def _numbers(block: Any, keys: Sequence[str], name: str) -> None:
+    """Check that the JSON object `block` holds a finite number under each of `keys`."""
+    _typed(block, "dict", name)
+    for key in keys:
+        if key not in block:
+            raise KeyError(f"{name}.{key}")
+        _typed(block[key], "float", f"{name}.{key}")
+
+
+# The figures of a Parity (`edgecls.metrics.Parity`) that the report and the tables show.
+PARITY_NUMBERS = ("images", "agreement", "flips", "right_to_wrong", "wrong_to_right", "accuracy", "accuracy_delta")
+
+
+class _Record:
+    """A dataclass record kept as JSON, read field by field with each field's type checked (`_typed`): an edited
+    file is refused in one line naming the file and the field, never taken with a wrong type."""
+
+    WHAT: ClassVar[str]  # what the record is called in messages
+    FIX: ClassVar[str]  # what to do about a bad one
+
+    def __init_subclass__(cls, what: str = "", fix: str = "", **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.WHAT, cls.FIX = what, fix
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": self.FORMAT, "format_version": FORMAT_VERSION, **asdict(self)}  # type: ignore[call-overload]
+        return {"format_version": FORMAT_VERSION, **asdict(self)}  # type: ignore[call-overload]
 
     def write(self, path: str | os.PathLike) -> Path:
         write_json(path, self.to_dict())
         return Path(path)
+
+    @classmethod
+    def from_dict(cls, record: Any, source: str) -> Any:
+        """The record of a JSON object read from `source` (the version already checked)."""
+        with _fields_of(f"{cls.WHAT} {source}", cls.FIX):
+            return cls(**cls._checked(_typed_fields(cls, record)))
+
+    @classmethod
+    def _checked(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """The fields' values after the checks their contents need beyond their types (none here)."""
+        return values
+
+
+class _MarkedRecord(_Record):
+    """A record whose JSON names its format: {"format": FORMAT, "format_version": ..., its fields}."""
+
+    FORMAT: ClassVar[str]
+    ELSEWHERE: ClassVar[str]  # where the right file is, when another one is given
+
+    def __init_subclass__(cls, format: str = "", elsewhere: str = "", **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.FORMAT, cls.ELSEWHERE = format, elsewhere
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": self.FORMAT, **super().to_dict()}
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> Any:
+        path = Path(path)
+        record = _marked_record(path, cls.FORMAT, cls.WHAT, cls.FIX, missing=cls.missing(path),
+                                elsewhere=cls.ELSEWHERE)
+        return cls.from_dict({k: v for k, v in record.items() if k not in ("format", "format_version")}, str(path))
+
+    @classmethod
+    def missing(cls, path: Path) -> str:
+        return f"{cls.WHAT} {path} does not exist; {cls.FIX}"
 
 
 # ----------------------------------------------------------------------------------------------- ONNX metadata
@@ -116,13 +218,14 @@ class ModelMetadata:
             raise EdgeclsError(f"{source}: the edgecls metadata is not a JSON object; {fix}")
         _check_version(record, f"{source}: the edgecls metadata", fix)
         try:
-            metadata = cls(model=str(record["model"]), precision=str(record["precision"]),
-                           preprocess=Preprocessing.from_dict(record["preprocess"]),
-                           checkpoint_sha256=str(record["checkpoint_sha256"]),
-                           data_fingerprint=str(record["data_fingerprint"]), input_name=str(record["input_name"]),
-                           output_name=str(record["output_name"]), quantization=record.get("quantization"))
+            strings = {key: _typed(record[key], "str", key) for key in
+                       ("model", "precision", "checkpoint_sha256", "data_fingerprint", "input_name", "output_name")}
+            metadata = cls(**strings, preprocess=Preprocessing.from_dict(record["preprocess"]),
+                           quantization=_typed(record.get("quantization"), "Optional[dict]", "quantization"))
         except KeyError as exc:
             raise EdgeclsError(f"{source}: the edgecls metadata lacks {exc.args[0]!r}; {fix}") from exc
+        except TypeError as exc:
+            raise EdgeclsError(f"{source}: the edgecls metadata garbles {exc}; {fix}") from exc
         except EdgeclsError as exc:
             raise EdgeclsError(f"{source}: {exc}") from exc
         if metadata.precision not in PRECISIONS:
@@ -231,14 +334,14 @@ class EngineManifest:
             dla_core = record.get("dla_core")
             if dla_core is not None and (isinstance(dla_core, bool) or not isinstance(dla_core, int) or dla_core < 0):
                 raise ValueError(f"dla_core {dla_core!r}")
-            return cls(tensorrt_version=str(record["tensorrt_version"]), gpu_name=str(record["gpu_name"]),
-                       compute_capability=str(record["compute_capability"]), onnx_path=str(record["onnx_path"]),
-                       onnx_sha256=str(record["onnx_sha256"]), plan_sha256=str(record["plan_sha256"]),
-                       precision=str(record["precision"]), batch=batch,
-                       model=ModelMetadata.from_dict(record["edgecls"], source),
-                       build_seconds=float(record.get("build_seconds", 0.0)), built_at=str(record.get("built_at", "")),
-                       dla_core=dla_core, cuda_binding=str(record.get("cuda_binding", "")),
-                       board=str(record.get("board", "")), l4t_release=str(record.get("l4t_release", "")))
+            strings = {key: _typed(record[key], "str", key) for key in
+                       ("tensorrt_version", "gpu_name", "compute_capability", "onnx_path", "onnx_sha256", "plan_sha256",
+                        "precision")}
+            informative = {key: _typed(record.get(key, ""), "str", key) for key in
+                           ("built_at", "cuda_binding", "board", "l4t_release")}
+            return cls(**strings, **informative, batch=batch, model=ModelMetadata.from_dict(record["edgecls"], source),
+                       build_seconds=_typed(record.get("build_seconds", 0.0), "float", "build_seconds"),
+                       dla_core=dla_core)
 
     def write(self, plan: str | os.PathLike) -> Path:
         path = self.path_for(plan)
@@ -306,16 +409,21 @@ class ReferenceLogits:
             raise EdgeclsError(f"reference {path} holds inconsistent arrays; {fix}")
         try:
             return cls(logits.astype(np.float32), labels.astype(np.int64), digests.astype(np.uint8),
-                       model=str(meta["model"]), checkpoint_sha256=str(meta["checkpoint_sha256"]),
-                       data_fingerprint=str(meta["data_fingerprint"]), split=str(meta.get("split", "test")))
+                       model=_typed(meta["model"], "str", "model"),
+                       checkpoint_sha256=_typed(meta["checkpoint_sha256"], "str", "checkpoint_sha256"),
+                       data_fingerprint=_typed(meta["data_fingerprint"], "str", "data_fingerprint"),
+                       split=_typed(meta.get("split", "test"), "str", "split"))
         except KeyError as exc:
             raise EdgeclsError(f"reference {path} lacks {exc.args[0]!r} in its description; {fix}") from exc
+        except TypeError as exc:
+            raise EdgeclsError(f"reference {path} garbles {exc} in its description; {fix}") from exc
 
 
 # ----------------------------------------------------------------------------------------------- calibration record
 
 @dataclass(frozen=True)
-class CalibrationRecord(_MarkedRecord):
+class CalibrationRecord(_MarkedRecord, format="edgecls-calibration", what="calibration record",
+                        fix="delete it and calibrate afresh", elsewhere="pass a file from calibration/"):
     """Which training images calibrated an int8 export and the tensor ranges they gave: passing the record back
     (`--calibration-cache`) reproduces the same scales without the images."""
 
@@ -331,37 +439,34 @@ class CalibrationRecord(_MarkedRecord):
     created_at: str = ""
     versions: dict = field(default_factory=dict)
 
-    FORMAT = "edgecls-calibration"
+    @classmethod
+    def missing(cls, path: Path) -> str:
+        return f"calibration record {path} does not exist; drop --calibration-cache to calibrate afresh"
 
     @classmethod
-    def read(cls, path: str | os.PathLike) -> "CalibrationRecord":
-        path = Path(path)
-        fix = "delete it and calibrate afresh"
-        record = _marked_record(path, cls.FORMAT, "calibration record", fix,
-                                missing=f"calibration record {path} does not exist; drop --calibration-cache to "
-                                        "calibrate afresh", elsewhere="pass a file from calibration/")
-        with _fields_of(f"calibration record {path}", fix):
-            return cls(model=str(record["model"]), checkpoint_sha256=str(record["checkpoint_sha256"]),
-                       data_fingerprint=str(record["data_fingerprint"]), method=str(record["method"]),
-                       size=int(record["size"]), seed=int(record["seed"]), indices=list(record["indices"]),
-                       ranges=dict(record["ranges"]), split=str(record.get("split", "train")),
-                       created_at=str(record.get("created_at", "")), versions=dict(record.get("versions", {})))
+    def _checked(cls, values: dict[str, Any]) -> dict[str, Any]:
+        for position, index in enumerate(values["indices"]):
+            _typed(index, "int", f"indices[{position}]")
+        return values
 
 
 # ----------------------------------------------------------------------------------------------- export set
 
 @dataclass(frozen=True)
-class ExportSet:
+class ExportSet(_Record, what="export record", fix="run `edgecls export` again"):
     """`<model>.export.json`, beside the files one export installed: their names and sha256, and whether installing
     them finished. Export renames the record in as incomplete, then each file, then the complete record; every
     reader of an export file calls `check_member` first, so a crash while installing leaves files that readers
-    refuse with one line, never a mix of two exports taken for one."""
+    refuse with one line, never a mix of two exports taken for one. `companions` names the files the same export
+    installed in other folders (the calibration record, the int8 report) with their sha256: a reader takes such a
+    file as this export's only when it is listed there with those bytes (`companion_matches`)."""
 
     model: str
     checkpoint_sha256: str
     files: dict  # file name (in the record's folder) -> sha256
     complete: bool
     created_at: str = ""
+    companions: dict = field(default_factory=dict)  # file name (in its own folder) -> sha256
 
     @staticmethod
     def member_name(model: str, kind: str) -> str:
@@ -378,23 +483,25 @@ class ExportSet:
     def path_for(folder: str | os.PathLike, model: str) -> Path:
         return Path(folder) / f"{model}.export.json"
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"format_version": FORMAT_VERSION, **asdict(self)}
-
-    def write(self, path: str | os.PathLike) -> Path:
-        write_json(path, self.to_dict())
-        return Path(path)
+    @classmethod
+    def _checked(cls, values: dict[str, Any]) -> dict[str, Any]:
+        for key in ("files", "companions"):
+            for name, digest in values.get(key, {}).items():
+                _typed(digest, "str", f"{key}[{name}]")
+        return values
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> "ExportSet":
         path = Path(path)
-        fix = "run `edgecls export` again"
-        record = _json_object(path, "export record", fix, missing=f"export record {path} does not exist; {fix}")
-        _check_version(record, f"export record {path}", fix)
-        with _fields_of(f"export record {path}", fix):
-            return cls(model=str(record["model"]), checkpoint_sha256=str(record["checkpoint_sha256"]),
-                       files={str(name): str(digest) for name, digest in dict(record["files"]).items()},
-                       complete=bool(record["complete"]), created_at=str(record.get("created_at", "")))
+        record = _json_object(path, cls.WHAT, cls.FIX, missing=f"export record {path} does not exist; {cls.FIX}")
+        _check_version(record, f"export record {path}", cls.FIX)
+        return cls.from_dict({k: v for k, v in record.items() if k != "format_version"}, str(path))
+
+    def companion_matches(self, path: str | os.PathLike) -> bool:
+        """Whether `path` is a companion of this export, with the bytes the export installed."""
+        path = Path(path)
+        expected = self.companions.get(path.name)
+        return expected is not None and path.is_file() and sha256_file(path) == expected
 
     @classmethod
     def check_member(cls, path: str | os.PathLike, model: str) -> None:
@@ -439,7 +546,9 @@ class LayerDecision:
 
 
 @dataclass(frozen=True)
-class Int8Report(_MarkedRecord):
+class Int8Report(_MarkedRecord, format="edgecls-int8-report", what="int8 report",
+                 fix="export the model again with `edgecls export --int8 --max-drop ...`",
+                 elsewhere="pass a <model>.int8-report.json from calibration/"):
     """The evidence behind an int8 file made within an accuracy budget (`edgecls export --int8 --max-drop ...`):
     `calibration/<model>.int8-report.json`. Accuracy decisions were made on the validation images; the test split
     is only reported. Every figure block (`validation`, `test`, a candidate's or a layer's `alone`) is a
@@ -466,17 +575,177 @@ class Int8Report(_MarkedRecord):
     created_at: str = ""
     versions: dict = field(default_factory=dict)
 
-    FORMAT = "edgecls-int8-report"
+    @staticmethod
+    def path_for(folder: str | os.PathLike, model: str) -> Path:
+        return Path(folder) / f"{model}.int8-report.json"
 
     @classmethod
-    def read(cls, path: str | os.PathLike) -> "Int8Report":
+    def _checked(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """The contents every reader uses: the layers as `LayerDecision`s, the limits of the budget, the result's
+        figures and the throughput, each of its own type."""
+        values["layers"] = [LayerDecision(**_typed_fields(LayerDecision, layer, f"layers[{index}]."))
+                            for index, layer in enumerate(values["layers"])]
+        for layer_index, layer in enumerate(values["layers"]):
+            for key in ("agreement", "accuracy_delta"):
+                _typed(layer.alone.get(key), "Optional[float]", f"layers[{layer_index}].alone.{key}")
+        for key in ("max_drop", "min_agreement"):
+            _typed(values["budget"].get(key), "Optional[float]", f"budget.{key}")
+        for split in ("validation", "test"):
+            if values["result"].get(split) is not None:
+                _numbers(values["result"][split], PARITY_NUMBERS, f"result.{split}")
+        for position, candidate in enumerate(values["candidates"]):
+            _typed(candidate, "dict", f"candidates[{position}]")
+        if values.get("throughput") is not None:
+            speed = values["throughput"]
+            _numbers(speed, ("batch_size", "vs_fp32", "vs_all_int8"), "throughput")
+            _numbers(speed.get("images_per_s"), ("fp32", "all_int8", "result"), "throughput.images_per_s")
+        return values
+
+
+# ----------------------------------------------------------------------------------------------- bench result
+
+TIMING_TEXT = ("variant", "scope")
+TIMING_NUMBERS = ("batch_size", "p50_ms", "p90_ms", "p99_ms", "images_per_s")
+
+
+@dataclass(frozen=True)
+class BenchResult(_Record, what="bench file", fix="write it again with `edgecls bench --json`"):
+    """One model file's bench result: what `edgecls bench --json` writes for one file, and each row's `details` in
+    the file `bench --all --json` writes. `edgecls.bench` makes it; the report reads it back (`read_all`)."""
+
+    model: dict  # path, format, name, precision, size_mb, checkpoint_sha256, and the backend's own facts
+    accuracy: float
+    timings: list  # one row per variant, scope and batch size: variant, scope, batch_size, p50/p90/p99_ms, images_per_s
+    data: dict = field(default_factory=dict)  # source, fingerprint, test_images
+    per_class: dict = field(default_factory=dict)  # class name -> accuracy (null: no test image of it)
+    parity: Optional[dict] = None  # `edgecls.metrics.Parity` as a dict; null without a reference
+    variants: list = field(default_factory=list)  # each timed variant's own accuracy and parity
+    settings: dict = field(default_factory=dict)  # the timing settings
+    notes: list = field(default_factory=list)
+    gates: dict = field(default_factory=dict)  # the gate's verdict (`edgecls.metrics.GateResult.to_dict`)
+    environment: dict = field(default_factory=dict)  # cpu, gpu, platform, versions, threads, measured_at
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # the bench file's own layout: no version field (files written before it had none)
+
+    @classmethod
+    def _checked(cls, values: dict[str, Any]) -> dict[str, Any]:
+        model = values["model"]
+        for key in ("path", "name", "precision"):
+            if key not in model:
+                raise KeyError(f"model.{key}")
+            _typed(model[key], "str", f"model.{key}")
+        _typed(model.get("checkpoint_sha256"), "Optional[str]", "model.checkpoint_sha256")
+        for index, row in enumerate(values["timings"]):
+            for key in TIMING_TEXT:
+                _typed(row.get(key) if isinstance(row, dict) else row, "str", f"timings[{index}].{key}")
+            _numbers(row, TIMING_NUMBERS, f"timings[{index}]")
+        for name, value in values.get("per_class", {}).items():
+            _typed(value, "Optional[float]", f"per_class[{name}]")
+        if values.get("parity") is not None:
+            _numbers(values["parity"], PARITY_NUMBERS, "parity")
+        environment = values.get("environment", {})
+        for key in ("versions", "threads"):
+            _typed(environment.get(key, {}), "dict", f"environment.{key}")
+        for key in ("cpu", "gpu", "platform", "measured_at"):
+            _typed(environment.get(key), "Optional[str]", f"environment.{key}")
+        return values
+
+    @property
+    def path(self) -> Path:
+        """The benched file, as named where it was benched."""
+        return Path(self.model["path"])
+
+    @property
+    def measured_at(self) -> str:
+        return str(self.environment.get("measured_at") or "")
+
+    @property
+    def machine(self) -> str:
+        """Where it was measured: the GPU (and CPU) in words."""
+        env = self.environment
+        cores = env.get("threads", {}).get("cpu_count")
+        cpu = f"{env.get('cpu') or '?'}" + (f", {cores} cores" if cores else "")
+        return f"{env['gpu']} ({cpu})" if env.get("gpu") else cpu
+
+    @classmethod
+    def read_all(cls, path: str | os.PathLike) -> list["BenchResult"]:
+        """The results in a bench file: the file itself (`bench --json`), or the `details` of each row of
+        `bench --all --json`. An empty list when the file is some other JSON object; one line naming the file and
+        the field when it is a bench file with a field missing or of the wrong type."""
         path = Path(path)
-        fix = "export the model again with `edgecls export --int8 --max-drop ...`"
-        record = _marked_record(path, cls.FORMAT, "int8 report", fix,
-                                missing=f"int8 report {path} does not exist; {fix}",
-                                elsewhere="pass a <model>.int8-report.json from calibration/")
-        with _fields_of(f"int8 report {path}", fix):
-            values = {f.name: record[f.name] for f in fields(cls) if f.name not in ("created_at", "versions")}
-            values["layers"] = [LayerDecision(**layer) for layer in values["layers"]]
-            return cls(**values, created_at=str(record.get("created_at", "")),
-                       versions=dict(record.get("versions", {})))
+        try:
+            record = json.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise EdgeclsError(f"bench file {path} does not exist; write one with `edgecls bench ... --json {path}`") \
+                from exc
+        except (OSError, ValueError) as exc:  # ValueError: not UTF-8, or not JSON
+            raise EdgeclsError(f"bench file {path} is unreadable or not JSON ({first_line(exc)}); {cls.FIX}") from exc
+        if not isinstance(record, dict):
+            return []
+        if isinstance(record.get("rows"), list):
+            found = [row["details"] for row in record["rows"] if isinstance(row, dict) and row.get("details")]
+        elif "timings" in record:
+            found = [record]
+        else:
+            return []
+        return [cls.from_dict(result, str(path)) for result in found]
+
+
+# ----------------------------------------------------------------------------------------------- where they live
+
+@dataclass(frozen=True)
+class Folders:
+    """The folders a project keeps its files in (the commands' --export-dir, --engines-dir and --calibration-dir)."""
+
+    export: Path = Path(EXPORT_DIR)
+    engines: Path = Path(ENGINES_DIR)
+    calibration: Path = Path(CALIBRATION_DIR)
+
+    def __post_init__(self) -> None:
+        for name in ("export", "engines", "calibration"):
+            object.__setattr__(self, name, Path(getattr(self, name)))
+
+    def of(self, model: str) -> "ModelFiles":
+        return ModelFiles(model, self)
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """Where every file of one model lives: the one place that names them (export, bench --all, the report and the
+    reference search ask it)."""
+
+    model: str
+    folders: Folders = Folders()
+
+    def onnx(self, precision: str) -> Path:
+        return self.folders.export / ExportSet.member_name(self.model, precision)
+
+    @property
+    def reference(self) -> Path:
+        return self.folders.export / ExportSet.member_name(self.model, "reference")
+
+    @property
+    def export_record(self) -> Path:
+        return ExportSet.path_for(self.folders.export, self.model)
+
+    @property
+    def int8_report(self) -> Path:
+        return Int8Report.path_for(self.folders.calibration, self.model)
+
+    def calibration_record(self, method: str) -> Path:
+        return self.folders.calibration / f"{self.model}.{method}.json"
+
+    def plans(self) -> list[Path]:
+        """The model's TensorRT plans in the engines folder, or the name the first one would have."""
+        engines = self.folders.engines
+        return sorted(engines.glob(f"{self.model}*.plan")) or [engines / f"{self.model}.plan"]
+
+    def artifacts(self) -> list[Path]:
+        """Every ONNX file and plan of the model that may exist, in pipeline order (missing ones too)."""
+        return [self.onnx(precision) for precision in PRECISIONS] + self.plans()
+
+    @staticmethod
+    def training_log(checkpoint: str | os.PathLike, model: str) -> Path:
+        """The per-epoch log `edgecls train` writes beside a checkpoint."""
+        return Path(checkpoint).parent / f"{model}.log.jsonl"

@@ -28,27 +28,25 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import onnx
 
 from edgecls.artifacts import atomic_write, library_versions, utc_now
 from edgecls.data import Cifar10, seeded_subset
-from edgecls.defaults import (CALIBRATION_DIR, CALIBRATION_METHODS, DEFAULT_CALIBRATION_SEED, DEFAULT_CALIBRATION_SIZE,
-                              DEFAULT_VAL_SPLIT, INT8_THROUGHPUT_BATCH, INT8_THROUGHPUT_ROUNDS, INT8_THROUGHPUT_SECONDS,
-                              VALIDATION_SEED)
+from edgecls.defaults import CALIBRATION_DIR, DEFAULT_VAL_SPLIT, VALIDATION_SEED
 from edgecls.errors import EdgeclsError
 from edgecls.formats import CalibrationRecord, Int8Report, LayerDecision
 from edgecls.metrics import Gate, GateResult, Parity, parity
-from edgecls.onnx_graph import drop_unused_initializers
-from edgecls.quantize import (PreparedModel, QuantizableLayer, fp32_metadata, load_calibration_record,
-                              new_calibration_record, quantization_record, save_int8, validate_options)
+from edgecls.onnx_graph import cut_inputs, from_node, with_outputs
+from edgecls.quantize import (CalibrationSettings, Int8Result, PreparedModel, QuantizableLayer, fp32_metadata,
+                              load_calibration_record, new_calibration_record, quantization_record, save_int8)
+from edgecls.timing import cpu_throughput
 
 SENSITIVITY = "SQNR of the logits with the layer alone int8, lowest first"
 # Validation images whose float activations are kept at once during the sensitivity pass (new2: ~420 KB each).
@@ -112,40 +110,40 @@ class Candidate:
                 "failures": list(self.verdict.failures)}
 
 
-@dataclass
-class BudgetResult:
-    """What the search wrote (nothing when no choice held the budget) and its evidence."""
+@dataclass(frozen=True)
+class Int8Search:
+    """An int8 search within an accuracy budget, asked for and checked once when made: the int8 version of
+    `fp32_path` with the most int8 layers that holds `budget` goes to `out_path`, its calibration record to
+    `record_path` and its report to `report_path` (defaults: under calibration/); `work_dir` holds the candidates
+    (default: a temporary folder). `calibration.method` None tries every method; with `calibration.cache` (a
+    calibration record), only its method and ranges are tried."""
 
-    path: Path | None  # the int8 ONNX file
-    record_path: Path  # the calibration record of the chosen method, written (new calibration) or read (cache)
-    record_name: str  # its conventional name under calibration/: <model>.<method>.json
-    reused: bool  # True when the ranges came from --calibration-cache
-    report: Int8Report
-    report_path: Path | None  # the report written
+    fp32_path: Path
+    out_path: Path
+    budget: Gate
+    calibration: CalibrationSettings = CalibrationSettings()
+    record_path: Optional[Path] = None
+    report_path: Optional[Path] = None
+    work_dir: Optional[Path] = None
 
-    @property
-    def passed(self) -> bool:
-        return self.report.passed
+    def __post_init__(self) -> None:
+        if not self.budget.active:
+            raise EdgeclsError("an int8 search needs a budget: pass --max-drop and/or --min-agreement")
+        for name in ("fp32_path", "out_path", "record_path", "report_path", "work_dir"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
 
 
-def search_int8(fp32_path: str | Path, out_path: str | Path, data: Cifar10, validation: ValidationImages,
-                gate: Gate, test_logits: np.ndarray, *, target: str = "trt",
-                methods: Sequence[str] = CALIBRATION_METHODS, size: int = DEFAULT_CALIBRATION_SIZE,
-                seed: int = DEFAULT_CALIBRATION_SEED, cache: str | os.PathLike | None = None,
-                record_path: str | Path | None = None, report_path: str | Path | None = None,
-                work_dir: str | Path | None = None, progress: bool = True) -> BudgetResult:
-    """Write to `out_path` the int8 version of `fp32_path` with the most int8 layers that holds `gate` on the
-    validation images, its calibration record to `record_path` and the report to `report_path` (defaults: under
-    calibration/). `test_logits`: the float model's logits on `data.test_images`, for the report only.
-    With `cache` (a calibration record), only its method and ranges are tried. When no choice holds the budget,
-    nothing is written and the result's report describes the best choice found.
-    """
+def search_int8(request: Int8Search, data: Cifar10, validation: ValidationImages, test_logits: np.ndarray,
+                progress: bool = True) -> Int8Result:
+    """Run the search `request` asks for on the `validation` images (`test_logits`: the float model's logits on
+    `data.test_images`, for the report only). When no choice holds the budget, nothing is written and the result's
+    report describes the best choice found."""
     started = time.perf_counter()
-    if not gate.active:
-        raise EdgeclsError("an int8 search needs a budget: pass --max-drop and/or --min-agreement")
-    for method in methods:
-        validate_options(target, method, size)
-    fp32_path = Path(fp32_path)
+    gate, settings, fp32_path, out_path = request.budget, request.calibration, request.fp32_path, request.out_path
+    target, size, seed, cache = settings.target, settings.size, settings.seed, settings.cache
+    record_path, report_path = request.record_path, request.report_path
+    methods = settings.methods
     metadata = fp32_metadata(fp32_path)
     data.check_fits(metadata.preprocess, fp32_path)
     if cache is not None:
@@ -156,7 +154,7 @@ def search_int8(fp32_path: str | Path, out_path: str | Path, data: Cifar10, vali
                    for method in methods}
     budget = {"max_drop": gate.max_drop, "min_agreement": gate.min_agreement}
 
-    with _work_folder(work_dir) as work:
+    with _work_folder(request.work_dir) as work:
         prepared = PreparedModel.create(fp32_path, metadata, target, work)
         if cache is None:
             for method in _bar(list(records), progress, "calibrating", "method"):
@@ -220,8 +218,8 @@ def search_int8(fp32_path: str | Path, out_path: str | Path, data: Cifar10, vali
         if cache is None:
             record.write(record_path)
         written_report = report.write(report_path if report_path is not None
-                                      else Path(CALIBRATION_DIR) / f"{metadata.model}.int8-report.json")
-    return BudgetResult(written, record_path, record_name, cache is not None, report, written_report)
+                                      else Int8Report.path_for(CALIBRATION_DIR, metadata.model))
+    return Int8Result(written, record_path, record_name, cache is not None, report, written_report)
 
 
 def rank_layers(sqnr_db: list[float]) -> list[int]:
@@ -341,105 +339,6 @@ def layer_sensitivity(prepared: PreparedModel, ranges: dict[str, dict], images: 
             alone[method, name].append(variant.run([output_name], {tensor: values[tensor] for tensor in cuts[name]})[0])
     return np.concatenate(float_logits), {method: [np.concatenate(alone[method, name]) for name in names]
                                           for method in ranges}
-
-
-def cut_inputs(model: onnx.ModelProto, start: int) -> list[str]:
-    """The tensors the nodes from `start` on read that the graph's input or earlier nodes make."""
-    nodes = model.graph.node
-    made = {value.name for value in model.graph.input} | {name for node in nodes[:start] for name in node.output}
-    made -= {init.name for init in model.graph.initializer}
-    return list(dict.fromkeys(name for node in nodes[start:] for name in node.input if name in made))
-
-
-def from_node(model: onnx.ModelProto, start: int, inputs: list[str]) -> onnx.ModelProto:
-    """The part of `model` from node `start` on, reading `inputs` as its graph inputs."""
-    part = onnx.ModelProto()
-    part.CopyFrom(model)
-    types = {value.name: value for value in [*model.graph.input, *model.graph.value_info]}
-    del part.graph.node[:start]
-    del part.graph.input[:]
-    part.graph.input.extend(types[name] for name in inputs)
-    kept_info = [value for value in part.graph.value_info if value.name not in inputs]
-    del part.graph.value_info[:]
-    part.graph.value_info.extend(kept_info)
-    drop_unused_initializers(part.graph)
-    return part
-
-
-def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """A copy of `model` that also outputs the tensors `names`."""
-    augmented = onnx.ModelProto()
-    augmented.CopyFrom(model)
-    types = {value.name: value for value in model.graph.value_info}
-    augmented.graph.output.extend(types[name] for name in names)
-    return augmented
-
-
-# ------------------------------------------------------------------------------------------------ throughput
-
-def cpu_throughput(files: dict[str, Path], images: np.ndarray, batch_size: int = INT8_THROUGHPUT_BATCH,
-                   seconds: float = INT8_THROUGHPUT_SECONDS, rounds: int = INT8_THROUGHPUT_ROUNDS) -> dict[str, Any]:
-    """Images/s of each file on ONNX Runtime's CPU provider at one batch size, the model alone, in alternating
-    rounds so that every file meets the same machine state (the best round counts)."""
-    from edgecls.runtime import Classifier
-    from edgecls.timing import environment, measure, timing_images
-
-    classifiers = {name: Classifier.load(path) for name, path in files.items()}
-    try:
-        runs = {}
-        for name, classifier in classifiers.items():
-            runner = classifier.runner
-            run = runner.model_only({runner.input_name: classifier.preprocess(timing_images(images, batch_size))})
-            assert run is not None  # ONNX Runtime's CPU provider always separates the model from the transfers
-            runs[name] = run
-        speeds: dict[str, float] = {name: 0.0 for name in files}
-        for _ in range(rounds):
-            for name, run in runs.items():
-                # A long warm-up: a fresh session's first calls pay for its buffers and thread pool.
-                speeds[name] = max(speeds[name], measure(run, batch_size, seconds, seconds / 2)["images_per_s"])
-        info = next(iter(classifiers.values())).describe()
-    finally:
-        for classifier in classifiers.values():
-            classifier.close()
-    return {"batch_size": batch_size, "images_per_s": speeds,
-            "vs_fp32": speeds["result"] / speeds["fp32"], "vs_all_int8": speeds["result"] / speeds["all_int8"],
-            "environment": environment(info)}
-
-
-# ------------------------------------------------------------------------------------------------ the table
-
-def format_report(report: Int8Report) -> str:
-    """The report as the terminal shows it after `edgecls export --int8 --max-drop ...`."""
-    limits = [f"accuracy drop <= {report.budget['max_drop']:g} points" if report.budget["max_drop"] is not None else "",
-              f"agreement >= {report.budget['min_agreement']:g}%" if report.budget["min_agreement"] is not None else ""]
-    lines = [f"int8 search, target {report.target}, budget: {', '.join(l for l in limits if l)} on validation "
-             f"({report.validation['note']})",
-             f"  {'layer':38} {'op':13} {'params':>9} {'SQNR dB':>8} {'alone: agree':>12} {'Δacc':>6}  decision"]
-    for layer in report.layers:
-        lines.append(f"  {layer.name[-38:]:38} {layer.op:13} {layer.parameters:>9,} {layer.sqnr_db:>8.1f} "
-                     f"{layer.alone['agreement']:>11.2f}% {layer.alone['accuracy_delta']:>+6.2f}  {layer.decision}"
-                     + (f" ({layer.reason})" if layer.decision == "float" else ""))
-    verdict = "holds the budget" if report.passed else "NO choice holds the budget; the best one found"
-    lines.append(f"  {verdict}: {report.method} calibration, {report.int8_layers} of {len(report.layers)} layers int8, "
-                 f"{len(report.candidates)} choices tried in {report.search_seconds:.0f} s")
-    for split in ("validation", "test"):
-        figures = report.result.get(split)
-        if figures:
-            lines.append(f"  {split:10}: accuracy {figures['accuracy']:.2f}% ({figures['accuracy_delta']:+.2f} vs float "
-                         f"{figures['reference_accuracy']:.2f}%), agreement {figures['agreement']:.2f}%, "
-                         f"flips {figures['flips']} (right->wrong {figures['right_to_wrong']}, "
-                         f"wrong->right {figures['wrong_to_right']}) on {figures['images']:,} images")
-    if report.result.get("test_holds_budget") is False:
-        # Decisions are made on validation; on other images the figures move by sampling noise (the standard error
-        # of an agreement near 99.5% on 5,000 images is about 0.1 point).
-        lines.append("  note: on the test images the result misses the budget that holds on validation; figures on "
-                     "different images vary by about 0.1-0.2 points: a larger --val-split or a tighter budget narrows it")
-    if report.throughput:
-        speeds = report.throughput["images_per_s"]
-        lines.append(f"  CPU at batch {report.throughput['batch_size']}: {speeds['result']:,.0f} images/s = "
-                     f"{report.throughput['vs_fp32']:.2f}x fp32 ({speeds['fp32']:,.0f}), "
-                     f"{report.throughput['vs_all_int8']:.2f}x all-int8 ({speeds['all_int8']:,.0f})")
-    return "\n".join(lines)
 
 
 @contextlib.contextmanager

@@ -1,14 +1,28 @@
-"""Loading, checking, saving and walking ONNX graphs: the pieces export and quantization both need."""
+"""Loading, checking, saving and walking ONNX graphs, and every rewrite edgecls makes to one, each a named function
+of its own that changes the graph in place (or returns a new one) and says how much it changed:
+
+    fold_batchnorm                 BatchNormalization into the Conv / ConvTranspose before it (export)
+    transposed_to_conv             stride-1 ConvTranspose as the equivalent Conv (the cpu int8 target)
+    unquantize_float_side_outputs  no Q/DQ pair on an int8 layer's output that only float nodes read (int8)
+    drop_unused_opsets             only the operator domains the graph uses (int8)
+    drop_unused_initializers       only the constants some node reads (after any rewrite)
+    from_node, with_outputs        a graph from one node on, or with more outputs (the int8 sensitivity pass)
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Collection
 
+import numpy as np
 import onnx
+from onnx import helper, numpy_helper
 
 from edgecls.artifacts import atomic_write
 from edgecls.errors import EdgeclsError, first_line
+
+WEIGHTED_LAYERS = ("Conv", "ConvTranspose", "Gemm")  # the layers int8 quantization applies to
 
 
 def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
@@ -63,3 +77,167 @@ def drop_unused_initializers(graph: onnx.GraphProto) -> None:
     used = {name for node in graph.node for name in node.input}
     for init in [init for init in graph.initializer if init.name not in used]:
         graph.initializer.remove(init)
+
+
+# ----------------------------------------------------------------------------------------------- rewrites
+
+def fold_batchnorm(model: onnx.ModelProto) -> int:
+    """Fold BatchNormalization into the Conv / ConvTranspose (group 1) that alone feeds it. Returns the count."""
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    users = consumers(graph)
+    graph_outputs = {value.name for value in graph.output}
+    folded = 0
+    for bn in [node for node in graph.node if node.op_type == "BatchNormalization"]:
+        conv = producers.get(bn.input[0])
+        if conv is None or conv.op_type not in ("Conv", "ConvTranspose") or len(users.get(bn.input[0], [])) != 1 \
+                or bn.input[0] in graph_outputs or len(bn.output) != 1:
+            continue
+        group = next((a.i for a in conv.attribute if a.name == "group"), 1)
+        if conv.op_type == "ConvTranspose" and group != 1:
+            continue  # its weight is (in, out/group, k, k): a per-output scale is not one axis
+        if not all(name in initializers for name in [*bn.input[1:5], *conv.input[1:]]):
+            continue
+        epsilon = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        gamma, beta, mean, var = (numpy_helper.to_array(initializers[n]).astype(np.float64) for n in bn.input[1:5])
+        scale = gamma / np.sqrt(var + epsilon)
+        weight = numpy_helper.to_array(initializers[conv.input[1]]).astype(np.float64)
+        out_axis = 1 if conv.op_type == "ConvTranspose" else 0
+        shape = [1] * weight.ndim
+        shape[out_axis] = -1
+        bias = numpy_helper.to_array(initializers[conv.input[2]]).astype(np.float64) if len(conv.input) > 2 \
+            else np.zeros_like(mean)
+        weight_name, bias_name = conv.input[1], f"{conv.name or conv.output[0]}.folded_bias"
+        initializers[weight_name].CopyFrom(numpy_helper.from_array((weight * scale.reshape(shape)).astype(np.float32),
+                                                                    weight_name))
+        graph.initializer.append(numpy_helper.from_array(((bias - mean) * scale + beta).astype(np.float32), bias_name))
+        if len(conv.input) > 2:
+            conv.input[2] = bias_name
+        else:
+            conv.input.append(bias_name)
+        conv.output[0] = bn.output[0]
+        graph.node.remove(bn)
+        folded += 1
+    drop_unused_initializers(graph)
+    return folded
+
+
+def transposed_to_conv(model: onnx.ModelProto) -> int:
+    """Rewrite each stride-1, dilation-1, group-1 ConvTranspose as the equivalent Conv; returns how many.
+
+    With stride 1, ConvTranspose(x, W, pads p) == Conv(x, W', pads k-1-p) where W' swaps W's input and output
+    channel axes and flips it spatially. Output names, biases and shapes are unchanged.
+    """
+    weights = {init.name: init for init in model.graph.initializer}
+    users = consumers(model.graph)
+    rewritten = 0
+    for node in model.graph.node:
+        if node.op_type != "ConvTranspose" or node.input[1] not in weights or len(users[node.input[1]]) != 1:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        weight = numpy_helper.to_array(weights[node.input[1]])
+        spatial = weight.ndim - 2
+        kernel = list(attrs.get("kernel_shape", weight.shape[2:]))
+        pads = list(attrs.get("pads", [0] * 2 * spatial))
+        if attrs.get("group", 1) != 1 or any(v != 1 for v in attrs.get("strides", [1] * spatial)) \
+                or any(v != 1 for v in attrs.get("dilations", [1] * spatial)) \
+                or any(attrs.get("output_padding", [0] * spatial)) or "output_shape" in attrs \
+                or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") \
+                or any(pad > k - 1 for pad, k in zip(pads, kernel * 2)):
+            continue
+        flipped = np.flip(weight.swapaxes(0, 1), axis=tuple(range(2, weight.ndim)))
+        weights[node.input[1]].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(flipped), node.input[1]))
+        node.op_type = "Conv"
+        del node.attribute[:]
+        node.attribute.extend([helper.make_attribute("kernel_shape", kernel),
+                               helper.make_attribute("pads", [k - 1 - pad for pad, k in zip(pads, kernel * 2)]),
+                               helper.make_attribute("strides", [1] * spatial),
+                               helper.make_attribute("dilations", [1] * spatial),
+                               helper.make_attribute("group", 1)])
+        rewritten += 1
+    return rewritten
+
+
+def drop_unused_opsets(model: onnx.ModelProto) -> int:
+    """Keep only the operator domains the graph uses (quant_pre_process declares every one ONNX Runtime knows);
+    returns how many were dropped."""
+    used = {node.domain or "" for node in model.graph.node} | {""}
+    kept = [opset for opset in model.opset_import if (opset.domain or "") in used or opset.domain == "ai.onnx"]
+    dropped = len(model.opset_import) - len(kept)
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+    return dropped
+
+
+def unquantize_float_side_outputs(model: onnx.ModelProto, float_side: Collection[str]) -> int:
+    """Remove the Quantize/Dequantize pairs ONNX Runtime puts on an int8 layer's output when only float-side nodes
+    (`float_side`: the float layers and the nodes around them) or the graph's output read it; returns how many.
+
+    Between int8 layers the pair stays: there the ReLU that follows shares the next layer's input scale, and the
+    CPU provider fuses Dequantize-Conv-Quantize into an integer convolution. Before a float layer it would only
+    quantize the pre-ReLU range on a scale of its own, coarser, and at the output it would make 8-bit logits,
+    which turn near-ties into flipped predictions.
+    """
+    users = consumers(model.graph)
+    producers = {tensor: node for node in model.graph.node for tensor in node.output}
+    graph_outputs = {value.name for value in model.graph.output}
+    removed = 0
+    for quantize in [node for node in model.graph.node if node.op_type == "QuantizeLinear"]:
+        layer = producers.get(quantize.input[0])
+        dequantizers = users.get(quantize.output[0], [])
+        if layer is None or layer.op_type not in WEIGHTED_LAYERS or layer.name in float_side \
+                or not all(node.op_type == "DequantizeLinear" for node in dequantizers):
+            continue
+        readers = [node for dq in dequantizers for node in users.get(dq.output[0], [])]
+        if not all(reader.name in float_side for reader in readers):
+            continue
+        exposed = [dq.output[0] for dq in dequantizers if dq.output[0] in graph_outputs]
+        if len(exposed) > 1:
+            continue
+        source = quantize.input[0]
+        if exposed:  # the layer writes the graph's output itself again, under its name
+            for node in model.graph.node:
+                node.input[:] = [exposed[0] if name == source else name for name in node.input]
+            layer.output[:] = [exposed[0] if name == source else name for name in layer.output]
+            source = exposed[0]
+        for reader in readers:
+            reader.input[:] = [source if name in {dq.output[0] for dq in dequantizers} else name
+                               for name in reader.input]
+        for node in (quantize, *dequantizers):
+            model.graph.node.remove(node)
+        removed += 1
+    drop_unused_initializers(model.graph)
+    return removed
+
+
+def cut_inputs(model: onnx.ModelProto, start: int) -> list[str]:
+    """The tensors the nodes from `start` on read that the graph's input or earlier nodes make."""
+    nodes = model.graph.node
+    made = {value.name for value in model.graph.input} | {name for node in nodes[:start] for name in node.output}
+    made -= {init.name for init in model.graph.initializer}
+    return list(dict.fromkeys(name for node in nodes[start:] for name in node.input if name in made))
+
+
+def from_node(model: onnx.ModelProto, start: int, inputs: list[str]) -> onnx.ModelProto:
+    """The part of `model` from node `start` on, reading `inputs` as its graph inputs."""
+    part = onnx.ModelProto()
+    part.CopyFrom(model)
+    types = {value.name: value for value in [*model.graph.input, *model.graph.value_info]}
+    del part.graph.node[:start]
+    del part.graph.input[:]
+    part.graph.input.extend(types[name] for name in inputs)
+    kept_info = [value for value in part.graph.value_info if value.name not in inputs]
+    del part.graph.value_info[:]
+    part.graph.value_info.extend(kept_info)
+    drop_unused_initializers(part.graph)
+    return part
+
+
+def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of `model` that also outputs the tensors `names`."""
+    augmented = onnx.ModelProto()
+    augmented.CopyFrom(model)
+    types = {value.name: value for value in model.graph.value_info}
+    augmented.graph.output.extend(types[name] for name in names)
+    return augmented

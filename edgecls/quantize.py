@@ -41,30 +41,69 @@ import os
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Collection, Iterator
+from typing import Any, Collection, Iterator, Optional
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from edgecls.artifacts import library_versions, utc_now
-from edgecls.data import seeded_subset
+from edgecls.data import check_seed, seeded_subset
 from edgecls.defaults import (CALIBRATION_DIR, CALIBRATION_METHODS, DEFAULT_CALIBRATION_SEED,
                               DEFAULT_CALIBRATION_SIZE, DEFAULT_METHOD, QUANT_TARGETS)
 from edgecls.errors import EdgeclsError
-from edgecls.formats import CalibrationRecord, ModelMetadata
-from edgecls.onnx_graph import consumers, drop_unused_initializers, save_checked
+from edgecls.formats import CalibrationRecord, Int8Report, ModelMetadata
+from edgecls.onnx_graph import (WEIGHTED_LAYERS, consumers, drop_unused_opsets, save_checked, transposed_to_conv,
+                                unquantize_float_side_outputs)
 
 CALIBRATION_BATCH = 64
-QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "Gemm")
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """How an int8 file is calibrated, checked once when made: the target's quantization rules (trt | cpu), the
+    method (None: percentile, or every method in a search within a budget), how many training images and which
+    (`seed`), or an earlier calibration record whose ranges to reuse (`cache`)."""
+
+    target: str = QUANT_TARGETS[0]
+    method: Optional[str] = None
+    size: int = DEFAULT_CALIBRATION_SIZE
+    seed: int = DEFAULT_CALIBRATION_SEED
+    cache: Optional[Path] = None
+
+    def __post_init__(self) -> None:
+        validate_options(self.target, self.chosen_method, self.size)
+        check_seed(self.seed, "calibration seed")
+        if self.cache is not None:
+            object.__setattr__(self, "cache", Path(self.cache))
+
+    @property
+    def chosen_method(self) -> str:
+        """The method of a calibration without a search."""
+        return self.method or DEFAULT_METHOD
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The methods a search within a budget tries."""
+        return (self.method,) if self.method else tuple(CALIBRATION_METHODS)
 
 
 @dataclass
-class QuantizeResult:
-    path: Path  # the int8 ONNX file
+class Int8Result:
+    """What an int8 export wrote: by the fixed rule (`quantize_int8`) or within a budget (`int8_budget.search_int8`,
+    which adds its report)."""
+
+    path: Optional[Path]  # the int8 ONNX file; None when a search found no choice within its budget
     record_path: Path  # the calibration record written (new calibration) or read (cache)
     record_name: str  # its conventional name under calibration/: <model>.<method>.json
     reused: bool  # True when the ranges came from a cache instead of a calibration run
+    report: Optional[Int8Report] = None  # a search's evidence
+    report_path: Optional[Path] = None  # where the search wrote it (nothing when no choice held)
+
+    @property
+    def passed(self) -> bool:
+        """A search's result holds its budget (the fixed rule has none to hold)."""
+        return self.report is None or self.report.passed
 
 
 @dataclass(frozen=True)
@@ -108,21 +147,21 @@ def ort_method(method: str) -> Any:
             "percentile": CalibrationMethod.Percentile}[method]
 
 
-def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, data: Any = None, target: str = "trt",
-                  method: str = DEFAULT_METHOD, size: int = DEFAULT_CALIBRATION_SIZE,
-                  seed: int = DEFAULT_CALIBRATION_SEED, cache: str | os.PathLike | None = None,
-                  record_path: str | os.PathLike | None = None,
-                  exclude: np.ndarray | None = None,
-                  work_dir: str | os.PathLike | None = None) -> QuantizeResult:
-    """Write the int8 Q/DQ version of `fp32_path` to `out_path`, its first and last layers in float.
+def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, data: Any = None,
+                  settings: CalibrationSettings = CalibrationSettings(),
+                  record_path: str | os.PathLike | None = None, exclude: np.ndarray | None = None,
+                  work_dir: str | os.PathLike | None = None) -> Int8Result:
+    """Write the int8 Q/DQ version of `fp32_path` to `out_path`, its first and last layers in float, calibrated as
+    `settings` say.
 
     `data` is a `Cifar10` (its training split is used, less the positions in `exclude`: the validation images) and
-    may be None when `cache` names a calibration record from an earlier run. A new calibration record is written
-    to `record_path` (default: `calibration/<model>.<method>.json`). Intermediate files go to a temporary folder
-    inside `work_dir` (default: the system's), which export points at its staging folder so that nothing outlives a
-    killed run.
+    may be None when `settings.cache` names a calibration record from an earlier run. A new calibration record is
+    written to `record_path` (default: `calibration/<model>.<method>.json`). Intermediate files go to a temporary
+    folder inside `work_dir` (default: the system's), which export points at its staging folder so that nothing
+    outlives a killed run.
     """
-    validate_options(target, method, size)
+    target, method, size, seed, cache = (settings.target, settings.chosen_method, settings.size, settings.seed,
+                                         settings.cache)
     fp32_path = Path(fp32_path)
     metadata = fp32_metadata(fp32_path)
     record_name = f"{metadata.model}.{method}.json"
@@ -143,7 +182,7 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, dat
     save_int8(result, target, out_path)
     if cache is None:
         record.write(record_path)
-    return QuantizeResult(Path(out_path), record_path, record_name, cache is not None)
+    return Int8Result(Path(out_path), record_path, record_name, cache is not None)
 
 
 def fp32_metadata(fp32_path: Path) -> ModelMetadata:
@@ -244,14 +283,14 @@ def quantizable_layers(model: onnx.ModelProto) -> list[QuantizableLayer]:
     """The Conv, ConvTranspose and Gemm nodes of a graph, in graph order."""
     sizes = {init.name: int(np.prod(init.dims)) for init in model.graph.initializer}
     return [QuantizableLayer(node.name, node.op_type, sum(sizes.get(name, 0) for name in node.input[1:]))
-            for node in model.graph.node if node.op_type in QUANTIZABLE_OPS]
+            for node in model.graph.node if node.op_type in WEIGHTED_LAYERS]
 
 
 def default_float_layers(model: onnx.ModelProto) -> list[str]:
     """The layers that read the graph's input or write its output: in float unless a budget decides otherwise."""
     graph_inputs = {value.name for value in model.graph.input}
     graph_outputs = {value.name for value in model.graph.output}
-    return [node.name for node in model.graph.node if node.op_type in QUANTIZABLE_OPS
+    return [node.name for node in model.graph.node if node.op_type in WEIGHTED_LAYERS
             and (set(node.input) & graph_inputs or set(node.output) & graph_outputs)]
 
 
@@ -288,46 +327,6 @@ def quantization_options(model: onnx.ModelProto, target: str, float_layers: Coll
                               "TensorQuantOverrides": per_tensor}}
 
 
-def unquantize_float_side_outputs(model: onnx.ModelProto, float_side: Collection[str]) -> int:
-    """Remove the Quantize/Dequantize pairs ONNX Runtime puts on an int8 layer's output when only float-side nodes
-    (`float_side`: the float layers and the nodes around them) or the graph's output read it; returns how many.
-
-    Between int8 layers the pair stays: there the ReLU that follows shares the next layer's input scale, and the
-    CPU provider fuses Dequantize-Conv-Quantize into an integer convolution. Before a float layer it would only
-    quantize the pre-ReLU range on a scale of its own, coarser, and at the output it would make 8-bit logits,
-    which turn near-ties into flipped predictions.
-    """
-    users = consumers(model.graph)
-    producers = {tensor: node for node in model.graph.node for tensor in node.output}
-    graph_outputs = {value.name for value in model.graph.output}
-    removed = 0
-    for quantize in [node for node in model.graph.node if node.op_type == "QuantizeLinear"]:
-        layer = producers.get(quantize.input[0])
-        dequantizers = users.get(quantize.output[0], [])
-        if layer is None or layer.op_type not in QUANTIZABLE_OPS or layer.name in float_side \
-                or not all(node.op_type == "DequantizeLinear" for node in dequantizers):
-            continue
-        readers = [node for dq in dequantizers for node in users.get(dq.output[0], [])]
-        if not all(reader.name in float_side for reader in readers):
-            continue
-        exposed = [dq.output[0] for dq in dequantizers if dq.output[0] in graph_outputs]
-        if len(exposed) > 1:
-            continue
-        source = quantize.input[0]
-        if exposed:  # the layer writes the graph's output itself again, under its name
-            for node in model.graph.node:
-                node.input[:] = [exposed[0] if name == source else name for name in node.input]
-            layer.output[:] = [exposed[0] if name == source else name for name in layer.output]
-            source = exposed[0]
-        for reader in readers:
-            reader.input[:] = [source if name in {dq.output[0] for dq in dequantizers} else name
-                               for name in reader.input]
-        for node in (quantize, *dequantizers):
-            model.graph.node.remove(node)
-        removed += 1
-    drop_unused_initializers(model.graph)
-    return removed
-
 def around_float_layers(model: onnx.ModelProto, float_layers: Collection[str]) -> list[str]:
     """The nodes between each float layer and the layers next to it (ReLU, pooling, ...), before and after it.
 
@@ -344,62 +343,16 @@ def around_float_layers(model: onnx.ModelProto, float_layers: Collection[str]) -
     pending = [tensor for node in layers for tensor in node.output]
     while pending:  # downstream, to the next layers
         for user in users.get(pending.pop(), []):
-            if user.op_type not in QUANTIZABLE_OPS and user.name not in found:
+            if user.op_type not in WEIGHTED_LAYERS and user.name not in found:
                 found[user.name] = None
                 pending.extend(user.output)
     pending = [tensor for node in layers for tensor in node.input if tensor not in constants]
     while pending:  # upstream, to the previous layers or the graph's input
         producer = producers.get(pending.pop())
-        if producer is not None and producer.op_type not in QUANTIZABLE_OPS and producer.name not in found:
+        if producer is not None and producer.op_type not in WEIGHTED_LAYERS and producer.name not in found:
             found[producer.name] = None
             pending.extend(tensor for tensor in producer.input if tensor not in constants)
     return list(found)
-
-
-def transposed_to_conv(model: onnx.ModelProto) -> int:
-    """Rewrite each stride-1, dilation-1, group-1 ConvTranspose as the equivalent Conv; returns how many.
-
-    With stride 1, ConvTranspose(x, W, pads p) == Conv(x, W', pads k-1-p) where W' swaps W's input and output
-    channel axes and flips it spatially. Output names, biases and shapes are unchanged.
-    """
-    from onnx import helper
-
-    weights = {init.name: init for init in model.graph.initializer}
-    users = consumers(model.graph)
-    rewritten = 0
-    for node in model.graph.node:
-        if node.op_type != "ConvTranspose" or node.input[1] not in weights or len(users[node.input[1]]) != 1:
-            continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        weight = numpy_helper.to_array(weights[node.input[1]])
-        spatial = weight.ndim - 2
-        kernel = list(attrs.get("kernel_shape", weight.shape[2:]))
-        pads = list(attrs.get("pads", [0] * 2 * spatial))
-        if attrs.get("group", 1) != 1 or any(v != 1 for v in attrs.get("strides", [1] * spatial)) \
-                or any(v != 1 for v in attrs.get("dilations", [1] * spatial)) \
-                or any(attrs.get("output_padding", [0] * spatial)) or "output_shape" in attrs \
-                or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") \
-                or any(pad > k - 1 for pad, k in zip(pads, kernel * 2)):
-            continue
-        flipped = np.flip(weight.swapaxes(0, 1), axis=tuple(range(2, weight.ndim)))
-        weights[node.input[1]].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(flipped), node.input[1]))
-        node.op_type = "Conv"
-        del node.attribute[:]
-        node.attribute.extend([helper.make_attribute("kernel_shape", kernel),
-                               helper.make_attribute("pads", [k - 1 - pad for pad, k in zip(pads, kernel * 2)]),
-                               helper.make_attribute("strides", [1] * spatial),
-                               helper.make_attribute("dilations", [1] * spatial),
-                               helper.make_attribute("group", 1)])
-        rewritten += 1
-    return rewritten
-
-
-def drop_unused_opsets(model: onnx.ModelProto) -> None:
-    """quant_pre_process declares every domain ONNX Runtime knows; keep only those the graph uses."""
-    used = {node.domain or "" for node in model.graph.node} | {""}
-    kept = [opset for opset in model.opset_import if (opset.domain or "") in used or opset.domain == "ai.onnx"]
-    del model.opset_import[:]
-    model.opset_import.extend(kept)
 
 
 class ImageBatches:

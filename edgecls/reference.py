@@ -69,7 +69,7 @@ def load(path: str | Path, dataset: Cifar10, device: Optional[str] = None) -> Re
 
 def find(model_path: Path, model: str, onnx_path: Optional[str] = None) -> Optional[Path]:
     """`<model>.reference.npz` beside the model, beside the ONNX file a plan was built from, or in export/."""
-    name = f"{model}.reference.npz"
+    name = ExportSet.member_name(model, "reference")
     folders = [model_path.parent, model_path.parent.parent / "export", Path("export")]
     if onnx_path:
         folders.insert(1, Path(onnx_path).parent)

@@ -15,7 +15,8 @@ from typing import Any, Callable
 import numpy as np
 
 from edgecls.artifacts import library_versions, utc_now
-from edgecls.defaults import BENCH_BATCH_SIZES, BENCH_DURATION_S, BENCH_MAX_BATCH, BENCH_WARMUP_S
+from edgecls.defaults import (BENCH_BATCH_SIZES, BENCH_DURATION_S, BENCH_MAX_BATCH, BENCH_WARMUP_S, INT8_THROUGHPUT_BATCH,
+                              INT8_THROUGHPUT_ROUNDS, INT8_THROUGHPUT_SECONDS)
 from edgecls.errors import EdgeclsError
 from edgecls.runtime import Classifier
 
@@ -141,3 +142,30 @@ def environment(engine_info: dict[str, Any]) -> dict[str, Any]:
         threads[engine_info["backend"]] = engine_info["threads"]
     return {"cpu": cpu_name(), "gpu": engine_info.get("gpu_name"), "platform": platform.platform(),
             "versions": versions, "threads": threads, "measured_at": utc_now()}
+
+
+def cpu_throughput(files: dict[str, Path], images: np.ndarray, batch_size: int = INT8_THROUGHPUT_BATCH,
+                   seconds: float = INT8_THROUGHPUT_SECONDS, rounds: int = INT8_THROUGHPUT_ROUNDS) -> dict[str, Any]:
+    """Images/s of each ONNX file ("fp32", "all_int8", "result": the int8 search's three) on ONNX Runtime's CPU
+    provider at one batch size, the model alone, in alternating rounds so that every file meets the same machine
+    state (the best round counts)."""
+    classifiers = {name: Classifier.load(path) for name, path in files.items()}
+    try:
+        runs = {}
+        for name, classifier in classifiers.items():
+            runner = classifier.runner
+            run = runner.model_only({runner.input_name: classifier.preprocess(timing_images(images, batch_size))})
+            assert run is not None  # ONNX Runtime's CPU provider always separates the model from the transfers
+            runs[name] = run
+        speeds: dict[str, float] = {name: 0.0 for name in files}
+        for _ in range(rounds):
+            for name, run in runs.items():
+                # A long warm-up: a fresh session's first calls pay for its buffers and thread pool.
+                speeds[name] = max(speeds[name], measure(run, batch_size, seconds, seconds / 2)["images_per_s"])
+        info = next(iter(classifiers.values())).describe()
+    finally:
+        for classifier in classifiers.values():
+            classifier.close()
+    return {"batch_size": batch_size, "images_per_s": speeds,
+            "vs_fp32": speeds["result"] / speeds["fp32"], "vs_all_int8": speeds["result"] / speeds["all_int8"],
+            "environment": environment(info)}

@@ -35,6 +35,7 @@ from edgecls.defaults import CHECKPOINT_DIR, CROP_SIZE, MIN_FITTED_BATCH, MIN_ST
 from edgecls.device import backend_flags, gpu_name, normalize_on_device, on_device, pick_device, synchronize
 from edgecls.errors import EdgeclsError
 from edgecls.evaluate import torch_logits
+from edgecls.formats import ModelFiles
 from edgecls.metrics import accuracy
 from edgecls.models import create_model
 from edgecls.preprocess import Preprocessing
@@ -260,8 +261,8 @@ class CheckpointPaths(NamedTuple):
 
 
 def checkpoint_paths(out_dir: str | os.PathLike, model_name: str) -> CheckpointPaths:
-    out = Path(out_dir)
-    return CheckpointPaths(out / f"{model_name}.pt", out / f"{model_name}.best.pt", out / f"{model_name}.log.jsonl")
+    last = Path(out_dir) / f"{model_name}.pt"
+    return CheckpointPaths(last, last.with_name(f"{model_name}.best.pt"), ModelFiles.training_log(last, model_name))
 
 
 @dataclass(frozen=True)

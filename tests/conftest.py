@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from edgecls.data import Cifar10
+from edgecls.errors import EdgeclsError
 
 if TYPE_CHECKING:
     from edgecls.export import ExportReport
@@ -87,16 +89,17 @@ def exported_models(trained_checkpoint: Callable[[str], Path], tiny_cifar: Cifar
                     tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], "ExportReport"]:
     """Factory: the fp32 + fp16 + int8 (trt) export of a briefly trained model on tiny_cifar, made once per model
     for the whole session. Tests only read these files; a test that changes one works on a copy."""
-    from edgecls.export import export_model
+    from edgecls.export import ExportRequest, export_model
+    from edgecls.quantize import CalibrationSettings
 
     made: dict[str, "ExportReport"] = {}
 
     def make(model_name: str) -> "ExportReport":
         if model_name not in made:
             root = tmp_path_factory.mktemp(f"export_{model_name}")
-            made[model_name] = export_model(trained_checkpoint(model_name), root / "export", data=tiny_cifar, fp16=True,
-                                            int8=True, calibration_size=200, calibration_dir=root / "calibration",
-                                            progress=False)
+            request = ExportRequest(trained_checkpoint(model_name), root / "export", fp16=True, int8=True,
+                                    calibration=CalibrationSettings(size=200), calibration_dir=root / "calibration")
+            made[model_name] = export_model(request, data=tiny_cifar, progress=False)
         return made[model_name]
 
     return make
@@ -106,3 +109,61 @@ def exported_models(trained_checkpoint: Callable[[str], Path], tiny_cifar: Cifar
 def new2_export(exported_models: Callable[[str], "ExportReport"]) -> "ExportReport":
     """The shared export of new2: `.files[precision]`, `.reference` (the .npz), all in one export/ folder."""
     return exported_models("new2")
+
+
+def edit_json(record: dict, dotted: str, value: Any) -> dict:
+    """`record` (a copy) with the field at `dotted` ("throughput.images_per_s", "layers.0.sqnr_db") set to `value`, or
+    removed when `value` is ...."""
+    record = json.loads(json.dumps(record))
+    *parents, last = dotted.split(".")
+    inner = record
+    for key in parents:
+        inner = inner[int(key)] if isinstance(inner, list) else inner[key]
+    if value is ...:
+        del inner[last]
+    else:
+        inner[int(last) if isinstance(inner, list) else last] = value
+    return record
+
+
+@pytest.fixture
+def edited() -> Callable[[dict, str, Any], dict]:
+    """`edit_json`: a JSON record with one field changed or removed, as a person editing the file would."""
+    return edit_json
+
+
+
+# ----------------------------------------------------------------------------------------------- shared helpers
+# Plain functions that test files import (`from conftest import refusal`), and fixtures they share.
+
+def refusal(call: Callable[..., Any], *args: Any) -> str:
+    """The one-line message of the EdgeclsError that `call(*args)` raises."""
+    with pytest.raises(EdgeclsError) as info:
+        call(*args)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    """`edgecls ARGS...` in this process: its exit code and its output (stdout and stderr together)."""
+    from click.testing import CliRunner
+
+    from edgecls.cli import main
+
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.output
+
+
+def use_private_cache(monkeypatch: pytest.MonkeyPatch, folder: Path) -> Path:
+    """Point edgecls's data cache at `folder` and forget any inherited $EDGECLS_DATA."""
+    monkeypatch.setenv("EDGECLS_CACHE", str(folder))
+    monkeypatch.delenv("EDGECLS_DATA", raising=False)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def export_dir(new2_export: "ExportReport") -> Path:
+    """The shared export/ folder of new2 (fp32, fp16, int8 and the reference), made from tiny_cifar in memory: read
+    only."""
+    return new2_export.files["fp32"].parent

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from conftest import run_cli, use_private_cache
 from edgecls.metrics import parity
 from edgecls.cli import main
 
@@ -19,20 +20,13 @@ FAST = ["--batch-sizes", "1,4", "--duration", "0.05", "--warmup", "0.01"]
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("EDGECLS_CACHE", str(tmp_path_factory.getbasetemp() / "bench_cache"))
-    monkeypatch.delenv("EDGECLS_DATA", raising=False)
-
-
-@pytest.fixture(scope="module")
-def export_dir(new2_export) -> Path:
-    """The shared export/ folder of new2 (fp32, fp16, int8 and the reference), made from tiny_cifar in memory; the
-    bench reads the same images from tiny_data_dir, in another order, and matches them by digest."""
-    return new2_export.files["fp32"].parent
+    """One cache for the file's tests (the bench reads tiny_data_dir, in another order than the export's images, and
+    matches them by digest)."""
+    use_private_cache(monkeypatch, tmp_path_factory.getbasetemp() / "bench_cache")
 
 
 def bench(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(main, ["bench", *args])
-    return result.exit_code, result.output
+    return run_cli("bench", *args)
 
 
 def write_reference(source: Path, target: Path, logits: np.ndarray | None = None, **meta_changes: str) -> Path:

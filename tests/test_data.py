@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import use_private_cache
 from edgecls import data as data_module
 from edgecls.data import (
     CIFAR10_CLASSES,
@@ -32,9 +33,7 @@ from edgecls.errors import EdgeclsError
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Each test gets its own cache folder and no inherited $EDGECLS_DATA."""
-    monkeypatch.setenv("EDGECLS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("EDGECLS_DATA", raising=False)
-    return tmp_path / "cache"
+    return use_private_cache(monkeypatch, tmp_path / "cache")
 
 
 def make_reference(class_names: list[str] = list(CIFAR10_CLASSES), train_per_class: int = 3, test_per_class: int = 2,

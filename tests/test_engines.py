@@ -173,10 +173,10 @@ def test_build_rejects_a_bad_plan_name_before_tensorrt(new2_files, tmp_path):
 
 
 def test_build_refuses_the_cpu_int8_form(new2_files, tiny_cifar, tmp_path):
-    from edgecls.quantize import quantize_int8
+    from edgecls.quantize import CalibrationSettings, quantize_int8
 
-    cpu_file = quantize_int8(new2_files["fp32"], tmp_path / "new2.int8.onnx", data=tiny_cifar, target="cpu", size=64,
-                             record_path=tmp_path / "record.json").path
+    cpu_file = quantize_int8(new2_files["fp32"], tmp_path / "new2.int8.onnx", data=tiny_cifar,
+                             settings=CalibrationSettings(target="cpu", size=64), record_path=tmp_path / "record.json").path
     result = CliRunner().invoke(main, ["build", str(cpu_file), "-o", str(tmp_path / "new2.int8.plan")])
     assert result.exit_code == 2 and "--target trt" in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "new2.int8.plan").exists()

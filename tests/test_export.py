@@ -13,15 +13,17 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from conftest import run_cli
 from edgecls.artifacts import sha256_file
 from edgecls.checkpoint import load_checkpoint, save_checkpoint
 from edgecls.cli import main
 from edgecls.data import image_digests
 from edgecls.errors import EdgeclsError
 from edgecls.evaluate import torch_logits
-from edgecls.export import check_parity, export_model
+from edgecls.export import ExportRequest, check_parity, export_model
 from edgecls.formats import ExportSet, ModelMetadata
 from edgecls.models import MODELS
+from edgecls.quantize import CalibrationSettings
 from edgecls.runtime import load as load_runtime
 
 ALL_MODELS = list(MODELS)
@@ -150,11 +152,6 @@ def test_cli_export_end_to_end(trained_checkpoint, tiny_data_dir, tmp_path, monk
 
 # ------------------------------------------------------------------------------------------------ bad input
 
-def run_cli(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(main, list(args))
-    return result.exit_code, result.output
-
-
 def assert_one_line_error(code: int, output: str, *fragments: str) -> None:
     assert code == 2, output
     # Progress bars (the data loader's) may precede it; the error itself is the one last line.
@@ -248,7 +245,7 @@ def test_calibration_data_missing_or_wrong_size_keeps_earlier_artifacts(tmp_path
     other = tmp_path / "other.pt"
     save_checkpoint(other, {k: v for k, v in record.items() if k not in ("format", "format_version")})
     with pytest.raises(EdgeclsError, match="images are 32x32x3, but the model expects 36x36x3"):
-        export_model(other, out, data=tiny_cifar, int8=True, calibration_dir=calibration, progress=False)
+        export_model(ExportRequest(other, out, int8=True, calibration_dir=calibration), data=tiny_cifar, progress=False)
 
     # The failed runs installed nothing, replaced nothing and left no staging folder or temporary file behind.
     assert [p.name for p in out.iterdir()] == ["new2.onnx"] and earlier.read_bytes() == b"an earlier export"
@@ -260,6 +257,7 @@ def test_failure_after_staging_leaves_nothing_behind(tmp_path, trained_checkpoin
     out.mkdir()
     (out / "new2.onnx").write_bytes(b"an earlier export")
     with pytest.raises(EdgeclsError, match="calibration size 5000 exceeds the 400 training images"):
-        export_model(trained_checkpoint("new2"), out, data=tiny_cifar, fp16=True, int8=True, calibration_size=5000,
-                     calibration_dir=tmp_path / "calibration", progress=False)
+        request = ExportRequest(trained_checkpoint("new2"), out, fp16=True, int8=True,
+                                calibration=CalibrationSettings(size=5000), calibration_dir=tmp_path / "calibration")
+        export_model(request, data=tiny_cifar, progress=False)
     assert [p.name for p in out.iterdir()] == ["new2.onnx"] and (out / "new2.onnx").read_bytes() == b"an earlier export"

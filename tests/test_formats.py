@@ -7,16 +7,16 @@ import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from edgecls.errors import EdgeclsError
-from edgecls.formats import (CalibrationRecord, EngineManifest, ExportSet, Int8Report, LayerDecision, ModelMetadata,
-                             ReferenceLogits)
+from conftest import refusal
+from edgecls.formats import (BenchResult, CalibrationRecord, EngineManifest, ExportSet, Int8Report, LayerDecision,
+                             ModelMetadata, ReferenceLogits)
 from edgecls.preprocess import Preprocessing
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -26,15 +26,6 @@ METADATA = ModelMetadata(model="new2", precision="fp32", preprocess=PREPROCESS, 
                          data_fingerprint="d" * 16)
 REEXPORT = "re-export it with `edgecls export`"
 REBUILD = "rebuild the engine with `edgecls build`"
-
-
-def refusal(call: Callable[..., Any], *args: Any) -> str:
-    """The one-line message of the EdgeclsError that `call(*args)` raises."""
-    with pytest.raises(EdgeclsError) as info:
-        call(*args)
-    message = str(info.value)
-    assert "\n" not in message
-    return message
 
 
 def onnx_model(metadata: ModelMetadata | None = METADATA, batch: int | str = "batch", crop: int = 28,
@@ -341,7 +332,7 @@ def test_an_export_set_round_trips(tmp_path):
     assert path == tmp_path / "new2.export.json"
     assert json.loads(path.read_text()) == {"format_version": 1, "model": "new2", "checkpoint_sha256": "c" * 64,
                                             "files": {"new2.onnx": "a" * 64}, "complete": True,
-                                            "created_at": "2026-11-27T10:00:00Z"}
+                                            "created_at": "2026-11-27T10:00:00Z", "companions": {}}
     assert ExportSet.read(path) == record
     path.write_text(json.dumps({"format_version": 1, "model": "new2", "checkpoint_sha256": "c", "files": {},
                                 "complete": False}))
@@ -367,6 +358,33 @@ def test_a_bad_export_record_is_refused_naming_the_file(tmp_path):
         assert message.startswith(f"export record {path} lacks or garbles ") and message.endswith(f"; {fix}")
     path.write_text(json.dumps({k: v for k, v in good.items() if k != "complete"}))
     assert refusal(ExportSet.read, path) == f"export record {path} lacks or garbles 'complete'; {fix}"
+
+
+@pytest.mark.parametrize("key, value, why", [
+    ("complete", "false", 'complete ("false" is not true or false)'),
+    ("complete", 0, "complete (0 is not true or false)"),
+    ("model", 2, "model (2 is not a string)"),
+    ("files", {"new2.onnx": 5}, "files[new2.onnx] (5 is not a string)"),
+    ("companions", ["new2.int8-report.json"], "companions (list is not a JSON object)"),
+])
+def test_an_export_record_field_of_the_wrong_type_is_refused_not_coerced(tmp_path, key, value, why):
+    """A hand-edited "complete": "false" once read as complete (bool("false") is True)."""
+    path = tmp_path / "new2.export.json"
+    good = {"format_version": 1, "model": "new2", "checkpoint_sha256": "c", "files": {}, "complete": True}
+    path.write_text(json.dumps({**good, key: value}))
+    assert refusal(ExportSet.read, path) == f"export record {path} lacks or garbles {why}; run `edgecls export` again"
+
+
+def test_an_export_companion_counts_only_with_its_recorded_bytes(tmp_path):
+    companion = tmp_path / "new2.int8-report.json"
+    record = ExportSet("new2", "c", {}, complete=True,
+                       companions={companion.name: hashlib.sha256(b"report").hexdigest()})
+    assert not record.companion_matches(companion)  # not there
+    companion.write_bytes(b"report")
+    assert record.companion_matches(companion)
+    companion.write_bytes(b"an older report")
+    assert not record.companion_matches(companion)
+    assert not record.companion_matches(tmp_path / "new2.percentile.json")  # not listed
 
 
 def test_check_member_takes_only_files_of_one_complete_export(tmp_path):
@@ -440,5 +458,80 @@ def test_a_bad_int8_report_is_refused_naming_the_file(tmp_path):
     path.write_text(json.dumps({k: v for k, v in good.items() if k != "budget"}))
     assert refusal(Int8Report.read, path) == f"int8 report {path} lacks or garbles 'budget'; {fix}"
     path.write_text(json.dumps({**good, "layers": [{"name": "conv"}]}))
-    message = refusal(Int8Report.read, path)
-    assert message.startswith(f"int8 report {path} lacks or garbles ") and "missing" in message
+    assert refusal(Int8Report.read, path) == f"int8 report {path} lacks or garbles 'layers[0].op'; {fix}"
+
+
+INT8_EDITS = [  # (field, value, the field's words in the message): edits that crashed `edgecls report` once
+    ("layers.0.sqnr_db", "31", 'layers[0].sqnr_db ("31" is not a finite number)'),
+    ("layers.0.parameters", "1792", 'layers[0].parameters ("1792" is not a whole number)'),
+    ("budget", None, "budget (null is not a JSON object)"),
+    ("budget.max_drop", "0.3", 'budget.max_drop ("0.3" is not a finite number)'),
+    ("result", [], "result (list is not a JSON object)"),
+    ("result.validation.agreement", "98", 'result.validation.agreement ("98" is not a finite number)'),
+    ("validation", "50 images", 'validation ("50 images" is not a JSON object)'),
+    ("passed", "yes", 'passed ("yes" is not true or false)'),
+    ("throughput", {"batch_size": 64, "vs_fp32": 2.0, "vs_all_int8": 1.0}, "throughput.images_per_s (null is not a "
+                                                                            "JSON object)"),
+    ("throughput", {"batch_size": 64, "images_per_s": {"fp32": 1.0, "all_int8": 2.0}, "vs_fp32": 2.0,
+                    "vs_all_int8": 1.0}, "'throughput.images_per_s.result'"),
+    ("search_seconds", ..., "'search_seconds'"),
+]
+
+
+@pytest.mark.parametrize("dotted, value, why", INT8_EDITS, ids=[edit[0] for edit in INT8_EDITS])
+def test_an_edited_int8_report_is_refused_naming_the_field(tmp_path, edited, dotted, value, why):
+    path = tmp_path / "new2.int8-report.json"
+    path.write_text(json.dumps(edited(int8_report().to_dict(), dotted, value)))
+    assert refusal(Int8Report.read, path) == (f"int8 report {path} lacks or garbles {why}; export the model again with "
+                                             "`edgecls export --int8 --max-drop ...`")
+
+
+def test_calibration_indices_stored_as_strings_are_refused(tmp_path, edited):
+    path = tmp_path / "new2.entropy.json"
+    path.write_text(json.dumps(edited(calibration().to_dict(), "indices.1", "57")))
+    assert refusal(CalibrationRecord.read, path) == (f"calibration record {path} lacks or garbles indices[1] (\"57\" is "
+                                                    "not a whole number); delete it and calibrate afresh")
+
+
+# ================================================================================================= bench result
+
+def bench_result(**changes: Any) -> dict:
+    timing = {"variant": "onnxruntime fp32", "scope": "end-to-end", "batch_size": 1, "p50_ms": 0.5, "p90_ms": 0.6,
+              "p99_ms": 0.9, "images_per_s": 2000.0, "pipelined_images_per_s": None}
+    result = {"model": {"path": "export/new2.onnx", "format": "onnx", "name": "new2", "precision": "fp32",
+                        "size_mb": 1.2, "checkpoint_sha256": "c" * 64},
+              "data": {"source": "tiny", "fingerprint": "d" * 16, "test_images": 40}, "accuracy": 71.5,
+              "per_class": {"cat": 50.0, "dog": None}, "parity": None, "variants": [], "timings": [timing],
+              "settings": {}, "notes": [], "gates": {}, "environment": {"cpu": "x86", "gpu": None,
+                                                                         "threads": {"cpu_count": 2}}}
+    return {**result, **changes}
+
+
+def test_a_bench_result_round_trips_in_either_form_of_bench_file(tmp_path):
+    single, summary = tmp_path / "one.json", tmp_path / "all.json"
+    single.write_text(json.dumps(bench_result()))
+    summary.write_text(json.dumps({"rows": [{"path": "a.plan", "details": None}, {"details": bench_result()}]}))
+    [one], [row] = BenchResult.read_all(single), BenchResult.read_all(summary)
+    assert one == row and one.to_dict() == bench_result() and one.path == Path("export/new2.onnx")
+    assert one.machine == "x86, 2 cores"
+    (tmp_path / "other.json").write_text(json.dumps({"something": "else"}))
+    assert BenchResult.read_all(tmp_path / "other.json") == []
+
+
+BENCH_EDITS = [
+    ("timings.0.p50_ms", "0.5", 'timings[0].p50_ms ("0.5" is not a finite number)'),
+    ("timings.0.images_per_s", ..., "'timings[0].images_per_s'"),
+    ("timings.0.scope", 1, "timings[0].scope (1 is not a string)"),
+    ("accuracy", "71.5", 'accuracy ("71.5" is not a finite number)'),
+    ("model.path", ..., "'model.path'"),
+    ("per_class.cat", "50", 'per_class[cat] ("50" is not a finite number)'),
+    ("environment.versions", "numpy 2", 'environment.versions ("numpy 2" is not a JSON object)'),
+]
+
+
+@pytest.mark.parametrize("dotted, value, why", BENCH_EDITS, ids=[edit[0] for edit in BENCH_EDITS])
+def test_an_edited_bench_file_is_refused_naming_the_field(tmp_path, edited, dotted, value, why):
+    path = tmp_path / "new2.json"
+    path.write_text(json.dumps(edited(bench_result(), dotted, value)))
+    assert refusal(BenchResult.read_all, path) == (f"bench file {path} lacks or garbles {why}; write it again with "
+                                                  "`edgecls bench --json`")

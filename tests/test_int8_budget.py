@@ -22,11 +22,12 @@ from edgecls.data import seeded_subset
 from edgecls.defaults import CALIBRATION_METHODS
 from edgecls.errors import EdgeclsError
 from edgecls.evaluate import torch_logits
-from edgecls.export import export_model, onnx_logits
-from edgecls.formats import CalibrationRecord, Int8Report, ModelMetadata
+from edgecls.cli.export import int8_report_table
+from edgecls.export import ExportRequest, export_model, onnx_logits
+from edgecls.formats import CalibrationRecord, ExportSet, Int8Report, ModelMetadata
 from edgecls.int8_budget import layer_sensitivity, run_file
 from edgecls.metrics import Gate, parity
-from edgecls.quantize import PreparedModel, trt_violations
+from edgecls.quantize import CalibrationSettings, PreparedModel, trt_violations
 
 FRAGILE = "/features/features.8/Conv"  # new2's third convolution
 LAYERS = 8  # new2: four Conv, two ConvTranspose, two Gemm
@@ -58,8 +59,9 @@ def fragile_record(trained_checkpoint) -> dict:
 def fragile_export(fragile_record, tiny_cifar, tmp_path_factory):
     root = tmp_path_factory.mktemp("fragile")
     checkpoint = write_checkpoint(fragile_record, root / "new2.pt")
-    report = export_model(checkpoint, root / "export", data=tiny_cifar, int8=True, calibration_size=200,
-                          calibration_dir=root / "calibration", budget=BUDGET, progress=False)
+    request = ExportRequest(checkpoint, root / "export", int8=True, budget=BUDGET,
+                            calibration=CalibrationSettings(size=200), calibration_dir=root / "calibration")
+    report = export_model(request, data=tiny_cifar, progress=False)
     return checkpoint, report
 
 
@@ -84,8 +86,8 @@ def weight_sources(path: Path) -> dict[str, str]:
     return sources
 
 
-def test_the_fragile_layer_alone_stays_float_and_the_budget_holds(fragile_export, tiny_cifar):
-    checkpoint_path, report = fragile_export
+def test_the_fragile_layer_alone_is_ranked_costliest_and_kept_float(fragile_export):
+    _, report = fragile_export
     assert report.passed and set(report.files) == {"fp32", "int8"}
     search = report.int8_search.report
     assert search.passed and search.float_layers == [FRAGILE] and search.int8_layers == LAYERS - 1
@@ -99,8 +101,10 @@ def test_the_fragile_layer_alone_stays_float_and_the_budget_holds(fragile_export
     assert {candidate["method"] for candidate in search.candidates} == set(CALIBRATION_METHODS)
     assert not any(c["passed"] for c in search.candidates if not c["float_layers"])
 
-    # The file: exactly that layer in float, all others int8, within TensorRT's rules; its metadata says so.
-    path = report.files["int8"]
+
+def test_the_int8_file_has_that_layer_alone_in_float_and_says_so(fragile_export):
+    _, report = fragile_export
+    search, path = report.int8_search.report, report.files["int8"]
     sources = weight_sources(path)
     assert sources.pop(FRAGILE) == "float" and set(sources.values()) == {"int8"} and len(sources) == LAYERS - 1
     assert trt_violations(onnx.load(str(path))) == []
@@ -108,7 +112,11 @@ def test_the_fragile_layer_alone_stays_float_and_the_budget_holds(fragile_export
     assert quantization["float_layers"] == [FRAGILE] and quantization["method"] == search.method
     assert quantization["budget"] == {"max_drop": 5.0, "min_agreement": 90.0}
 
-    # The budget holds on the held-out validation images, measured here from PyTorch and ONNX Runtime directly.
+
+def test_the_budget_holds_on_the_held_out_validation_images(fragile_export, tiny_cifar):
+    """Measured here from PyTorch and ONNX Runtime directly, on the images the checkpoint held out."""
+    checkpoint_path, report = fragile_export
+    search, path = report.int8_search.report, report.files["int8"]
     checkpoint = load_checkpoint(checkpoint_path)
     validation = checkpoint.validation_indices(tiny_cifar)
     images, labels = tiny_cifar.train_images[validation], tiny_cifar.train_labels[validation]
@@ -118,7 +126,11 @@ def test_the_fragile_layer_alone_stays_float_and_the_budget_holds(fragile_export
     assert abs(found.agreement - search.result["validation"]["agreement"]) <= 100 / len(labels)
     assert search.validation["size"] == len(validation) and search.validation["seen_in_training"] is False
 
-    # Calibration never used a validation image; the test split is reported, with flips both ways.
+
+def test_calibration_avoids_the_validation_images_and_the_test_split_is_only_reported(fragile_export, tiny_cifar):
+    checkpoint_path, report = fragile_export
+    search = report.int8_search.report
+    validation = load_checkpoint(checkpoint_path).validation_indices(tiny_cifar)
     record = CalibrationRecord.read(report.calibration)
     assert record.method == search.method and not set(record.indices) & set(validation.tolist())
     assert search.calibration["disjoint_from_validation"] is True
@@ -128,15 +140,25 @@ def test_the_fragile_layer_alone_stays_float_and_the_budget_holds(fragile_export
     assert set(speeds) == {"fp32", "all_int8", "result"} and min(speeds.values()) > 0
     assert search.throughput["vs_fp32"] == pytest.approx(speeds["result"] / speeds["fp32"])
 
-    # The report is installed beside the calibration record and reads back as it was made.
+
+def test_the_int8_report_is_installed_as_a_companion_of_the_export(fragile_export):
+    """Beside the calibration record, read back as it was made, and listed with it in the export record."""
+    _, report = fragile_export
+    search = report.int8_search.report
     assert report.int8_report == report.calibration.with_name("new2.int8-report.json")
     assert Int8Report.read(report.int8_report) == search
     assert json.loads(report.int8_report.read_text())["format_version"] == 1
+    record = ExportSet.read(ExportSet.path_for(report.files["int8"].parent, "new2"))
+    assert set(record.companions) == {report.int8_report.name, report.calibration.name}
+    assert record.companion_matches(report.int8_report) and record.companion_matches(report.calibration)
 
-    # The table says when the test images miss the budget that validation holds (sampling noise, not a bug).
+
+def test_the_table_says_when_the_test_images_miss_the_budget_validation_holds(fragile_export):
+    """Sampling noise, not a bug: the table says so."""
+    search = fragile_export[1].int8_search.report
     missed = "on the test images the result misses the budget"
-    assert (missed in int8_budget.format_report(search)) == (not search.result["test_holds_budget"])
-    assert missed in int8_budget.format_report(replace(search, result={**search.result, "test_holds_budget": False}))
+    assert (missed in int8_report_table(search)) == (not search.result["test_holds_budget"])
+    assert missed in int8_report_table(replace(search, result={**search.result, "test_holds_budget": False}))
 
 
 def test_cpu_target_from_the_cli_with_a_checkpoint_that_records_no_split(fragile_record, tiny_data_dir, tmp_path):
@@ -235,4 +257,4 @@ def test_bad_budgets_are_one_line_each_before_any_work(trained_checkpoint, tiny_
         assert message in lines[0], result.output
     assert not out.exists()
     with pytest.raises(EdgeclsError, match="needs a budget"):
-        int8_budget.search_int8(new2_export.files["fp32"], tmp_path / "x.onnx", None, None, Gate(), None)
+        int8_budget.Int8Search(new2_export.files["fp32"], tmp_path / "x.onnx", Gate())

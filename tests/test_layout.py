@@ -83,3 +83,23 @@ def test_each_file_format_is_written_and_read_in_one_module():
         text = path.read_text()
         for marker, what in markers.items():
             assert marker not in text, f"{path.relative_to(PACKAGE.parent)} handles the {what} ({marker}) itself"
+
+
+MAX_PARAMETERS = 8
+
+
+def test_no_function_outside_the_click_commands_takes_more_than_eight_parameters():
+    """Long parameter lists become request or settings dataclasses, checked once (`TrainRequest`, `ExportRequest`,
+    `CalibrationSettings`, `BenchSettings`...); a click command's parameters mirror its options and are exempt."""
+    crowded = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            if any("click" in ast.unparse(decorator) for decorator in node.decorator_list):
+                continue
+            given = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+            count = len(given) - (1 if given and given[0].arg in ("self", "cls") else 0)
+            if count > MAX_PARAMETERS:
+                crowded.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({count})")
+    assert not crowded, crowded

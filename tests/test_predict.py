@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from edgecls.cli import main
+from conftest import run_cli
 from edgecls.formats import EngineManifest, ModelMetadata
 from edgecls.runtime import load
 
@@ -37,8 +36,7 @@ def photos(tiny_cifar, tmp_path_factory) -> Path:
 
 
 def predict(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(main, ["predict", *args])
-    return result.exit_code, result.output
+    return run_cli("predict", *args)
 
 
 def parse(output: str) -> dict[str, list[tuple[str, float]]]:

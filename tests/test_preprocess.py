@@ -1,10 +1,9 @@
 """edgecls.preprocess: the deployment preprocessing, checked pixel by pixel on constructed images."""
 
 import numpy as np
-import pytest
 from PIL import Image
 
-from edgecls.errors import EdgeclsError
+from conftest import refusal
 from edgecls.preprocess import Preprocessing, center_crop, resize_shorter_side, to_rgb
 
 
@@ -74,12 +73,6 @@ def positions(height: int, width: int) -> np.ndarray:
     """An RGB image whose red channel is the row, green the column, blue a constant: where each pixel came from."""
     rows, cols = np.indices((height, width))
     return np.stack([rows, cols, np.full_like(rows, 200)], axis=-1).astype(np.uint8)
-
-
-def refusal(call, *args) -> str:
-    with pytest.raises(EdgeclsError) as info:
-        call(*args)
-    return str(info.value)
 
 
 def test_the_preprocessing_record_round_trips_and_refuses_a_broken_one():

@@ -18,7 +18,8 @@ from edgecls.export import ExportReport
 from edgecls.formats import CalibrationRecord, ModelMetadata
 from edgecls.models import MODELS
 from edgecls.onnx_graph import consumers
-from edgecls.quantize import PreparedModel, calibration_indices, quantize_int8, transposed_to_conv, trt_violations
+from edgecls.onnx_graph import transposed_to_conv
+from edgecls.quantize import CalibrationSettings, PreparedModel, calibration_indices, quantize_int8, trt_violations
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +47,8 @@ def pytorch_agreement(path: Path, reference_path: Path, images: np.ndarray) -> f
 @pytest.mark.parametrize("model_name", list(MODELS))
 def test_trt_target_follows_tensorrt_rules(model_name, fp32_file, tiny_cifar, tmp_path):
     out = tmp_path / f"{model_name}.int8.onnx"
-    quantize_int8(fp32_file(model_name), out, data=tiny_cifar, size=200, record_path=tmp_path / "record.json")
+    quantize_int8(fp32_file(model_name), out, data=tiny_cifar, record_path=tmp_path / "record.json",
+                  settings=CalibrationSettings(size=200))
     model = onnx.load(str(out))
     values = arrays(model)
     qdq = [node for node in model.graph.node if node.op_type in ("QuantizeLinear", "DequantizeLinear")]
@@ -81,7 +83,8 @@ def test_trt_target_follows_tensorrt_rules(model_name, fp32_file, tiny_cifar, tm
 
 def test_cpu_target_uses_u8_activations_and_per_channel_s8_weights(fp32_file, tiny_cifar, tmp_path):
     out = tmp_path / "new2.int8.onnx"
-    quantize_int8(fp32_file("new2"), out, data=tiny_cifar, target="cpu", size=200, record_path=tmp_path / "record.json")
+    quantize_int8(fp32_file("new2"), out, data=tiny_cifar, record_path=tmp_path / "record.json",
+                  settings=CalibrationSettings(target="cpu", size=200))
     model = onnx.load(str(out))
     values = arrays(model)
     activations = [node for node in model.graph.node if node.op_type == "QuantizeLinear"]
@@ -113,8 +116,8 @@ def test_transposed_to_conv_is_exact(fp32_file):
 
 def test_calibration_reuse_gives_identical_scales(fp32_file, tiny_cifar, tmp_path):
     record_path = tmp_path / "calibration" / "new2.percentile.json"
-    fresh = quantize_int8(fp32_file("new2"), tmp_path / "fresh.onnx", data=tiny_cifar, size=120, seed=3,
-                          record_path=record_path)
+    fresh = quantize_int8(fp32_file("new2"), tmp_path / "fresh.onnx", data=tiny_cifar, record_path=record_path,
+                          settings=CalibrationSettings(size=120, seed=3))
     assert not fresh.reused and fresh.record_path == record_path
     record = json.loads(record_path.read_text())
     assert record["split"] == "train" and (record["size"], record["seed"], record["method"]) == (120, 3, "percentile")
@@ -122,7 +125,8 @@ def test_calibration_reuse_gives_identical_scales(fp32_file, tiny_cifar, tmp_pat
     assert record["data_fingerprint"] == tiny_cifar.fingerprint
     assert record["checkpoint_sha256"] == ModelMetadata.read(fp32_file("new2")).checkpoint_sha256
 
-    reused = quantize_int8(fp32_file("new2"), tmp_path / "reused.onnx", data=None, cache=record_path, size=999)
+    reused = quantize_int8(fp32_file("new2"), tmp_path / "reused.onnx", data=None,
+                           settings=CalibrationSettings(cache=record_path, size=999))
     assert reused.reused
     first, second = arrays(onnx.load(str(tmp_path / "fresh.onnx"))), arrays(onnx.load(str(tmp_path / "reused.onnx")))
     scale_names = [name for name in first if name.endswith(("_scale", "_zero_point"))]
@@ -132,27 +136,31 @@ def test_calibration_reuse_gives_identical_scales(fp32_file, tiny_cifar, tmp_pat
     # The file says which calibration it came from, even when reused with other options on the command line.
     assert ModelMetadata.read(tmp_path / "reused.onnx").quantization["calibration_size"] == 120
 
-    other_seed = quantize_int8(fp32_file("new2"), tmp_path / "other.onnx", data=tiny_cifar, size=120, seed=4,
-                               record_path=tmp_path / "other.json")
+    other_seed = quantize_int8(fp32_file("new2"), tmp_path / "other.onnx", data=tiny_cifar,
+                               record_path=tmp_path / "other.json", settings=CalibrationSettings(size=120, seed=4))
     assert json.loads(other_seed.record_path.read_text())["indices"] != record["indices"]
 
 
 def test_bad_calibration_caches(fp32_file, tiny_cifar, tmp_path):
     record_path = tmp_path / "new2.minmax.json"
-    quantize_int8(fp32_file("new2"), tmp_path / "a.onnx", data=tiny_cifar, method="minmax", size=64,
-                  record_path=record_path)
+    quantize_int8(fp32_file("new2"), tmp_path / "a.onnx", data=tiny_cifar, record_path=record_path,
+                  settings=CalibrationSettings(method="minmax", size=64))
     with pytest.raises(EdgeclsError, match="holds minmax ranges, not entropy"):
-        quantize_int8(fp32_file("new2"), tmp_path / "b.onnx", method="entropy", cache=record_path)
+        quantize_int8(fp32_file("new2"), tmp_path / "b.onnx",
+                      settings=CalibrationSettings(method="entropy", cache=record_path))
     with pytest.raises(EdgeclsError, match="computed for another checkpoint"):
-        quantize_int8(fp32_file("new1"), tmp_path / "b.onnx", method="minmax", cache=record_path)
+        quantize_int8(fp32_file("new1"), tmp_path / "b.onnx",
+                      settings=CalibrationSettings(method="minmax", cache=record_path))
     garbage = tmp_path / "garbage.json"
     garbage.write_text("{ not json")
     with pytest.raises(EdgeclsError, match="holds minmax ranges, not percentile"):
-        quantize_int8(fp32_file("new2"), tmp_path / "b.onnx", cache=record_path)  # percentile: the default
+        quantize_int8(fp32_file("new2"), tmp_path / "b.onnx",
+                      settings=CalibrationSettings(cache=record_path))  # percentile: the default
     with pytest.raises(EdgeclsError, match="unreadable or not JSON"):
-        quantize_int8(fp32_file("new2"), tmp_path / "b.onnx", cache=garbage)
+        quantize_int8(fp32_file("new2"), tmp_path / "b.onnx", settings=CalibrationSettings(cache=garbage))
     with pytest.raises(EdgeclsError, match="does not exist"):
-        quantize_int8(fp32_file("new2"), tmp_path / "b.onnx", cache=tmp_path / "missing.json")
+        quantize_int8(fp32_file("new2"), tmp_path / "b.onnx",
+                      settings=CalibrationSettings(cache=tmp_path / "missing.json"))
     with pytest.raises(EdgeclsError, match="needs the training images"):
         quantize_int8(fp32_file("new2"), tmp_path / "b.onnx", data=None)
     assert not (tmp_path / "b.onnx").exists()
@@ -161,7 +169,8 @@ def test_bad_calibration_caches(fp32_file, tiny_cifar, tmp_path):
 @pytest.mark.parametrize("method", ["minmax", "entropy"])
 def test_other_calibration_methods(method, fp32_file, tiny_cifar, tmp_path):
     out = tmp_path / "new2.int8.onnx"
-    quantize_int8(fp32_file("new2"), out, data=tiny_cifar, method=method, size=128, record_path=tmp_path / "r.json")
+    quantize_int8(fp32_file("new2"), out, data=tiny_cifar, record_path=tmp_path / "r.json",
+                  settings=CalibrationSettings(method=method, size=128))
     assert trt_violations(onnx.load(str(out))) == []
     assert ModelMetadata.read(out).quantization["method"] == method
     reference = fp32_file("new2").with_name("new2.reference.npz")

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import refusal
 from edgecls import reference as references
 from edgecls.data import Cifar10, digest_rows
-from edgecls.errors import EdgeclsError
 from edgecls.formats import ExportSet, ModelMetadata, ReferenceLogits
 from edgecls.preprocess import Preprocessing
 from edgecls.reference import Reference
@@ -37,12 +37,6 @@ def saved_reference(data: Cifar10, order: np.ndarray, **changes) -> Reference:
                   checkpoint_sha256="c" * 64, data_fingerprint=data.fingerprint,
                   digests=digest_rows(data.test_images[order]))
     return Reference(**{**fields, **changes})
-
-
-def refusal(call, *args) -> str:
-    with pytest.raises(EdgeclsError) as info:
-        call(*args)
-    return str(info.value)
 
 
 def test_align_finds_each_row_in_a_test_split_read_in_another_order():

@@ -32,28 +32,23 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
+from conftest import run_cli
 from edgecls import reference as references
 from edgecls.artifacts import atomic_write, ensure_writable_dir, sha256_file, staging_dir, temporary_prefix
 from edgecls.checkpoint import load_checkpoint, save_checkpoint
-from edgecls.cli import main
 from edgecls.data import load_cifar10
 from edgecls.defaults import BENCH_MAX_BATCH
 from edgecls.errors import EdgeclsError
-from edgecls.export import export_model
+from edgecls.export import ExportRequest, export_model
 from edgecls.formats import ExportSet, ModelMetadata
+from edgecls.quantize import CalibrationSettings
 from edgecls.runtime import Classifier, load
 from edgecls.runtime.images import MAX_IMAGE_PIXELS, decode
 
 REPO = Path(__file__).resolve().parents[1]
 MB = 1 << 20
-
-
-def run_cli(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(main, list(args))
-    return result.exit_code, result.output
 
 
 def error_line(output: str) -> str:
@@ -331,7 +326,7 @@ def snapshot(folder: Path) -> dict[str, str]:
 def test_export_onto_a_full_disk_says_which_and_changes_nothing(tmp_path, trained_checkpoint, tiny_data_dir,
                                                                 tiny_cifar):
     earlier = tmp_path / "earlier"
-    export_model(trained_checkpoint("new2"), earlier, data=tiny_cifar, progress=False)  # 3.4 MB, fp32 only
+    export_model(ExportRequest(trained_checkpoint("new2"), earlier), data=tiny_cifar, progress=False)  # fp32: 3.4 MB
     before = snapshot(earlier)
     other = other_checkpoint(trained_checkpoint("new2"), tmp_path / "other.pt")
     out, copy = tmp_path / "small", tmp_path / "after"
@@ -351,8 +346,9 @@ def test_export_onto_a_full_disk_says_which_and_changes_nothing(tmp_path, traine
 def test_a_full_calibration_folder_changes_nothing(tmp_path, trained_checkpoint, tiny_data_dir, tiny_cifar):
     out, calibration = tmp_path / "export", tmp_path / "calibration"
     earlier_calibration = tmp_path / "earlier_calibration"
-    export_model(trained_checkpoint("new2"), out, data=tiny_cifar, int8=True, calibration_size=50,
-                 calibration_dir=earlier_calibration, progress=False)
+    request = ExportRequest(trained_checkpoint("new2"), out, int8=True, calibration=CalibrationSettings(size=50),
+                            calibration_dir=earlier_calibration)
+    export_model(request, data=tiny_cifar, progress=False)
     before, calibration_before = snapshot(out), snapshot(earlier_calibration)
     other = other_checkpoint(trained_checkpoint("new2"), tmp_path / "other.pt")
     copy = tmp_path / "after"

@@ -100,7 +100,7 @@ def project(trained_checkpoint, new2_export, tiny_cifar, tmp_path_factory) -> di
     agree with it on every test image, so the fp16 file is replaced by one that favours class 0 enough to flip about
     half of the images, to fill the gallery beyond its limit."""
     from edgecls.artifacts import sha256_file, write_json
-    from edgecls.bench import bench_model, json_ready
+    from edgecls.bench import BenchSettings, bench_model, json_ready
     from edgecls.formats import ModelMetadata, ReferenceLogits
     from edgecls.timing import TimingSettings
 
@@ -113,7 +113,7 @@ def project(trained_checkpoint, new2_export, tiny_cifar, tmp_path_factory) -> di
     (export / "new2.export.json").unlink()  # the doctored fp16 file no longer belongs to the export's set
     int8 = export / "new2.int8.onnx"
     timing = TimingSettings(batch_sizes=(1, 4), duration=0.02, warmup=0.01, cuda_variants=False)
-    result = json_ready(bench_model(int8, tiny_cifar, timing=timing))
+    result = json_ready(bench_model(int8, tiny_cifar, settings=BenchSettings(timing)))
     write_json(root / "results" / "int8.json", result)
 
     plan = root / "engines" / "new2.int8.plan"
@@ -329,6 +329,90 @@ def test_an_int8_report_of_another_checkpoint_is_left_out_with_a_note(project, t
     parsed = Page(out.read_text())
     assert "int8-report" not in parsed.tables and "calibration-ranges" in parsed.tables
     assert "new2.int8-report.json left out: it comes from another checkpoint (000000000000" in out.read_text()
+
+
+def export_copy(new2_export, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the shared export (with its export record) and of its calibration folder."""
+    export = shutil.copytree(new2_export.files["fp32"].parent, tmp_path / "export")
+    return export, shutil.copytree(new2_export.calibration.parent, tmp_path / "calibration")
+
+
+def gathered(checkpoint: Path, export: Path, calibration: Path, tmp_path: Path):
+    from edgecls.formats import Folders
+    from edgecls.report.gather import gather
+
+    return gather(checkpoint, folders=Folders(export, tmp_path / "engines", calibration), results_dir=tmp_path / "results")
+
+
+def test_an_int8_report_the_export_did_not_make_is_left_out_with_a_note(new2_export, trained_checkpoint, tmp_path):
+    """An int8 report left from an earlier `export --int8 --max-drop` is not the evidence of today's int8 file."""
+    from dataclasses import replace
+
+    from edgecls.artifacts import sha256_file
+    from edgecls.checkpoint import load_checkpoint
+    from edgecls.formats import ExportSet
+
+    checkpoint = trained_checkpoint("new2")
+    export, calibration = export_copy(new2_export, tmp_path)
+    report = int8_report(load_checkpoint(checkpoint).sha256).write(calibration / "new2.int8-report.json")
+    inputs = gathered(checkpoint, export, calibration, tmp_path)
+    assert inputs.int8_report is None and inputs.calibration is not None and inputs.int8_layers
+    assert inputs.notes["quantization"] == [
+        f"{report} left out: it is not the one the current export of new2 made (see its export record); remake it "
+        f"with `edgecls export --checkpoint {checkpoint} --fp16 --int8`"]
+    record = ExportSet.read(export / "new2.export.json")  # the export that did make it lists it
+    replace(record, companions={**record.companions, report.name: sha256_file(report)}).write(export / "new2.export.json")
+    assert gathered(checkpoint, export, calibration, tmp_path).int8_report == Int8Report.read(report)
+
+
+def test_without_an_int8_file_its_report_and_ranges_are_left_out(new2_export, trained_checkpoint, tmp_path):
+    """A later export without --int8 removed the int8 file: its report and calibration record stay behind."""
+    from dataclasses import replace
+
+    from edgecls.artifacts import sha256_file
+    from edgecls.checkpoint import load_checkpoint
+    from edgecls.formats import ExportSet
+
+    checkpoint = trained_checkpoint("new2")
+    export, calibration = export_copy(new2_export, tmp_path)
+    report = int8_report(load_checkpoint(checkpoint).sha256).write(calibration / "new2.int8-report.json")
+    (export / "new2.int8.onnx").unlink()
+    record = ExportSet.read(export / "new2.export.json")
+    files = {name: digest for name, digest in record.files.items() if name != "new2.int8.onnx"}
+    replace(record, files=files, companions={report.name: sha256_file(report)}).write(export / "new2.export.json")
+    inputs = gathered(checkpoint, export, calibration, tmp_path)
+    assert inputs.int8_report is None and inputs.calibration is None and not inputs.int8_layers
+    assert inputs.missing["int8"].startswith(f"no int8 export of new2 in {export}")
+    assert inputs.notes["quantization"][0].startswith(f"{report} left out: the current export has no int8 file;")
+
+
+EDITED = [  # files people edited by hand, which once crashed `edgecls report` with a traceback
+    ("int8", "layers.0.sqnr_db", "31.5"), ("int8", "layers.0.parameters", "1792"), ("int8", "budget", None),
+    ("int8", "result", []), ("int8", "validation", "held out"), ("int8", "throughput.images_per_s", ...),
+    ("bench", "timings.0.p50_ms", "0.5"),
+]
+
+
+@pytest.mark.parametrize("kind, dotted, value", EDITED, ids=[f"{kind}:{dotted}" for kind, dotted, _ in EDITED])
+def test_an_edited_record_is_one_line_naming_the_file_and_the_field(project, tmp_path, edited, kind, dotted, value):
+    from edgecls.checkpoint import load_checkpoint
+
+    calibration = shutil.copytree(project["calibration"], tmp_path / "calibration")
+    results = shutil.copytree(project["results"], tmp_path / "results")
+    if kind == "int8":
+        bad = calibration / "new2.int8-report.json"
+        good = int8_report(load_checkpoint(project["checkpoint"]).sha256).to_dict()
+    else:
+        bad = results / "int8.json"
+        good = json.loads(bad.read_text())
+    bad.write_text(json.dumps(edited(good, dotted, value)))
+    out = tmp_path / "r.html"
+    code, _, stderr = run_report(project["checkpoint"], "-o", out,
+                                 *options(project, calibration=calibration, results=results))
+    assert code == 2 and stderr.count("\n") == 1, stderr
+    field = dotted.replace(".0.", "[0].").split(".")[0] if dotted.startswith(("layers", "timings")) else dotted
+    assert stderr.startswith(f"error: {'int8 report' if kind == 'int8' else 'bench file'} {bad} lacks or garbles ")
+    assert field in stderr and not out.exists()
 
 
 def test_without_data_the_onnx_files_are_not_run_and_the_page_says_how(project, tmp_path, monkeypatch):

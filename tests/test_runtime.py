@@ -19,12 +19,6 @@ from edgecls.formats import EngineManifest
 from edgecls.runtime.tensorrt_backend import NUMPY_DTYPES, check_compatibility, check_input, numpy_dtype
 
 
-@pytest.fixture(scope="module")
-def export_dir(new2_export) -> Path:
-    """The shared export/ folder of new2 (new2.onnx, new2.reference.npz, ...), read only."""
-    return new2_export.files["fp32"].parent
-
-
 def raw_ort_logits(onnx_path: Path, batch: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     return session.run(["logits"], {"images": batch})[0]

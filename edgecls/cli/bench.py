@@ -65,9 +65,11 @@ def bench(engine: str | None, all_checkpoint: str | None, data: str | None, refe
     from dataclasses import replace
 
     from edgecls.artifacts import check_output_file, write_json
-    from edgecls.bench import ALL_ARTIFACTS_TIMING, RunnerOptions, bench_all, bench_model, format_all, format_report
+    from edgecls.bench import (ALL_ARTIFACTS_TIMING, BenchSettings, RunnerOptions, bench_all, bench_model, format_all,
+                               format_report)
     from edgecls.bench import json_ready
     from edgecls.data import load_cifar10
+    from edgecls.formats import Folders
     from edgecls.metrics import Gate
     from edgecls.timing import TimingSettings
 
@@ -88,15 +90,15 @@ def bench(engine: str | None, all_checkpoint: str | None, data: str | None, refe
         check_input_file(reference, "reference")
     if json_path:
         check_output_file(json_path)
-    progress = sys.stderr.isatty()
+    settings = BenchSettings(timing, options, gate, progress=sys.stderr.isatty())
     dataset = load_cifar10(data)
     if all_checkpoint:
-        result = bench_all(all_checkpoint, dataset, reference, export_dir=export_dir, engines_dir=engines_dir,
-                           timing=timing, options=options, gate=gate, progress=progress)
+        result = bench_all(all_checkpoint, dataset, reference, folders=Folders(export_dir, engines_dir),
+                           settings=settings)
         click.echo(format_all(result))
         passed = result["passed"]
     else:
-        result = bench_model(engine, dataset, reference, timing=timing, options=options, gate=gate, progress=progress)
+        result = bench_model(engine, dataset, reference, settings=settings)
         passed = result["gates"]["passed"]
         click.echo(format_report(result))
     if json_path:

@@ -39,13 +39,14 @@ def report_command(checkpoint: str, output: str | None, data: str | None, bench_
 
     Example: edgecls report checkpoints/new2.pt --data ../shared/data/cifar10-jpeg.tar.gz -o reports/new2.html
     """
+    from edgecls.formats import Folders
     from edgecls.report import build_report
     from edgecls.report.figures import require_matplotlib
 
     require_matplotlib()
     target = check_output(Path(output) if output else Path("reports") / f"{Path(checkpoint).stem}.html")
-    result = build_report(checkpoint, target, data=data, bench_files=bench_files, export_dir=export_dir,
-                          engines_dir=engines_dir, calibration_dir=calibration_dir, results_dir=results_dir,
+    result = build_report(checkpoint, target, data=data, bench_files=bench_files,
+                          folders=Folders(export_dir, engines_dir, calibration_dir), results_dir=results_dir,
                           progress=sys.stderr.isatty())
     for line in result.left_out:
         click.echo(f"left out: {line}", err=True)

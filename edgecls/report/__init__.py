@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
+from edgecls.formats import Folders
 from edgecls.report.compare import Answers, Flip
 
 if TYPE_CHECKING:  # gather imports torch, which `import edgecls.report` need not
@@ -28,18 +29,17 @@ class ReportResult:
 
 
 def build_report(checkpoint: str | Path, output: str | Path, *, data: str | Path | None = None,
-                 bench_files: Iterable[str | Path] = (), export_dir: str | Path = "export",
-                 engines_dir: str | Path = "engines", calibration_dir: str | Path = "calibration",
+                 bench_files: Iterable[str | Path] = (), folders: Folders = Folders(),
                  results_dir: str | Path = "results", progress: bool = False) -> ReportResult:
-    """Gather what exists for `checkpoint`, run its ONNX files on the test images of `data`, write the page."""
+    """Gather what exists for `checkpoint` (its files in `folders`, bench files in `results_dir` and `bench_files`),
+    run its ONNX files on the test images of `data`, write the page."""
     from edgecls.artifacts import atomic_write
     from edgecls.report.figures import require_matplotlib
     from edgecls.report.gather import gather
     from edgecls.report.render import render
 
     require_matplotlib()
-    inputs = gather(checkpoint, export_dir=export_dir, engines_dir=engines_dir, calibration_dir=calibration_dir,
-                    results_dir=results_dir, bench_files=bench_files)
+    inputs = gather(checkpoint, folders=folders, results_dir=results_dir, bench_files=bench_files)
     original, artifacts, flipped, unrun = answers(inputs, data, progress)
     page = render(inputs, original, artifacts, flipped, unrun)
     with atomic_write(output, "w") as handle:

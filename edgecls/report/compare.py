@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgecls.bench import model_logits
+from edgecls.formats import BenchResult
 from edgecls.metrics import accuracy, parity, per_class_accuracy
 from edgecls.reference import Reference
 from edgecls.runtime import Classifier
@@ -84,10 +85,10 @@ def run_onnx(path: Path, images: np.ndarray, progress: bool = False) -> np.ndarr
         return model_logits(classifier, images, progress)
 
 
-def bench_answers(name: str, result: dict[str, Any], source: Path) -> Answers:
+def bench_answers(name: str, result: BenchResult, source: Path) -> Answers:
     """An artifact's figures as a bench file recorded them (no per-image answers)."""
-    return Answers(name, str(result["model"].get("precision")), str(source), float(result["accuracy"]),
-                   dict(result.get("per_class") or {}), result.get("parity"), None, None)
+    return Answers(name, result.model["precision"], str(source), result.accuracy, dict(result.per_class),
+                   result.parity, None, None)
 
 
 def flips(original: Answers, artifact: Answers, images: np.ndarray, labels: np.ndarray) -> list[Flip]:

@@ -20,17 +20,16 @@ from typing import Any, Iterable
 import numpy as np
 
 from edgecls import reference as references
-from edgecls.bench import artifacts_of
 from edgecls.checkpoint import Checkpoint, load_checkpoint
 from edgecls.data import load_cifar10, resolve_data_path
 from edgecls.errors import EdgeclsError
-from edgecls.formats import CalibrationRecord, EngineManifest, Int8Report, ModelMetadata
+from edgecls.formats import (BenchResult, CalibrationRecord, EngineManifest, ExportSet, Folders, Int8Report,
+                             ModelFiles, ModelMetadata)
 from edgecls.onnx_graph import load_onnx
 from edgecls.reference import Reference
 
 LOG_NUMBERS = ("loss", "lr", "seconds", "images_per_second")  # required in every line of the training log
 LOG_ACCURACIES = ("test_accuracy", "val_accuracy")  # optional: a number or null
-TIMING_FIELDS = ("variant", "scope", "batch_size", "p50_ms", "p90_ms", "p99_ms", "images_per_s")
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # the layers int8 quantization applies to
 
 
@@ -60,23 +59,25 @@ class ModelRow:
 
 
 @dataclass
-class OnnxFile:
+class ArtifactFile:
+    """An ONNX file or a TensorRT plan of this checkpoint, with the model record it carries."""
+
     path: Path
-    metadata: dict[str, Any]  # the file's `edgecls` metadata record
+    metadata: ModelMetadata  # the ONNX file's `edgecls` metadata; for a plan, the one its manifest carries
 
     @property
     def precision(self) -> str:
-        return str(self.metadata.get("precision"))
+        return self.metadata.precision
 
 
 @dataclass
-class PlanFile:
-    path: Path
-    manifest: dict[str, Any]  # the `.plan.json` beside it
+class OnnxFile(ArtifactFile):
+    pass
 
-    @property
-    def precision(self) -> str:
-        return str(self.manifest.get("precision"))
+
+@dataclass
+class PlanFile(ArtifactFile):
+    manifest: EngineManifest  # the `.plan.json` beside it
 
 
 @dataclass
@@ -84,14 +85,11 @@ class BenchRun:
     """One model's bench result (the single-model form of `edgecls bench --json`), and the file it came from."""
 
     source: Path
-    result: dict[str, Any]
+    result: BenchResult
 
     @property
     def machine(self) -> str:
-        env = self.result.get("environment", {})
-        cores = env.get("threads", {}).get("cpu_count")
-        cpu = f"{env.get('cpu', '?')}" + (f", {cores} cores" if cores else "")
-        return f"{env['gpu']} ({cpu})" if env.get("gpu") else cpu
+        return self.result.machine
 
 
 @dataclass
@@ -133,6 +131,7 @@ class ReportInputs:
     calibration: Calibration | None = None
     int8_report: Int8Report | None = None
     int8_report_path: Path | None = None
+    export_set: ExportSet | None = None  # the export record beside the ONNX files, when there is one
     missing: dict[str, str] = field(default_factory=dict)  # input -> a line saying which command makes it
     notes: dict[str, list[str]] = field(default_factory=dict)  # section -> files found but skipped, and why
     sources: list[Path] = field(default_factory=list)  # every file the page is made from
@@ -140,12 +139,11 @@ class ReportInputs:
     def latest_bench(self, artifact: Path) -> BenchRun | None:
         """The most recent bench result of an artifact, matched by file name: a plan benched on its device was
         named there relative to another working folder."""
-        runs = [run for run in self.bench if Path(run.result["model"]["path"]).name == artifact.name]
-        return max(runs, key=lambda run: str(run.result.get("environment", {}).get("measured_at", "")), default=None)
+        runs = [run for run in self.bench if run.result.path.name == artifact.name]
+        return max(runs, key=lambda run: run.result.measured_at, default=None)
 
 
-def gather(checkpoint: str | Path, *, export_dir: str | Path = "export", engines_dir: str | Path = "engines",
-           calibration_dir: str | Path = "calibration", results_dir: str | Path = "results",
+def gather(checkpoint: str | Path, *, folders: Folders = Folders(), results_dir: str | Path = "results",
            bench_files: Iterable[str | Path] = ()) -> ReportInputs:
     """Read what exists for the checkpoint's model; see the module docstring for what happens to the rest."""
     training = read_training(Path(checkpoint))
@@ -158,16 +156,18 @@ def gather(checkpoint: str | Path, *, export_dir: str | Path = "export", engines
     else:
         inputs.sources.append(training.log_path)
     export_hint = f"`edgecls export --checkpoint {loaded.path} --fp16 --int8`"
-    _gather_export(inputs, Path(export_dir), Path(engines_dir), export_hint)
+    files = folders.of(loaded.model_name)
+    _gather_export(inputs, files, export_hint)
     _gather_bench(inputs, Path(results_dir), [Path(p) for p in bench_files])
-    _gather_quantization(inputs, Path(calibration_dir), Path(export_dir), export_hint)
+    _gather_quantization(inputs, files, export_hint)
     return inputs
 
 
-def _gather_export(inputs: ReportInputs, export_dir: Path, engines_dir: Path, export_hint: str) -> None:
-    """The reference logits, the ONNX files and the plans made from this checkpoint."""
-    model = inputs.model
-    reference_path = export_dir / f"{model}.reference.npz"
+def _gather_export(inputs: ReportInputs, files: ModelFiles, export_hint: str) -> None:
+    """The export record, the reference logits, the ONNX files and the plans made from this checkpoint."""
+    if files.export_record.is_file():
+        inputs.export_set = ExportSet.read(files.export_record)
+    reference_path = files.reference
     if reference_path.is_file():
         reference = references.from_file(reference_path)
         if _belongs(reference.checkpoint_sha256, inputs, reference_path, "accuracy", export_hint):
@@ -176,21 +176,35 @@ def _gather_export(inputs: ReportInputs, export_dir: Path, engines_dir: Path, ex
     if inputs.reference is None:
         inputs.missing["reference"] = (f"no reference logits of this checkpoint ({reference_path}): "
                                        f"{export_hint} writes them")
-    for path in artifacts_of(inputs.checkpoint_path, model, export_dir, engines_dir)[1:]:
+    for path in files.artifacts():
         if not path.is_file():
             continue
         if path.suffix == ".onnx":
-            metadata = ModelMetadata.read(path).to_dict()
-            if _belongs(metadata.get("checkpoint_sha256"), inputs, path, "parity", export_hint):
+            metadata = ModelMetadata.read(path)
+            if _belongs(metadata.checkpoint_sha256, inputs, path, "parity", export_hint):
                 inputs.onnx_files.append(OnnxFile(path, metadata))
         else:
-            manifest = EngineManifest.read(path).to_dict()
-            if _belongs(manifest["edgecls"].get("checkpoint_sha256"), inputs, path, "parity",
-                        "`edgecls build` on the device, from the current export"):
-                inputs.plans.append(PlanFile(path, manifest))
+            manifest = EngineManifest.read(path)
+            remedy = "`edgecls build` on the device, from the current export"
+            if _belongs(manifest.model.checkpoint_sha256, inputs, path, "parity", remedy) and \
+                    _built_from_this_export(manifest, inputs, path, remedy):
+                inputs.plans.append(PlanFile(path, manifest.model, manifest))
     inputs.sources += [artifact.path for artifact in [*inputs.onnx_files, *inputs.plans]]
     if not inputs.onnx_files:
-        inputs.missing["onnx"] = f"no ONNX file of {model} in {export_dir}: {export_hint} writes them"
+        inputs.missing["onnx"] = f"no ONNX file of {inputs.model} in {files.folders.export}: {export_hint} writes them"
+
+
+def _built_from_this_export(manifest: EngineManifest, inputs: ReportInputs, plan: Path, remedy: str) -> bool:
+    """Whether a plan was built from an ONNX file of the current export (when the export has a record): a plan of an
+    earlier export of the same checkpoint is noted and left out."""
+    export = inputs.export_set
+    source = Path(manifest.onnx_path).name
+    if export is None or source not in ExportSet.member_names(inputs.model) or \
+            export.files.get(source) == manifest.onnx_sha256:
+        return True
+    inputs.notes.setdefault("parity", []).append(
+        f"{plan} left out: it was built from another {source} than the current export's; remake it with {remedy}")
+    return False
 
 
 def _gather_bench(inputs: ReportInputs, results_dir: Path, explicit: list[Path]) -> None:
@@ -202,31 +216,46 @@ def _gather_bench(inputs: ReportInputs, results_dir: Path, explicit: list[Path])
                                    f"{inputs.checkpoint_path} --json {results_dir / (inputs.model + '.json')}`")
 
 
-def _gather_quantization(inputs: ReportInputs, calibration_dir: Path, export_dir: Path, export_hint: str) -> None:
-    """The int8 file's layers, its calibration record, and the int8 report when there is one."""
-    model = inputs.model
-    report_path = calibration_dir / f"{model}.int8-report.json"
-    if report_path.is_file():
+def _gather_quantization(inputs: ReportInputs, files: ModelFiles, export_hint: str) -> None:
+    """The int8 file's layers, its calibration record, and the int8 report when there is one: the last two only when
+    they belong to the int8 file's export (`_of_this_export`)."""
+    int8 = next((f for f in inputs.onnx_files if f.precision == "int8"), None)
+    report_path = files.int8_report
+    if report_path.is_file() and _of_this_export(report_path, int8, inputs, export_hint):
         report = Int8Report.read(report_path)
         if _belongs(report.checkpoint_sha256, inputs, report_path, "quantization", export_hint):
             inputs.int8_report, inputs.int8_report_path = report, report_path
             inputs.sources.append(report_path)
-    int8 = next((f for f in inputs.onnx_files if f.precision == "int8"), None)
     if int8 is None:
-        if inputs.int8_report is None:
-            inputs.missing["int8"] = f"no int8 export of {model} in {export_dir}: {export_hint} writes it"
+        inputs.missing["int8"] = f"no int8 export of {inputs.model} in {files.folders.export}: {export_hint} writes it"
         return
+    quantization = int8.metadata.quantization or {}
     graph = load_onnx(int8.path).graph
-    inputs.int8_layers = read_int8_layers(graph, int8.metadata.get("quantization", {}).get("budget"))
-    method = int8.metadata.get("quantization", {}).get("method")
-    record_path = calibration_dir / f"{model}.{method}.json"
+    inputs.int8_layers = read_int8_layers(graph, quantization.get("budget"))
+    record_path = files.calibration_record(str(quantization.get("method")))
     if not record_path.is_file():
         inputs.missing["calibration"] = f"no calibration record {record_path}: `edgecls export --int8` writes it"
+        return
+    if not _of_this_export(record_path, int8, inputs, export_hint):
         return
     calibration = read_calibration(record_path, graph_order(graph))
     if _belongs(calibration.record.get("checkpoint_sha256"), inputs, record_path, "quantization", export_hint):
         inputs.calibration = calibration
         inputs.sources.append(record_path)
+
+
+def _of_this_export(path: Path, int8: OnnxFile | None, inputs: ReportInputs, remedy: str) -> bool:
+    """Whether a file of the int8 export's evidence (its int8 report or calibration record) belongs to the int8 file
+    shown: there must be one, and the export record, when there is one, must list the file with its bytes. Else the
+    file is noted and left out (a report of an earlier export, or of an int8 file a later export removed)."""
+    if int8 is None:
+        why = "the current export has no int8 file"
+    elif inputs.export_set is None or inputs.export_set.companion_matches(path):
+        return True
+    else:
+        why = f"it is not the one the current export of {inputs.model} made (see its export record)"
+    inputs.notes.setdefault("quantization", []).append(f"{path} left out: {why}; remake it with {remedy}")
+    return False
 
 
 def _belongs(theirs: str | None, inputs: ReportInputs, path: Path, section: str, remedy: str) -> bool:
@@ -257,7 +286,7 @@ def test_images(inputs: ReportInputs, data: str | Path | None) -> np.ndarray | N
 def read_training(checkpoint: Path) -> TrainingRun:
     loaded = load_checkpoint(checkpoint)
     device = loaded.device
-    log_path = checkpoint.parent / f"{loaded.model_name}.log.jsonl"
+    log_path = ModelFiles.training_log(checkpoint, loaded.model_name)
     epochs = read_training_log(log_path) if log_path.is_file() else None
     return TrainingRun(loaded, device, log_path, epochs)
 
@@ -308,13 +337,6 @@ def model_table(checkpoint: Checkpoint) -> list[ModelRow]:
 
 # ----------------------------------------------------------------------------------------------- JSON files
 
-def read_json(path: Path, what: str, fix: str) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise EdgeclsError(f"{what} {path} is not readable JSON ({exc}); {fix}") from exc
-
-
 def read_bench_runs(model: str, sha256: str, results_dir: Path, explicit: list[Path],
                     notes: list[str]) -> list[BenchRun]:
     """The bench results of this checkpoint: every `results_dir/*.json` that holds some (others are noted and
@@ -323,11 +345,8 @@ def read_bench_runs(model: str, sha256: str, results_dir: Path, explicit: list[P
     found = sorted(results_dir.glob("*.json")) if results_dir.is_dir() else []
     required, seen = {path.resolve() for path in explicit}, {path.resolve() for path in found}
     for path in found + [p for p in explicit if p.resolve() not in seen]:
-        if path.resolve() in required and not path.is_file():
-            raise EdgeclsError(f"bench file {path} does not exist; write one with `edgecls bench ... --json {path}`")
-        results = bench_results(path, read_json(path, "bench file", "write it again with `edgecls bench --json`"))
-        mine = [r for r in results if r["model"].get("name") == model
-                and r["model"].get("checkpoint_sha256") in (None, sha256)]
+        results = BenchResult.read_all(path)
+        mine = [r for r in results if r.model["name"] == model and r.model.get("checkpoint_sha256") in (None, sha256)]
         if not mine:
             why = (f"{path} holds no bench result of this {model} checkpoint ({sha256[:12]})" if results
                    else f"{path} is not an `edgecls bench --json` file")
@@ -336,28 +355,6 @@ def read_bench_runs(model: str, sha256: str, results_dir: Path, explicit: list[P
             notes.append(f"{why}: left out")
         runs += [BenchRun(path, result) for result in mine]
     return runs
-
-
-def bench_results(path: Path, data: Any) -> list[dict[str, Any]]:
-    """The single-model results in a bench file: the file itself, or the details of each row of `bench --all`.
-    An empty list when the file is some other JSON; an EdgeclsError when it is a bench file with parts missing."""
-    if isinstance(data, dict) and isinstance(data.get("rows"), list):
-        results = [row["details"] for row in data["rows"] if isinstance(row, dict) and row.get("details")]
-    elif isinstance(data, dict) and "timings" in data:
-        results = [data]
-    else:
-        return []
-    for result in results:
-        try:
-            model, timings = result["model"], result["timings"]
-            complete = (isinstance(model, dict) and "path" in model and _is_number(result["accuracy"])
-                        and all(all(key in row for key in TIMING_FIELDS) for row in timings))
-        except (KeyError, TypeError):
-            complete = False
-        if not complete:
-            raise EdgeclsError(f"bench file {path} has a result without model path, accuracy or complete timings "
-                               f"({', '.join(TIMING_FIELDS)}); write it again with `edgecls bench --json`")
-    return results
 
 
 def read_calibration(path: Path, tensor_order: list[str]) -> Calibration:

@@ -202,16 +202,15 @@ def _parity(inputs: ReportInputs, original: Answers | None, artifacts: list[Answ
 def _artifact_table(inputs: ReportInputs) -> str:
     rows = []
     for onnx in inputs.onnx_files:
-        quantization = onnx.metadata.get("quantization")
+        quantization = onnx.metadata.quantization
         facts = _settings(quantization) if quantization else ""
         rows.append([str(onnx.path), "ONNX", onnx.precision, _mb(onnx.path), facts])
     for plan in inputs.plans:
         m = plan.manifest
-        batch = m.get("batch", {})
-        facts = (f"TensorRT {m.get('tensorrt_version')} on {m.get('gpu_name')} "
-                 f"(compute {m.get('compute_capability')}), batch {batch.get('min')}:{batch.get('opt')}:"
-                 f"{batch.get('max')}, built {m.get('built_at')} in {_fmt(m.get('build_seconds'), '.1f')} s "
-                 f"from {m.get('onnx_path')}; runs only there: its figures come from bench files")
+        facts = (f"TensorRT {m.tensorrt_version} on {m.gpu_name} (compute {m.compute_capability}), batch "
+                 f"{m.batch['min']}:{m.batch['opt']}:{m.batch['max']}, built {m.built_at} in "
+                 f"{_fmt(m.build_seconds, '.1f')} s from {m.onnx_path}; runs only there: its figures come from bench "
+                 "files")
         rows.append([str(plan.path), "TensorRT plan", plan.precision, _mb(plan.path), facts])
     return _table(["file", "format", "precision", "MB", "facts"], rows, "artifacts")
 
@@ -242,12 +241,12 @@ def speed_points(runs: Iterable[BenchRun]) -> list[dict[str, Any]]:
     points = []
     for run in runs:
         result = run.result
-        for timing in result["timings"]:
+        for timing in result.timings:
             if timing["scope"] == "end-to-end":
-                points.append({"series": f"{Path(result['model']['path']).name} · {timing['variant']}",
+                points.append({"series": f"{result.path.name} · {timing['variant']}",
                                "machine": run.machine, "batch_size": timing["batch_size"],
                                "p50_ms": timing["p50_ms"], "images_per_s": timing["images_per_s"],
-                               "accuracy": result["accuracy"]})
+                               "accuracy": result.accuracy})
     return points
 
 
@@ -264,11 +263,11 @@ def _speed(inputs: ReportInputs) -> str:
         by_file.setdefault(run.source, []).append(run)
     headers = ["file", "variant", "scope", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s", "accuracy %"]
     for index, (source, runs) in enumerate(by_file.items()):
-        env = runs[0].result.get("environment", {})
+        env = runs[0].result.environment
         versions = ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items())
-        rows = [[run.result["model"]["path"], t["variant"], t["scope"], t["batch_size"], _fmt(t["p50_ms"], ".3f"),
+        rows = [[str(run.result.path), t["variant"], t["scope"], t["batch_size"], _fmt(t["p50_ms"], ".3f"),
                  _fmt(t["p90_ms"], ".3f"), _fmt(t["p99_ms"], ".3f"), _fmt(t["images_per_s"], ",.1f"),
-                 _fmt(run.result["accuracy"], ".2f")] for run in runs for t in run.result["timings"]]
+                 _fmt(run.result.accuracy, ".2f")] for run in runs for t in run.result.timings]
         parts += [_h3(str(source)),
                   _p(f"on {runs[0].machine}, {env.get('platform', '?')}; measured {env.get('measured_at', '?')}; "
                      f"{versions}"),
@@ -282,7 +281,7 @@ def _quantization(inputs: ReportInputs) -> str:
     parts = []
     int8 = next((f for f in inputs.onnx_files if f.precision == "int8"), None)
     if int8 is not None:
-        settings = int8.metadata.get("quantization", {})
+        settings = int8.metadata.quantization or {}
         parts.append(_p(f"{int8.path}: {_settings(settings)}"))
     if inputs.int8_layers:
         rows = [[layer.name, layer.op, layer.precision, layer.reason] for layer in inputs.int8_layers]
