@@ -89,7 +89,8 @@ def train(model_name: str, data: str | None, download: bool, recipe: str, epochs
         recipe_batch = RECIPES[recipe].batch_size
         steps = (len(dataset.train_images) - request.val_split) * RECIPES[recipe].crops_per_image // recipe_batch
         click.echo(f"batch size {request.batch_size}, learning rate {request.plan.lr:g}: the {recipe} recipe's batch of "
-                   f"{recipe_batch} would make {steps} steps an epoch on this data (--batch-size to choose)", err=True)
+                   f"{recipe_batch} would make {steps} step{'' if steps == 1 else 's'} an epoch on this data (--batch-size to "
+                   "choose)", err=True)
     warning = imbalance_warning(dataset)
     if warning:
         click.echo(warning, err=True)
