@@ -45,6 +45,9 @@ class Checkpoint:
     # The training images held out for validation: {"seed", "size", "digests": uint8 N x 16 tensor}; None when the
     # checkpoint was trained on every training image.
     validation: dict[str, Any] | None = field(default=None, repr=False)
+    # What it was trained on (`Cifar10.summary`: source, images per class, how an image-folder tree was read);
+    # None in checkpoints written before it was recorded.
+    data: dict[str, Any] | None = field(default=None, repr=False)
 
     def build_model(self) -> nn.Module:
         """The trained model in eval mode, on the CPU."""
@@ -112,7 +115,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             "use the edgecls version that wrote it"
         )
     try:
-        return Checkpoint(
+        checkpoint = Checkpoint(
             path=path,
             model_name=record["model"],
             model_config=dict(record["model_config"]),
@@ -129,6 +132,12 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             device=record.get("device"),
             resume=record.get("resume"),
             validation=record.get("validation"),
+            data=record.get("data"),
         )
     except KeyError as exc:
         raise EdgeclsError(f"checkpoint {path} lacks the field {exc.args[0]!r}; it is damaged or from another tool") from exc
+    outputs = checkpoint.model_config.get("num_classes", 10)
+    if outputs != len(checkpoint.preprocess.class_names):  # every later stage names logit i by class_names[i]
+        raise EdgeclsError(f"checkpoint {path} names {len(checkpoint.preprocess.class_names)} classes but its model has "
+                           f"{outputs} outputs; it is damaged or was edited, re-train it")
+    return checkpoint

@@ -1,13 +1,20 @@
-"""CIFAR-10 as uint8 arrays, from whichever form the user has, with a cache of the decoded pixels (torch-free).
+"""CIFAR-10, or the user's own classes and photos, as uint8 arrays, from whichever form the user has, with a cache
+of the decoded pixels (torch-free).
 
 Accepted forms (`load_cifar10` works out which one it was given):
 
 - the official python form: the extracted `cifar-10-batches-py/` folder (or a folder holding it), or
   `cifar-10-python.tar.gz` itself (or a folder holding it): pickled `data_batch_1..5`, `test_batch`, `batches.meta`;
-- an image-folder tree `train/<class>/*` and `test/<class>/*` of 32x32 JPEG or PNG images (or a folder holding
-  exactly one such tree);
-- a `.tar` / `.tar.gz` of such a tree, with `train/` and `test/` at its root or inside one top-level folder
-  (the form of ../shared/data/cifar10-jpeg.tar.gz). Archives are read in memory, never extracted.
+- an image-folder tree `train/<class>/*` and, optionally, `test/<class>/*` (or a folder holding exactly one such
+  tree): two classes or more, images of any size in any format the decoder reads (`IMAGE_SUFFIXES`). Each image is
+  brought to the model's input size (32x32) as it is decoded, by the resize and crop `edgecls predict` applies to a
+  photo (`Preprocessing.fit`), so the cache holds what the model will see. Without test images, a seeded
+  `TEST_SPLIT_PERCENT` of each class is held out as the test split;
+- a `.tar` / `.tar.gz` of such a tree, with `train/` (and `test/`) at its root or inside one top-level folder
+  (the form of ../shared/data/cifar10-jpeg.tar.gz). Archives are streamed, never extracted.
+
+Images are read and decoded a chunk at a time, so memory holds the decoded 32x32 arrays and a few chunks of encoded
+files, whatever the size of the photos.
 
 The location is `--data`, else `$EDGECLS_DATA`, else `DEFAULT_DATA_DIR`. Decoded arrays are cached as .npz under
 `$EDGECLS_CACHE` (default `~/.cache/edgecls`), one file per source path, so a second run does not decode 60,000
@@ -29,16 +36,18 @@ import sys
 import tarfile
 import zipfile
 import zlib
-from dataclasses import dataclass
+from collections import Counter, deque
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Tuple
+from typing import Any, Iterable, Iterator, Tuple
 
 import numpy as np
 
 from edgecls.artifacts import atomic_write, check_regular_file, end_with_parent, read_at_most
+from edgecls.defaults import DEFAULT_VAL_SPLIT, VAL_SPLIT_PERCENT
 from edgecls.errors import EdgeclsError, first_line
-from edgecls.imaging import decode
-from edgecls.preprocess import Preprocessing
+from edgecls.imaging import IMAGE_SUFFIXES, decode
+from edgecls.preprocess import Preprocessing, fit_image
 from edgecls.progress import progress_bar
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -49,10 +58,16 @@ DEFAULT_DATA_DIR = Path("data")
 
 DATA_ENV = "EDGECLS_DATA"
 CACHE_ENV = "EDGECLS_CACHE"
-CACHE_VERSION = 1  # bump when the cached arrays' meaning changes, so old cache files are ignored
+CACHE_VERSION = 2  # bump when the cached arrays' meaning changes, so old cache files are ignored
 
-IMAGE_SIZE = 32
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+IMAGE_SIZE = 32  # the model's input size: every image of a data set is brought to it when decoded
+# A tree without test images: this share of each class (seeded, fixed, so that every command reading the data finds
+# the same split) becomes the test split; a class needs MIN_CLASS_IMAGES images for it.
+TEST_SPLIT_PERCENT = 20
+TEST_SPLIT_SEED = 0
+MIN_CLASS_IMAGES = 5
+# A class with fewer than 1/IMBALANCE_RATIO of the largest class's training images is reported.
+IMBALANCE_RATIO = 3
 _ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 _OFFICIAL_DIR = "cifar-10-batches-py"
 _OFFICIAL_ARCHIVE = "cifar-10-python.tar.gz"
@@ -62,13 +77,16 @@ _SPLITS = ("train", "test")
 # An image member of a tree archive: [top/]train|test/<class>/<file>
 _TREE_MEMBER = re.compile(r"(?:([^/]+)/)?(train|test)/([^/]+)/([^/]+)")
 _DECODE_CHUNK = 1000
-# Sizes beyond which a file cannot be CIFAR-10 data, checked before it is read (an archive member's header gives its
-# size before a byte of it is decompressed): a 32x32 image takes a few KB, a batch file 31 MB, the whole data 180 MB.
-MAX_IMAGE_BYTES = 1 << 20
+_DECODE_CHUNK_BYTES = 16 << 20  # a chunk ends at this many encoded bytes too (large photos)
+# Sizes beyond which a file cannot be data, checked before it is read (an archive member's header gives its size before
+# a byte of it is decompressed): a CIFAR-10 batch file takes 31 MB, the whole data 180 MB; an image file may hold up to
+# the decoder's 64 megapixels (a BMP of them takes 192 MB).
+MAX_IMAGE_BYTES = 256 << 20
 MAX_BATCH_BYTES = 64 << 20
 MAX_ARCHIVE_BYTES = 2 << 30  # the sum of every member, skipped ones too, so that reading an archive ends soon
 MAX_ARCHIVE_MEMBERS = 300_000  # CIFAR-10 has 60,000 images (CINIC-10, its larger cousin, 270,000)
 _POOL_MIN_IMAGES = 8192  # below this, starting worker processes costs more than it saves
+_POOL_MIN_ARCHIVE_BYTES = 8 << 20  # the same for an archive, whose image count is known only once it is read
 
 _HOW_TO_GET = (
     f"run with --download, or fetch {CIFAR10_URL} (or an image-folder tree) and pass its path with --data "
@@ -77,6 +95,8 @@ _HOW_TO_GET = (
 
 # (name, bytes) of one encoded image, or of one batch file; the name is what error messages show.
 _Blob = Tuple[str, bytes]  # typing.Tuple: evaluated at import, and JetPack 5 runs Python 3.8
+# (split, class name, file name) of one image of a tree
+_TreeKey = Tuple[str, str, str]
 
 
 @dataclass(eq=False)
@@ -89,6 +109,9 @@ class Cifar10:
     test_labels: np.ndarray
     class_names: list[str]
     source: str = ""
+    # How an image-folder tree was read (JSON-ready): "test_split" ("test/" or the held-out share and seed), "resized"
+    # (images that were not 32x32), "smallest" / "largest" (width x height of the files); empty for other forms.
+    details: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.class_names = [str(name) for name in self.class_names]
@@ -138,8 +161,27 @@ class Cifar10:
         with their labels: a validation split that training never sees."""
         keep = np.setdiff1d(np.arange(len(self.train_labels)), indices)
         rest = Cifar10(self.train_images[keep], self.train_labels[keep], self.test_images, self.test_labels,
-                       list(self.class_names), source=f"{self.source} (without {len(indices)} validation images)")
+                       list(self.class_names), source=f"{self.source} (without {len(indices)} validation images)",
+                       details=dict(self.details))
+        left = np.bincount(rest.train_labels, minlength=len(self.class_names))
+        emptied = [f"{name} ({count})" for name, count, kept in zip(self.class_names, self.class_counts(), left)
+                   if count and not kept]
+        if emptied:
+            raise EdgeclsError(f"the {len(indices):,} validation images would take every training image of "
+                               f"{', '.join(emptied)}: too few images to split; add images to that class or pass "
+                               "a smaller --val-split")
         return rest, self.train_images[indices], self.train_labels[indices]
+
+    def class_counts(self, split: str = "train") -> list[int]:
+        """Images per class in `split`, in class order."""
+        return np.bincount(getattr(self, f"{split}_labels"), minlength=len(self.class_names)).tolist()
+
+    def summary(self) -> dict[str, Any]:
+        """What a checkpoint records about its data (JSON-ready): source, images per class in each split, and how a
+        tree was read (`details`)."""
+        return {"source": self.source, "class_names": list(self.class_names),
+                "train_per_class": self.class_counts("train"), "test_per_class": self.class_counts("test"),
+                **self.details}
 
     def subset(self, train: int | None = None, test: int | None = None, seed: int = 0) -> "Cifar10":
         """A smaller copy with `train` / `test` images (None: all), stratified by class, chosen with `seed`.
@@ -157,6 +199,7 @@ class Cifar10:
             test_labels=self.test_labels[test_index],
             class_names=list(self.class_names),
             source=f"{self.source} (subset: {len(train_index)} train / {len(test_index)} test, seed {seed})",
+            details=dict(self.details),
         )
 
 
@@ -195,6 +238,27 @@ def seeded_subset(total: int, size: int, seed: int) -> np.ndarray:
     """`size` of `total` positions, chosen with `seed` and sorted: the same arguments always give the same images."""
     generator = np.random.default_rng(check_seed(seed))
     return np.sort(generator.choice(total, size=size, replace=False)).astype(np.int64)
+
+
+def default_val_split(total: int) -> int:
+    """Training images held out for validation when --val-split is not given: VAL_SPLIT_PERCENT of them, at most
+    DEFAULT_VAL_SPLIT (CIFAR-10's 50,000 give the paper's 5,000)."""
+    return min(DEFAULT_VAL_SPLIT, total * VAL_SPLIT_PERCENT // 100)
+
+
+def imbalance_warning(data: Cifar10) -> str | None:
+    """A warning line naming the classes with fewer than 1/IMBALANCE_RATIO of the largest class's training images,
+    with their counts; None when the classes are balanced enough."""
+    counts = data.class_counts("train")
+    largest = max(counts)
+    small = [(name, count) for name, count in zip(data.class_names, counts) if count * IMBALANCE_RATIO < largest]
+    if not small:
+        return None
+    big = data.class_names[counts.index(largest)]
+    listed = ", ".join(f"{name} {count:,}" for name, count in small)
+    return (f"warning: the classes are strongly imbalanced: {big} has {largest:,} training images, {listed} "
+            f"(fewer than 1/{IMBALANCE_RATIO} of that); the model will favour the large classes: add images to the "
+            "small ones, and read the per-class accuracy (edgecls eval)")
 
 
 def resolve_data_path(data: str | os.PathLike | None) -> Path:
@@ -260,7 +324,7 @@ def _locate(location: Path) -> tuple[str, Path] | None:
             return "archive", location
         raise EdgeclsError(
             f"{location} is neither a folder nor a .tar/.tar.gz archive; "
-            f"pass the CIFAR-10 folder or archive with --data"
+            f"pass the data folder or archive with --data"
         )
     if not location.is_dir():
         return None
@@ -288,10 +352,18 @@ def _no_data_error(location: Path) -> EdgeclsError:
     if not entries:
         return EdgeclsError(f"data folder {location} is empty: {_HOW_TO_GET}")
     archives = sorted(entry.name for entry in entries if entry.name.lower().endswith(_ARCHIVE_SUFFIXES))
-    hint = f"; to use {archives[0]}, pass {location / archives[0]} with --data" if archives else f"; {_HOW_TO_GET}"
+    class_folders = sorted(entry.name for entry in entries
+                           if entry.is_dir() and any(_is_image(file.name) for file in entry.iterdir()))
+    if archives:
+        hint = f"; to use {archives[0]}, pass {location / archives[0]} with --data"
+    elif class_folders:  # the most common layout of one's own photos: class folders without train/
+        hint = (f"; it holds class folders ({', '.join(class_folders[:4])}{', ...' if len(class_folders) > 4 else ''}) "
+                f"directly: move them into {location / 'train'}/ (a test split is then held out of them)")
+    else:
+        hint = f"; {_HOW_TO_GET}"
     return EdgeclsError(
-        f"{location} holds no CIFAR-10 data (expected {_OFFICIAL_DIR}/, {_OFFICIAL_ARCHIVE}, or train/<class>/ and "
-        f"test/<class>/ image folders){hint}"
+        f"{location} holds no CIFAR-10 data or image folders (expected {_OFFICIAL_DIR}/, {_OFFICIAL_ARCHIVE}, or "
+        f"train/<class>/ image folders, and optionally test/<class>/){hint}"
     )
 
 
@@ -412,32 +484,33 @@ def _unpickle(data: bytes, name: str) -> object:
 
 
 def _read_tree_folder(root: Path) -> Cifar10:
-    tree: dict[str, dict[str, list[_Blob]]] = {}
+    if not (root / "train").is_dir():
+        raise EdgeclsError(f"{root} has no train/ folder: an image-folder data set needs train/<class>/ (and "
+                           "optionally test/<class>/) folders of images")
+    files: list[tuple[_TreeKey, Path]] = []
+    class_folders: dict[str, list[str]] = {}
     for split in _SPLITS:
         folder = root / split
         if not folder.is_dir():
-            raise EdgeclsError(
-                f"{root} has no {split}/ folder: an image-folder data set needs train/<class>/ and test/<class>/"
-            )
+            continue  # no test/: a test split is held out of train/
         class_dirs = [entry for entry in sorted(folder.iterdir()) if entry.is_dir() and not entry.name.startswith(".")]
-        tree[split] = {
-            class_dir.name: [
-                (str(file), _read_file(file, MAX_IMAGE_BYTES))
-                for file in sorted(class_dir.iterdir())
-                if _is_image(file.name)
-            ]
-            for class_dir in class_dirs
-        }
-    return _from_tree(tree, str(root), f"image folders in {root}")
+        class_folders[split] = [class_dir.name for class_dir in class_dirs]
+        files.extend(((split, class_dir.name, str(file)), file)
+                     for class_dir in class_dirs for file in sorted(class_dir.iterdir()) if _is_image(file.name))
+    blobs = ((str(file), _read_file(file, MAX_IMAGE_BYTES)) for _, file in files)  # read as the decoder asks
+    pixels, sizes = _decode_stream(blobs, len(files))
+    return _from_tree([key for key, _ in files], pixels, sizes, class_folders, str(root), f"image folders in {root}")
 
 
 def _read_archive(path: Path) -> Cifar10:
-    """One streaming pass over the archive: batch files and tree images are kept in memory, nothing is extracted."""
+    """One streaming pass over the archive: batch files are kept in memory, tree images are decoded as they come;
+    nothing is extracted."""
     batches: dict[str, _Blob] = {}
-    tree: dict[str, dict[str, list[_Blob]]] = {split: {} for split in _SPLITS}
+    keys: list[_TreeKey] = []
     tops: set[str] = set()
-    total = 0
-    try:
+
+    def tree_images() -> Iterator[_Blob]:
+        total = 0
         _check_tar_end(path)
         with tarfile.open(path, "r|*") as archive:
             for count, member in enumerate(archive, 1):
@@ -464,7 +537,12 @@ def _read_archive(path: Path) -> Cifar10:
                 elif image:
                     top, split, class_name, _ = match.groups()
                     tops.add(top or "")
-                    tree[split].setdefault(class_name, []).append((f"{path}:{name}", _read_member(archive, member)))
+                    keys.append((split, class_name, f"{path}:{name}"))
+                    yield f"{path}:{name}", _read_member(archive, member)
+
+    try:
+        large = path.stat().st_size >= _POOL_MIN_ARCHIVE_BYTES
+        pixels, sizes = _decode_stream(tree_images(), _POOL_MIN_IMAGES if large else 0)
     except PermissionError:
         raise  # not damage: load_cifar10 says which file cannot be read
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
@@ -478,21 +556,19 @@ def _read_archive(path: Path) -> Cifar10:
                 f"archive {path} lacks {', '.join(missing)}: it is incomplete; fetch {CIFAR10_URL} again"
             )
         return _from_batches(batches, f"CIFAR-10 python batches in {path}")
-    if not any(tree.values()):
+    if not keys:
         raise EdgeclsError(
-            f"archive {path} holds no CIFAR-10 data: expected {_OFFICIAL_DIR}/ batches or train/<class>/ and "
-            f"test/<class>/ images, at its root or inside one folder"
+            f"archive {path} holds no CIFAR-10 data: expected {_OFFICIAL_DIR}/ batches or train/<class>/ (and "
+            f"test/<class>/) images, at its root or inside one folder"
         )
     if len(tops) > 1:
         raise EdgeclsError(
             f"archive {path} has images under several top-level folders ({', '.join(sorted(tops))}); "
             f"keep train/ and test/ at its root or inside one folder"
         )
-    for split in tree.values():
-        for images in split.values():
-            images.sort()
     prefix = next(iter(tops))
-    return _from_tree(tree, f"{path}:{prefix}" if prefix else str(path), f"image-folder archive {path}")
+    return _from_tree(keys, pixels, sizes, None, f"{path}:{prefix}" if prefix else str(path),
+                      f"image-folder archive {path}")
 
 
 def _check_tar_end(path: Path) -> None:
@@ -531,37 +607,76 @@ def _read_member(archive: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
 
 
 def _too_large(name: str, size: int, limit: int) -> EdgeclsError:
+    if limit == MAX_IMAGE_BYTES:
+        return EdgeclsError(f"{name} is {size:,} bytes, far more than any image edgecls reads (at most {limit:,}); "
+                            "the file is damaged or is not an image: remove it")
     return EdgeclsError(f"{name} is {size:,} bytes, far more than any CIFAR-10 file (at most {limit:,}); "
                         "the data is damaged or is not CIFAR-10")
 
 
 def _is_image(name: str) -> bool:
-    return name.lower().endswith(_IMAGE_SUFFIXES) and not name.startswith(".")
+    """An image file of a tree: one suffix list with `edgecls predict` (edgecls.imaging.IMAGE_SUFFIXES)."""
+    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES and not name.startswith(".")
 
 
-def _from_tree(tree: dict[str, dict[str, list[_Blob]]], where: str, source: str) -> Cifar10:
-    """Decode a {split: {class: [(name, encoded image)]}} tree; images keep the order given within each class."""
-    for split in _SPLITS:
-        if not any(tree.get(split, {}).values()):
-            raise EdgeclsError(f"no JPEG or PNG images in {where}/{split}/<class>/; put the {split} images there")
-    class_names = _class_order(tree["train"], tree["test"], where)
-    blobs: list[_Blob] = []
-    labels: dict[str, list[int]] = {split: [] for split in _SPLITS}
-    for split in _SPLITS:
-        for label, class_name in enumerate(class_names):
-            images = tree[split][class_name]
-            blobs.extend(images)
-            labels[split].extend([label] * len(images))
-    pixels = decode_images(blobs)
-    n_train = len(labels["train"])
-    return Cifar10(
-        train_images=pixels[:n_train],
-        train_labels=np.array(labels["train"], dtype=np.int64),
-        test_images=pixels[n_train:],
-        test_labels=np.array(labels["test"], dtype=np.int64),
-        class_names=class_names,
-        source=source,
-    )
+def _from_tree(keys: list[_TreeKey], pixels: np.ndarray, sizes: np.ndarray, class_folders: dict[str, list[str]] | None,
+               where: str, source: str) -> Cifar10:
+    """The data set of a tree's decoded images: `keys[i]` names `pixels[i]` (its original `sizes[i]`, height and
+    width); `class_folders` lists each split's class folders, empty ones included (None: the classes that hold images).
+
+    Images are ordered by split, class and file name, whatever order they were read in. Without test images, a
+    seeded TEST_SPLIT_PERCENT of each class is held out as the test split.
+    """
+    counts = Counter((split, class_name) for split, class_name, _ in keys)
+    folders = {split: set(names) for split, names in (class_folders or {}).items()}
+    for split, class_name in counts:
+        folders.setdefault(split, set()).add(class_name)
+    if not any(split == "train" for split, _ in counts):
+        raise EdgeclsError(f"no images in {where}/train/<class>/; put the training images there, one folder per "
+                           f"class ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    test_given = any(split == "test" for split, _ in counts)
+    class_names = _class_order(folders["train"], folders["test"] if test_given else folders["train"], where)
+    if len(class_names) < 2:
+        raise EdgeclsError(f"{where}/train/ has one class folder ({class_names[0]}); a classifier needs two classes "
+                           "or more: add a folder of images per class")
+    for split in _SPLITS if test_given else ("train",):
+        empty = [name for name in class_names if not counts[split, name]]
+        if empty:
+            raise EdgeclsError(f"class folder{'s' if len(empty) > 1 else ''} {', '.join(empty)} in {where}/{split}/ "
+                               f"{'hold' if len(empty) > 1 else 'holds'} no images; add images or remove the folder")
+    position = {name: label for label, name in enumerate(class_names)}
+    order = sorted(range(len(keys)), key=lambda i: (keys[i][0] != "train", position[keys[i][1]], keys[i][2]))
+    pixels, sizes = pixels[order], sizes[order]
+    labels = np.array([position[keys[i][1]] for i in order], dtype=np.int64)
+    n_train = sum(counts["train", name] for name in class_names)
+    test = np.arange(n_train, len(order))
+    details: dict[str, Any] = {"test_split": "test/"}
+    if not test_given:
+        test = _held_out_test(labels, class_names, where)
+        details["test_split"] = {"held_out_percent": TEST_SPLIT_PERCENT, "seed": TEST_SPLIT_SEED}
+        source += f" (no test images: {len(test):,} held out of train/, {TEST_SPLIT_PERCENT}% of each class)"
+    train = np.setdiff1d(np.arange(len(order)), test)
+    area = sizes[:, 0].astype(np.int64) * sizes[:, 1]
+    details.update(resized=int((sizes != IMAGE_SIZE).any(axis=1).sum()),
+                   smallest=[int(v) for v in sizes[area.argmin(), ::-1]],
+                   largest=[int(v) for v in sizes[area.argmax(), ::-1]])
+    return Cifar10(pixels[train], labels[train], pixels[test], labels[test], class_names, source, details)
+
+
+def _held_out_test(labels: np.ndarray, class_names: list[str], where: str) -> np.ndarray:
+    """Positions of the test split of a tree without test images: TEST_SPLIT_PERCENT of each class (at least one),
+    chosen with TEST_SPLIT_SEED; a class of fewer than MIN_CLASS_IMAGES images is refused, naming it."""
+    counts = np.bincount(labels, minlength=len(class_names))
+    few = [f"{name} ({count})" for name, count in zip(class_names, counts) if count < MIN_CLASS_IMAGES]
+    if few:
+        raise EdgeclsError(f"too few images to split off a test set in {where}/train/: {', '.join(few)}; each class "
+                           f"needs at least {MIN_CLASS_IMAGES} images, or give test/<class>/ folders of test images")
+    rng = np.random.default_rng(TEST_SPLIT_SEED)
+    chosen = []
+    for label, count in enumerate(counts):
+        members = np.flatnonzero(labels == label)
+        chosen.append(rng.permutation(members)[: max(1, count * TEST_SPLIT_PERCENT // 100)])
+    return np.sort(np.concatenate(chosen))
 
 
 def _class_order(train: Iterable[str], test: Iterable[str], where: str) -> list[str]:
@@ -580,43 +695,75 @@ def _class_order(train: Iterable[str], test: Iterable[str], where: str) -> list[
 
 
 def decode_images(blobs: list[_Blob], workers: int | None = None) -> np.ndarray:
-    """Decode 32x32 JPEG/PNG images to N x 32 x 32 x 3 uint8 RGB, with a progress bar.
+    """Decode images of any size and format to N x 32 x 32 x 3 uint8 RGB, each brought to 32x32 as `edgecls predict`
+    brings a photo to the model's input (`Preprocessing.fit`), with a progress bar.
 
     workers: processes to decode with (None: one per core, up to 8, for large sets; 1 below _POOL_MIN_IMAGES or
     where processes cannot be forked).
     """
+    return _decode_stream(iter(blobs), len(blobs), workers)[0]
+
+
+def _decode_stream(blobs: Iterator[_Blob], expected: int, workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(N x 32 x 32 x 3 fitted pixels, N x 2 original height and width) of the images `blobs` yields, consumed a chunk
+    at a time, so that only a few chunks of encoded files are in memory at once; `expected`: about how many there are
+    (decides whether to start worker processes)."""
     if workers is None:
-        large = len(blobs) >= _POOL_MIN_IMAGES
+        large = expected >= _POOL_MIN_IMAGES
         workers = min(_usable_cores(), 8) if large and "fork" in multiprocessing.get_all_start_methods() else 1
-    pixels = np.empty((len(blobs), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-    chunks = [blobs[start : start + _DECODE_CHUNK] for start in range(0, len(blobs), _DECODE_CHUNK)]
-    with progress_bar(total=len(blobs), desc="decoding images", unit="img") as bar:
+    decoded: list[tuple[np.ndarray, np.ndarray]] = []
+    with progress_bar(total=expected or None, desc="decoding images", unit="img") as bar:
         if workers <= 1:
-            decoded: Iterable[np.ndarray] = map(_decode_chunk, chunks)
-            for start, chunk in zip(range(0, len(blobs), _DECODE_CHUNK), decoded):
-                pixels[start : start + len(chunk)] = chunk
+            for chunk in _chunks(blobs):
+                decoded.append(_decode_chunk(chunk))
                 bar.update(len(chunk))
-            return pixels
-        # fork, not spawn/forkserver: those re-run the caller's __main__, which breaks scripts without a main guard.
-        # The children only decode with Pillow, so threads the parent may run (torch) are no danger to them.
-        pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                                                      initializer=end_with_parent, initargs=(os.getpid(),))
-        try:
-            for start, chunk in zip(range(0, len(blobs), _DECODE_CHUNK), pool.map(_decode_chunk, chunks)):
-                pixels[start : start + len(chunk)] = chunk
-                bar.update(len(chunk))
-        finally:
-            pool.shutdown(cancel_futures=True)
-    return pixels
+        else:
+            # fork, not spawn/forkserver: those re-run the caller's __main__, which breaks scripts without a main
+            # guard. The children only decode with Pillow, so threads the parent may run (torch) are no danger to them.
+            pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                                          initializer=end_with_parent, initargs=(os.getpid(),))
+            pending: deque = deque()
+            try:
+                for chunk in _chunks(blobs):
+                    pending.append(pool.submit(_decode_chunk, chunk))
+                    if len(pending) >= 2 * workers:  # bounded: the oldest chunk is collected before more are read
+                        decoded.append(pending.popleft().result())
+                        bar.update(len(decoded[-1][0]))
+                while pending:
+                    decoded.append(pending.popleft().result())
+                    bar.update(len(decoded[-1][0]))
+            finally:
+                pool.shutdown(cancel_futures=True)
+    if not decoded:
+        return np.empty((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8), np.empty((0, 2), np.int64)
+    pixels = np.concatenate([chunk_pixels for chunk_pixels, _ in decoded])
+    return pixels, np.concatenate([chunk_sizes for _, chunk_sizes in decoded])
 
 
-def _decode_chunk(blobs: list[_Blob]) -> np.ndarray:
-    return np.stack([_decode_image(data, name) for name, data in blobs])
+def _chunks(blobs: Iterator[_Blob]) -> Iterator[list[_Blob]]:
+    """`blobs` in lists of at most _DECODE_CHUNK images and about _DECODE_CHUNK_BYTES encoded bytes."""
+    chunk: list[_Blob] = []
+    size = 0
+    for blob in blobs:
+        chunk.append(blob)
+        size += len(blob[1])
+        if len(chunk) >= _DECODE_CHUNK or size >= _DECODE_CHUNK_BYTES:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
 
 
-def _decode_image(data: bytes, name: str) -> np.ndarray:
-    """One encoded image of the data set, by the same decoder `edgecls predict` uses, refused unless 32x32."""
-    return decode(data, name, size=(IMAGE_SIZE, IMAGE_SIZE))
+def _decode_chunk(blobs: list[_Blob]) -> tuple[np.ndarray, np.ndarray]:
+    decoded = [_decode_image(data, name) for name, data in blobs]
+    return np.stack([pixels for pixels, _ in decoded]), np.array([size for _, size in decoded], dtype=np.int64)
+
+
+def _decode_image(data: bytes, name: str) -> tuple[np.ndarray, tuple[int, int]]:
+    """One encoded image of the data set, by the decoder `edgecls predict` uses, brought to 32x32 by the resize and
+    crop it applies (`Preprocessing.fit`); with its original height and width."""
+    image = decode(data, name)
+    return fit_image(image, IMAGE_SIZE), image.shape[:2]
 
 
 # --- the cache -------------------------------------------------------------------------------------------------
@@ -655,6 +802,7 @@ def _read_cache(cache_file: Path, signature: str) -> Cifar10 | None:
                 test_labels=stored["test_labels"],
                 class_names=[str(name) for name in stored["class_names"]],
                 source=str(stored["source"]),
+                details=json.loads(str(stored["details"])),
             )
     except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as exc:
         print(f"warning: ignoring the data cache {cache_file}, which is unreadable or damaged ({first_line(exc, 300)}); "
@@ -674,6 +822,7 @@ def _write_cache(cache_file: Path, signature: str, dataset: Cifar10) -> None:
                 test_labels=dataset.test_labels,
                 class_names=np.array(dataset.class_names),
                 source=np.array(dataset.source),
+                details=np.array(json.dumps(dataset.details)),
             )
     except (EdgeclsError, OSError) as exc:  # a missing cache only costs time, so it must not stop the run
         print(
@@ -716,6 +865,8 @@ __all__ = [
     "cache_dir",
     "cache_path_for",
     "decode_images",
+    "default_val_split",
+    "imbalance_warning",
     "load_cifar10",
     "resolve_data_path",
 ]

@@ -2,7 +2,8 @@
 
 All four share one shape: 3x3 convolutions with batch norm and ReLU, 3x3/2 max pooling (padding 1),
 then, for the "new" models, two 3x3 transposed convolutions that shrink the maps further before a small
-fully connected head. Input 3 x 28 x 28, output 10 logits (softmax is left to the loss / the runtime).
+fully connected head. Input 3 x 28 x 28, output one logit per class (`num_classes`: 10 for CIFAR-10, the number of
+class folders for one's own data; softmax is left to the loss / the runtime).
 """
 
 from __future__ import annotations
@@ -109,11 +110,16 @@ register(ModelSpec(
 
 
 def create_model(name: str, **config) -> nn.Module:
-    """Build a registered model with fresh weights; `config` overrides its defaults (e.g. num_classes)."""
+    """Build a registered model with fresh weights; `config` overrides its defaults (e.g. num_classes: the data's
+    number of classes, 2 or more)."""
     from edgecls.errors import EdgeclsError
 
     if name not in MODELS:
         raise EdgeclsError(f"unknown model {name!r}; choose one of {', '.join(MODELS)} (see `edgecls models`)")
+    classes = config.get("num_classes", 10)
+    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 2:
+        raise EdgeclsError(f"a classifier needs 2 classes or more, got num_classes={classes!r}; give the data at "
+                           "least two class folders")
     return MODELS[name].build(**config)
 
 

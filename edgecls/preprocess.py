@@ -102,15 +102,20 @@ class Preprocessing:
         return np.ascontiguousarray((chw - mean) * inv_std)
 
     def fit(self, image: np.ndarray) -> np.ndarray:
-        """One uint8 image (H x W, or H x W x 1, 3 or 4) as input_size x input_size x 3 RGB: the shorter side resized
-        to input_size, the center kept. Its memory is that of the image, whatever the image's shape."""
-        image = to_rgb(image)
-        height, width = image.shape[:2]
-        if height == 0 or width == 0:
-            raise EdgeclsError(f"an image of {height}x{width} pixels has nothing to classify; remove it")
-        if (height, width) == (self.input_size, self.input_size):
-            return image
-        return resize_shorter_side(image, self.input_size, window=self.input_size)
+        """One uint8 image as input_size x input_size x 3 RGB (`fit_image`)."""
+        return fit_image(image, self.input_size)
+
+
+def fit_image(image: np.ndarray, size: int) -> np.ndarray:
+    """One uint8 image (H x W, or H x W x 1, 3 or 4) as size x size x 3 RGB: the shorter side resized to size, the
+    center kept. Its memory is that of the image, whatever the image's shape."""
+    image = to_rgb(image)
+    height, width = image.shape[:2]
+    if height == 0 or width == 0:
+        raise EdgeclsError(f"an image of {height}x{width} pixels has nothing to classify; remove it")
+    if (height, width) == (size, size):
+        return image
+    return resize_shorter_side(image, size, window=size)
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple
 
@@ -30,8 +30,8 @@ from tqdm import tqdm
 
 from edgecls.artifacts import atomic_write, ensure_writable_dir, library_versions
 from edgecls.checkpoint import load_checkpoint, save_checkpoint, validation_record
-from edgecls.data import Cifar10, check_seed, seeded_subset
-from edgecls.defaults import CHECKPOINT_DIR, CROP_SIZE, DEFAULT_VAL_SPLIT
+from edgecls.data import Cifar10, check_seed, default_val_split, seeded_subset
+from edgecls.defaults import CHECKPOINT_DIR, CROP_SIZE, MIN_FITTED_BATCH, MIN_STEPS_PER_EPOCH
 from edgecls.device import backend_flags, gpu_name, normalize_on_device, on_device, pick_device, synchronize
 from edgecls.errors import EdgeclsError
 from edgecls.evaluate import torch_logits
@@ -270,10 +270,11 @@ def checkpoint_paths(out_dir: str | os.PathLike, model_name: str) -> CheckpointP
 class TrainRequest:
     """One training run, asked for: `edgecls train` builds it from its options, `train` takes it. Every option is
     checked once, when the request is made, before any data is read; only the validation split's size waits for
-    the data (`check_data`).
+    the data (`for_data`).
 
     `val_split` training images (seeded) are held out: training never sees them, and `eval_every` picks best.pt by
-    accuracy on them; the test split is only reported. With `val_split=0`, best.pt is picked on the test split.
+    accuracy on them; the test split is only reported. With `val_split=0`, best.pt is picked on the test split;
+    None (the default): `default_val_split` of the data, 10% of its training images, at most 5,000 (CIFAR-10's 5,000).
     `cudnn_benchmark`: let cuDNN time its algorithms for the (fixed) batch shape, on CUDA.
     """
 
@@ -283,7 +284,7 @@ class TrainRequest:
     batch_size: int | None = None
     lr: float | None = None
     seed: int = 0
-    val_split: int = DEFAULT_VAL_SPLIT
+    val_split: int | None = None
     device: str | None = None  # None: CUDA when available, else the CPU
     out_dir: Path = Path(CHECKPOINT_DIR)
     eval_every: int = 0
@@ -302,9 +303,23 @@ class TrainRequest:
         object.__setattr__(self, "out_dir", Path(self.out_dir))
         object.__setattr__(self, "torch_device", pick_device(self.device))
 
-    def check_data(self, data: Cifar10) -> None:
-        """Refuse a validation split the data cannot give (known only once the data is read)."""
-        check_val_split(self.val_split, len(data.train_images))
+    def for_data(self, data: Cifar10) -> TrainRequest:
+        """This request decided for `data` (known only once the data is read): the validation split where none was
+        asked for (`default_val_split`), refused when the data cannot give it; and, where no batch size was asked for
+        and the data is small, the recipe's batch halved until an epoch has MIN_STEPS_PER_EPOCH steps (the learning
+        rate scaled with it, as --batch-size does): 1,024 would leave a set of 1,500 photos one step an epoch."""
+        total = len(data.train_images)
+        size = default_val_split(total) if self.val_split is None else self.val_split
+        check_val_split(size, total)
+        batch = self.batch_size
+        if batch is None:
+            samples, batch = (total - size) * self.plan.crops_per_image, self.plan.batch_size
+            while batch // 2 >= MIN_FITTED_BATCH and samples // batch < MIN_STEPS_PER_EPOCH:
+                batch //= 2
+            batch = None if batch == self.plan.batch_size else batch
+        if (size, batch) == (self.val_split, self.batch_size):
+            return self
+        return replace(self, val_split=size, batch_size=batch)
 
     @property
     def paths(self) -> CheckpointPaths:
@@ -450,7 +465,7 @@ def checkpoint_record(run: Run, entry: EpochLog) -> dict[str, Any]:
         "preprocess": run.preprocess.to_dict(), "epoch": entry.epoch, "epochs": run.plan.epochs,
         "test_accuracy": entry.test_accuracy, "val_accuracy": entry.val_accuracy,
         "data_fingerprint": data.fingerprint, "validation": run.split.record, "train_args": request.train_args(),
-        "versions": library_versions("torch", "numpy"), "device": gpu_name(run.device),
+        "versions": library_versions("torch", "numpy"), "device": gpu_name(run.device), "data": data.summary(),
     }
 
 
@@ -458,7 +473,7 @@ def train(request: TrainRequest, data: Cifar10,
           on_epoch_end: Callable[[EpochLog], None] | None = None) -> TrainResult:
     """Train as `request` asks on `data` and write <out>/<model>.pt (last), its log and, with eval_every,
     <model>.best.pt. `on_epoch_end` is called with each epoch's log entry, after its checkpoint is written."""
-    request.check_data(data)
+    request = request.for_data(data)
     ensure_writable_dir(request.out_dir)
     dev, plan = request.torch_device, request.plan
     with on_device(dev), backend_flags(cudnn_benchmark=request.cudnn_benchmark and dev.type == "cuda"):

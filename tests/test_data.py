@@ -7,6 +7,7 @@ import os
 import pickle
 import struct
 import tarfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from edgecls.data import (
     Cifar10,
     cache_path_for,
     decode_images,
+    image_digests,
     load_cifar10,
     resolve_data_path,
 )
@@ -485,15 +487,28 @@ def test_class_folders_differ_between_splits(tmp_path: Path) -> None:
     assert "only in train: cat" in message and "only in test: kitten" in message and str(root) in message
 
 
-def test_tree_without_test_split(tmp_path: Path) -> None:
-    root = write_tree(make_reference(), tmp_path / "tree")
+def test_tree_without_test_images_holds_out_a_seeded_share_of_each_class(tmp_path: Path) -> None:
+    ref = make_reference(train_per_class=3)
+    root = write_tree(ref, tmp_path / "tree")
     for file in (root / "test").rglob("*.png"):
         file.unlink()
-    message = error_of(lambda: load_cifar10(root, cache=False))
-    assert "no JPEG or PNG images" in message and "test" in message
+    message = error_of(lambda: load_cifar10(root, cache=False))  # 3 images per class cannot be split
+    assert "too few images to split" in message and "airplane (3)" in message and "truck (3)" in message
+
+    ref = make_reference(train_per_class=10)
+    root = write_tree(ref, tmp_path / "tree10")
+    for file in (root / "test").rglob("*.png"):
+        file.unlink()
+    loaded = load_cifar10(root, cache=False)
+    assert loaded.class_counts("test") == [2] * 10 and loaded.class_counts("train") == [8] * 10  # 20% of each class
+    assert "held out" in loaded.source and loaded.details["test_split"] == {"held_out_percent": 20, "seed": 0}
+    together = np.concatenate([loaded.train_images, loaded.test_images])
+    assert sorted(image_digests(together)) == sorted(image_digests(ref.train_images))  # every image, in one split
+    again = load_cifar10(root, cache=False)
+    assert again.fingerprint == loaded.fingerprint  # the same split at every load: export and bench find it again
 
 
-@pytest.mark.parametrize("problem", ["garbage", "truncated jpeg", "wrong size"])
+@pytest.mark.parametrize("problem", ["garbage", "truncated jpeg", "too large"])
 def test_bad_images_are_named(tmp_path: Path, problem: str) -> None:
     root = write_tree(make_reference(), tmp_path / "tree", suffix=".jpg")
     culprit = root / "train" / "dog" / "bad.jpg"
@@ -503,11 +518,15 @@ def test_bad_images_are_named(tmp_path: Path, problem: str) -> None:
         encoded = io.BytesIO()
         Image.fromarray(np.full((32, 32, 3), 99, np.uint8)).save(encoded, "JPEG")
         culprit.write_bytes(encoded.getvalue()[:200])
-    else:
-        Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(culprit)
+    else:  # a header claiming more pixels than the decoder's cap
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(culprit, "PNG")
+        blob = bytearray(culprit.read_bytes())
+        blob[16:24] = struct.pack(">II", 10000, 10000)  # IHDR width and height, and the chunk's checksum
+        blob[29:33] = struct.pack(">I", zlib.crc32(bytes(blob[12:29])))
+        culprit.write_bytes(bytes(blob))
     message = error_of(lambda: load_cifar10(root, cache=False))
     assert str(culprit) in message
-    assert ("40x30" in message and "32x32" in message) if problem == "wrong size" else "cannot decode" in message
+    assert "10000x10000" in message if problem == "too large" else "cannot decode" in message
     archive = write_tree_tar(root, tmp_path / "tree.tar.gz", top="tree")  # inside an archive: archive:member
     assert f"{archive}:tree/train/dog/bad.jpg" in error_of(lambda: load_cifar10(archive, cache=False))
 

@@ -63,3 +63,16 @@ def test_models_command_lists_both_sets_of_figures():
     for name, (params, _, _) in EXPECTED.items():
         line = next(l for l in result.output.splitlines() if l.startswith(name + " "))
         assert f"{params:,}" in line and f"{MODELS[name].paper.params:,}" in line
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_models_take_the_data_s_number_of_classes(name):
+    model = create_model(name, num_classes=3).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 28, 28)).shape == (2, 3)
+    # only the output layer changes: 256 (or Fc1's width) x (10 - 3) weights and 7 biases fewer
+    fc1 = model.classifier[1].out_features
+    assert model_stats(model).params == EXPECTED[name][0] - (fc1 + 1) * 7
+    for bad in (1, 0, -2, 2.5, True):
+        with pytest.raises(EdgeclsError, match="2 classes or more"):
+            create_model(name, num_classes=bad)

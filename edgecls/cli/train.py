@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from edgecls.cli.common import DATA_HELP
-from edgecls.defaults import CHECKPOINT_DIR, DEFAULT_VAL_SPLIT
+from edgecls.defaults import CHECKPOINT_DIR, DEFAULT_VAL_SPLIT, VAL_SPLIT_PERCENT
 from edgecls.recipes import DEFAULT_RECIPE, RECIPES
 
 
@@ -40,9 +40,11 @@ def models() -> None:
 @click.option("--lr", type=float, help="Override the peak learning rate.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the initial weights, the augmentation and the validation split (0 or more).")
-@click.option("--val-split", type=click.IntRange(min=0), default=DEFAULT_VAL_SPLIT, show_default=True,
+@click.option("--val-split", type=click.IntRange(min=0),
               help="Training images (seeded) held out for validation: --eval-every picks best.pt on them, and export "
-                   "makes its accuracy decisions on them. 0: none (best.pt is then picked on the test split).")
+                   "makes its accuracy decisions on them. 0: none (best.pt is then picked on the test split). "
+                   f"Default: {VAL_SPLIT_PERCENT}% of the training images, at most {DEFAULT_VAL_SPLIT:,} (CIFAR-10: "
+                   f"{DEFAULT_VAL_SPLIT:,}).")
 @click.option("--device", help="cuda, cuda:1, cpu ... Default: cuda when available.")
 @click.option("--out", "out_dir", default=CHECKPOINT_DIR, show_default=True, help="Folder for checkpoints and the log.")
 @click.option("--eval-every", type=click.IntRange(min=0), default=0,
@@ -52,15 +54,20 @@ def models() -> None:
               help="Use a seeded subset of this many training images (quick CPU runs).")
 @click.option("--test-images", type=click.IntRange(min=1), help="Use a seeded subset of this many test images.")
 def train(model_name: str, data: str | None, download: bool, recipe: str, epochs: int | None, batch_size: int | None,
-          lr: float | None, seed: int, val_split: int, device: str | None, out_dir: str, eval_every: int, resume: bool,
+          lr: float | None, seed: int, val_split: int | None, device: str | None, out_dir: str, eval_every: int, resume: bool,
           train_images: int | None, test_images: int | None) -> None:
-    """Train a model on CIFAR-10 and write <out>/<model>.pt.
+    """Train a model on CIFAR-10, or on your own photos, and write <out>/<model>.pt.
+
+    Your own data: a folder (or .tar/.tar.gz) with train/<class>/ folders of images of any size and format (JPEG, PNG,
+    WebP, BMP, ...) and optionally test/<class>/; without test images, 20% of each class is held out (seeded).
 
     Example: edgecls train --model new2 --data ../shared/data/cifar10-jpeg.tar.gz --epochs 40
+
+    Example: edgecls train --data my-photos/
     """
     import time
 
-    from edgecls.data import load_cifar10
+    from edgecls.data import imbalance_warning, load_cifar10
     from edgecls.train import TrainRequest
     from edgecls.train import train as run_training
 
@@ -71,9 +78,22 @@ def train(model_name: str, data: str | None, download: bool, recipe: str, epochs
     dataset = load_cifar10(data, download=download)
     if train_images is not None or test_images is not None:
         dataset = dataset.subset(train_images, test_images, seed=seed)
-    request.check_data(dataset)
-    click.echo(f"data: {dataset.source}: {len(dataset.train_images):,} training / {len(dataset.test_images):,} test "
-               f"images, loaded in {time.perf_counter() - started:.1f} s", err=True)
+    request = request.for_data(dataset)
+    resized = dataset.details.get("resized")
+    fitted = (f"; {resized:,} images brought to 32x32 (files from {'x'.join(map(str, dataset.details['smallest']))} "
+              f"to {'x'.join(map(str, dataset.details['largest']))})") if resized else ""
+    click.echo(f"data: {dataset.source}: {len(dataset.class_names)} classes, {len(dataset.train_images):,} training "
+               f"({request.val_split:,} held out for validation) / {len(dataset.test_images):,} test images, loaded in "
+               f"{time.perf_counter() - started:.1f} s{fitted}", err=True)
+    if batch_size is None and request.batch_size is not None:  # fitted to a small data set (TrainRequest.for_data)
+        recipe_batch = RECIPES[recipe].batch_size
+        steps = (len(dataset.train_images) - request.val_split) * RECIPES[recipe].crops_per_image // recipe_batch
+        click.echo(f"batch size {request.batch_size}, learning rate {request.plan.lr:g}: the {recipe} recipe's batch of "
+                   f"{recipe_batch} would make {steps} step{'' if steps == 1 else 's'} an epoch on this data (--batch-size to "
+                   "choose)", err=True)
+    warning = imbalance_warning(dataset)
+    if warning:
+        click.echo(warning, err=True)
     result = run_training(request, dataset)
     validation = "" if result.val_accuracy is None else f"validation accuracy {result.val_accuracy:.2f}%, "
     averaged = "" if result.live_test_accuracy is None else (
