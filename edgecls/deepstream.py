@@ -393,12 +393,14 @@ class DeepStreamReport:
     options: list[Agreement]  # every emulated option, both network inputs
 
     def lines(self) -> list[str]:
-        best = max(self.options, key=lambda found: found.agreement)
+        highest = max(found.agreement for found in self.options)
+        best = [found for found in self.options if found.agreement == highest]
         out = [f"{label}: {path}" for label, path in self.files.items()]
         out.append(f"emulated nvinfer, as configured: {self.configured.line()}")
         out.append("every emulated option:")
         out += [f"  {found.line()}" for found in self.options]
-        out.append(f"highest: {best.line()}")
+        shown = self.configured if self.configured in best else best[0]
+        out.append(f"highest ({len(best)} of {len(self.options)} options reach it): {shown.line()}")
         return out
 
     def to_dict(self) -> dict[str, Any]:

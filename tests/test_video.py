@@ -323,3 +323,12 @@ def test_gstreamer_pipeline_needs_an_opencv_with_gstreamer():
         pytest.skip("this OpenCV has GStreamer: the refusal is for builds without it")
     with pytest.raises(EdgeclsError, match="built without GStreamer"):
         OpenCVSource(SourceSpec("videotestsrc ! appsink", "pipeline"))
+
+
+def test_doctor_names_the_opencv_and_its_gstreamer():
+    from edgecls.video import has_gstreamer
+
+    result = CliRunner().invoke(main, ["doctor", "--json", "--no-build"])
+    line = next(check for check in json.loads(result.stdout)["checks"] if check["name"] == "OpenCV")["value"]
+    assert line.startswith(f"{cv2.__version__}, ") and str(Path(cv2.__file__).parent) in line
+    assert ("with GStreamer" if has_gstreamer(cv2) else "without GStreamer") in line
