@@ -247,14 +247,12 @@ class FrameQueue:
             self._closed = True
             self._cond.notify_all()
 
-    def discard(self) -> int:
-        """Drop what is still queued (the run was interrupted); returns how many frames that was."""
+    def discard(self) -> None:
+        """Drop what is still queued (the run was stopped)."""
         with self._cond:
-            count = len(self._items)
             self._items.clear()
             self._bytes = 0
             self._cond.notify_all()
-            return count
 
 
 class LatencyHistogram:
@@ -306,7 +304,7 @@ class VideoSummary:
     frames_classified: int = 0
     frames_dropped: int = 0  # live sources: dropped by the queue because inference fell behind
     frames_skipped: int = 0  # not classified because of --every
-    frames_discarded: int = 0  # still queued when the run was interrupted
+    frames_discarded: int = 0  # read but not classified when the run was stopped (queued, or in the batch running)
     decode_seconds: float = 0.0  # time the reader spent in the source's read / grab
     inference_seconds: float = 0.0  # time spent classifying (preprocessing of the batch included)
     wall_seconds: float = 0.0
@@ -347,7 +345,7 @@ class VideoSummary:
 
         dropped = f", {self.frames_dropped:,} dropped (inference fell behind)" if self.live else ""
         skipped = f", {self.frames_skipped:,} skipped (--every)" if self.frames_skipped else ""
-        discarded = f", {self.frames_discarded:,} queued when stopped" if self.frames_discarded else ""
+        discarded = f", {self.frames_discarded:,} in flight when stopped" if self.frames_discarded else ""
         return [f"{self.source}: {self.ended}",
                 f"frames: {self.frames_read:,} read, {self.frames_classified:,} classified{dropped}{skipped}{discarded}",
                 f"decode {self.decode_fps:,.1f} fps, inference {self.inference_fps:,.1f} fps, overall "
@@ -472,15 +470,19 @@ def run_video(source: FrameSource, classifier: Classifying, *, top_k: int = 3, e
         summary.failed = reader.failure is not None or (source.live and reader.ended_at_source)
     except KeyboardInterrupt:
         summary.ended, summary.interrupted = "interrupted (Ctrl-C)", True
+    except BrokenPipeError:  # whoever read the results went away (`edgecls predict cam.mp4 | head`): stop quietly
+        summary.ended = "the output was closed"
     finally:
         reader.stop.set()
         queue.close()
-        summary.frames_discarded = queue.discard()
+        queue.discard()
         reader.join(timeout=5)  # a live read blocks at most a frame interval; a hung stream is left to the daemon
         summary.wall_seconds = time.perf_counter() - started
         summary.frames_read, summary.frames_skipped = reader.read_count, reader.skipped
         summary.decode_seconds = reader.decode_seconds
         summary.frames_dropped = queue.dropped
+        summary.frames_discarded = max(0, summary.frames_read - summary.frames_skipped - summary.frames_dropped
+                                       - summary.frames_classified)
         summary.queue_peak = queue.peak_frames
         for attribute, q in (("latency_p50_ms", 50), ("latency_p99_ms", 99)):
             value = latency.percentile(q)
@@ -601,7 +603,13 @@ def predict_video(spec: SourceSpec, engine: str, *, provider: str = "cpu", top_k
             summary = run_video(source, classifier, top_k=top_k, every=every, max_frames=max_frames,
                                 batch_size=batch_size, queue_frames=queue_frames, name=spec.text, writer=writer,
                                 on_result=lambda result: out.write(result.json_line() + "\n"))
-            out.flush()
+            try:
+                out.flush()
+            except BrokenPipeError:
+                summary.ended = "the output was closed"
+            if summary.ended == "the output was closed" and out is sys.stdout:
+                # Python's own flush of stdout at exit would fail again, with a traceback: point it at /dev/null.
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except BaseException:
         if writer is not None:
             writer.finish(install=False)
