@@ -76,6 +76,9 @@ def parse_source(text: str) -> Optional[SourceSpec]:
 
 
 def _cv2() -> Any:
+    # FFmpeg's and OpenCV's own log lines would come before our one-line errors; a user who wants them sets these.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     import cv2  # the `video` extra; the CLI turns its absence into one line naming the extra
 
     return cv2
