@@ -157,7 +157,7 @@ def test_bad_video_input_is_one_line_before_work(fp32_onnx, clips, tmp_path):
     assert code == 2 and "one video source at a time" in stderr
     # Video options with still images: said, not ignored.
     code, _, stderr = run(str(clips["native"][0]), "--engine", str(fp32_onnx), "--every", "2")
-    assert code == 2 and "--every apply to a video source" in stderr
+    assert code == 2 and "video options (--every) need a video source" in stderr
 
 
 def test_sources_are_told_apart(tmp_path):

@@ -146,8 +146,8 @@ def predict(images: tuple[str, ...], engine: str, top_k: int, provider: str, eve
                                 output))
     given = [label for label, value in video_options.items() if value is not None]
     if given:
-        raise EdgeclsError(f"{', '.join(given)} apply to a video source; {images[0]} is not one (videos end in .mp4, "
-                           ".mkv, .avi, ...; cameras are /dev/videoN or an index)")
+        raise EdgeclsError(f"video options ({', '.join(given)}) need a video source; {images[0]} is not one (videos "
+                           "end in .mp4, .mkv, .avi, ...; cameras are /dev/videoN or an index)")
     from tqdm import tqdm
 
     from edgecls.runtime import Classifier
