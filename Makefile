@@ -15,7 +15,7 @@ $(VENV)/installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	# PyTorch first, pinned: the versions these machines (and CI) have on disk.
 	$(VENV)/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(VENV)/bin/pip install --quiet -e '.[train,test,report,client]'
+	$(VENV)/bin/pip install --quiet -e '.[train,test,report,client,video]'
 	# TensorRT 10.x type stubs for the API contract test: unpacked beside the venv, not into it (tools/api/README.md)
 	$(VENV)/bin/pip install --quiet --no-deps --upgrade --target $(VENV)/api-stubs/tensorrt-stubs tensorrt-stubs==10.13.0.35.1
 	touch $@

@@ -166,7 +166,20 @@ def device_checks(statuses: Optional[Sequence[BindingStatus]] = None) -> List[Ch
 
     serves, how = serving_status()  # `edgecls serve` (Triton): optional, so information only
     checks.append(Check("serving", how, True if serves else None))
+    checks.append(_opencv_check())
     return checks
+
+
+def _opencv_check() -> Check:
+    """Which OpenCV `edgecls predict VIDEO` would use, and whether it reads GStreamer pipelines (CSI cameras)."""
+    from edgecls.video import opencv_facts
+
+    facts = opencv_facts()
+    if facts["version"] is None:
+        return Check("OpenCV", "not installed (for video: pip install 'edgecls[video]'; on a Jetson: sudo apt install "
+                               "python3-opencv, JetPack's build with GStreamer)")
+    gstreamer = "with GStreamer" if facts["gstreamer"] else "without GStreamer (no CSI camera pipelines)"
+    return Check("OpenCV", f"{facts['version']}, {gstreamer}, from {facts['path']}")
 
 
 def find_exports(export_dir: str | Path) -> dict[str, Path]:

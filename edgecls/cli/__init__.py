@@ -18,7 +18,8 @@ from edgecls.errors import EdgeclsError, first_line
 
 # Optional parts of edgecls (pyproject.toml extras): a command that needs a missing one says which to install.
 # The device side (runtime, build, bench/predict on .onnx/.plan, doctor) needs none of them.
-EXTRAS = {"torch": ("PyTorch", "train"), "torchvision": ("PyTorch", "train"), "matplotlib": ("matplotlib", "report")}
+EXTRAS = {"torch": ("PyTorch", "train"), "torchvision": ("PyTorch", "train"), "matplotlib": ("matplotlib", "report"),
+          "cv2": ("OpenCV", "video")}
 
 
 def missing_extra(exc: ModuleNotFoundError) -> str | None:

@@ -177,14 +177,43 @@ def bench_served(server: str, model: str, concurrency: str | None, request_batch
 @click.option("--engine", required=True, help="An exported model (.onnx) or a TensorRT plan (.plan).")
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True, help="Labels to show per image.")
 @click.option("--provider", default="cpu", show_default=True, help=PROVIDER_HELP)
-def predict(images: tuple[str, ...], engine: str, top_k: int, provider: str) -> None:
-    """Classify image files (or the images in directories): top-k labels with probabilities.
+@click.option("--every", type=int, help="Video: classify every Nth frame.  [default: 1]")
+@click.option("--max-frames", type=int, help="Video: stop after reading this many frames.")
+@click.option("--batch-size", type=int, help="Video: frames per inference batch (default: the engine's maximum, "
+                                             "at most 256; a live source never waits to fill one).")
+@click.option("--queue", "queue_frames", type=int, help="Video: frames held between decoding and inference (default: "
+                                                        "2 batches for a file, 1 for a live source, which drops the "
+                                                        "oldest when full).")
+@click.option("-o", "--output", help="Video: also write the frames with their top-1 class drawn on (.mp4, .avi, "
+                                     ".mkv).")
+def predict(images: tuple[str, ...], engine: str, top_k: int, provider: str, every: int | None,
+            max_frames: int | None, batch_size: int | None, queue_frames: int | None, output: str | None) -> None:
+    """Classify image files (or the images in directories): top-k labels with probabilities. Or a video source:
+    a video file, a camera (/dev/video0 or an index), an RTSP/HTTP stream URL or a GStreamer pipeline
+    ('nvarguscamerasrc ! ... ! appsink'), printed as one JSON line per frame, then a summary on stderr.
 
     Every file is checked (from its header) before the model runs; then the images are read, classified and printed
     one batch at a time, so any number of them fits in memory.
 
     Example: edgecls predict photos/ cat.jpg --engine export/new2.onnx --top-k 3
+
+    Example: edgecls predict street.mp4 --engine export/new2.onnx --every 2 -o street.labels.mp4
     """
+    from edgecls.video import parse_source
+
+    video = [source for source in map(parse_source, images) if source is not None]
+    video_options = {"--every": every, "--max-frames": max_frames, "--batch-size": batch_size,
+                     "--queue": queue_frames, "-o": output}
+    if video:
+        if len(images) != 1:
+            raise EdgeclsError(f"give one video source at a time (got {len(images)} arguments, among them "
+                               f"{video[0].text}); images and videos go to separate runs")
+        sys.exit(_predict_video(video[0], engine, top_k, provider, every, max_frames, batch_size, queue_frames,
+                                output))
+    given = [label for label, value in video_options.items() if value is not None]
+    if given:
+        raise EdgeclsError(f"video options ({', '.join(given)}) need a video source; {images[0]} is not one (videos "
+                           "end in .mp4, .mkv, .avi, ...; cameras are /dev/videoN or an index)")
     from tqdm import tqdm
 
     from edgecls.runtime import Classifier
@@ -202,6 +231,17 @@ def predict(images: tuple[str, ...], engine: str, top_k: int, provider: str) -> 
                     bar.write(f"{one_line(path)}: " + "  ".join(f"{name} {probability:.3f}" for name, probability in ranked),
                               file=sys.stdout)
                 bar.update(len(paths))
+
+
+def _predict_video(source, engine: str, top_k: int, provider: str, every: int | None, max_frames: int | None,
+                   batch_size: int | None, queue_frames: int | None, output: str | None) -> int:
+    """The video branch of predict (edgecls.video); the exit code: 0, 1 when the source failed, 130 on Ctrl-C."""
+    from edgecls.video import predict_video
+
+    check_input_file(engine, "model file")
+    summary = predict_video(source, engine, provider=provider, top_k=top_k, every=1 if every is None else every,
+                            max_frames=max_frames, batch_size=batch_size, queue_frames=queue_frames, output=output)
+    return 130 if summary.interrupted else 1 if summary.failed else 0
 
 
 COMMANDS = (bench, predict)

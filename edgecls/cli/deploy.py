@@ -8,6 +8,7 @@ from typing import Optional
 import click
 
 from edgecls.defaults import TRITON_ONNX_MAX_BATCH, TRITON_QUEUE_DELAY_US, TRITON_TOP_K
+from edgecls.cli.common import DATA_HELP, check_input_file
 
 
 @click.group("deploy")
@@ -66,3 +67,55 @@ def triton_command(models: tuple[str, ...], output: str, max_batch: Optional[int
 
 
 COMMANDS = [deploy]
+
+
+@deploy.command("deepstream")
+@click.argument("onnx_file")
+@click.option("-o", "--out", "out_dir", default="deepstream", show_default=True,
+              help="Folder for the ONNX file, the nvinfer and deepstream-app configs, the labels and the agreement.")
+@click.option("--data", help=DATA_HELP + " Its test split measures the emulated agreement.")
+@click.option("--reference", help="The original model's logits (.npz) or checkpoint. Default: <model>.reference.npz "
+                                  "beside the ONNX file.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]),
+              help="nvinfer's network-mode: fp32 or fp16 from the fp32 export, int8 from the int8 export.  "
+                   "[default: the file's]")
+@click.option("--mode", type=click.Choice(["primary", "secondary"]), default="primary", show_default=True,
+              help="primary: classify whole frames; secondary: classify a detector's objects.")
+@click.option("--batch-size", type=int, help="nvinfer's batch-size.  [default: 1 primary, 16 secondary]")
+@click.option("--maintain-aspect-ratio/--stretch", default=False, show_default=True,
+              help="Scale frames with their aspect ratio kept (black padding) or stretched to the network input.")
+@click.option("--symmetric-padding", is_flag=True, help="With --maintain-aspect-ratio: pad on both sides, not "
+                                                        "right/bottom.")
+@click.option("--scaling-filter", type=click.IntRange(0, 5), default=1, show_default=True,
+              help="nvinfer's scaling-filter: 0 nearest, 1 bilinear (emulated); 2-5 GPU cubic, super, Lanczos / VIC "
+                   "taps (written, not emulated).")
+@click.option("--crop-in-graph/--no-crop-in-graph", default=True, show_default=True,
+              help="Network input at the model's resize size with its centre crop inside the graph (edgecls's own "
+                   "preprocessing), or at the crop size (nvinfer squeezes the whole frame into it).")
+@click.option("--classifier-threshold", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Lowest probability nvinfer reports as a label.")
+@click.option("--operate-on-gie-id", type=int, default=1, show_default=True,
+              help="Secondary mode: the gie-unique-id of the detector whose objects are classified.")
+@click.option("--operate-on-class-ids", help="Secondary mode: only the detector's classes with these ids, e.g. 0;2.")
+def deepstream(onnx_file: str, out_dir: str, data: str | None, reference: str | None, precision: str | None,
+               mode: str, batch_size: int | None, maintain_aspect_ratio: bool, symmetric_padding: bool,
+               scaling_filter: int, crop_in_graph: bool, classifier_threshold: float, operate_on_gie_id: int,
+               operate_on_class_ids: str | None) -> None:
+    """A DeepStream Gst-nvinfer classifier config for an exported model, with a folded ONNX file that makes nvinfer's
+    normalization exactly edgecls's, a labels file and a sample deepstream-app config; prints the top-1 agreement
+    of nvinfer's preprocessing, emulated on the test images, with the original model.
+
+    Example: edgecls deploy deepstream export/new2.onnx --precision fp16 --data ../shared/data/cifar10-jpeg.tar.gz
+    """
+    from edgecls.deepstream import Scaling, deploy_deepstream
+
+    check_input_file(onnx_file, "ONNX file")
+    if reference is not None:
+        check_input_file(reference, "reference")
+    report = deploy_deepstream(onnx_file, out_dir, data, precision=precision, mode=mode, batch_size=batch_size,
+                               scaling=Scaling(maintain_aspect_ratio, symmetric_padding, scaling_filter),
+                               crop_in_graph=crop_in_graph, classifier_threshold=classifier_threshold,
+                               operate_on_gie_id=operate_on_gie_id, operate_on_class_ids=operate_on_class_ids,
+                               reference=reference)
+    for line in report.lines():
+        click.echo(line)
