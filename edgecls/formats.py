@@ -625,6 +625,7 @@ class Int8Report(_MarkedRecord, format="edgecls-int8-report", what="int8 report"
 
 TIMING_TEXT = ("variant", "scope")
 TIMING_NUMBERS = ("batch_size", "p50_ms", "p90_ms", "p99_ms", "images_per_s")
+LOAD_NUMBERS = ("concurrency", "request_batch", "timed_requests", "failed", "images_per_s")
 
 
 @dataclass(frozen=True)
@@ -643,6 +644,13 @@ class BenchResult(_Record, what="bench file", fix="write it again with `edgecls 
     notes: list = field(default_factory=list)
     gates: dict = field(default_factory=dict)  # the gate's verdict (`edgecls.metrics.GateResult.to_dict`)
     environment: dict = field(default_factory=dict)  # cpu, gpu, platform, versions, threads, measured_at
+    # A served model (`edgecls bench --server`): the server, one load row per concurrency, and whether the run ended
+    # (a server that stopped answering leaves `complete` false and `error` saying where).
+    server: Optional[dict] = None  # url, protocol, model, metrics, instances, dynamic_batching
+    load: list = field(default_factory=list)  # concurrency, request_batch, timed_requests, failed, lost, p50/p90/p99_ms,
+    #                                           images_per_s, batching ({batches, mean_batch} or null)
+    complete: bool = True
+    error: Optional[str] = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)  # the bench file's own layout: no version field (files written before it had none)
@@ -668,6 +676,15 @@ class BenchResult(_Record, what="bench file", fix="write it again with `edgecls 
             _typed(environment.get(key, {}), "dict", f"environment.{key}")
         for key in ("cpu", "gpu", "platform", "measured_at"):
             _typed(environment.get(key), "Optional[str]", f"environment.{key}")
+        if values.get("server") is not None:
+            for key in ("url", "protocol", "model"):
+                _typed(values["server"].get(key), "str", f"server.{key}")
+        for index, row in enumerate(values.get("load", [])):
+            _numbers(row, LOAD_NUMBERS, f"load[{index}]")
+            for key in ("p50_ms", "p90_ms", "p99_ms"):  # null when no request of that level was answered
+                _typed(row.get(key), "Optional[float]", f"load[{index}].{key}")
+            if row.get("batching") is not None:
+                _numbers(row["batching"], ("batches", "mean_batch"), f"load[{index}].batching")
         return values
 
     @property

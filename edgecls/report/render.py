@@ -272,25 +272,28 @@ def _speed(inputs: ReportInputs) -> str:
                   _p(f"on {runs[0].machine}, {env.get('platform', '?')}; measured {env.get('measured_at', '?')}; "
                      f"{versions}"),
                   _table(headers, rows, f"bench-{index}") if rows else ""]  # a served bench has load rows instead
-        parts += [_served(run, f"bench-{index}-served-{n}") for n, run in enumerate(runs) if run.result.get("load")]
+        parts += [_served(run, f"bench-{index}-served-{n}") for n, run in enumerate(runs) if run.result.load]
     return "\n".join(parts)
 
 
 def _served(run: BenchRun, table_id: str) -> str:
     """A bench of a served model (`edgecls bench --server`): its parity over the wire and its load table."""
-    result, server = run.result, run.result["server"]
-    found = result.get("parity")
-    parity = (f"top-1 agreement {found['agreement']:.2f}% with {found['reference']} on {found['images']} images, "
-              f"max |Δ logit| {found['max_abs_logit_diff']:.3g}" if found else "no reference to compare with")
-    state = "" if result.get("complete", True) else f" INCOMPLETE: {result.get('error')}"
+    result, server = run.result, run.result.server or {}
+    found = result.parity
+    parity = (f"top-1 agreement {found['agreement']:.2f}% with {found.get('reference', 'the reference')} on "
+              f"{found['images']} images, max |Δ logit| {_fmt(found.get('max_abs_logit_diff'), '.3g')}"
+              if found else "no reference to compare with")
+    state = "" if result.complete else f" INCOMPLETE: {result.error}"
     headers = ["concurrency", "images per request", "requests timed", "failed", "lost", "p50 ms", "p90 ms", "p99 ms",
                "images/s", "batches formed", "mean batch"]
     rows = [[r["concurrency"], r["request_batch"], r["timed_requests"], r["failed"], r.get("lost", "?"),
-             _fmt(r["p50_ms"], ".2f"), _fmt(r["p90_ms"], ".2f"), _fmt(r["p99_ms"], ".2f"), _fmt(r["images_per_s"], ",.1f"),
-             (r.get("batching") or {}).get("batches", "-"), _fmt((r.get("batching") or {}).get("mean_batch"), ".2f")]
-            for r in result["load"]]
-    return "\n".join([_p(f"Served: {server['url']} model '{server['model']}' over {server['protocol']}: accuracy "
-                          f"{result['accuracy']:.2f}%, {parity}.{state}"), _table(headers, rows, table_id)])
+             _fmt(r.get("p50_ms"), ".2f"), _fmt(r.get("p90_ms"), ".2f"), _fmt(r.get("p99_ms"), ".2f"),
+             _fmt(r["images_per_s"], ",.1f"), (r.get("batching") or {}).get("batches", "-"),
+             _fmt((r.get("batching") or {}).get("mean_batch"), ".2f")]
+            for r in result.load]
+    return "\n".join([_p(f"Served: {server.get('url', '?')} model '{server.get('model', '?')}' over "
+                          f"{server.get('protocol', '?')}: accuracy {result.accuracy:.2f}%, {parity}.{state}"),
+                      _table(headers, rows, table_id)])
 
 
 def _quantization(inputs: ReportInputs) -> str:
