@@ -39,7 +39,8 @@ from edgecls.bench import json_ready
 from edgecls.data import load_cifar10
 from edgecls.metrics import parity
 from edgecls.runtime import Classifier
-from edgecls.serving.client import ServedModel, batch_counters, batching_between, parse_server, run_load, served_logits
+from edgecls.serving.client import (LoadLevel, ServedModel, batch_counters, batching_between, parse_server, run_load,
+                                    served_logits)
 from edgecls.serving.process import ServerProcess
 from edgecls.timing import environment, measure
 
@@ -108,8 +109,8 @@ def soak(process: ServerProcess, model: str, input_name: str, batches: list, con
     before = batch_counters(process.metrics, model)
     sampler.start()
     try:
-        row = run_load(parse_server(process.grpc), model, input_name, batches, concurrency, seconds, 0.0,
-                       max_requests=10_000_000)
+        row = run_load(parse_server(process.grpc), model, input_name, batches,
+                       LoadLevel(concurrency, seconds, 0.0, max_requests=10_000_000))
     finally:
         done.set()
         sampler.join()
@@ -177,7 +178,7 @@ def main() -> int:
         for concurrency in levels:
             before = batch_counters(process.metrics, name)
             cpu = (group_cpu_seconds(process), own_cpu_seconds())
-            row = run_load(server, name, metadata.input_name, batches, concurrency, args.seconds, 1.0)
+            row = run_load(server, name, metadata.input_name, batches, LoadLevel(concurrency, args.seconds, 1.0))
             server_cpu, client_cpu = group_cpu_seconds(process) - cpu[0], own_cpu_seconds() - cpu[1]
             row["batching"] = batching_between(before, batch_counters(process.metrics, name))
             # CPU per image over the whole level (warm-up included): server processes and this client

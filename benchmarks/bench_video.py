@@ -31,10 +31,10 @@ import numpy as np
 
 from edgecls.artifacts import write_json
 from edgecls.data import load_cifar10
-from edgecls.deepstream import deploy_deepstream
+from edgecls.deepstream import DeepStreamRequest, deploy_deepstream
 from edgecls.runtime import load
 from edgecls.timing import TimingSettings, environment, time_classifier
-from edgecls.video import OpenCVSource, SourceSpec, run_video
+from edgecls.video import OpenCVSource, SourceSpec, VideoOptions, run_video
 
 THROUGHPUT_GOAL = 0.85
 RSS_GROWTH_GOAL_MB = 50.0
@@ -43,9 +43,10 @@ AGREEMENT_GOAL = 99.5
 # Run in a fresh process: predict on one video, then its peak RSS (Linux: ru_maxrss in KiB) and summary as JSON.
 RSS_CHILD = """
 import json, os, resource, sys
-from edgecls.video import parse_source, predict_video
+from edgecls.video import VideoOptions, parse_source, predict_video
 with open(os.devnull, "w") as sink:
-    summary = predict_video(parse_source(sys.argv[1]), sys.argv[2], batch_size=int(sys.argv[3]), out=sink, err=sink)
+    summary = predict_video(parse_source(sys.argv[1]), sys.argv[2], VideoOptions(batch_size=int(sys.argv[3])),
+                            out=sink, err=sink)
 print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "frames": summary.frames_classified, "seconds": summary.wall_seconds,
                   "fps": summary.throughput_fps}))
@@ -68,7 +69,7 @@ def video_fps(video: Path, classifier, batch: int) -> tuple[float, dict]:
     source = OpenCVSource(SourceSpec(str(video), "file"))
     with open(os.devnull, "w") as sink:
         try:
-            summary = run_video(source, classifier, batch_size=batch,
+            summary = run_video(source, classifier, VideoOptions(batch_size=batch),
                                 on_result=lambda result: sink.write(result.json_line() + "\n"))
         finally:
             source.close()
@@ -132,7 +133,7 @@ def main() -> int:
 
         # 3. DeepStream-emulated agreement on the whole test split.
         started = time.perf_counter()
-        report = deploy_deepstream(args.onnx, work / "deepstream", dataset, precision="fp32")
+        report = deploy_deepstream(args.onnx, work / "deepstream", dataset, DeepStreamRequest(precision="fp32"))
         configured = report.configured
         record["deepstream"] = {**report.to_dict(), "goal": AGREEMENT_GOAL,
                                 "met": configured.agreement >= AGREEMENT_GOAL,

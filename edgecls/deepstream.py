@@ -416,11 +416,41 @@ class DeepStreamReport:
                              "original model's reference logits"}
 
 
-def deploy_deepstream(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, data: Any = None, *,
-                      precision: Optional[str] = None, mode: str = "primary", batch_size: Optional[int] = None,
-                      scaling: Scaling = Scaling(), crop_in_graph: bool = True, classifier_threshold: float = 0.0,
-                      operate_on_gie_id: int = 1, operate_on_class_ids: Optional[str] = None,
-                      reference: Optional[str] = None) -> DeepStreamReport:
+@dataclass(frozen=True)
+class DeepStreamRequest:
+    """How `edgecls deploy deepstream` configures nvinfer (its options), checked once when made. `precision` None:
+    int8 for the int8 export, else fp32 (checked against the model file by `deploy_deepstream`); `batch_size` None:
+    1 in primary mode, 16 in secondary; `reference` None: the reference logits found beside the model."""
+
+    precision: Optional[str] = None
+    mode: str = "primary"
+    batch_size: Optional[int] = None
+    scaling: Scaling = Scaling()
+    crop_in_graph: bool = True
+    classifier_threshold: float = 0.0
+    operate_on_gie_id: int = 1
+    operate_on_class_ids: Optional[str] = None
+    reference: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        scaling = self.scaling
+        if self.mode not in MODES:
+            raise EdgeclsError(f"mode {self.mode!r}: choose primary (whole frames) or secondary (a detector's objects)")
+        if scaling.scaling_filter not in SCALING_FILTERS:
+            raise EdgeclsError(f"scaling-filter {scaling.scaling_filter}: choose one of {sorted(SCALING_FILTERS)}")
+        if scaling.symmetric_padding and not scaling.maintain_aspect_ratio:
+            raise EdgeclsError("--symmetric-padding pads the frame when its aspect ratio is kept: add "
+                               "--maintain-aspect-ratio (or drop it)")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise EdgeclsError(f"--batch-size must be 1 or more, got {self.batch_size}")
+        if self.operate_on_class_ids is not None and not all(
+                part.strip().isdigit() for part in self.operate_on_class_ids.strip(";").split(";")):
+            raise EdgeclsError(f"--operate-on-class-ids {self.operate_on_class_ids!r}: give class ids separated by "
+                               "';', e.g. 0;2")
+
+
+def deploy_deepstream(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, data: Any = None,
+                      request: DeepStreamRequest = DeepStreamRequest()) -> DeepStreamReport:
     """Write `<model>[.int8].deepstream.onnx`, `config_infer_<model>.txt`, `<model>.labels.txt`,
     `deepstream_app_<model>.txt` and `<model>.deepstream-agreement.json` into `out_dir`, after measuring the
     emulated agreement on the test split of `data` (a location, or a loaded data set)."""
@@ -430,18 +460,7 @@ def deploy_deepstream(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, 
     from edgecls.formats import ModelMetadata
     from edgecls.onnx_graph import load_onnx, save_checked
 
-    if mode not in MODES:
-        raise EdgeclsError(f"mode {mode!r}: choose primary (whole frames) or secondary (a detector's objects)")
-    if scaling.scaling_filter not in SCALING_FILTERS:
-        raise EdgeclsError(f"scaling-filter {scaling.scaling_filter}: choose one of {sorted(SCALING_FILTERS)}")
-    if scaling.symmetric_padding and not scaling.maintain_aspect_ratio:
-        raise EdgeclsError("--symmetric-padding pads the frame when its aspect ratio is kept: add "
-                           "--maintain-aspect-ratio (or drop it)")
-    if batch_size is not None and batch_size < 1:
-        raise EdgeclsError(f"--batch-size must be 1 or more, got {batch_size}")
-    if operate_on_class_ids is not None and not all(part.strip().isdigit()
-                                                    for part in operate_on_class_ids.strip(";").split(";")):
-        raise EdgeclsError(f"--operate-on-class-ids {operate_on_class_ids!r}: give class ids separated by ';', e.g. 0;2")
+    precision, mode, scaling, crop_in_graph = request.precision, request.mode, request.scaling, request.crop_in_graph
     onnx_path = Path(onnx_path)
     metadata = ModelMetadata.read(onnx_path)
     if metadata.precision == "fp16":
@@ -456,7 +475,7 @@ def deploy_deepstream(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, 
     out = ensure_writable_dir(out_dir)
     dataset = data if hasattr(data, "test_images") else load_cifar10(data)
     dataset.check_fits(metadata.preprocess, onnx_path)
-    found = reference if reference is not None else references.find(onnx_path, metadata.model)
+    found = request.reference if request.reference is not None else references.find(onnx_path, metadata.model)
     if found is None:
         raise EdgeclsError(f"no reference logits for {metadata.model} beside {onnx_path}; pass --reference (the "
                            "export's <model>.reference.npz, or the checkpoint)")
@@ -468,11 +487,11 @@ def deploy_deepstream(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, 
     stem = metadata.model if metadata.precision != "int8" else f"{metadata.model}.int8"
     config = DeepStreamConfig(
         model=metadata.model, precision=precision, mode=mode,
-        batch_size=batch_size or (1 if mode == "primary" else 16), scaling=scaling, crop_in_graph=crop_in_graph,
+        batch_size=request.batch_size or (1 if mode == "primary" else 16), scaling=scaling, crop_in_graph=crop_in_graph,
         onnx_file=f"{stem}.deepstream.onnx", labels_file=f"{metadata.model}.labels.txt",
         network_input=preprocess.input_size if crop_in_graph else preprocess.crop_size, preprocess=preprocess,
-        classifier_threshold=classifier_threshold, operate_on_gie_id=operate_on_gie_id,
-        operate_on_class_ids=operate_on_class_ids)
+        classifier_threshold=request.classifier_threshold, operate_on_gie_id=request.operate_on_gie_id,
+        operate_on_class_ids=request.operate_on_class_ids)
     names = {"onnx": config.onnx_file, "nvinfer config": f"config_infer_{metadata.model}.txt",
              "labels": config.labels_file, "deepstream-app config": f"deepstream_app_{metadata.model}.txt",
              "agreement": f"{metadata.model}.deepstream-agreement.json"}
@@ -499,5 +518,5 @@ def deploy_deepstream(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, 
     return report
 
 
-__all__ = ["Agreement", "DeepStreamConfig", "DeepStreamReport", "Scaling", "deploy_deepstream", "emulate_nvinfer",
-           "fold_normalization_for_nvinfer", "measure_agreement", "nvinfer_normalization", "nvinfer_scale"]
+__all__ = ["Agreement", "DeepStreamConfig", "DeepStreamReport", "DeepStreamRequest", "Scaling", "deploy_deepstream",
+           "emulate_nvinfer", "fold_normalization_for_nvinfer", "measure_agreement", "nvinfer_normalization", "nvinfer_scale"]

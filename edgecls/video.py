@@ -429,28 +429,44 @@ class _Reader(threading.Thread):
                 return
 
 
-def run_video(source: FrameSource, classifier: Classifying, *, top_k: int = 3, every: int = 1,
-              max_frames: Optional[int] = None, batch_size: Optional[int] = None, queue_frames: Optional[int] = None,
-              queue_bytes: int = QUEUE_BYTES, on_result: Optional[Callable[[FrameResult], None]] = None,
-              writer: Optional["AnnotatedVideo"] = None, name: str = "video") -> VideoSummary:
+@dataclass(frozen=True)
+class VideoOptions:
+    """How a video is classified (`edgecls predict SOURCE`'s options), checked once when made. `batch_size` None: the
+    engine's; `queue_frames` None: 2 batches for a file, 1 for a live source."""
+
+    top_k: int = 3
+    every: int = 1
+    max_frames: Optional[int] = None
+    batch_size: Optional[int] = None
+    queue_frames: Optional[int] = None
+    queue_bytes: int = QUEUE_BYTES
+
+    def __post_init__(self) -> None:
+        for label, value in (("--top-k", self.top_k), ("--every", self.every), ("--max-frames", self.max_frames),
+                             ("--batch-size", self.batch_size), ("--queue", self.queue_frames),
+                             ("the queue's byte limit", self.queue_bytes)):
+            if value is not None and value < 1:
+                raise EdgeclsError(f"{label} must be 1 or more, got {value}")
+
+
+def run_video(source: FrameSource, classifier: Classifying, options: VideoOptions = VideoOptions(), *,
+              on_result: Optional[Callable[[FrameResult], None]] = None, writer: Optional["AnnotatedVideo"] = None,
+              name: str = "video") -> VideoSummary:
     """Classify the frames of `source` in batches; `on_result` gets each frame's result in order.
 
     A file fills each batch (throughput); a live source takes what has arrived, up to the batch size, so a frame
-    never waits for later ones. Returns the summary when the source ends, `max_frames` are read, the source fails, or
-    on Ctrl-C (KeyboardInterrupt in this thread): then `ended` says so. The source is not closed here."""
-    if every < 1:
-        raise EdgeclsError(f"--every must be 1 or more, got {every}")
-    if max_frames is not None and max_frames < 1:
-        raise EdgeclsError(f"--max-frames must be 1 or more, got {max_frames}")
-    batch = min(batch_size or classifier.batch_size, classifier.batch_size)
+    never waits for later ones. Returns the summary when the source ends, `options.max_frames` are read, the source
+    fails, or on Ctrl-C (KeyboardInterrupt in this thread): then `ended` says so. The source is not closed here."""
+    batch = min(options.batch_size or classifier.batch_size, classifier.batch_size)
     if batch < 1:
-        raise EdgeclsError(f"batch size must be 1 or more, got {batch_size}")
-    capacity = queue_frames or batch * (LIVE_QUEUE_BATCHES if source.live else FILE_QUEUE_BATCHES)
-    queue = FrameQueue(capacity, queue_bytes, drop_oldest=source.live)
+        raise EdgeclsError(f"batch size must be 1 or more, got {classifier.batch_size} (the engine's)")
+    capacity = options.queue_frames or batch * (LIVE_QUEUE_BATCHES if source.live else FILE_QUEUE_BATCHES)
+    queue = FrameQueue(capacity, options.queue_bytes, drop_oldest=source.live)
     latency = LatencyHistogram()
     summary = VideoSummary(name, source.live, queue_capacity=capacity, batch_size=batch)
     started = time.perf_counter()
-    reader = _Reader(source, queue, classifier.preprocess, every, max_frames, writer is not None, started)
+    reader = _Reader(source, queue, classifier.preprocess, options.every, options.max_frames, writer is not None,
+                     started)
     reader.start()
     try:
         while True:
@@ -461,7 +477,7 @@ def run_video(source: FrameSource, classifier: Classifying, *, top_k: int = 3, e
             predictions = classifier.classify(np.stack([frame.fitted for frame in frames]))
             done = time.perf_counter()
             summary.inference_seconds += done - began
-            for frame, ranked in zip(frames, predictions.top_k(top_k)):
+            for frame, ranked in zip(frames, predictions.top_k(options.top_k)):
                 latency.add(done - frame.captured_at)
                 result = FrameResult(frame.index, frame.timestamp_ms, ranked, (done - frame.captured_at) * 1000)
                 summary.frames_classified += 1
@@ -469,7 +485,7 @@ def run_video(source: FrameSource, classifier: Classifying, *, top_k: int = 3, e
                     writer.write(frame.original, ranked)
                 if on_result is not None:
                     on_result(result)
-        summary.ended = _why_ended(reader, source, max_frames)
+        summary.ended = _why_ended(reader, source, options.max_frames)
         summary.failed = reader.failure is not None or (source.live and reader.ended_at_source)
     except KeyboardInterrupt:
         summary.ended, summary.interrupted = "interrupted (Ctrl-C)", True
@@ -579,32 +595,27 @@ class AnnotatedVideo:
 
 # ----------------------------------------------------------------------------------------------- `edgecls predict`
 
-def predict_video(spec: SourceSpec, engine: str, *, provider: str = "cpu", top_k: int = 3, every: int = 1,
-                  max_frames: Optional[int] = None, batch_size: Optional[int] = None,
-                  queue_frames: Optional[int] = None, output: Optional[str] = None,
-                  out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> VideoSummary:
+def predict_video(spec: SourceSpec, engine: str, options: VideoOptions = VideoOptions(), *, provider: str = "cpu",
+                  output: Optional[str] = None, out: Optional[TextIO] = None,
+                  err: Optional[TextIO] = None) -> VideoSummary:
     """`edgecls predict SOURCE`: JSON lines on `out` (one per classified frame, flushed per batch), the summary on
-    `err`. Options and the output path are checked before the source is opened or the model loaded."""
+    `err`. The options (checked when made) and the output path are checked before the source is opened or the model
+    loaded."""
     import sys
 
     from edgecls.runtime import Classifier
 
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
-    for label, value in (("--every", every), ("--max-frames", max_frames), ("--batch-size", batch_size),
-                         ("--queue", queue_frames)):
-        if value is not None and value < 1:
-            raise EdgeclsError(f"{label} must be 1 or more, got {value}")
     writer = AnnotatedVideo(output, 0.0) if output else None
     if writer is not None:
         writer.check()
     source = open_source(spec)
     try:
         if writer is not None:
-            writer.fps = (source.fps or LIVE_FPS_FALLBACK) / every
-        with Classifier.load(engine, provider=provider, batch_size=batch_size) as classifier:
-            summary = run_video(source, classifier, top_k=top_k, every=every, max_frames=max_frames,
-                                batch_size=batch_size, queue_frames=queue_frames, name=spec.text, writer=writer,
+            writer.fps = (source.fps or LIVE_FPS_FALLBACK) / options.every
+        with Classifier.load(engine, provider=provider, batch_size=options.batch_size) as classifier:
+            summary = run_video(source, classifier, options, name=spec.text, writer=writer,
                                 on_result=lambda result: out.write(result.json_line() + "\n"))
             try:
                 out.flush()
@@ -632,4 +643,4 @@ def predict_video(spec: SourceSpec, engine: str, *, provider: str = "cpu", top_k
 
 
 __all__ = ["AnnotatedVideo", "Frame", "FrameQueue", "FrameResult", "LatencyHistogram", "OpenCVSource", "SourceSpec",
-           "VideoSummary", "open_source", "opencv_facts", "parse_source", "predict_video", "run_video"]
+           "VideoOptions", "VideoSummary", "open_source", "opencv_facts", "parse_source", "predict_video", "run_video"]

@@ -28,8 +28,8 @@ from edgecls.cli import main
 from edgecls.engines import unavailable_reason
 from edgecls.runtime import Classifier
 from edgecls.serving import interpreter
-from edgecls.serving.client import (ServedModel, ServerError, batch_counters, batching_between, parse_server,
-                                    run_load)
+from edgecls.serving.client import (LoadLevel, ServedModel, ServerError, batch_counters, batching_between,
+                                    parse_server, run_load)
 from edgecls.serving.process import ServerProcess
 
 MAX_BATCH = 16
@@ -167,7 +167,7 @@ def test_concurrent_requests_are_batched_dynamically(server, artifact, tiny_cifa
     _, inputs, metadata = expected(artifact, tiny_cifar.test_images[:8])
     before = batch_counters(server.metrics, "new2")
     row = run_load(parse_server(getattr(server, protocol)), "new2", metadata.input_name,
-                   [inputs[i : i + 1] for i in range(8)], concurrency=8, duration=1.5, warmup=0.2)
+                   [inputs[i : i + 1] for i in range(8)], LoadLevel(concurrency=8, duration=1.5, warmup=0.2))
     after = batch_counters(server.metrics, "new2")
     batching = batching_between(before, after)
     assert row["complete"] and row["failed"] == 0 and row["lost"] == 0 and row["timed_requests"] > 0

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from edgecls.cli import main
 from edgecls.errors import EdgeclsError
 from edgecls.serving import interpreter
-from edgecls.serving.client import _server_message, batch_counters, batching_between, parse_server
+from edgecls.serving.client import (LoadLevel, LoadSettings, _server_message, batch_counters, batching_between,
+                                    parse_server)
 from edgecls.serving.server import ServeSettings, choose_ports
 
 
@@ -122,6 +123,23 @@ def test_server_addresses():
     for bad in ("ftp://h:1", "http://host", "http://h:1/v2", "grpc://:80"):
         with pytest.raises(EdgeclsError, match="is not a server address"):
             parse_server(bad)
+
+
+def test_load_options_are_checked_once_when_the_settings_are_made():
+    load = LoadSettings.from_options("1,4", 2, 0.5, None)
+    assert (load.concurrency, load.request_batch, load.duration, load.warmup) == ((1, 4), 2, 0.5, 1.0)
+    assert load.level(4) == LoadLevel(4, 0.5, 1.0, load.max_requests)
+    assert LoadSettings.from_options(None, 1, None, None) == LoadSettings()
+    for options, message in ((("1,x", 1, None, None), "--concurrency '1,x' is not a comma-separated list"),
+                             (("0,8", 1, None, None), "must list numbers from 1 to 256"),
+                             (("8", 0, None, None), "--request-batch 0 must be at least 1"),
+                             (("8", 1, 0.0, None), "load duration 0 s must be above 0")):
+        with pytest.raises(EdgeclsError, match=message):
+            LoadSettings.from_options(*options)
+    for level, message in (((0, 1.0), "concurrency 0 must be at least 1"), ((1, 0.0), "load duration 0 s"),
+                           ((1, 1.0, -1.0), "warm-up -1 s not below 0"), ((1, 1.0, 0.0, 0), "at least 1 request")):
+        with pytest.raises(EdgeclsError, match=message):
+            LoadLevel(*level)
 
 
 def test_refusals_come_back_as_their_one_line_reason():

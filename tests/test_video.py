@@ -21,8 +21,8 @@ from PIL import Image
 from edgecls.cli import main
 from edgecls.errors import EdgeclsError
 from edgecls.runtime import load
-from edgecls.video import (Frame, FrameQueue, LatencyHistogram, SourceSpec, VideoSummary, parse_source,
-                           run_video)
+from edgecls.video import (Frame, FrameQueue, LatencyHistogram, SourceSpec, VideoOptions, VideoSummary,
+                           parse_source, run_video)
 
 cv2 = pytest.importorskip("cv2", reason="opencv-python-headless (the `video` extra) is not installed")
 
@@ -155,6 +155,10 @@ def test_bad_video_input_is_one_line_before_work(fp32_onnx, clips, tmp_path):
     assert (code, stdout) == (2, "") and "--every must be 1 or more" in stderr
     code, stdout, stderr = run(str(video), str(video), "--engine", str(fp32_onnx))
     assert code == 2 and "one video source at a time" in stderr
+    for label, field, value in (("--top-k", "top_k", 0), ("--max-frames", "max_frames", 0),
+                                ("--batch-size", "batch_size", -1), ("--queue", "queue_frames", 0)):
+        with pytest.raises(EdgeclsError, match=f"^{label} must be 1 or more, got {value}$"):
+            VideoOptions(**{field: value})
     # Video options with still images: said, not ignored.
     code, _, stderr = run(str(clips["native"][0]), "--engine", str(fp32_onnx), "--every", "2")
     assert code == 2 and "video options (--every) need a video source" in stderr
@@ -230,7 +234,7 @@ def test_a_live_source_faster_than_inference_drops_the_oldest_frames(fp32_onnx, 
     results = []
     with load(fp32_onnx) as classifier:
         slow = SlowClassifier(classifier, batch_s=0.06)  # at most 4 frames per 60 ms: about 67 frames/s
-        summary = run_video(camera, slow, batch_size=4, queue_frames=8, on_result=results.append)
+        summary = run_video(camera, slow, VideoOptions(batch_size=4, queue_frames=8), on_result=results.append)
     assert summary.frames_read == 1500
     assert summary.frames_dropped > 500  # inference kept up with a fraction of the frames
     assert summary.frames_read == summary.frames_classified + summary.frames_dropped
@@ -246,7 +250,7 @@ def test_a_live_source_faster_than_inference_drops_the_oldest_frames(fp32_onnx, 
 def test_a_camera_that_fails_ends_with_the_summary_so_far(fp32_onnx, tiny_cifar):
     camera = FakeCamera(tiny_cifar.test_images, frames=10_000, interval_s=0.001, fail_after=40)
     with load(fp32_onnx) as classifier:
-        summary = run_video(camera, classifier, batch_size=4)
+        summary = run_video(camera, classifier, VideoOptions(batch_size=4))
     assert summary.failed and summary.ended == "reading frame 40 failed (VIDIOC_DQBUF: No such device)"
     assert summary.frames_read == 40 and summary.frames_classified + summary.frames_dropped == 40
     assert len(summary.lines()) == 4 and summary.lines()[0].endswith("No such device)")
@@ -261,7 +265,7 @@ def test_ctrl_c_stops_with_the_summary_so_far(fp32_onnx, tiny_cifar):
 
     camera = FakeCamera(tiny_cifar.test_images, frames=100_000)
     with load(fp32_onnx) as classifier:
-        summary = run_video(camera, Interrupting(classifier, 0.0), batch_size=2)
+        summary = run_video(camera, Interrupting(classifier, 0.0), VideoOptions(batch_size=2))
     assert summary.interrupted and not summary.failed and summary.ended == "interrupted (Ctrl-C)"
     assert summary.frames_classified <= 6 and summary.frames_read < 100_000  # the reader stopped too
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
@@ -14,6 +15,10 @@ from edgecls.defaults import (BENCH_ALL_BATCH_SIZES, BENCH_ALL_DURATION_S, BENCH
                               ONNX_PROVIDERS)
 from edgecls.errors import EdgeclsError
 from edgecls.metrics import Gate
+
+if TYPE_CHECKING:  # the commands import these when they run, as the other heavy modules
+    from edgecls.serving.client import LoadSettings
+    from edgecls.video import VideoOptions
 
 
 def _sizes_text(sizes: tuple) -> str:
@@ -95,8 +100,12 @@ def bench(engine: str | None, all_checkpoint: str | None, server: str | None, se
     if server is not None or served_model is not None:
         if engine is not None or all_checkpoint is not None or server is None or served_model is None:
             raise click.UsageError("--server URL goes with --model NAME, and without --engine or --all")
-        bench_served(server, served_model, concurrency, request_batch, metrics, data, reference, duration, warmup,
-                     json_path, Gate(max_drop=max_drop, min_agreement=min_agreement))
+        from edgecls.serving.client import LoadSettings, parse_server
+
+        parse_server(server)
+        bench_served(server, served_model, LoadSettings.from_options(concurrency, request_batch, duration, warmup),
+                     Gate(max_drop=max_drop, min_agreement=min_agreement), metrics=metrics, data=data,
+                     reference=reference, json_path=json_path)
         return
     if (engine is None) == (all_checkpoint is None):
         raise click.UsageError("give exactly one of --engine PATH, --all CHECKPOINT or --server URL")
@@ -136,25 +145,15 @@ def bench(engine: str | None, all_checkpoint: str | None, server: str | None, se
         sys.exit(1)
 
 
-def bench_served(server: str, model: str, concurrency: str | None, request_batch: int, metrics: str | None,
-                 data: str | None, reference: str | None, duration: float | None, warmup: float | None,
-                 json_path: str | None, gate: "Gate") -> None:
+def bench_served(server: str, model: str, load: LoadSettings, gate: Gate, *, metrics: str | None,
+                 data: str | None, reference: str | None, json_path: str | None) -> None:
     """bench --server: the served model over the wire (edgecls.serving.bench). A run the server broke off is
     written (marked incomplete) before its one-line error."""
     from edgecls.artifacts import check_output_file, write_json
     from edgecls.bench import json_ready
     from edgecls.data import load_cifar10
     from edgecls.serving.bench import bench_server, format_served
-    from edgecls.serving.client import LoadSettings, parse_server
 
-    parse_server(server)
-    try:
-        levels = tuple(int(part) for part in concurrency.split(",")) if concurrency else LoadSettings.concurrency
-    except ValueError:
-        raise EdgeclsError(f"--concurrency {concurrency!r} is not a comma-separated list of numbers, e.g. 1,8,32,64")
-    overrides = {"duration": duration, "warmup": warmup}
-    load = LoadSettings(concurrency=levels, request_batch=request_batch,
-                        **{key: value for key, value in overrides.items() if value is not None})
     if reference is not None:
         check_input_file(reference, "reference")
     if json_path:
@@ -208,8 +207,11 @@ def predict(images: tuple[str, ...], engine: str, top_k: int, provider: str, eve
         if len(images) != 1:
             raise EdgeclsError(f"give one video source at a time (got {len(images)} arguments, among them "
                                f"{video[0].text}); images and videos go to separate runs")
-        sys.exit(_predict_video(video[0], engine, top_k, provider, every, max_frames, batch_size, queue_frames,
-                                output))
+        from edgecls.video import VideoOptions
+
+        options = VideoOptions(top_k=top_k, every=1 if every is None else every, max_frames=max_frames,
+                               batch_size=batch_size, queue_frames=queue_frames)
+        sys.exit(_predict_video(video[0], engine, options, provider, output))
     given = [label for label, value in video_options.items() if value is not None]
     if given:
         raise EdgeclsError(f"video options ({', '.join(given)}) need a video source; {images[0]} is not one (videos "
@@ -233,14 +235,12 @@ def predict(images: tuple[str, ...], engine: str, top_k: int, provider: str, eve
                 bar.update(len(paths))
 
 
-def _predict_video(source, engine: str, top_k: int, provider: str, every: int | None, max_frames: int | None,
-                   batch_size: int | None, queue_frames: int | None, output: str | None) -> int:
+def _predict_video(source, engine: str, options: VideoOptions, provider: str, output: str | None) -> int:
     """The video branch of predict (edgecls.video); the exit code: 0, 1 when the source failed, 130 on Ctrl-C."""
     from edgecls.video import predict_video
 
     check_input_file(engine, "model file")
-    summary = predict_video(source, engine, provider=provider, top_k=top_k, every=1 if every is None else every,
-                            max_frames=max_frames, batch_size=batch_size, queue_frames=queue_frames, output=output)
+    summary = predict_video(source, engine, options, provider=provider, output=output)
     return 130 if summary.interrupted else 1 if summary.failed else 0
 
 

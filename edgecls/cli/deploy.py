@@ -107,15 +107,16 @@ def deepstream(onnx_file: str, out_dir: str, data: str | None, reference: str | 
 
     Example: edgecls deploy deepstream export/new2.onnx --precision fp16 --data ../shared/data/cifar10-jpeg.tar.gz
     """
-    from edgecls.deepstream import Scaling, deploy_deepstream
+    from edgecls.deepstream import DeepStreamRequest, Scaling, deploy_deepstream
 
     check_input_file(onnx_file, "ONNX file")
     if reference is not None:
         check_input_file(reference, "reference")
-    report = deploy_deepstream(onnx_file, out_dir, data, precision=precision, mode=mode, batch_size=batch_size,
-                               scaling=Scaling(maintain_aspect_ratio, symmetric_padding, scaling_filter),
-                               crop_in_graph=crop_in_graph, classifier_threshold=classifier_threshold,
-                               operate_on_gie_id=operate_on_gie_id, operate_on_class_ids=operate_on_class_ids,
-                               reference=reference)
+    request = DeepStreamRequest(precision=precision, mode=mode, batch_size=batch_size,
+                                scaling=Scaling(maintain_aspect_ratio, symmetric_padding, scaling_filter),
+                                crop_in_graph=crop_in_graph, classifier_threshold=classifier_threshold,
+                                operate_on_gie_id=operate_on_gie_id, operate_on_class_ids=operate_on_class_ids,
+                                reference=reference)
+    report = deploy_deepstream(onnx_file, out_dir, data, request)
     for line in report.lines():
         click.echo(line)

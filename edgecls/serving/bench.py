@@ -73,8 +73,7 @@ def bench_server(url: str, model: str, dataset: Cifar10, reference: Any = None, 
         batches = [inputs[i : i + load.request_batch] for i in range(0, 256 * load.request_batch, load.request_batch)]
         batches = [b for b in batches if len(b) == load.request_batch] or [timing_images(inputs, load.request_batch)]
         before = _counters(counters_url, model, notes)
-        row = run_load(server, model, metadata.input_name, batches, concurrency, load.duration, load.warmup,
-                       load.max_requests)
+        row = run_load(server, model, metadata.input_name, batches, load.level(concurrency))
         after = _counters(counters_url, model, notes) if row["complete"] else None
         row["batching"] = batching_between(before, after) if before and after else None
         row["variant"] = variant

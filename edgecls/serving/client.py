@@ -215,19 +215,56 @@ class LoadSettings:
         if self.request_batch < 1:
             raise EdgeclsError(f"--request-batch {self.request_batch} must be at least 1")
 
+    @classmethod
+    def from_options(cls, concurrency: Optional[str], request_batch: int, duration: Optional[float],
+                     warmup: Optional[float]) -> LoadSettings:
+        """`edgecls bench --server`'s options: `--concurrency 1,8,32` as text; None: the default."""
+        try:
+            levels = tuple(int(part) for part in concurrency.split(",")) if concurrency else cls.concurrency
+        except ValueError:
+            raise EdgeclsError(f"--concurrency {concurrency!r} is not a comma-separated list of numbers, e.g. 1,8,32,64")
+        overrides = {"duration": duration, "warmup": warmup}
+        return cls(concurrency=levels, request_batch=request_batch,
+                   **{key: value for key, value in overrides.items() if value is not None})
+
+    def level(self, concurrency: int) -> LoadLevel:
+        return LoadLevel(concurrency, self.duration, self.warmup, self.max_requests)
+
     def to_dict(self) -> dict[str, Any]:
         return {"concurrency": list(self.concurrency), "duration_s": self.duration, "warmup_s": self.warmup,
                 "request_batch": self.request_batch, "max_requests": self.max_requests}
 
 
-def run_load(server: ServerAddress, model: str, input_name: str, batches: Sequence[np.ndarray], concurrency: int,
-             duration: float, warmup: float = 0.0, max_requests: int = 200_000,
-             timeout: float = REQUEST_TIMEOUT_S) -> dict[str, Any]:
-    """`concurrency` clients (threads, each its own connection) sending the `batches` in turn, back to back, for
-    `warmup` then `duration` seconds (at most `max_requests` timed). Latency and images of the requests answered in
-    the timed window; over the whole run, every request sent, answered and failed (a request neither answered nor
-    failed when the clients have stopped is lost); a level where the server stops answering ends early and says so
-    (`complete` false)."""
+@dataclass(frozen=True)
+class LoadLevel:
+    """One load run of `run_load`: `concurrency` clients for `warmup` then `duration` seconds, at most `max_requests`
+    timed, each request given `timeout` seconds."""
+
+    concurrency: int
+    duration: float
+    warmup: float = 0.0
+    max_requests: int = 200_000
+    timeout: float = REQUEST_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise EdgeclsError(f"concurrency {self.concurrency} must be at least 1")
+        if self.duration <= 0 or self.warmup < 0:
+            raise EdgeclsError(f"load duration {self.duration:g} s must be above 0, warm-up {self.warmup:g} s not "
+                               "below 0")
+        if self.max_requests < 1 or self.timeout <= 0:
+            raise EdgeclsError(f"a load run needs at least 1 request ({self.max_requests}) and a timeout above 0 "
+                               f"({self.timeout:g} s)")
+
+
+def run_load(server: ServerAddress, model: str, input_name: str, batches: Sequence[np.ndarray],
+             level: LoadLevel) -> dict[str, Any]:
+    """`level.concurrency` clients (threads, each its own connection) sending the `batches` in turn, back to back,
+    for `level.warmup` then `level.duration` seconds (at most `level.max_requests` timed). Latency and images of the
+    requests answered in the timed window; over the whole run, every request sent, answered and failed (a request
+    neither answered nor failed when the clients have stopped is lost); a level where the server stops answering
+    ends early and says so (`complete` false)."""
+    concurrency, max_requests, timeout = level.concurrency, level.max_requests, level.timeout
     lock = threading.Lock()
     latencies: list[float] = []
     failures: list[str] = []
@@ -275,10 +312,10 @@ def run_load(server: ServerAddress, model: str, input_name: str, batches: Sequen
     for thread in threads:
         thread.start()
     try:
-        stop.wait(warmup)
+        stop.wait(level.warmup)
         measuring.set()
         started = time.perf_counter()
-        stop.wait(duration)
+        stop.wait(level.duration)
         with lock:
             elapsed = time.perf_counter() - started
             measuring.clear()
