@@ -193,10 +193,12 @@ def test_bench_server_passes_its_gate_and_writes_the_bench_json(server, new2_exp
     assert figures["server"]["metrics"] == server.metrics
     assert "parity vs" in result.output and "mean batch" in result.output
     # the report page takes this file as a bench file and shows the served figures
-    from edgecls.report.gather import BenchRun, bench_results
+    from edgecls.formats import BenchResult
+    from edgecls.report.gather import BenchRun
     from edgecls.report.render import _served
 
-    [run] = bench_results(out, figures)
+    [run] = BenchResult.read_all(out)  # the report's own reader: every field typed
+    assert run.server == figures["server"] and run.load == figures["load"] and run.complete
     html = _served(BenchRun(out, run), "served")
     assert "model &#x27;new2&#x27; over grpc" in html and "top-1 agreement 100.00%" in html
     for row in figures["load"]:

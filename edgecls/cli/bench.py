@@ -163,11 +163,11 @@ def bench_served(server: str, model: str, load: LoadSettings, gate: Gate, *, met
                           progress=sys.stderr.isatty())
     click.echo(format_served(result))
     if json_path:
-        write_json(json_path, json_ready(result))
+        write_json(json_path, json_ready(result.to_dict()))
         click.echo(f"figures written to {json_path}")
-    if not result["complete"]:
-        raise EdgeclsError(result["error"])
-    if not result["gates"]["passed"]:
+    if not result.complete:
+        raise EdgeclsError(str(result.error))
+    if not result.gates["passed"]:
         sys.exit(1)
 
 

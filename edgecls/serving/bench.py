@@ -19,6 +19,7 @@ from edgecls import reference as references
 from edgecls.bench import _num, data_summary, judge, no_reference_error, variant_record
 from edgecls.data import Cifar10
 from edgecls.errors import EdgeclsError
+from edgecls.formats import BenchResult
 from edgecls.metrics import Gate, accuracy, parity, per_class_accuracy
 from edgecls.serving.client import (LoadSettings, ServedModel, ServerError, batch_counters, batching_between,
                                     metrics_url, parse_server, run_load)
@@ -29,10 +30,10 @@ ACCURACY_REQUEST = 64  # images per request while measuring accuracy
 
 def bench_server(url: str, model: str, dataset: Cifar10, reference: Any = None, *,
                  load: LoadSettings = LoadSettings(), gate: Gate = Gate(), metrics: Optional[str] = None,
-                 progress: bool = False) -> dict[str, Any]:
-    """Accuracy, parity, load figures and the gate's verdict of a served model, as a dict shaped like
-    `edgecls.bench.bench_model`'s (plus `server` and `load`). A server that stops answering during the load ends
-    the run: the dict then has `complete` false and `error` saying where."""
+                 progress: bool = False) -> BenchResult:
+    """Accuracy, parity, load figures and the gate's verdict of a served model, as the `BenchResult` every bench
+    hands on (with `server` and `load`). A server that stops answering during the load ends the run: the result then
+    has `complete` false and `error` saying where."""
     server = parse_server(url)
     with ServedModel(server, model) as served:
         metadata, config = served.metadata()
@@ -82,7 +83,7 @@ def bench_server(url: str, model: str, dataset: Cifar10, reference: Any = None, 
             error = (f"the server at {server} stopped answering during the load at concurrency {concurrency} "
                      f"({row['first_failure'] or 'no answer'}); the run is incomplete")
             break
-    return {
+    record = {
         "model": {"path": str(where), "format": "served", "name": metadata.model, "precision": metadata.precision,
                   "size_mb": None, "checkpoint_sha256": metadata.checkpoint_sha256, "backend": "triton",
                   "served_name": model, "max_batch": config.get("max_batch_size")},
@@ -103,6 +104,7 @@ def bench_server(url: str, model: str, dataset: Cifar10, reference: Any = None, 
         "error": error,
         "environment": environment({"backend": "triton client"}),
     }
+    return BenchResult.from_dict(record, str(where))  # checked as a reader would check it
 
 
 def _counters(url: Optional[str], model: str, notes: list[str]) -> Optional[dict[str, float]]:
@@ -116,14 +118,14 @@ def _counters(url: Optional[str], model: str, notes: list[str]) -> Optional[dict
         return None
 
 
-def format_served(result: dict[str, Any]) -> str:
+def format_served(result: BenchResult) -> str:
     """The terminal table of a served bench; every figure in it is in the JSON too."""
-    served, data = result["server"], result["data"]
-    lines = [f"{served['url']} model '{served['model']}': {result['model']['name']} {result['model']['precision']} "
-             f"({served['instances'] or '?'} instance(s), batches up to {result['model']['max_batch']})",
+    served, data = result.server or {}, result.data
+    lines = [f"{served['url']} model '{served['model']}': {result.model['name']} {result.model['precision']} "
+             f"({served['instances'] or '?'} instance(s), batches up to {result.model['max_batch']})",
              f"data: {data['test_images']} test images from {data['source']}",
-             f"accuracy over the wire: {result['accuracy']:.2f}%"]
-    found = result["parity"]
+             f"accuracy over the wire: {result.accuracy:.2f}%"]
+    found = result.parity
     if found:
         lines.append(f"parity vs {found['reference']} ({found['images']} images): top-1 agreement "
                      f"{found['agreement']:.2f}%, flips {found['flips']} (right->wrong {found['right_to_wrong']}, "
@@ -131,21 +133,21 @@ def format_served(result: dict[str, Any]) -> str:
                      f"max |delta logit| {found['max_abs_logit_diff']:.3g}")
     else:
         lines.append("parity: no reference (pass --reference, or run from the folder holding export/)")
-    lines += [f"note: {note}" for note in result["notes"]]
-    settings = result["settings"]
+    lines += [f"note: {note}" for note in result.notes]
+    settings = result.settings
     lines.append(f"load ({settings['request_batch']} image(s) per request, {settings['duration_s']:g} s per level "
                  f"after {settings['warmup_s']:g} s warm-up):")
     lines.append(f"  {'concurrency':>11} {'requests':>9} {'failed':>6} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
                  f"{'images/s':>9} {'batches':>8} {'mean batch':>10}")
-    for row in result["load"]:
+    for row in result.load:
         batching = row.get("batching") or {}
         lines.append(f"  {row['concurrency']:>11} {row['timed_requests']:>9} {row['failed']:>6} {_num(row['p50_ms'], '8.2f'):>8} "
                      f"{_num(row['p90_ms'], '8.2f'):>8} {_num(row['p99_ms'], '8.2f'):>8} "
                      f"{row['images_per_s']:>9.1f} {_num(batching.get('batches'), 'd'):>8} "
                      f"{_num(batching.get('mean_batch'), '10.2f'):>10}")
-    gates = result.get("gates")
+    gates = result.gates
     if gates and (gates["max_drop"] is not None or gates["min_agreement"] is not None):
         lines.append("gates: " + ("passed" if gates["passed"] else "FAILED: " + "; ".join(gates["failures"])))
-    if not result["complete"]:
-        lines.append(f"INCOMPLETE: {result['error']}")
+    if not result.complete:
+        lines.append(f"INCOMPLETE: {result.error}")
     return "\n".join(lines)
