@@ -39,7 +39,7 @@ import onnx
 
 from edgecls.artifacts import atomic_write, library_versions, utc_now
 from edgecls.data import Cifar10, seeded_subset
-from edgecls.defaults import CALIBRATION_DIR, DEFAULT_VAL_SPLIT, VALIDATION_SEED
+from edgecls.defaults import CALIBRATION_DIR, DEFAULT_CALIBRATION_SIZE, DEFAULT_VAL_SPLIT, VALIDATION_SEED
 from edgecls.errors import EdgeclsError
 from edgecls.formats import CalibrationRecord, Int8Report, LayerDecision
 from edgecls.metrics import Gate, GateResult, Parity, parity
@@ -66,12 +66,15 @@ class ValidationImages:
 
     @classmethod
     def choose(cls, data: Cifar10, recorded: np.ndarray | None, recorded_seed: int | None,
-               calibration_size: int) -> "ValidationImages":
+               calibration_size: Optional[int]) -> "ValidationImages":
         """The checkpoint's held-out images (`recorded`: their positions in `data`'s training split), else a seeded
-        subset of the training images that leaves room for calibration."""
+        subset of the training images that leaves room for calibration (`calibration_size` None: the default size,
+        or half of a smaller data set)."""
         if recorded is not None:
             return cls(data.train_images[recorded], data.train_labels[recorded], recorded, recorded_seed, True)
         total = len(data.train_images)
+        if calibration_size is None:
+            calibration_size = min(DEFAULT_CALIBRATION_SIZE, total // 2)
         size = min(DEFAULT_VAL_SPLIT, total - calibration_size)
         if size < 1:
             raise EdgeclsError(f"the {total} training images leave none for validation beside {calibration_size} "

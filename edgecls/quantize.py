@@ -68,7 +68,7 @@ class CalibrationSettings:
 
     target: str = QUANT_TARGETS[0]
     method: Optional[str] = None
-    size: int = DEFAULT_CALIBRATION_SIZE
+    size: Optional[int] = None  # None: DEFAULT_CALIBRATION_SIZE, or every allowed image of a smaller data set
     seed: int = DEFAULT_CALIBRATION_SEED
     cache: Optional[Path] = None
 
@@ -116,19 +116,25 @@ class QuantizableLayer:
     parameters: int  # weights and bias
 
 
-def validate_options(target: str, method: str, size: int) -> None:
+def validate_options(target: str, method: str, size: Optional[int]) -> None:
     """Reject bad option values before any work is done."""
     if target not in QUANT_TARGETS:
         raise EdgeclsError(f"unknown quantization target {target!r}; choose one of {', '.join(QUANT_TARGETS)}")
     if method not in CALIBRATION_METHODS:
         raise EdgeclsError(f"unknown calibration method {method!r}; choose one of {', '.join(CALIBRATION_METHODS)}")
-    if size < 1:
+    if size is not None and size < 1:
         raise EdgeclsError(f"calibration size must be at least 1, got {size}")
 
 
-def calibration_indices(total: int, size: int, seed: int, exclude: np.ndarray | None = None) -> np.ndarray:
+def calibration_indices(total: int, size: Optional[int], seed: int, exclude: np.ndarray | None = None) -> np.ndarray:
     """A seeded subset of `size` of `total` training images, sorted (the same seed always picks the same images),
-    none of them in `exclude` (the validation images)."""
+    none of them in `exclude` (the validation images). `size` None: DEFAULT_CALIBRATION_SIZE, or all of them on a
+    data set with fewer (a folder of one's own photos calibrates with no option); a size asked for is never cut."""
+    if size is None:
+        size = min(DEFAULT_CALIBRATION_SIZE, total - (0 if exclude is None else len(np.unique(exclude))))
+        if size < 1:
+            raise EdgeclsError(f"the {total} training images leave none for calibration outside the validation "
+                               "split; train with a smaller --val-split")
     if size > total:
         raise EdgeclsError(f"calibration size {size} exceeds the {total} training images; pass a smaller --calibration-size")
     if exclude is None or not len(exclude):
@@ -199,7 +205,7 @@ def fp32_metadata(fp32_path: Path) -> ModelMetadata:
     return metadata
 
 
-def new_calibration_record(metadata: ModelMetadata, data: Any, fp32_path: Path, method: str, size: int, seed: int,
+def new_calibration_record(metadata: ModelMetadata, data: Any, fp32_path: Path, method: str, size: Optional[int], seed: int,
                            exclude: np.ndarray | None) -> CalibrationRecord:
     """The record of a calibration about to run on `data`'s training images (its ranges still empty)."""
     if data is None:
@@ -208,7 +214,7 @@ def new_calibration_record(metadata: ModelMetadata, data: Any, fp32_path: Path, 
     data.check_fits(metadata.preprocess, fp32_path)
     indices = calibration_indices(len(data.train_images), size, seed, exclude)
     return CalibrationRecord(model=metadata.model, checkpoint_sha256=metadata.checkpoint_sha256,
-                             data_fingerprint=data.fingerprint, method=method, size=size, seed=seed,
+                             data_fingerprint=data.fingerprint, method=method, size=len(indices), seed=seed,
                              indices=indices.tolist(), ranges={}, created_at=utc_now(),
                              versions=library_versions("onnxruntime", "onnx", "numpy"))
 

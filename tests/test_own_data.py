@@ -193,11 +193,12 @@ def test_own_photos_train_with_no_option_export_int8_within_a_budget_bench_predi
     assert checkpoint.test_accuracy > 60  # 18 test images of 3 classes: chance is 33%
 
     out = run("export", "--checkpoint", "checkpoints/new1.pt", "--data", "photos", "--int8", "--target", "cpu",
-              "--max-drop", "10", "--min-agreement", "80", "--calibration-size", "32")
+              "--max-drop", "10", "--min-agreement", "80")  # no --calibration-size: a small set calibrates on all
     from edgecls.formats import Int8Report, ModelMetadata
 
     report = Int8Report.read(tmp_path / "calibration" / "new1.int8-report.json")
     assert report.passed and report.validation["size"] == 7 and not report.validation["seen_in_training"]
+    assert report.calibration["size"] == 71 - 7  # every training image outside the validation split
     for name in ("new1.onnx", "new1.int8.onnx"):  # the class names travel in the ONNX metadata
         assert ModelMetadata.read(tmp_path / "export" / name).preprocess == checkpoint.preprocess
 

@@ -32,8 +32,9 @@ from edgecls.defaults import (CALIBRATION_DIR, CALIBRATION_METHODS, DEFAULT_CALI
 @click.option("--min-agreement", type=float, metavar="PERCENT",
               help="With --int8: the int8 file must give the float model's top-1 class on at least PERCENT of the "
                    "validation images (as --max-drop). Exit 1, installing nothing, when no choice holds the budget.")
-@click.option("--calibration-size", type=int, default=DEFAULT_CALIBRATION_SIZE, show_default=True,
-              help="Training images used for calibration.")
+@click.option("--calibration-size", type=int,
+              help=f"Training images used for calibration.  [default: {DEFAULT_CALIBRATION_SIZE:,}, or every training "
+                   "image outside the validation split when a data set has fewer]")
 @click.option("--calibration-seed", type=int, default=DEFAULT_CALIBRATION_SEED, show_default=True,
               help="Seed choosing those images.")
 @click.option("--calibration-cache", type=click.Path(dir_okay=False),
@@ -43,7 +44,7 @@ from edgecls.defaults import (CALIBRATION_DIR, CALIBRATION_METHODS, DEFAULT_CALI
 @click.option("--opset", type=click.IntRange(DEFAULT_OPSET, MAX_OPSET), default=DEFAULT_OPSET, show_default=True,
               help="ONNX opset; 17 is the newest TensorRT 8.5 (JetPack 5) parses.")
 def export_command(checkpoint: str, data: str | None, out_dir: str, fp16: bool, int8: bool, target: str,
-                   method: str | None, max_drop: float | None, min_agreement: float | None, calibration_size: int,
+                   method: str | None, max_drop: float | None, min_agreement: float | None, calibration_size: int | None,
                    calibration_seed: int, calibration_cache: str | None, calibration_dir: str, opset: int) -> None:
     """Export a checkpoint to ONNX (fp32, optionally fp16/int8), check parity with PyTorch, build engines if possible.
 
