@@ -104,7 +104,8 @@ def decode(source: ImageSource, name: str | None = None, size: tuple[int, int] |
         if orientation in _TRANSPOSES:  # the camera's EXIF orientation: pixels as the photo is shown
             from PIL import Image
 
-            image = image.transpose(getattr(Image.Transpose, _TRANSPOSES[orientation]))
+            methods = getattr(Image, "Transpose", Image)  # Pillow < 9.1 (JetPack 5's) keeps them on Image itself
+            image = image.transpose(getattr(methods, _TRANSPOSES[orientation]))
         return _rgb(image)
 
 

@@ -539,8 +539,8 @@ def test_the_training_log_and_checkpoint_never_disagree_unseen(tiny_cifar, tmp_p
     from edgecls.report.gather import gather
     from edgecls.train import TrainRequest, train
 
-    options = dict(epochs=3, batch_size=50, lr=0.05, val_split=40, device="cpu", progress=False, out_dir=tmp_path)
-    data = tiny_cifar.subset(200, 50, seed=0)
+    options = dict(epochs=3, batch_size=40, lr=0.05, val_split=20, device="cpu", progress=False, out_dir=tmp_path)
+    data = tiny_cifar.subset(100, 20, seed=0)
 
     class Interrupt(Exception):
         pass
