@@ -132,7 +132,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="per concurrency level")
     parser.add_argument("--soak-seconds", type=float, default=60.0)
     parser.add_argument("--timing-seconds", type=float, default=3.0, help="in process, per batch size")
-    parser.add_argument("--queue-delay", type=int, default=100, help="microseconds (edgecls serve --queue-delay)")
+    parser.add_argument("--queue-delay", type=int, default=100, help="microseconds (edgecls serve --queue-delay-us)")
     parser.add_argument("--instances", type=int, default=1)
     parser.add_argument("--threads", type=int, help="ONNX Runtime threads in process (default: its own)")
     parser.add_argument("--serve-threads", type=int, help="edgecls serve --threads (default: its own, 1 on the CPU)")
@@ -150,7 +150,7 @@ def main() -> int:
     print(f"  best {local['best_images_per_s']:.0f} images/s at batch {local['best_batch']}, one image p50 "
           f"{local['p50_ms_one_image']:.3f} ms", flush=True)
 
-    serve_args = [args.onnx, "--queue-delay", str(args.queue_delay), "--instances", str(args.instances)]
+    serve_args = [args.onnx, "--queue-delay-us", str(args.queue_delay), "--instances", str(args.instances)]
     if args.serve_threads:
         serve_args += ["--threads", str(args.serve_threads)]
     result: dict = {"artifact": args.onnx, "data": str(args.data), "serve_args": serve_args,

@@ -8,6 +8,8 @@ class folders for one's own data; softmax is left to the loss / the runtime).
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 from typing import Callable
 
@@ -85,28 +87,27 @@ def register(spec: ModelSpec) -> None:
     MODELS[spec.name] = spec
 
 
+# name, paper name, description, maps of Conv1, deconvolution layers, Fc1 width, the paper's total and fc share, note.
 # The paper gives no fully connected widths for the AlexNet baselines. 670 and 336 are the widths of
 # Fc1 that bring the totals closest to Table 2 (8819k, 2211k) with 95.4% of them in the head.
-register(ModelSpec(
-    "new2", "new_AlexNet_2", "Table 1 as written: 64-64-128-256 conv, 128-64 deconv, fc 256",
-    lambda **kw: PaperNet(width=64, deconv=True, fc_width=256, **kw), PaperFigures(586_000, 11.6),
-    "Table 1 as written gives 846k; the head matches the paper, so the paper's 586k must count the convolutions differently",
-))
-register(ModelSpec(
-    "new1", "new_AlexNet_1", "new2 with halved maps: 32-32-64-128 conv, 64-32 deconv, fc 128",
-    lambda **kw: PaperNet(width=32, deconv=True, fc_width=128, **kw), PaperFigures(148_000, 12.0),
-    "halving Table 1 gives 213k; the 128-wide head matches the paper's 12% of 148k, so again the convolutions differ",
-))
-register(ModelSpec(
-    "alex2", "AlexNet_2", "baseline without deconvolution: 64-64-128-256 conv, fc 670 (width chosen, see docs)",
-    lambda **kw: PaperNet(width=64, deconv=False, fc_width=670, **kw), PaperFigures(8_819_000, 95.4),
-    "Fc1 width 670 is our choice: the paper gives none; it is the width closest to the paper's total",
-))
-register(ModelSpec(
-    "alex1", "AlexNet_1", "baseline with halved maps: 32-32-64-128 conv, fc 336 (width chosen, see docs)",
-    lambda **kw: PaperNet(width=32, deconv=False, fc_width=336, **kw), PaperFigures(2_211_000, 95.4),
-    "Fc1 width 336 is our choice: the paper gives none; it is the width closest to the paper's total",
-))
+_TABLE_2 = (
+    ("new2", "new_AlexNet_2", "Table 1 as written: 64-64-128-256 conv, 128-64 deconv, fc 256", 64, True, 256,
+     586_000, 11.6, "Table 1 as written gives 846k; the head matches the paper, so the paper's 586k must count the "
+                    "convolutions differently"),
+    ("new1", "new_AlexNet_1", "new2 with halved maps: 32-32-64-128 conv, 64-32 deconv, fc 128", 32, True, 128,
+     148_000, 12.0, "halving Table 1 gives 213k; the 128-wide head matches the paper's 12% of 148k, so again the "
+                    "convolutions differ"),
+    ("alex2", "AlexNet_2", "baseline without deconvolution: 64-64-128-256 conv, fc 670 (width chosen, see docs)", 64,
+     False, 670, 8_819_000, 95.4, "Fc1 width 670 is our choice: the paper gives none; it is the width closest to the "
+                                  "paper's total"),
+    ("alex1", "AlexNet_1", "baseline with halved maps: 32-32-64-128 conv, fc 336 (width chosen, see docs)", 32, False,
+     336, 2_211_000, 95.4, "Fc1 width 336 is our choice: the paper gives none; it is the width closest to the paper's "
+                           "total"),
+)
+for name, paper_name, description, width, deconv, fc_width, paper_params, paper_fc_share, note in _TABLE_2:
+    register(ModelSpec(name, paper_name, description,
+                       functools.partial(PaperNet, width=width, deconv=deconv, fc_width=fc_width),
+                       PaperFigures(paper_params, paper_fc_share), note))
 
 
 def create_model(name: str, **config) -> nn.Module:

@@ -78,7 +78,7 @@ def test_every_config_parses_with_tritons_schema_and_says_what_the_files_say(exp
     onnx_files = [export_dir / "new2.onnx", export_dir / "new2.fp16.onnx", export_dir / "new2.int8.onnx"]
     plan = make_plan(tmp_path, onnx_files[2])
     code, output = cli("deploy", "triton", *map(str, onnx_files), str(plan), "-o", str(tmp_path / "repo"),
-                       "--target-trt", "10.3", "--target-gpu", "orin", "--ensemble", "--preferred-batch", "8,32",
+                       "--target-trt", "10.3", "--target-gpu", "orin", "--ensemble", "--preferred-batch-sizes", "8,32",
                        "--queue-delay-us", "250", "--instances", "2", "--top-k", "3")
     assert code == 0, output
     repo = tmp_path / "repo"
@@ -194,7 +194,7 @@ def test_plan_batch_limits(export_dir, tmp_path):
     plan = make_plan(tmp_path, export_dir / "new2.onnx", batch=(1, 8, 32))
     with pytest.raises(EdgeclsError, match="--max-batch 64 is above the 32 images"):
         write_repository([plan], tmp_path / "a", Options(max_batch=64, target=ORIN.target))
-    with pytest.raises(EdgeclsError, match="--preferred-batch 64 is above the largest batch"):
+    with pytest.raises(EdgeclsError, match="--preferred-batch-sizes 64 is above the largest batch"):
         write_repository([plan], tmp_path / "a", Options(preferred_batch=(16, 64), target=ORIN.target))
     plan = make_plan(tmp_path, export_dir / "new2.onnx", batch=(8, 8, 8), dla_core=0)
     with pytest.raises(EdgeclsError, match="accepts batches of 8 to 8 images.*a DLA plan takes one batch size"):

@@ -62,7 +62,7 @@ def server(artifact):
     """The module's server: small batches, a queue delay long enough that concurrent requests batch. Stopped with
     SIGINT at the end of the module: exit code 0 and nothing of it left running."""
     process = ServerProcess([str(artifact), "--max-batch", str(MAX_BATCH), "--preferred-batch-sizes", "4,8",
-                             "--queue-delay", "2000", "--top-k", "2"])
+                             "--queue-delay-us", "2000", "--top-k", "2"])
     yield process
     code = process.stop(signal.SIGINT)
     assert code == 0, process.output_tail()

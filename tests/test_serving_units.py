@@ -80,7 +80,7 @@ def test_serve_without_a_serving_interpreter_is_one_line(monkeypatch, tmp_path):
     (["--http-port", "9000", "--grpc-port", "9000"], "ports must differ"),
     (["--preferred-batch-sizes", "8,x"], "--preferred-batch-sizes '8,x' is not a comma-separated list"),
     (["--preferred-batch-sizes", "0,8"], "--preferred-batch-sizes [0, 8] must be positive"),
-    (["--queue-delay", "-1"], "--queue-delay -1 must be at least 0"),
+    (["--queue-delay-us", "-1"], "--queue-delay-us -1 must be at least 0"),
 ])
 def test_serve_options_are_refused_before_anything_starts(tmp_path, args, message):
     model = tmp_path / "model.onnx"

@@ -22,7 +22,7 @@ def deploy() -> None:
               help="The repository folder: created, or replaced when it is one deploy wrote; never another folder.")
 @click.option("--max-batch", type=click.IntRange(1), help="Largest batch Triton forms.  [default: a plan's profile "
                                                           f"maximum; {TRITON_ONNX_MAX_BATCH} for ONNX]")
-@click.option("--preferred-batch", help="Batch sizes the dynamic batcher aims for, comma-separated, e.g. 16,32.")
+@click.option("--preferred-batch-sizes", "preferred_batch", help="Batch sizes the dynamic batcher aims for, comma-separated, e.g. 16,32.")
 @click.option("--queue-delay-us", type=click.IntRange(0), default=TRITON_QUEUE_DELAY_US, show_default=True,
               help="How long a request may wait for others to join its batch, in microseconds.")
 @click.option("--instances", type=click.IntRange(1), default=1, show_default=True,
@@ -53,9 +53,10 @@ def triton_command(models: tuple[str, ...], output: str, max_batch: Optional[int
       edgecls deploy triton export/new2.onnx engines/new2.int8.plan \\
           --target-trt 10.3 --target-gpu Orin --ensemble -o model_repository
     """
-    from edgecls.serving.repository import Options, PlanTarget, parse_sizes, write_repository
+    from edgecls.serving.batching import parse_batch_sizes
+    from edgecls.serving.repository import Options, PlanTarget, write_repository
 
-    options = Options(max_batch=max_batch, preferred_batch=parse_sizes(preferred_batch, "--preferred-batch"),
+    options = Options(max_batch=max_batch, preferred_batch=parse_batch_sizes(preferred_batch),
                       queue_delay_us=queue_delay_us, instances=instances, onnx_device=onnx_device,
                       onnx_backend=onnx_backend, ensemble=ensemble, top_k=top_k,
                       target=PlanTarget(tensorrt=target_trt, gpu=target_gpu, compute=target_compute))

@@ -15,13 +15,6 @@ from edgecls.errors import EdgeclsError
 HANDED_OVER = "EDGECLS_SERVE_HANDED_OVER"  # set in the serving interpreter's environment: hand over once, never loop
 
 
-def _sizes(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise EdgeclsError(f"--preferred-batch-sizes {text!r} is not a comma-separated list of batch sizes, e.g. 8,32")
-
-
 @click.command("serve")
 @click.argument("artifact")
 @click.option("--instances", type=int, default=1, show_default=True,
@@ -30,7 +23,7 @@ def _sizes(text: str) -> tuple[int, ...]:
                                             "plan's profile, 256 for ONNX files]")
 @click.option("--preferred-batch-sizes", metavar="SIZES",
               help="Comma-separated batch sizes the dynamic batcher prefers, e.g. 8,32.")
-@click.option("--queue-delay", "queue_delay_us", type=int, default=100, show_default=True, metavar="MICROSECONDS",
+@click.option("--queue-delay-us", "queue_delay_us", type=int, default=100, show_default=True, metavar="MICROSECONDS",
               help="How long a request may wait in the queue for others to batch with.")
 @click.option("--address", default="127.0.0.1", show_default=True,
               help="Address to listen on (0.0.0.0: every interface).")
@@ -55,12 +48,13 @@ def serve(artifact: str, instances: int, max_batch: Optional[int], preferred_bat
     Example: edgecls serve export/new2.onnx --instances 2 --preferred-batch-sizes 16,32 --http-port 8000
     """
     from edgecls.serving import interpreter
+    from edgecls.serving.batching import parse_batch_sizes
     from edgecls.serving.server import ServeSettings
 
     settings = ServeSettings(artifact=artifact, provider=provider, threads=threads, instances=instances,
                              max_batch=max_batch, queue_delay_us=queue_delay_us, address=address, http_port=http_port,
                              grpc_port=grpc_port, metrics_port=metrics_port, top_k=top_k, log=log,
-                             preferred_batch_sizes=_sizes(preferred_batch_sizes) if preferred_batch_sizes else ())
+                             preferred_batch_sizes=parse_batch_sizes(preferred_batch_sizes))
     check_input_file(artifact, "model file")
     here = interpreter.this_interpreter()
     problem = interpreter.problem(here)

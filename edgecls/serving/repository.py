@@ -30,6 +30,7 @@ from edgecls.artifacts import (ensure_writable_dir, library_versions, sha256_fil
                                storage_error, temporary_prefix, utc_now)
 from edgecls.defaults import TRITON_ONNX_MAX_BATCH, TRITON_QUEUE_DELAY_US, TRITON_TOP_K
 from edgecls.errors import EdgeclsError
+from edgecls.serving.batching import check_batching
 from edgecls.formats import METADATA_KEY, EngineManifest, ExportSet, ModelMetadata, TritonRepository
 
 VERSION = "1"  # the one version folder written per model
@@ -372,30 +373,9 @@ def _write_python_model(folder: Path, config: dict) -> None:
 
 # ----------------------------------------------------------------------------------------------- the repository
 
-def parse_sizes(text: Optional[str], option: str) -> tuple:
-    """'16,32' -> (16, 32); None -> ()."""
-    if text is None:
-        return ()
-    try:
-        sizes = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        sizes = ()
-    if not sizes or any(size < 1 for size in sizes):
-        raise EdgeclsError(f"{option} {text!r} is not a comma-separated list of batch sizes of 1 or more, e.g. 16,32")
-    return sizes
-
-
 def check_options(options: Options) -> None:
-    if options.max_batch is not None and options.max_batch < 1:
-        raise EdgeclsError(f"--max-batch must be at least 1, got {options.max_batch}")
-    if options.instances < 1:
-        raise EdgeclsError(f"--instances must be at least 1, got {options.instances}")
-    if options.queue_delay_us < 0:
-        raise EdgeclsError(f"--queue-delay-us cannot be negative, got {options.queue_delay_us}")
-    if options.top_k < 1:
-        raise EdgeclsError(f"--top-k must be at least 1, got {options.top_k}")
-    if any(size < 1 for size in options.preferred_batch):
-        raise EdgeclsError(f"--preferred-batch sizes must be at least 1, got {list(options.preferred_batch)}")
+    check_batching(instances=options.instances, max_batch=options.max_batch, preferred=options.preferred_batch,
+                   queue_delay_us=options.queue_delay_us, top_k=options.top_k)
     if options.onnx_device not in ("cpu", "gpu") or options.onnx_backend not in ("onnxruntime", "python"):
         raise EdgeclsError(f"unknown ONNX device {options.onnx_device!r} or backend {options.onnx_backend!r}")
 
@@ -460,7 +440,7 @@ def _check_sources(sources: Sequence[Source], options: Options) -> None:
                                "hold; export the model with single-line class names")
         over = [size for size in options.preferred_batch if size > source.max_batch]
         if over:
-            raise EdgeclsError(f"--preferred-batch {over[0]} is above the largest batch of {source.path} "
+            raise EdgeclsError(f"--preferred-batch-sizes {over[0]} is above the largest batch of {source.path} "
                                f"({source.max_batch}); give sizes up to {source.max_batch}")
 
 
@@ -540,4 +520,4 @@ def _install(staging: Path, output: Path) -> None:
         shutil.rmtree(aside, ignore_errors=True)
 
 
-__all__ = ["Options", "PlanTarget", "Written", "parse_sizes", "read_source", "to_pbtxt", "write_repository"]
+__all__ = ["Options", "PlanTarget", "Written", "read_source", "to_pbtxt", "write_repository"]

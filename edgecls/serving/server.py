@@ -31,6 +31,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from edgecls.errors import EdgeclsError, first_line
+from edgecls.serving.batching import check_batching
 from edgecls.formats import METADATA_KEY, ModelMetadata
 from edgecls.runtime import Classifier, softmax
 from edgecls.serving.client import METRICS_PORT_PARAMETER
@@ -65,16 +66,8 @@ class ServeSettings:
     log: Optional[str] = None  # tritonserver's log file (None: a temporary one, removed at exit)
 
     def __post_init__(self) -> None:
-        if self.instances < 1:
-            raise EdgeclsError(f"--instances {self.instances} must be at least 1")
-        if self.max_batch is not None and self.max_batch < 1:
-            raise EdgeclsError(f"--max-batch {self.max_batch} must be at least 1")
-        if self.queue_delay_us < 0:
-            raise EdgeclsError(f"--queue-delay {self.queue_delay_us} must be at least 0 microseconds")
-        if self.top_k < 1:
-            raise EdgeclsError(f"--top-k {self.top_k} must be at least 1")
-        if any(size < 1 for size in self.preferred_batch_sizes):
-            raise EdgeclsError(f"--preferred-batch-sizes {list(self.preferred_batch_sizes)} must be positive")
+        check_batching(instances=self.instances, max_batch=self.max_batch, preferred=self.preferred_batch_sizes,
+                       queue_delay_us=self.queue_delay_us, top_k=self.top_k)
         for option, port in zip(PORT_OPTIONS, (self.http_port, self.grpc_port, self.metrics_port)):
             if port is not None and not 1 <= port <= 65535:
                 raise EdgeclsError(f"{option} {port} is not a port number (1-65535)")
@@ -84,7 +77,7 @@ class ServeSettings:
 
     def to_args(self) -> list[str]:
         args = [self.artifact, "--provider", self.provider, "--instances", str(self.instances),
-                "--queue-delay", str(self.queue_delay_us), "--address", self.address, "--top-k", str(self.top_k)]
+                "--queue-delay-us", str(self.queue_delay_us), "--address", self.address, "--top-k", str(self.top_k)]
         optional = {"--threads": self.threads, "--max-batch": self.max_batch, "--http-port": self.http_port,
                     "--grpc-port": self.grpc_port, "--metrics-port": self.metrics_port, "--log": self.log}
         args += [item for option, value in optional.items() if value is not None for item in (option, str(value))]
