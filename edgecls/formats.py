@@ -653,7 +653,11 @@ class BenchResult(_Record, what="bench file", fix="write it again with `edgecls 
     error: Optional[str] = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)  # the bench file's own layout: no version field (files written before it had none)
+        record = asdict(self)  # the bench file's own layout: no version field (files written before it had none)
+        if self.server is None:  # a file's bench: the served fields stay out of its file, as before they existed
+            for key in ("server", "load", "complete", "error"):
+                del record[key]
+        return record
 
     @classmethod
     def _checked(cls, values: dict[str, Any]) -> dict[str, Any]:
