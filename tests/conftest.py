@@ -141,7 +141,7 @@ def refusal(call: Callable[..., Any], *args: Any) -> str:
     with pytest.raises(EdgeclsError) as info:
         call(*args)
     message = str(info.value)
-    assert "\n" not in message
+    assert "\n" not in message and message
     return message
 
 

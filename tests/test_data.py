@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import use_private_cache
+from conftest import refusal, use_private_cache
 from edgecls import data as data_module
 from edgecls.data import (
     CIFAR10_CLASSES,
@@ -225,7 +225,7 @@ def test_decoding_in_processes_gives_the_same_pixels(tmp_path: Path) -> None:
     blobs = [(str(p), p.read_bytes()) for p in sorted(root.rglob("*.jpg"))]
     np.testing.assert_array_equal(decode_images(blobs, workers=2), decode_images(blobs, workers=1))
     blobs[-1] = ("broken.jpg", b"not an image")  # a worker's error reaches the caller intact
-    assert "broken.jpg" in error_of(lambda: decode_images(blobs, workers=2))
+    assert "broken.jpg" in refusal(lambda: decode_images(blobs, workers=2))
 
 
 # --- the cache -------------------------------------------------------------------------------------------------
@@ -333,7 +333,7 @@ def test_download_failure_is_one_line(tmp_path: Path, monkeypatch: pytest.Monkey
         raise OSError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(torchvision_datasets, "CIFAR10", offline)
-    message = error_of(lambda: load_cifar10(tmp_path / "new", download=True))
+    message = refusal(lambda: load_cifar10(tmp_path / "new", download=True))
     assert "downloading CIFAR-10" in message and "name resolution" in message and CIFAR10_URL in message
 
 
@@ -381,36 +381,28 @@ def test_subset_is_stratified_seeded_and_keeps_pairs() -> None:
 # --- bad input: one clear line naming the culprit --------------------------------------------------------------
 
 
-def error_of(action) -> str:
-    with pytest.raises(EdgeclsError) as caught:
-        action()
-    message = str(caught.value)
-    assert "\n" not in message and message
-    return message
-
-
 def _mkdir(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
 def test_nothing_there_says_how_to_get_data(tmp_path: Path) -> None:
-    message = error_of(lambda: load_cifar10(tmp_path / "absent"))
+    message = refusal(lambda: load_cifar10(tmp_path / "absent"))
     assert str(tmp_path / "absent") in message
     assert "--download" in message and CIFAR10_URL in message and "--data" in message and "EDGECLS_DATA" in message
 
 
 def test_empty_and_unrelated_folders(tmp_path: Path) -> None:
     empty = _mkdir(tmp_path / "empty")
-    message = error_of(lambda: load_cifar10(empty))
+    message = refusal(lambda: load_cifar10(empty))
     assert "empty" in message and str(empty) in message and "--download" in message
     other = _mkdir(tmp_path / "other")
     (other / "notes.txt").write_text("hello")
     (other / "images.tar.gz").write_bytes(b"")
-    message = error_of(lambda: load_cifar10(other))
+    message = refusal(lambda: load_cifar10(other))
     assert "holds no CIFAR-10 data" in message and str(other / "images.tar.gz") in message
     (tmp_path / "file.txt").write_text("x")
-    assert "file.txt" in error_of(lambda: load_cifar10(tmp_path / "file.txt"))
+    assert "file.txt" in refusal(lambda: load_cifar10(tmp_path / "file.txt"))
 
 
 def test_missing_truncated_corrupt_and_foreign_batch_files(tmp_path: Path) -> None:
@@ -418,18 +410,18 @@ def test_missing_truncated_corrupt_and_foreign_batch_files(tmp_path: Path) -> No
     intact = (folder / "data_batch_3").read_bytes()
 
     (folder / "data_batch_3").write_bytes(intact[: len(intact) // 2])
-    message = error_of(lambda: load_cifar10(folder, cache=False))
+    message = refusal(lambda: load_cifar10(folder, cache=False))
     assert "data_batch_3" in message and "corrupt or truncated" in message
 
     (folder / "data_batch_3").write_bytes(b"\x00garbage" * 50)
-    assert "data_batch_3" in error_of(lambda: load_cifar10(folder, cache=False))
+    assert "data_batch_3" in refusal(lambda: load_cifar10(folder, cache=False))
 
     dump_batch({b"data": np.zeros((4, 100), np.uint8), b"labels": [0, 1, 2, 3]}, folder / "data_batch_3")
-    message = error_of(lambda: load_cifar10(folder, cache=False))
+    message = refusal(lambda: load_cifar10(folder, cache=False))
     assert "data_batch_3" in message and "not a CIFAR-10 batch" in message
 
     (folder / "data_batch_3").unlink()
-    message = error_of(lambda: load_cifar10(folder, cache=False))
+    message = refusal(lambda: load_cifar10(folder, cache=False))
     assert "lacks data_batch_3" in message
 
 
@@ -447,7 +439,7 @@ def test_pickle_asking_for_code_is_refused(tmp_path: Path) -> None:
     folder = write_batches(make_reference(), tmp_path / "cifar-10-batches-py")
     marker = tmp_path / "pwned"
     (folder / "test_batch").write_bytes(pickle.dumps({b"data": _Touch(marker)}, protocol=2))
-    message = error_of(lambda: load_cifar10(folder, cache=False))
+    message = refusal(lambda: load_cifar10(folder, cache=False))
     assert "test_batch" in message and not marker.exists()
 
 
@@ -457,10 +449,10 @@ def test_truncated_and_corrupt_archives(tmp_path: Path) -> None:
         archive = write_tree_tar(root, tmp_path / name)
         blob = archive.read_bytes()
         archive.write_bytes(blob[: len(blob) // 2])
-        message = error_of(lambda: load_cifar10(archive, cache=False))
+        message = refusal(lambda: load_cifar10(archive, cache=False))
         assert str(archive) in message and "corrupt or truncated" in message
     (tmp_path / "noise.tar.gz").write_bytes(np.random.default_rng(0).bytes(5000))
-    assert "noise.tar.gz" in error_of(lambda: load_cifar10(tmp_path / "noise.tar.gz", cache=False))
+    assert "noise.tar.gz" in refusal(lambda: load_cifar10(tmp_path / "noise.tar.gz", cache=False))
 
 
 def test_archives_without_usable_data(tmp_path: Path) -> None:
@@ -469,21 +461,21 @@ def test_archives_without_usable_data(tmp_path: Path) -> None:
         for member in source.getmembers():
             if not member.name.endswith("test_batch"):
                 partial.addfile(member, source.extractfile(member) if member.isfile() else None)
-    message = error_of(lambda: load_cifar10(tmp_path / "partial.tar.gz", cache=False))
+    message = refusal(lambda: load_cifar10(tmp_path / "partial.tar.gz", cache=False))
     assert "partial.tar.gz" in message and "test_batch" in message
 
     with tarfile.open(tmp_path / "unrelated.tar", "w") as unrelated:
         info = tarfile.TarInfo("readme.txt")
         info.size = 5
         unrelated.addfile(info, io.BytesIO(b"hello"))
-    message = error_of(lambda: load_cifar10(tmp_path / "unrelated.tar", cache=False))
+    message = refusal(lambda: load_cifar10(tmp_path / "unrelated.tar", cache=False))
     assert "unrelated.tar" in message and "holds no CIFAR-10 data" in message
 
 
 def test_class_folders_differ_between_splits(tmp_path: Path) -> None:
     root = write_tree(make_reference(), tmp_path / "tree")
     (root / "test" / "cat").rename(root / "test" / "kitten")
-    message = error_of(lambda: load_cifar10(root, cache=False))
+    message = refusal(lambda: load_cifar10(root, cache=False))
     assert "only in train: cat" in message and "only in test: kitten" in message and str(root) in message
 
 
@@ -492,7 +484,7 @@ def test_tree_without_test_images_holds_out_a_seeded_share_of_each_class(tmp_pat
     root = write_tree(ref, tmp_path / "tree")
     for file in (root / "test").rglob("*.png"):
         file.unlink()
-    message = error_of(lambda: load_cifar10(root, cache=False))  # 3 images per class cannot be split
+    message = refusal(lambda: load_cifar10(root, cache=False))  # 3 images per class cannot be split
     assert "too few images to split" in message and "airplane (3)" in message and "truck (3)" in message
 
     ref = make_reference(train_per_class=10)
@@ -524,11 +516,11 @@ def test_bad_images_are_named(tmp_path: Path, problem: str) -> None:
         blob[16:24] = struct.pack(">II", 10000, 10000)  # IHDR width and height, and the chunk's checksum
         blob[29:33] = struct.pack(">I", zlib.crc32(bytes(blob[12:29])))
         culprit.write_bytes(bytes(blob))
-    message = error_of(lambda: load_cifar10(root, cache=False))
+    message = refusal(lambda: load_cifar10(root, cache=False))
     assert str(culprit) in message
     assert "10000x10000" in message if problem == "too large" else "cannot decode" in message
     archive = write_tree_tar(root, tmp_path / "tree.tar.gz", top="tree")  # inside an archive: archive:member
-    assert f"{archive}:tree/train/dog/bad.jpg" in error_of(lambda: load_cifar10(archive, cache=False))
+    assert f"{archive}:tree/train/dog/bad.jpg" in refusal(lambda: load_cifar10(archive, cache=False))
 
 
 def test_class_order_does_not_follow_the_archive_order(tmp_path: Path) -> None:

@@ -12,12 +12,13 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from conftest import refusal
 from edgecls.cli import main
 from edgecls.data import MIN_CLASS_IMAGES, Cifar10, default_val_split, imbalance_warning, load_cifar10
 from edgecls.defaults import DEFAULT_VAL_SPLIT
-from edgecls.errors import EdgeclsError
 from edgecls.imaging import decode
 from edgecls.preprocess import Preprocessing
+
 
 CLASSES = {"meadow": (60, 170, 60), "sea": (40, 90, 200), "sunset": (230, 120, 40)}
 # (width, height) of the photos and the format each is saved in, taken in turn: none of them is the model's 32x32 but
@@ -58,14 +59,6 @@ def make_photos(root: Path, counts: dict[str, int], split: str = "train", seed: 
     return written
 
 
-def error_of(action) -> str:
-    with pytest.raises(EdgeclsError) as caught:
-        action()
-    message = str(caught.value)
-    assert "\n" not in message and message
-    return message
-
-
 # --- reading --------------------------------------------------------------------------------------------------
 
 
@@ -101,24 +94,24 @@ def test_a_given_test_folder_is_used_as_it_is(tmp_path: Path) -> None:
 
 def test_data_that_cannot_make_a_classifier_is_refused_naming_the_class(tmp_path: Path) -> None:
     make_photos(tmp_path / "one", {"sea": 8})
-    assert "one class folder (sea)" in error_of(lambda: load_cifar10(tmp_path / "one", cache=False))
+    assert "one class folder (sea)" in refusal(lambda: load_cifar10(tmp_path / "one", cache=False))
 
     make_photos(tmp_path / "few", {"meadow": 8, "sea": MIN_CLASS_IMAGES - 1, "sunset": 2})
-    message = error_of(lambda: load_cifar10(tmp_path / "few", cache=False))
+    message = refusal(lambda: load_cifar10(tmp_path / "few", cache=False))
     assert "too few images to split" in message and "sea (4)" in message and "sunset (2)" in message
     assert "meadow" not in message and "test/<class>/" in message
 
     make_photos(tmp_path / "empty", {"meadow": 3, "sea": 3})
     make_photos(tmp_path / "empty", {"meadow": 1}, split="test")
     (tmp_path / "empty" / "test" / "sea").mkdir()
-    message = error_of(lambda: load_cifar10(tmp_path / "empty", cache=False))
+    message = refusal(lambda: load_cifar10(tmp_path / "empty", cache=False))
     assert "class folder sea in" in message and "test/ holds no images" in message
 
     make_photos(tmp_path / "flat", {"meadow": 3, "sea": 3})  # class folders without train/ above them
     for folder in (tmp_path / "flat" / "train").iterdir():
         folder.rename(tmp_path / "flat" / folder.name)
     (tmp_path / "flat" / "train").rmdir()
-    message = error_of(lambda: load_cifar10(tmp_path / "flat", cache=False))
+    message = refusal(lambda: load_cifar10(tmp_path / "flat", cache=False))
     assert "meadow, sea" in message and f"move them into {tmp_path / 'flat' / 'train'}" in message
 
 
@@ -126,7 +119,7 @@ def test_a_validation_split_that_would_empty_a_class_is_refused_naming_it() -> N
     images = np.zeros((12, 32, 32, 3), np.uint8)
     labels = np.array([0] * 10 + [1] * 2)
     data = Cifar10(images, labels, images[:2], np.array([0, 1]), ["many", "two"])
-    message = error_of(lambda: data.hold_out(np.array([0, 10, 11])))
+    message = refusal(lambda: data.hold_out(np.array([0, 10, 11])))
     assert "two (2)" in message and "--val-split" in message and "many" not in message
     rest, held_images, held_labels = data.hold_out(np.array([0, 1, 10]))
     assert rest.class_counts() == [8, 1] and held_labels.tolist() == [0, 0, 1]
