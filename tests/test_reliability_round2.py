@@ -208,21 +208,27 @@ def test_every_model_is_checked_against_its_graph_at_load(tmp_path):
     assert code == 2 and "std must be 3 finite numbers" in error_line(output)
 
 
-def test_calibration_ranges_must_be_finite(tmp_path, new2_export):
+def refusal_of_cache(record: dict, cache: Path, new2_export, tmp_path: Path) -> str:
+    """The one-line refusal of an int8 quantization of new2 from the calibration cache `record`, written to `cache`."""
     from edgecls.quantize import CalibrationSettings, quantize_int8
 
+    cache.write_text(json.dumps(record))
+    with pytest.raises(EdgeclsError) as info:
+        quantize_int8(new2_export.files["fp32"], tmp_path / "int8.onnx", settings=CalibrationSettings(cache=cache),
+                      work_dir=tmp_path)
+    return str(info.value)
+
+
+def test_calibration_ranges_must_be_finite(tmp_path, new2_export):
     record = json.loads(new2_export.calibration.read_text())
     tensor = next(iter(record["ranges"]["data"]))
     for bad in (float("inf"), float("-inf"), float("nan"), "high"):
         broken = json.loads(json.dumps(record))
         broken["ranges"]["data"][tensor]["lowest"] = bad
         cache = tmp_path / "cache.json"
-        cache.write_text(json.dumps(broken))
-        with pytest.raises(EdgeclsError) as info:
-            quantize_int8(new2_export.files["fp32"], tmp_path / "int8.onnx", settings=CalibrationSettings(cache=cache),
-                          work_dir=tmp_path)
-        assert str(info.value).startswith(f"calibration cache {cache}: tensor {tensor!r} has the range ")
-        assert "not two finite numbers" in str(info.value) and not (tmp_path / "int8.onnx").exists()
+        message = refusal_of_cache(broken, cache, new2_export, tmp_path)
+        assert message.startswith(f"calibration cache {cache}: tensor {tensor!r} has the range ")
+        assert "not two finite numbers" in message and not (tmp_path / "int8.onnx").exists()
 
 
 # ================================================================================ 4. no hang, bounded memory
@@ -479,18 +485,14 @@ def test_a_staging_folder_is_swept_only_when_its_own_process_is_gone(tmp_path):
 def test_messages_name_the_users_file_and_the_true_state(tmp_path, new2_export, trained_checkpoint):
     from edgecls.artifacts import staging_dir
     from edgecls.formats import ExportSet
-    from edgecls.quantize import CalibrationSettings, quantize_int8
 
     # a calibration cache whose ranges do not fit the graph: the user's file is named, not a staging path
     record = json.loads(new2_export.calibration.read_text())
     del record["ranges"]["calibration_method"]  # ONNX Runtime's KeyError, once said to be "another model's"
     cache = tmp_path / "edited.json"
-    cache.write_text(json.dumps(record))
-    with pytest.raises(EdgeclsError) as info:
-        quantize_int8(new2_export.files["fp32"], tmp_path / "int8.onnx", settings=CalibrationSettings(cache=cache),
-                          work_dir=tmp_path)
-    assert str(info.value).startswith(f"calibration cache {cache} does not fit the graph of new2 ('calibration_method')")
-    assert str(info.value).endswith("drop --calibration-cache to recalibrate") and "another model" not in str(info.value)
+    message = refusal_of_cache(record, cache, new2_export, tmp_path)
+    assert message.startswith(f"calibration cache {cache} does not fit the graph of new2 ('calibration_method')")
+    assert message.endswith("drop --calibration-cache to recalibrate") and "another model" not in message
     # an export record left incomplete: "in progress" while its writer lives, "interrupted" once it is gone
     export = tmp_path / "export"
     export.mkdir()
