@@ -542,11 +542,12 @@ class AnnotatedVideo:
         self._stack = contextlib.ExitStack()
         self._staged: Optional[Path] = None
 
-    def check(self) -> None:
-        """Before any work: the folder takes files, and this OpenCV has an encoder for the codec."""
+    def check(self, inputs: Sequence[str | os.PathLike] = ()) -> None:
+        """Before any work: the path is none of the command's `inputs` (the source video, the model), the folder takes
+        files, and this OpenCV has an encoder for the codec."""
         from edgecls.artifacts import check_output_file, staging_dir
 
-        check_output_file(self.path)
+        check_output_file(self.path, inputs=inputs)
         cv2 = _cv2()
         with staging_dir(self.path.parent.absolute(), "video-check") as folder:
             probe = cv2.VideoWriter(str(folder / f"probe{self.path.suffix}"), cv2.VideoWriter_fourcc(*self.codec),
@@ -609,7 +610,7 @@ def predict_video(spec: SourceSpec, engine: str, options: VideoOptions = VideoOp
     err = sys.stderr if err is None else err
     writer = AnnotatedVideo(output, 0.0) if output else None
     if writer is not None:
-        writer.check()
+        writer.check(inputs=(spec.text, engine))
     source = open_source(spec)
     try:
         if writer is not None:

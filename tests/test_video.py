@@ -150,6 +150,9 @@ def test_bad_video_input_is_one_line_before_work(fp32_onnx, clips, tmp_path):
     assert (code, stdout) == (2, "") and "is a folder" in stderr
     code, stdout, stderr = run(str(video), "--engine", str(fp32_onnx), "-o", str(tmp_path / "labels.gif"))
     assert (code, stdout) == (2, "") and "give an annotated video ending in" in stderr
+    before = video.read_bytes()  # the source video itself as the output: refused, the video untouched
+    code, stdout, stderr = run(str(video), "--engine", str(fp32_onnx), "-o", str(video))
+    assert (code, stdout) == (2, "") and "an input of this command" in stderr and video.read_bytes() == before
 
     code, stdout, stderr = run(str(video), "--engine", str(fp32_onnx), "--every", "0")
     assert (code, stdout) == (2, "") and "--every must be 1 or more" in stderr
