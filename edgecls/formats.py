@@ -110,7 +110,7 @@ def _typed_fields(cls: type, record: Any, prefix: str = "") -> dict[str, Any]:
     """The values of the dataclass `cls`'s fields in the JSON object `record`, each checked against the field's
     annotation; a field with a default may be absent (it then keeps its default)."""
     if not isinstance(record, dict):
-        raise TypeError(f"{prefix.rstrip('.') or 'the record'} (not a JSON object)")
+        raise TypeError(f"{prefix[:-1] or 'the record'} (not a JSON object)")  # "layers[0]." names "layers[0]"
     values = {}
     for spec in fields(cls):
         if spec.name in record:
