@@ -226,6 +226,7 @@ def test_output_target_is_the_file_a_link_names_and_the_path_itself_otherwise(tm
     link.symlink_to(real)
     dangling.symlink_to(tmp_path / "sub" / "new.json")
     assert output_target(real) == real and output_target(tmp_path / "new.json") == tmp_path / "new.json"
+    assert output_target("out/bench.json") == Path("out/bench.json")  # a relative name stays as given
     assert output_target(link) == real and output_target(str(dangling)) == tmp_path / "sub" / "new.json"
     write_json(link, {"new": True})
     assert link.is_symlink() and real.read_text() == '{\n  "new": true\n}\n'
@@ -247,6 +248,7 @@ def test_artifact_kind_knows_the_managed_files_by_name(tmp_path):
 
 @pytest.mark.parametrize("marker, kind", [("edgecls-calibration", "calibration record"),
                                           ("edgecls-int8-report", "int8 report"),
+                                          ("edgecls-bench-record", "bench record"),  # "record" is not doubled
                                           ("edgecls-triton-repository", "triton repository record")])
 def test_artifact_kind_knows_a_record_by_the_marker_at_its_start(tmp_path, marker, kind):
     path = tmp_path / "Record.JSON"
@@ -352,17 +354,19 @@ class _Text:
         return self.text
 
 
+def no_proc(path: str) -> str:
+    raise FileNotFoundError(path)
+
+
 def test_the_host_tag_hashes_the_host_name_and_the_pid_namespace(monkeypatch):
     monkeypatch.setattr(socket, "gethostname", lambda: "jetson")
     tags = {}
     for namespace in ("pid:[4026531836]", "pid:[4026532201]"):
-        monkeypatch.setattr(os, "readlink", lambda path, ns=namespace: ns)
+        links = {"/proc/self/ns/pid": namespace}  # the link naming this process's PID namespace, and no other
+        monkeypatch.setattr(os, "readlink", lambda path, links=links: links.get(path) or no_proc(path))
         tags[namespace] = artifacts._process_space()
     assert len(set(tags.values())) == 2 and all(len(tag) == 6 for tag in tags.values())
     assert tags["pid:[4026531836]"] == hashlib.blake2b(b"jetson\0pid:[4026531836]", digest_size=3).hexdigest()
-
-    def no_proc(path: str) -> str:
-        raise OSError(path)
 
     monkeypatch.setattr(os, "readlink", no_proc)  # no /proc: the host name alone
     assert artifacts._process_space() == hashlib.blake2b(b"jetson\0", digest_size=3).hexdigest()
@@ -382,7 +386,7 @@ def test_a_worker_asks_linux_to_kill_it_with_its_parent_and_ends_if_its_parent_i
         end_with_parent(os.getppid() + 1)  # not its parent: it ends at once
         print("still here")
     """)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(artifacts.__file__).resolve().parents[1])}  # the edgecls tested here
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60, env=env)
     assert (done.returncode, done.stdout.split(), done.stderr) == (1, ["9"], "")
 
