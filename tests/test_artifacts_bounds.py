@@ -162,19 +162,20 @@ def test_every_kind_of_file_that_is_not_a_regular_file_is_named():
     assert {mode: artifacts._file_type(mode | 0o644) for mode in kinds} == kinds
 
 
-def special_files(tmp_path: Path) -> dict[str, Path]:
+def special_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     """A FIFO and a socket in `tmp_path`, and /dev/null: what an output must never replace."""
     fifo = tmp_path / "pipe.json"
     os.mkfifo(fifo)
     listening = socket.socket(socket.AF_UNIX)
-    listening.bind(str(tmp_path / "socket.json"))
+    monkeypatch.chdir(tmp_path)  # a socket's path has a short limit (108 bytes): bind it by its name alone
+    listening.bind("socket.json")
     listening.close()  # the socket file stays
     return {"a named pipe (FIFO)": fifo, "a socket": tmp_path / "socket.json", "a character device": Path("/dev/null")}
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs and sockets")
-def test_an_output_that_is_not_a_regular_file_is_refused_naming_what_it_is(tmp_path):
-    for kind, path in special_files(tmp_path).items():
+def test_an_output_that_is_not_a_regular_file_is_refused_naming_what_it_is(tmp_path, monkeypatch):
+    for kind, path in special_files(tmp_path, monkeypatch).items():
         assert refusal(check_output_file, path) == (f"{path} is {kind}, not a regular file: edgecls writes an output by "
                                                    "replacing a regular file or creating a new one; give a file name")
         assert refusal(check_output_file, path, (), (), True).endswith("; give a file name, or - for standard output")
@@ -296,6 +297,7 @@ def test_live_writer_names_the_running_process_that_holds_a_label(tmp_path):
     assert live_writer(tmp_path, "export") is None
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux's /proc (process start times)")
 def test_a_name_is_abandoned_when_its_id_now_belongs_to_a_later_process(tmp_path):
     started = artifacts._start_time(os.getpid())
     reused = tmp_path / name_of(os.getpid(), "new2.pt", start=started + 1)  # an earlier owner with this process's id
@@ -375,7 +377,12 @@ def test_the_host_tag_hashes_the_host_name_and_the_pid_namespace(monkeypatch):
 # ================================================================================================= worker processes
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
-def test_a_worker_asks_linux_to_kill_it_with_its_parent_and_ends_if_its_parent_is_gone():
+def test_a_worker_asks_linux_to_kill_it_with_its_parent_and_ends_if_its_parent_is_gone(monkeypatch):
+    with monkeypatch.context() as elsewhere:  # another system: nothing is asked of its kernel, a live parent is kept
+        elsewhere.setattr(sys, "platform", "darwin")
+        elsewhere.setattr(ctypes, "CDLL", lambda *args, **kwargs: pytest.fail("prctl asked for outside Linux"))
+        artifacts.end_with_parent(os.getppid())
+    # On Linux, in a worker process of its own (a test process must not ask to die with its parent):
     check = textwrap.dedent("""
         import ctypes, os, sys
         from edgecls.artifacts import end_with_parent
