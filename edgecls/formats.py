@@ -183,7 +183,7 @@ class _MarkedRecord(_Record):
         path = Path(path)
         record = _marked_record(path, cls.FORMAT, cls.WHAT, cls.FIX, missing=cls.missing(path),
                                 elsewhere=cls.ELSEWHERE)
-        return cls.from_dict(record, str(path))  # reads the fields only: the marker and the version are left
+        return cls.from_dict(record, str(path))  # from_dict reads the fields by name: "format" and the version stay out
 
     @classmethod
     def missing(cls, path: Path) -> str:

@@ -154,7 +154,7 @@ def resize_shorter_side(image: np.ndarray, size: int, window: int | None = None)
     if factor >= 2:
         height, width = image.shape[0] // factor * factor, image.shape[1] // factor * factor
         blocks = image[:height, :width].reshape(height // factor, factor, width // factor, factor, image.shape[2])
-        # Whole numbers 0..255 either way: uint8 only keeps the smaller image small (so no mutant of it is seen).
+        # The same whole numbers 0..255 in any dtype: uint8 only keeps the smaller image small, no pixel depends on it.
         image = np.rint(blocks.mean(axis=(1, 3))).astype(np.uint8)  # pragma: no mutate
     height, width = image.shape[:2]
     scale = size / min(height, width)
@@ -166,7 +166,7 @@ def resize_shorter_side(image: np.ndarray, size: int, window: int | None = None)
         pos = np.clip((kept + 0.5) * (old / new) - 0.5, 0, old - 1)
         low = np.floor(pos).astype(np.int64)
         high = np.minimum(low + 1, old - 1)
-        return low, high, (pos - low).astype(np.float32)  # pragma: no mutate (float32 keeps the sums in float32)
+        return low, high, (pos - low).astype(np.float32)  # pragma: no mutate (float64 weights: the same pixels)
 
     y0, y1, wy = sample_positions(new_h, height)
     x0, x1, wx = sample_positions(new_w, width)

@@ -84,7 +84,8 @@ def test_a_file_that_grows_while_it_is_read_is_cut_at_the_limit_and_refused(tmp_
         return info
 
     monkeypatch.setattr(artifacts, "check_regular_file", then_grows)
-    assert refusal(read_bounded, path, "int8 report", 3 * MB) == f"int8 report {path} is larger than 3 MB; check the path"
+    assert refusal(read_bounded, path, "int8 report", 3 * MB) == \
+        f"int8 report {path} is larger than 3 MB; check the path"
     path.write_bytes(b"r" * (3 * MB - 2))  # grows to exactly the limit: still taken
     assert len(read_bounded(path, "int8 report", 3 * MB)) == 3 * MB
 
@@ -176,8 +177,9 @@ def special_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs and sockets")
 def test_an_output_that_is_not_a_regular_file_is_refused_naming_what_it_is(tmp_path, monkeypatch):
     for kind, path in special_files(tmp_path, monkeypatch).items():
-        assert refusal(check_output_file, path) == (f"{path} is {kind}, not a regular file: edgecls writes an output by "
-                                                   "replacing a regular file or creating a new one; give a file name")
+        assert refusal(check_output_file, path) == (f"{path} is {kind}, not a regular file: edgecls writes an output "
+                                                   "by replacing a regular file or creating a new one; give a file "
+                                                   "name")
         assert refusal(check_output_file, path, (), (), True).endswith("; give a file name, or - for standard output")
         assert refusal(check_regular_file, path, "bench file") == (f"bench file {path} is {kind}, not a regular "
                                                                    "file; give the file itself")
