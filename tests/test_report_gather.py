@@ -5,6 +5,7 @@ graphs made with onnx.helper; the checkpoint is an untrained record (no training
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -288,6 +289,19 @@ def test_files_of_another_checkpoint_or_export_are_noted_and_left_out(checkpoint
     assert inputs.sources == [checkpoint.path, fp16]
 
 
+def test_a_plan_of_an_earlier_export_alone_is_noted(checkpoint, tmp_path):
+    sha, where = checkpoint.sha256, folders(tmp_path)
+    fp32 = write_onnx(where.export / "new2.onnx", metadata(sha))
+    export_set(where.export, sha, ["new2.onnx"])
+    stale = write_plan(where.engines / "new2.plan", sha, "new2.onnx", "2" * 64)
+    inputs = inputs_of(checkpoint)
+    gathering._gather_export(inputs, where.of("new2"), HINT)
+    assert [f.path for f in inputs.onnx_files] == [fp32] and inputs.plans == []
+    assert inputs.notes == {"parity": [f"{stale} left out: it was built from another new2.onnx than the current "
+                                       "export's; remake it with `edgecls build` on the device, from the current "
+                                       "export"]}
+
+
 def test_without_an_export_record_every_plan_of_this_checkpoint_is_taken(checkpoint, tmp_path):
     where = folders(tmp_path)
     plan = write_plan(where.engines / "new2.plan", checkpoint.sha256, "exports/new2.fp16.onnx", "1" * 64)
@@ -426,6 +440,7 @@ def test_a_single_input_weighted_node_is_not_taken_for_int8(tmp_path):
 
 @pytest.mark.parametrize("ranges, low, high", [
     ({"t": {"lowest": 1, "highest": 2}}, 1.0, 2.0),
+    ({"CLS": "TensorsData", "t": {"lowest": 1, "highest": [2, 7]}}, 1.0, 2.0),
     ({"CLS": "TensorsData", "data": {"t": {"lowest": {"data": 1.5}, "highest": {"data": [[2.5]]}}}}, 1.5, 2.5)])
 def test_calibration_ranges_in_each_saved_form(tmp_path, ranges, low, high):
     path = tmp_path / "c.json"
@@ -480,6 +495,16 @@ def test_a_bad_training_log_is_one_line_naming_the_file_and_line(tmp_path, lines
     if "epoch record" in message:
         assert "(epoch, loss, lr, seconds, images_per_second, and test_accuracy / val_accuracy as numbers or null)" \
             in text
+
+
+def test_a_training_log_that_is_not_a_file_is_named_as_such(tmp_path):
+    import os
+
+    path = tmp_path / "new2.log.jsonl"
+    os.mkfifo(path)
+    with pytest.raises(EdgeclsError) as error:
+        read_training_log(path)
+    assert str(error.value).startswith(f"training log {path} ")
 
 
 def test_an_undecodable_training_log_is_one_line(tmp_path):
@@ -537,6 +562,14 @@ def test_a_log_that_ends_before_the_checkpoint_or_is_absent_is_left_out(checkpoi
     assert inputs.missing["training log"] == f"no training log {log}: `edgecls train` writes it beside the checkpoint"
 
 
+def test_gather_reads_the_results_folder_by_default(checkpoint_path, checkpoint, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("results").mkdir()
+    bench("exports/new2.onnx", checkpoint.sha256, "t").write(Path("results/new2.json"))
+    inputs = gather(checkpoint_path, folders=folders(tmp_path))
+    assert [run.source for run in inputs.bench] == [Path("results/new2.json")]
+
+
 def test_gather_takes_explicit_bench_files_and_the_int8_evidence(checkpoint_path, checkpoint, tmp_path):
     where = int8_project(checkpoint, tmp_path)
     device = bench("engines/new2.plan", checkpoint.sha256, "t").write(tmp_path / "device.json")
@@ -555,6 +588,10 @@ def test_test_images_are_the_references_rows_found_by_digest(checkpoint, tmp_pat
     inputs.reference = Reference("r", np.zeros((4, 10), np.float32), data.test_labels[order], "new2",
                                  checkpoint.sha256, "", digests=digest_rows(data.test_images[order]))
     assert np.array_equal(gathering.test_images(inputs, folder), data.test_images[order])
+    inputs.reference = dataclasses.replace(inputs.reference, model="new1")
+    with pytest.raises(EdgeclsError, match=f"is for model new1, but {checkpoint.path} is new2"):
+        gathering.test_images(inputs, folder)
+    inputs.reference = dataclasses.replace(inputs.reference, model="new2")
     monkeypatch.setenv("EDGECLS_DATA", str(tmp_path / "nothing-here"))
     assert gathering.test_images(inputs, None) is None
     monkeypatch.setenv("EDGECLS_DATA", str(folder))
@@ -630,3 +667,12 @@ def test_an_onnx_file_runs_through_the_runtime_on_the_images(tmp_path):
         expected = classifier.logits(images)
     found = compare.run_onnx(path, images)
     assert found.shape == (5, 10) and np.allclose(found, expected) and np.ptp(found) > 0
+
+
+def test_running_an_onnx_file_shows_progress_only_when_asked(tmp_path, capfd):
+    path = write_onnx(tmp_path / "new2.onnx", metadata(""))
+    images = np.zeros((3, 32, 32, 3), dtype=np.uint8)
+    compare.run_onnx(path, images)
+    assert capfd.readouterr().err == ""
+    compare.run_onnx(path, images, True)
+    assert "accuracy" in capfd.readouterr().err
