@@ -215,9 +215,14 @@ def test_an_explicit_bench_file_without_this_checkpoints_results_is_refused(chec
             str(error.value).endswith("; pass a bench file of this checkpoint")
 
 
-def test_an_explicit_bench_path_that_is_a_folder_says_so(checkpoint, tmp_path):
-    with pytest.raises(EdgeclsError, match="is not a regular file|is a directory|folder"):
+def test_an_explicit_bench_path_that_is_a_folder_or_missing_says_so(checkpoint, tmp_path):
+    with pytest.raises(EdgeclsError) as error:
         read_bench_runs("new2", checkpoint.sha256, tmp_path / "none", [tmp_path], [])
+    assert str(error.value).startswith(f"bench file {tmp_path} is ") and "not a regular file" in str(error.value)
+    missing = tmp_path / "missing.json"
+    with pytest.raises(EdgeclsError) as error:
+        read_bench_runs("new2", checkpoint.sha256, tmp_path / "none", [missing], [])
+    assert str(error.value) == f"bench file {missing} does not exist; write one with `edgecls bench ... --json {missing}`"
 
 
 def test_gather_bench_lists_each_source_once_and_says_how_to_bench(checkpoint, tmp_path):
@@ -357,6 +362,15 @@ def test_without_an_export_record_the_int8_evidence_is_taken_as_it_is(checkpoint
     assert inputs.int8_report is not None and inputs.calibration is not None and inputs.notes == {}
 
 
+def test_an_int8_file_made_within_a_budget_says_so_for_its_float_layers(checkpoint, tmp_path):
+    quantization = {"method": "minmax", "budget": {"max_drop": 0.25, "min_agreement": None}}
+    inputs = gathered_int8(checkpoint, int8_project(checkpoint, tmp_path, quantization=quantization))
+    assert [layer.reason for layer in inputs.int8_layers] == [
+        "the int8 search kept it in float to hold the budget (max drop 0.25)", "",
+        "the int8 search kept it in float to hold the budget (max drop 0.25)",
+        "the int8 search kept it in float to hold the budget (max drop 0.25)"]
+
+
 def test_int8_evidence_the_current_export_did_not_make_is_noted_and_left_out(checkpoint, tmp_path):
     where = int8_project(checkpoint, tmp_path, listed=())
     inputs = gathered_int8(checkpoint, where)
@@ -404,8 +418,9 @@ def test_a_calibration_record_of_another_checkpoint_is_noted(checkpoint, tmp_pat
     calibration_record(where.calibration / "new2.minmax.json", OTHER_SHA)
     inputs = gathered_int8(checkpoint, where)
     assert inputs.calibration is None and inputs.int8_report is not None
-    assert inputs.notes["quantization"][0].startswith(f"{where.calibration / 'new2.minmax.json'} left out: it comes "
-                                                      f"from another checkpoint ({OTHER_SHA[:12]}")
+    assert inputs.notes["quantization"] == [
+        f"{where.calibration / 'new2.minmax.json'} left out: it comes from another checkpoint ({OTHER_SHA[:12]}, "
+        f"this one is {checkpoint.sha256[:12]}); remake it with {HINT}"]
 
 
 # ----------------------------------------------------------------------------------------------- readers
@@ -548,9 +563,24 @@ def test_gather_reads_the_checkpoint_its_log_and_the_model_table(checkpoint_path
                                         spec.paper.params, spec.paper.fc_share)
 
 
+def test_the_model_table_counts_the_checkpoints_model_with_its_own_configuration(tmp_path):
+    from edgecls.models import MODELS, create_model, model_stats
+
+    path = tmp_path / "new2.pt"
+    save_checkpoint(path, {"model": "new2", "model_config": {"num_classes": 3}, "state_dict": {},
+                           "preprocess": Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+                                                       class_names=("a", "b", "c"), crop_size=24).to_dict(),
+                           "epoch": 1, "epochs": 1, "data_fingerprint": "d"})
+    rows = {row.name: row for row in gathering.model_table(load_checkpoint(path))}
+    ours = model_stats(create_model("new2", num_classes=3), 24)
+    assert (rows["new2"].params, rows["new2"].macs, rows["new2"].ours) == (ours.params, ours.macs, True)
+    theirs = model_stats(create_model("new1"), 28)
+    assert (rows["new1"].params, rows["new1"].macs, rows["new1"].ours) == (theirs.params, theirs.macs, False)
+
+
 def test_a_log_that_ends_before_the_checkpoint_or_is_absent_is_left_out(checkpoint_path, tmp_path):
     log = checkpoint_path.parent / "new2.log.jsonl"
-    log_lines(log, 2)
+    log.write_text("".join(json.dumps({**EPOCH, "epoch": e}) + "\n" for e in (0, 1, 2)))
     inputs = gather(checkpoint_path, folders=folders(tmp_path), results_dir=tmp_path)
     assert inputs.training.epochs is None and log not in inputs.sources
     assert inputs.missing["training log"] == (
