@@ -252,6 +252,25 @@ def test_without_tensorrt_each_test_engine_fails_in_one_line_from_the_exports(tm
     assert sorted(path.name for path in work.iterdir()) == []  # no probe model: the exports were found
 
 
+@pytest.mark.skipif(UNAVAILABLE is None, reason="TensorRT and a GPU are here: tests/test_doctor.py builds engines")
+def test_a_precision_not_exported_is_tested_on_a_probe_model(tmp_path, monkeypatch):
+    made = []
+
+    def probe_models(folder: Path) -> dict:  # the probe models themselves are tested below; these are quicker
+        made.append(folder)
+        return {"fp16": write_onnx(folder / "p.fp16.onnx", "fp16"),
+                "int8": write_onnx(folder / "p.int8.onnx", "int8", {"target": "trt"})}
+
+    monkeypatch.setattr(doctor, "make_probe_models", probe_models)
+    exports = tmp_path / "exports"
+    fp16 = write_onnx(exports / "new2.fp16.onnx", "fp16")
+    work = tmp_path / "work"
+    work.mkdir()
+    engines, _ = doctor.smoke_engines(exports, None, work)
+    assert made == [work] and [(e.precision, e.onnx, e.probe_model, e.built) for e in engines] == [
+        ("fp16", str(fp16), False, False), ("int8", str(work / "p.int8.onnx"), True, False)]
+
+
 # ----------------------------------------------------------------------------------------------- probe models
 
 def summary(path: Path) -> dict:
