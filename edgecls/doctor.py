@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from edgecls.defaults import EXPORT_DIR
-from edgecls.engines import JetsonRelease, dla_cores, dla_unsupported, gpu_info, jetson_release
+from edgecls.engines import JetsonRelease, build_engine, dla_cores, dla_unsupported, gpu_info, jetson_release
 from edgecls.errors import EdgeclsError, first_line
 from edgecls.formats import ModelMetadata
 from edgecls.metrics import Parity, parity
@@ -317,8 +317,6 @@ def parity_images(data: Optional[str]) -> Tuple[np.ndarray, Optional[np.ndarray]
 def smoke_engines(export_dir: str | Path, data: Optional[str], work: Path) -> Tuple[List[EngineCheck], str]:
     """Build an fp16 and an int8 engine (the exported files, else probe models) and compare each with ONNX Runtime."""
     import time
-
-    from edgecls.engines import build_engine
 
     sources = find_exports(export_dir)
     probes = {} if all(p in sources for p in SMOKE_PRECISIONS) else make_probe_models(work)

@@ -252,23 +252,85 @@ def test_without_tensorrt_each_test_engine_fails_in_one_line_from_the_exports(tm
     assert sorted(path.name for path in work.iterdir()) == []  # no probe model: the exports were found
 
 
-@pytest.mark.skipif(UNAVAILABLE is None, reason="TensorRT and a GPU are here: tests/test_doctor.py builds engines")
-def test_a_precision_not_exported_is_tested_on_a_probe_model(tmp_path, monkeypatch):
-    made = []
+class Bench:
+    """Records what the doctor asks of the engine builder and of the comparison, standing in for both where no
+    TensorRT is (tests/test_doctor.py runs the real ones on a device): `refuse` names the precisions whose build
+    fails. No engine is claimed to exist; what is checked is the doctor's bookkeeping around them."""
 
-    def probe_models(folder: Path) -> dict:  # the probe models themselves are tested below; these are quicker
-        made.append(folder)
-        return {"fp16": write_onnx(folder / "p.fp16.onnx", "fp16"),
-                "int8": write_onnx(folder / "p.int8.onnx", "int8", {"target": "trt"})}
+    def __init__(self, refuse: tuple[str, ...] = ()) -> None:
+        self.refuse, self.built, self.compared, self.clock = refuse, [], [], 100.0
 
-    monkeypatch.setattr(doctor, "make_probe_models", probe_models)
+    def build(self, onnx, plan, batch, workspace_mib):
+        self.built.append((onnx, plan, batch, workspace_mib))
+        self.clock += 1.26  # the build's time, as the doctor's clock sees it
+        if any(precision in str(plan) for precision in self.refuse):
+            raise EdgeclsError(f"{plan}: refused\nsecond line")
+
+    def compare(self, candidate, reference, images, labels=None) -> Parity:
+        self.compared.append((candidate, reference, images, labels))
+        return parity_of(99.0 - len(self.compared), 0.5)
+
+    def install(self, monkeypatch) -> "Bench":
+        import time
+
+        monkeypatch.setattr(doctor, "build_engine", self.build)
+        monkeypatch.setattr(doctor, "model_parity", self.compare)
+        monkeypatch.setattr(time, "perf_counter", lambda: self.clock)
+        return self
+
+
+def test_each_test_engine_is_built_small_and_compared_with_its_onnx_file(tmp_path, monkeypatch):
+    from tests.conftest import synthetic_cifar, write_image_folder
+
+    bench = Bench(refuse=("int8",)).install(monkeypatch)
+    exports = tmp_path / "exports"
+    fp16 = write_onnx(exports / "new2.fp16.onnx", "fp16")
+    int8 = write_onnx(exports / "new2.int8.onnx", "int8", {"target": "trt"})
+    data = write_image_folder(synthetic_cifar(1, 1), tmp_path / "data")
+    images, labels, described = doctor.parity_images(str(data))
+    work = tmp_path / "work"
+    engines, told = doctor.smoke_engines(exports, str(data), work)
+    assert told == described
+    assert bench.built == [(fp16, work / "doctor.fp16.plan", (1, 32, 64), 256),
+                           (int8, work / "doctor.int8.plan", (1, 32, 64), 256)]
+    assert [(c[0], c[1]) for c in bench.compared] == [(work / "doctor.fp16.plan", fp16)]
+    assert np.array_equal(bench.compared[0][2], images) and np.array_equal(bench.compared[0][3], labels)
+    assert engines == [EngineCheck("fp16", str(fp16), False, True, build_seconds=1.3, parity=parity_of(98.0, 0.5)),
+                       EngineCheck("int8", str(int8), False, False, error=first_line(EdgeclsError(f"{work / 'doctor.int8.plan'}: refused\nsecond line")))]
+
+
+def test_a_probe_models_engine_is_compared_without_labels(tmp_path, monkeypatch):
+    bench = Bench().install(monkeypatch)
+    monkeypatch.setattr(doctor, "make_probe_models", lambda folder: {
+        "fp16": write_onnx(folder / "p.fp16.onnx", "fp16"),
+        "int8": write_onnx(folder / "p.int8.onnx", "int8", {"target": "trt"})})
     exports = tmp_path / "exports"
     fp16 = write_onnx(exports / "new2.fp16.onnx", "fp16")
     work = tmp_path / "work"
     work.mkdir()
     engines, _ = doctor.smoke_engines(exports, None, work)
-    assert made == [work] and [(e.precision, e.onnx, e.probe_model, e.built) for e in engines] == [
-        ("fp16", str(fp16), False, False), ("int8", str(work / "p.int8.onnx"), True, False)]
+    assert [(c[1], c[3]) for c in bench.compared] == [(fp16, None), (work / "p.int8.onnx", None)]
+    assert [(e.precision, e.onnx, e.probe_model, e.built, e.build_seconds) for e in engines] == [
+        ("fp16", str(fp16), False, True, 1.3), ("int8", str(work / "p.int8.onnx"), True, True, 1.3)]
+
+
+def test_where_nothing_is_missing_the_doctor_builds_in_a_temporary_folder(tmp_path, monkeypatch):
+    asked = []
+
+    def smoke(export_dir, data, work):
+        asked.append((export_dir, data, work, work.is_dir()))
+        return [EngineCheck("fp16", "a.onnx", False, True)], "some images"
+
+    monkeypatch.setattr(doctor, "device_checks", lambda statuses: checks_of(facts()))
+    monkeypatch.setattr(doctor, "smoke_engines", smoke)
+    report = doctor.run_doctor(tmp_path / "exports", "data.tar.gz")
+    assert report.engines == [EngineCheck("fp16", "a.onnx", False, True)] and report.images == "some images"
+    assert report.ready and not report.build_skipped and report.checks == checks_of(facts())
+    (export_dir, data, work, existed), = asked
+    assert (export_dir, data, existed) == (tmp_path / "exports", "data.tar.gz", True)
+    assert work.name.startswith("edgecls-doctor-") and not work.exists()  # removed after the engines ran
+    skipped = doctor.run_doctor(tmp_path, build=False)
+    assert skipped.build_skipped and skipped.engines == [] and len(asked) == 1
 
 
 # ----------------------------------------------------------------------------------------------- probe models
