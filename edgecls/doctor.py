@@ -341,7 +341,7 @@ def smoke_engines(export_dir: str | Path, data: Optional[str], work: Path) -> Tu
 
 def run_doctor(export_dir: str | Path = EXPORT_DIR, data: Optional[str] = None, build: bool = True) -> DoctorReport:
     """The whole report; builds engines only where TensorRT, a CUDA binding and a GPU are all there."""
-    report = DoctorReport(device_checks(probe()), build_skipped=not build)
+    report = DoctorReport(device_checks(), build_skipped=not build)
     if build and not report.missing:
         with tempfile.TemporaryDirectory(prefix="edgecls-doctor-") as work:
             report.engines, report.images = smoke_engines(export_dir, data, Path(work))

@@ -127,6 +127,8 @@ def test_ready_means_nothing_missing_and_every_test_engine_built():
                          Check("DLA", "z", False)]).verdict() == (
         "NOT READY: no GPU, no working CUDA binding and no usable DLA here, so no TensorRT engine can be built or "
         "run; install what is listed above")
+    assert DoctorReport([Check("GPU", "none", False)]).verdict() == (
+        "NOT READY: no GPU here, so no TensorRT engine can be built or run; install what is listed above")
 
 
 # ----------------------------------------------------------------------------------------------- this machine
@@ -299,17 +301,22 @@ def test_each_test_engine_is_built_small_and_compared_with_its_onnx_file(tmp_pat
                        EngineCheck("int8", str(int8), False, False, error=first_line(EdgeclsError(f"{work / 'doctor.int8.plan'}: refused\nsecond line")))]
 
 
-def test_a_probe_models_engine_is_compared_without_labels(tmp_path, monkeypatch):
+def test_a_probe_models_engine_is_compared_without_labels_an_exports_with_them(tmp_path, monkeypatch):
     bench = Bench().install(monkeypatch)
     monkeypatch.setattr(doctor, "make_probe_models", lambda folder: {
         "fp16": write_onnx(folder / "p.fp16.onnx", "fp16"),
         "int8": write_onnx(folder / "p.int8.onnx", "int8", {"target": "trt"})})
+    from tests.conftest import synthetic_cifar, write_image_folder
+
     exports = tmp_path / "exports"
     fp16 = write_onnx(exports / "new2.fp16.onnx", "fp16")
     work = tmp_path / "work"
     work.mkdir()
-    engines, _ = doctor.smoke_engines(exports, None, work)
-    assert [(c[1], c[3]) for c in bench.compared] == [(fp16, None), (work / "p.int8.onnx", None)]
+    data = write_image_folder(synthetic_cifar(1, 1), tmp_path / "data")
+    labels = doctor.parity_images(str(data))[1]
+    engines, _ = doctor.smoke_engines(exports, str(data), work)
+    assert [c[1] for c in bench.compared] == [fp16, work / "p.int8.onnx"]
+    assert np.array_equal(bench.compared[0][3], labels) and bench.compared[1][3] is None  # the probe's own answers
     assert [(e.precision, e.onnx, e.probe_model, e.built, e.build_seconds) for e in engines] == [
         ("fp16", str(fp16), False, True, 1.3), ("int8", str(work / "p.int8.onnx"), True, True, 1.3)]
 
@@ -321,7 +328,7 @@ def test_where_nothing_is_missing_the_doctor_builds_in_a_temporary_folder(tmp_pa
         asked.append((export_dir, data, work, work.is_dir()))
         return [EngineCheck("fp16", "a.onnx", False, True)], "some images"
 
-    monkeypatch.setattr(doctor, "device_checks", lambda statuses: checks_of(facts()))
+    monkeypatch.setattr(doctor, "device_checks", lambda: checks_of(facts()))
     monkeypatch.setattr(doctor, "smoke_engines", smoke)
     report = doctor.run_doctor(tmp_path / "exports", "data.tar.gz")
     assert report.engines == [EngineCheck("fp16", "a.onnx", False, True)] and report.images == "some images"

@@ -132,8 +132,11 @@ def bench_runs() -> list[BenchRun]:
         complete=False, error="the server stopped answering at concurrency 4")
     unreferenced = dataclasses.replace(served, parity=None, server={}, load=[{**served.load[0], "lost": 1}],
                                        complete=True, error=None)
+    unnamed = dataclasses.replace(served, parity={k: v for k, v in served.parity.items() if k != "reference"},
+                                  complete=True, error=None)
     return [BenchRun(Path("results/device.json"), plan), BenchRun(Path("results/all.json"), onnx),
-            BenchRun(Path("results/all.json"), served), BenchRun(Path("results/served.json"), unreferenced)]
+            BenchRun(Path("results/all.json"), served), BenchRun(Path("results/served.json"), unreferenced),
+            BenchRun(Path("results/served.json"), unnamed)]
 
 
 def int8_report() -> Int8Report:
@@ -181,10 +184,11 @@ ORIGINAL_ANSWERS = [0, 1, 2] * 10 + [1, 1, 1, 0, 0, 0]
 
 
 def full_inputs() -> ReportInputs:
-    int8_settings = {"target": "trt", "method": "minmax", "calibration_images": 512, "float_layers": ["conv0"],
-                     "excluded": [], "budget": {"max_drop": 0.3, "min_agreement": None}, "per_channel": None}
+    int8_settings = {"target": "trt", "method": "minmax", "calibration_images": 512, "float_layers": ["conv0", "fc"],
+                     "excluded": [], "budget": {"max_drop": 0.3, "min_agreement": 99.0, "max_flips": None},
+                     "per_channel": None}
     onnx = [OnnxFile(sized("exports/new2.onnx", 2_345_678), metadata("fp32")),
-            OnnxFile(sized("exports/new2.fp16.onnx", 1_172_839), metadata("fp16")),
+            OnnxFile(sized("exports/new2.fp16.onnx", 1_005_001), metadata("fp16")),
             OnnxFile(sized("exports/new2.int8.onnx", 650_000), metadata("int8", int8_settings))]
     manifest = EngineManifest("8.5.2", "Orin", "8.7", "exports/new2.fp16.onnx", "0" * 64, "1" * 64, "fp16",
                               {"min": 1, "opt": 32, "max": 64}, metadata("fp16"), build_seconds=61.25,
@@ -234,7 +238,8 @@ def render_calibration_only() -> str:
     inputs.bench = [BenchRun(run.source, dataclasses.replace(run.result, timings=[timing("cpu", "gpu", 8, 1.0)]))]
     inputs.calibration = Calibration(
         Path("calibration/new2.minmax.json"),
-        {"method": "minmax", "size": 512, "seed": 0, "created_at": "2026-01-01T00:00:00Z", "other": 1},
+        {"method": "minmax", "size": 512, "seed": 0, "split": "train", "created_at": "2026-01-01T00:00:00Z",
+         "other": 1},
         [TensorRange("images", -2.0, 2.000123), TensorRange("conv0.out", 0.0, 12345.678)])
     original = answers("original (PyTorch)", ORIGINAL_ANSWERS, LABELS, True, precision="fp32")
     moved = ORIGINAL_ANSWERS[:]
@@ -271,7 +276,30 @@ def render_int8_without_evidence() -> str:
     return rendering.render(inputs, original, [answers("new2.int8.onnx", [2, 0], [2, 1], False)], {}, [])
 
 
-CASES = {"full": render_full, "calibration-only": render_calibration_only, "bare": render_bare,
+def render_not_finite() -> str:
+    """Figures that are not finite where they can be (a layer whose int8 output has no noise has an infinite SQNR,
+    an fp16 overflow an infinite logit difference) or missing, printed as Python formats them; an int8 search that
+    held its budget, judged on images it does not describe."""
+    inputs = full_inputs()
+    nan, inf = float("nan"), float("inf")
+    inputs.plans = [dataclasses.replace(inputs.plans[0], manifest=dataclasses.replace(inputs.plans[0].manifest,
+                                                                                      build_seconds=nan))]
+    run = bench_runs()[2]
+    load = [{**run.result.load[0], "p50_ms": nan, "p90_ms": inf, "p99_ms": -inf, "images_per_s": nan,
+             "batching": {"batches": 3, "mean_batch": inf}}]
+    parity = {**run.result.parity, "max_abs_logit_diff": inf}
+    inputs.bench = [BenchRun(run.source, dataclasses.replace(run.result, load=load, parity=parity))]
+    report = int8_report()
+    layers = [dataclasses.replace(report.layers[0], sqnr_db=inf, alone={"agreement": nan, "accuracy_delta": inf})]
+    inputs.int8_report = dataclasses.replace(report, layers=layers, passed=True, validation={})
+    inputs.calibration = Calibration(Path("calibration/new2.minmax.json"), {}, [TensorRange("t", -inf, nan)])
+    original = answers("original (PyTorch)", ORIGINAL_ANSWERS, LABELS, True, precision="fp32")
+    page = rendering.render(inputs, original, [], {}, [])
+    inputs.int8_report = None
+    return page + rendering.render(inputs, original, [], {}, [])
+
+
+CASES = {"full": render_full, "not-finite": render_not_finite, "calibration-only": render_calibration_only, "bare": render_bare,
          "int8-without-evidence": render_int8_without_evidence}
 
 
