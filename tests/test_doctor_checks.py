@@ -65,23 +65,24 @@ PC = facts(jetson=JetsonRelease("", ""), python="3.11.7", numpy="2.1.0", tensorr
            serving=(False, "not set up: run `make serve-venv`"),
            opencv={"version": "4.10.0", "gstreamer": False, "path": "/venv/cv2"})
 
+# built inside the test: the checks must be made by the code under test when it runs, not at import
 CASES = {
     # this kind of machine: no TensorRT, no GPU, no working binding
-    "pc": DoctorReport(checks_of(PC)),
+    "pc": lambda: DoctorReport(checks_of(PC)),
     # a ready Jetson whose engines were built and ran
-    "jetson-ready": DoctorReport(checks_of(facts()), [
+    "jetson-ready": lambda: DoctorReport(checks_of(facts()), [
         EngineCheck("fp16", "exports/new2.fp16.onnx", False, True, build_seconds=41.25,
                     parity=parity_of(99.609375, 0.0123456)),
         EngineCheck("int8", "exports/new2.int8.onnx", False, True, build_seconds=80.0,
                     parity=parity_of(97.0, 1.5))], images="the first 256 test images of cifar10"),
     # JetPack 5 with another Python: its TensorRT does not load; neither binding works; a GPU of unknown memory
-    "jetson-wrong-python": DoctorReport(checks_of(facts(
+    "jetson-wrong-python": lambda: DoctorReport(checks_of(facts(
         python="3.10.12", numpy=None, tensorrt=None, tensorrt_problem="TensorRT's Python package does not load (x)",
         bindings=[BindingStatus("cuda-python", "12.2", None, "no driver"),
                   BindingStatus("pycuda", "2022.2", None, "no driver")],
         gpu=dataclasses.replace(ORIN, total_memory=0, source="nvidia-smi"), onnxruntime=None, opencv={}))),
     # JetPack 6, all there, DLA cores this TensorRT cannot use; an engine failed, another built but not compared
-    "engine-failed": DoctorReport(checks_of(facts(
+    "engine-failed": lambda: DoctorReport(checks_of(facts(
         jetson=JetsonRelease("NVIDIA Jetson Orin NX", "36.3.0"), python="3.10.12", tensorrt="10.8.0",
         bindings=[BindingStatus("cuda-python", "12.6", ORIN, None), BindingStatus("pycuda", "2024.1", ORIN, None)],
         dla_unsupported="TensorRT 10.8.0 has no DLA support on Jetson; build without --dla",
@@ -90,16 +91,16 @@ CASES = {
         EngineCheck("int8", "/tmp/work/doctor-probe.int8.onnx", True, True, build_seconds=3.0)],
         images="256 random images (pass --data for real ones)"),
     # an unknown L4T release, TensorRT that cannot say how many DLA cores, --no-build
-    "facts-only": DoctorReport(checks_of(facts(jetson=JetsonRelease("Some board", "99.1"), dla_cores=None)),
+    "facts-only": lambda: DoctorReport(checks_of(facts(jetson=JetsonRelease("Some board", "99.1"), dla_cores=None)),
                                build_skipped=True),
     # a GPU without DLA, no engine built although nothing is missing
-    "no-engines": DoctorReport(checks_of(facts(jetson=JetsonRelease("", ""), dla_cores=0, python="3.12.1"))),
+    "no-engines": lambda: DoctorReport(checks_of(facts(jetson=JetsonRelease("", ""), dla_cores=0, python="3.12.1"))),
 }
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_the_printed_report_and_its_json_are_the_expected_ones(case):
-    report = CASES[case]
+    report = CASES[case]()
     text = f"{format_report(report)}\n--- --json\n{json.dumps(report.to_dict(), indent=2)}\n"
     expected_path = GOLDEN / f"doctor-{case}.txt"
     if os.environ.get("EDGECLS_UPDATE_GOLDEN") == "1":
@@ -141,6 +142,8 @@ def test_the_facts_are_read_from_this_machine():
     from edgecls.serving.interpreter import serving_status
     from edgecls.video import opencv_facts
 
+    seen = BindingStatus("pycuda", "2024.1", ORIN, None)  # a binding's answer, given: the GPU is the one it saw
+    assert doctor.probe_device([seen]).gpu == ORIN and doctor.probe_device([seen]).bindings == [seen]
     found = doctor.probe_device([])
     assert found.jetson == jetson_release() and found.python == platform.python_version()
     assert found.numpy == np.__version__ and found.bindings == []
@@ -206,6 +209,7 @@ def test_the_engines_run_on_the_first_test_images_or_on_seeded_random_ones(tmp_p
     again, _, _ = doctor.parity_images(None)
     assert images.shape == (256, 32, 32, 3) and images.dtype == np.uint8 and labels is None
     assert np.array_equal(images, again) and images.min() == 0 and images.max() == 255
+    assert np.array_equal(images, np.random.default_rng(0).integers(0, 256, (256, 32, 32, 3), dtype=np.uint8))
     assert described == "256 random images (pass --data for real ones)"
     data = synthetic_cifar(1, 30)  # 300 test images: the first 256 are used
     folder = write_image_folder(data, tmp_path / "data")
