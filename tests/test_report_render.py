@@ -101,7 +101,7 @@ EPOCHS = [{"epoch": 1, "loss": 2.123456, "lr": 0.012345, "seconds": 10.25, "imag
           {"epoch": 3, "loss": 1.25, "lr": 0.05, "seconds": 10.0, "images_per_second": 4100.0,
            "test_accuracy": 61.0, "val_accuracy": 50.5}]
 
-MODELS = [ModelRow("new2", "improved AlexNet 2", 1234567, 23456, 1.9, 45_600_000, 1300000, 2.25, True),
+MODELS = [ModelRow("new2", "improved AlexNet 2", 1234567, 23456, 1.9, 45_650_001, 1300000, 2.25, True),
           ModelRow("alex1", "AlexNet", 2345678, 1_234_567, 52.63, 98_765_432, 2400000, 55.0, False)]
 
 
@@ -202,7 +202,8 @@ def full_inputs() -> ReportInputs:
                      LayerPrecision("conv1", "Conv", "int8", ""), LayerPrecision("fc", "Gemm", "float", "last")],
         calibration=Calibration(Path("calibration/new2.minmax.json"), {"method": "minmax"}, []),
         int8_report=int8_report(), int8_report_path=Path("calibration/new2.int8-report.json"),
-        notes={"parity": ["engines/old.plan left out: it was built from another `new2.onnx`"],
+        notes={"parity": ["engines/old.plan left out: it was built from another `new2.onnx`",
+                          "engines/older.plan left out: it comes from another checkpoint"],
                "speed": ["results/x.json is not an `edgecls bench --json` file: left out"]},
         sources=[Path("checkpoints/new2.pt"), Path("exports/new2 <b>.onnx")])
     return inputs
@@ -218,12 +219,15 @@ def render_full() -> str:
     moved[30], moved[32] = 0, 0  # a wrong answer turned right, another turned into another wrong one
     fp16 = answers("new2.fp16.onnx", moved, LABELS, True, original)
     same = answers("new2.onnx", ORIGINAL_ANSWERS, LABELS, True, original, "fp32")
+    also = ORIGINAL_ANSWERS[:]
+    also[5] = 0  # another artifact with one answer moved
+    int8 = answers("new2.int8.onnx", also, LABELS, True, original, "int8")
     plan = answers("new2.plan", ORIGINAL_ANSWERS, LABELS, False, original)
     plan.per_class = {"cat": 90.0, "dog": None}  # a bench file without a class: no delta for it
     images = np.arange(len(LABELS) * 2 * 2 * 3, dtype=np.uint8).reshape(len(LABELS), 2, 2, 3)
     flipped = {"new2.fp16.onnx": flips(original, fp16, images, np.array(LABELS)), "new2.onnx": []}
     unrun = ["no figures for engines/new2.b.plan: run `edgecls bench --engine engines/new2.b.plan` on the device"]
-    return rendering.render(inputs, original, [same, fp16, plan], flipped, unrun)
+    return rendering.render(inputs, original, [same, fp16, int8, plan], flipped, unrun)
 
 
 def render_calibration_only() -> str:
@@ -299,7 +303,33 @@ def render_not_finite() -> str:
     return page + rendering.render(inputs, original, [], {}, [])
 
 
-CASES = {"full": render_full, "not-finite": render_not_finite, "calibration-only": render_calibration_only, "bare": render_bare,
+def not_a_number(value: Any) -> Any:
+    """`value` with every float in it (in records, dicts and lists) replaced by NaN, but for preprocessing."""
+    if isinstance(value, float):
+        return float("nan")
+    if isinstance(value, Preprocessing):  # refuses NaN itself, and the page shows none of it
+        return value
+    if isinstance(value, dict):
+        return {key: not_a_number(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(not_a_number(item) for item in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        changed = {f.name: not_a_number(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
+        return dataclasses.replace(value, **changed)
+    return value
+
+
+def render_not_a_number() -> str:
+    """Every figure NaN (a diverged run, an engine answering NaN): the page still renders, with nan where each figure
+    goes; no int8 file although none is said to be missing."""
+    inputs = not_a_number(full_inputs())
+    inputs.onnx_files = inputs.onnx_files[:2]
+    original = not_a_number(answers("original (PyTorch)", ORIGINAL_ANSWERS, LABELS, True, precision="fp32"))
+    artifact = not_a_number(answers("new2.plan", ORIGINAL_ANSWERS, LABELS, False, original))
+    return rendering.render(inputs, original, [artifact], {}, [])
+
+
+CASES = {"full": render_full, "not-finite": render_not_finite, "not-a-number": render_not_a_number, "calibration-only": render_calibration_only, "bare": render_bare,
          "int8-without-evidence": render_int8_without_evidence}
 
 
