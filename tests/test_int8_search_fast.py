@@ -217,8 +217,15 @@ def test_sqnr_is_onnx_runtimes_definition():
 
 # ----------------------------------------------------------------------------------------------- the search
 
-def test_the_search_keeps_the_fragile_layer_in_float_and_holds_the_budget(searched, data, fp32):
-    request, validation, test_logits, result, timed = searched
+def test_the_search_keeps_the_fragile_layer_in_float_judges_on_validation_and_writes_its_result(searched, data, fp32):
+    """One test for the one search: mutmut runs against a mutant only the tests that reached it, and a module-scoped
+    fixture is reached by the first test that uses it."""
+    check_decisions(*searched, data)
+    check_figures(*searched, data, fp32)
+    check_written(*searched)
+
+
+def check_decisions(request, validation, test_logits, result, timed, data):
     report = result.report
     assert report.passed and result.passed and report.method == CALIBRATION_METHODS[0]  # equal figures: first tried
     assert report.float_layers == [FRAGILE] and report.int8_layers == len(LAYERS) - 1
@@ -241,8 +248,8 @@ def test_the_search_keeps_the_fragile_layer_in_float_and_holds_the_budget(search
     assert layers[FRAGILE].alone["agreement"] < 90.0 and "reference" not in layers[FRAGILE].alone
 
 
-def test_the_search_judges_on_the_validation_images_and_only_reports_the_test_split(searched, data, fp32):
-    request, validation, test_logits, result, timed = searched
+def check_figures(request, validation, test_logits, result, timed, data, fp32):
+    """The search judges on the validation images and only reports the test split."""
     report = result.report
     assert report.validation == validation.describe()
     float_logits = run_file(fp32, validation.images)
@@ -263,8 +270,8 @@ def test_the_search_judges_on_the_validation_images_and_only_reports_the_test_sp
     assert {"onnxruntime", "onnx", "numpy"} <= set(report.versions)
 
 
-def test_the_search_writes_the_result_its_record_and_its_report(searched, data, fp32):
-    request, validation, test_logits, result, timed = searched
+def check_written(request, validation, test_logits, result, timed):
+    """The search writes the result, its record and its report."""
     assert result.path == request.out_path and result.path.is_file()
     quantization = ModelMetadata.read(result.path).quantization
     assert quantization["float_layers"] == [FRAGILE] and quantization["budget"] == {"max_drop": 5.0,
