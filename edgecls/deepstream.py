@@ -5,7 +5,7 @@ Gst-nvinfer scales each frame (primary mode) or detected object (secondary mode)
 (`maintain-aspect-ratio`, `symmetric-padding`, `scaling-filter`), then normalizes every pixel as
 y = net-scale-factor * (x - offsets[c]): one scale for all channels. edgecls normalizes as (x / 255 - mean[c]) /
 std[c] after resizing the shorter side to `input_size` and cropping the centre `crop_size`. So the network given to
-nvinfer (`fold_normalization_for_nvinfer`) is rewritten to take what nvinfer hands it:
+nvinfer (`onnx_graph.fold_normalization_for_nvinfer`) is rewritten to take what nvinfer hands it:
 
 - net-scale-factor = 1/255 and offsets = 255 * mean give x / 255 - mean; the per-channel 1/std goes into the first
   convolution's weights, exactly (a convolution is linear in each input channel, and its zero padding is zero in
@@ -35,9 +35,9 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from edgecls.errors import EdgeclsError
+from edgecls.onnx_graph import fold_normalization_for_nvinfer
 from edgecls.preprocess import Preprocessing
 
 NETWORK_MODES = {"fp32": 0, "int8": 1, "fp16": 2}  # nvinfer's network-mode
@@ -66,74 +66,6 @@ class Scaling:
         aspect = "stretched" if not self.maintain_aspect_ratio else \
             f"aspect kept, padded {'on both sides' if self.symmetric_padding else 'right/bottom'}"
         return f"{aspect}, {SCALING_FILTERS.get(self.scaling_filter, self.scaling_filter)}"
-
-
-# ----------------------------------------------------------------------------------------------- the graph rewrite
-
-def fold_normalization_for_nvinfer(model: onnx.ModelProto, preprocess: Preprocessing, input_name: str,
-                                   output_name: str, crop_in_graph: bool = True) -> onnx.ModelProto:
-    """The network rewritten for nvinfer with net-scale-factor 1/255 and offsets 255 * mean (module docstring): the
-    first Conv's weights divided by std per input channel, the centre crop as a Slice at the input (`crop_in_graph`;
-    the input is then input_size square), a Softmax at the output named `probabilities`. A new model: `model` is
-    unchanged, and the result carries no edgecls metadata (its input is not edgecls's, so the runtime must not
-    take it for an edgecls export)."""
-    graph = onnx.GraphProto()
-    graph.CopyFrom(model.graph)
-    graph.name = f"{graph.name or 'edgecls'}_nvinfer"
-    initializers = {init.name: init for init in graph.initializer}
-    readers = [node for node in graph.node if input_name in node.input]
-    if len(readers) != 1 or readers[0].op_type != "Conv" or readers[0].input[0] != input_name:
-        found = ", ".join(node.op_type for node in readers) or "nothing"
-        raise EdgeclsError(f"the input '{input_name}' feeds {found}, not one Conv: its normalization cannot be folded "
-                           "into it; give the fp32 export (--precision fp16 makes the fp16 engine from it) or an int8 "
-                           "export whose first layer stayed float")
-    conv = readers[0]
-    weight_name = conv.input[1]
-    if weight_name not in initializers or sum(weight_name in node.input for node in graph.node) != 1:
-        raise EdgeclsError(f"the first Conv's weights '{weight_name}' are not a constant of that Conv alone (a "
-                           "quantized first layer?); give the fp32 export or an int8 export whose first layer stayed "
-                           "float")
-    weight = numpy_helper.to_array(initializers[weight_name])
-    if weight.ndim != 4 or weight.shape[1] != 3 or not np.issubdtype(weight.dtype, np.floating):
-        raise EdgeclsError(f"the first Conv's weights have shape {list(weight.shape)} ({weight.dtype}), not float "
-                           "[out, 3, k, k]; this graph cannot be folded")
-    inv_std = 1.0 / np.asarray(preprocess.std, dtype=np.float64)
-    folded = (weight.astype(np.float64) * inv_std.reshape(1, 3, 1, 1)).astype(weight.dtype)
-    initializers[weight_name].CopyFrom(numpy_helper.from_array(folded, weight_name))
-
-    size = preprocess.input_size if crop_in_graph else preprocess.crop_size
-    graph_input = next(value for value in graph.input if value.name == input_name)
-    dims = graph_input.type.tensor_type.shape.dim
-    dims[2].Clear()
-    dims[2].dim_value = size
-    dims[3].Clear()
-    dims[3].dim_value = size
-    if crop_in_graph and preprocess.input_size != preprocess.crop_size:
-        if preprocess.input_size < preprocess.crop_size:
-            raise EdgeclsError(f"the preprocessing crops {preprocess.crop_size} from {preprocess.input_size} pixels; "
-                               "re-export the model")
-        start = (preprocess.input_size - preprocess.crop_size) // 2  # preprocess.center_crop's offsets
-        cropped = f"{input_name}_center_crop"
-        graph.initializer.extend([
-            numpy_helper.from_array(np.array([start, start], np.int64), "center_crop_starts"),
-            numpy_helper.from_array(np.array([start + preprocess.crop_size] * 2, np.int64), "center_crop_ends"),
-            numpy_helper.from_array(np.array([2, 3], np.int64), "center_crop_axes")])
-        graph.node.insert(0, helper.make_node("Slice", [input_name, "center_crop_starts", "center_crop_ends",
-                                                        "center_crop_axes"], [cropped], name="center_crop"))
-        conv.input[0] = cropped
-
-    logits = next((value for value in graph.output if value.name == output_name), None)
-    if logits is None:
-        raise EdgeclsError(f"the graph has no output '{output_name}'; re-export the model")
-    graph.node.append(helper.make_node("Softmax", [output_name], [OUTPUT_NAME], name="softmax", axis=1))
-    classes = logits.type.tensor_type.shape.dim[1].dim_value
-    del graph.output[:]
-    graph.output.append(helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", classes]))
-    rewritten = helper.make_model(graph, opset_imports=list(model.opset_import), producer_name="edgecls",
-                                  doc_string=f"{model.doc_string} for DeepStream nvinfer: net-scale-factor 1/255, "
-                                             "offsets 255*mean, 1/std folded into the first Conv")
-    rewritten.ir_version = model.ir_version
-    return rewritten
 
 
 def nvinfer_normalization(preprocess: Preprocessing) -> tuple[float, tuple[float, float, float]]:
@@ -496,7 +428,7 @@ def deploy_deepstream(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, 
              "labels": config.labels_file, "deepstream-app config": f"deepstream_app_{metadata.model}.txt",
              "agreement": f"{metadata.model}.deepstream-agreement.json"}
     rewrites = {flag: fold_normalization_for_nvinfer(source, preprocess, metadata.input_name, metadata.output_name,
-                                                     crop_in_graph=flag) for flag in (True, False)}
+                                                     OUTPUT_NAME, crop_in_graph=flag) for flag in (True, False)}
     options = []
     for flag in (True, False):
         size = preprocess.input_size if flag else preprocess.crop_size
@@ -519,4 +451,4 @@ def deploy_deepstream(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, 
 
 
 __all__ = ["Agreement", "DeepStreamConfig", "DeepStreamReport", "DeepStreamRequest", "Scaling", "deploy_deepstream",
-           "emulate_nvinfer", "fold_normalization_for_nvinfer", "measure_agreement", "nvinfer_normalization", "nvinfer_scale"]
+           "emulate_nvinfer", "measure_agreement", "nvinfer_normalization", "nvinfer_scale"]

@@ -7,6 +7,8 @@ of its own that changes the graph in place (or returns a new one) and says how m
     drop_unused_opsets             only the operator domains the graph uses (int8)
     drop_unused_initializers       only the constants some node reads (after any rewrite)
     from_node, with_outputs        a graph from one node on, or with more outputs (the int8 sensitivity pass)
+    fold_normalization_for_nvinfer 1/std into the first Conv, the centre crop as a Slice, a Softmax at the end
+                                   (deploy deepstream)
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from typing import Collection
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from edgecls.artifacts import atomic_write
 from edgecls.errors import EdgeclsError, first_line
+from edgecls.preprocess import Preprocessing
 
 WEIGHTED_LAYERS = ("Conv", "ConvTranspose", "Gemm")  # the layers int8 quantization applies to
 
@@ -241,3 +244,71 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     types = {value.name: value for value in model.graph.value_info}
     augmented.graph.output.extend(types[name] for name in names)
     return augmented
+
+
+def fold_normalization_for_nvinfer(model: onnx.ModelProto, preprocess: Preprocessing, input_name: str,
+                                   output_name: str, probabilities_name: str = "probabilities",
+                                   crop_in_graph: bool = True) -> onnx.ModelProto:
+    """The network rewritten for DeepStream's nvinfer, which normalizes with one net-scale-factor (1/255) and per-channel
+    offsets (255 * mean) (edgecls/deepstream.py's docstring says why this is exact): the
+    first Conv's weights divided by std per input channel, the centre crop as a Slice at the input (`crop_in_graph`;
+    the input is then input_size square), a Softmax at the output named `probabilities_name`. A new model: `model` is
+    unchanged, and the result carries no edgecls metadata (its input is not edgecls's, so the runtime must not
+    take it for an edgecls export)."""
+    graph = onnx.GraphProto()
+    graph.CopyFrom(model.graph)
+    graph.name = f"{graph.name or 'edgecls'}_nvinfer"
+    initializers = {init.name: init for init in graph.initializer}
+    readers = [node for node in graph.node if input_name in node.input]
+    if len(readers) != 1 or readers[0].op_type != "Conv" or readers[0].input[0] != input_name:
+        found = ", ".join(node.op_type for node in readers) or "nothing"
+        raise EdgeclsError(f"the input '{input_name}' feeds {found}, not one Conv: its normalization cannot be folded "
+                           "into it; give the fp32 export (--precision fp16 makes the fp16 engine from it) or an int8 "
+                           "export whose first layer stayed float")
+    conv = readers[0]
+    weight_name = conv.input[1]
+    if weight_name not in initializers or sum(weight_name in node.input for node in graph.node) != 1:
+        raise EdgeclsError(f"the first Conv's weights '{weight_name}' are not a constant of that Conv alone (a "
+                           "quantized first layer?); give the fp32 export or an int8 export whose first layer stayed "
+                           "float")
+    weight = numpy_helper.to_array(initializers[weight_name])
+    if weight.ndim != 4 or weight.shape[1] != 3 or not np.issubdtype(weight.dtype, np.floating):
+        raise EdgeclsError(f"the first Conv's weights have shape {list(weight.shape)} ({weight.dtype}), not float "
+                           "[out, 3, k, k]; this graph cannot be folded")
+    inv_std = 1.0 / np.asarray(preprocess.std, dtype=np.float64)
+    folded = (weight.astype(np.float64) * inv_std.reshape(1, 3, 1, 1)).astype(weight.dtype)
+    initializers[weight_name].CopyFrom(numpy_helper.from_array(folded, weight_name))
+
+    size = preprocess.input_size if crop_in_graph else preprocess.crop_size
+    graph_input = next(value for value in graph.input if value.name == input_name)
+    dims = graph_input.type.tensor_type.shape.dim
+    dims[2].Clear()
+    dims[2].dim_value = size
+    dims[3].Clear()
+    dims[3].dim_value = size
+    if crop_in_graph and preprocess.input_size != preprocess.crop_size:
+        if preprocess.input_size < preprocess.crop_size:
+            raise EdgeclsError(f"the preprocessing crops {preprocess.crop_size} from {preprocess.input_size} pixels; "
+                               "re-export the model")
+        start = (preprocess.input_size - preprocess.crop_size) // 2  # preprocess.center_crop's offsets
+        cropped = f"{input_name}_center_crop"
+        graph.initializer.extend([
+            numpy_helper.from_array(np.array([start, start], np.int64), "center_crop_starts"),
+            numpy_helper.from_array(np.array([start + preprocess.crop_size] * 2, np.int64), "center_crop_ends"),
+            numpy_helper.from_array(np.array([2, 3], np.int64), "center_crop_axes")])
+        graph.node.insert(0, helper.make_node("Slice", [input_name, "center_crop_starts", "center_crop_ends",
+                                                        "center_crop_axes"], [cropped], name="center_crop"))
+        conv.input[0] = cropped
+
+    logits = next((value for value in graph.output if value.name == output_name), None)
+    if logits is None:
+        raise EdgeclsError(f"the graph has no output '{output_name}'; re-export the model")
+    graph.node.append(helper.make_node("Softmax", [output_name], [probabilities_name], name="softmax", axis=1))
+    classes = logits.type.tensor_type.shape.dim[1].dim_value
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info(probabilities_name, TensorProto.FLOAT, ["batch", classes]))
+    rewritten = helper.make_model(graph, opset_imports=list(model.opset_import), producer_name="edgecls",
+                                  doc_string=f"{model.doc_string} for DeepStream nvinfer: net-scale-factor 1/255, "
+                                             "offsets 255*mean, 1/std folded into the first Conv")
+    rewritten.ir_version = model.ir_version
+    return rewritten

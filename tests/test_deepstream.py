@@ -15,10 +15,10 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 
 from edgecls.cli import main
-from edgecls.deepstream import (SAMPLE_DETECTOR, Scaling, emulate_nvinfer, fold_normalization_for_nvinfer,
-                                nvinfer_normalization, nvinfer_scale)
+from edgecls.deepstream import SAMPLE_DETECTOR, Scaling, emulate_nvinfer, nvinfer_normalization, nvinfer_scale
 from edgecls.errors import EdgeclsError
 from edgecls.formats import ModelMetadata
+from edgecls.onnx_graph import fold_normalization_for_nvinfer
 from edgecls.preprocess import center_crop
 from edgecls.runtime import load
 

@@ -7,6 +7,7 @@ Code above this layer (the classifier, the bench) never asks which backend it ho
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
@@ -17,6 +18,17 @@ from edgecls.errors import EdgeclsError
 from edgecls.formats import ModelMetadata
 
 MAX_THREADS = 1024  # CPU threads a backend may be given: above any machine's cores, below a runaway value
+
+
+class Closable(AbstractContextManager):
+    """Something with a `close()` that a `with` block calls on the way out (the classifier, a served model)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release what the object holds."""
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @dataclass(frozen=True)

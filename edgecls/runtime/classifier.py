@@ -11,7 +11,7 @@ from typing import Any, Sequence, Union
 import numpy as np
 
 from edgecls.errors import EdgeclsError
-from edgecls.runtime.base import Runner
+from edgecls.runtime.base import Closable, Runner
 
 Images = Union[np.ndarray, Sequence[np.ndarray]]  # typing.Union: the runtime also runs on JetPack 5's Python 3.8
 
@@ -69,7 +69,7 @@ def open_runner(path: str | Path, provider: str = "cpu", threads: int | None = N
                        "or a checkpoint (.pt)")
 
 
-class Classifier:
+class Classifier(Closable):
     """Images in, class indices, names and probabilities out, in batches the engine accepts.
 
     Memory stays bounded whatever the number of images: they are preprocessed and run `batch_size` at a time.
@@ -108,12 +108,6 @@ class Classifier:
         with self._lock:
             self.closed = True
             self.runner.deactivate()
-
-    def __enter__(self) -> "Classifier":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def describe(self) -> dict[str, Any]:
         return {**self.runner.describe(), "path": str(self.runner.path), "model": self.metadata.model,

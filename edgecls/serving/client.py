@@ -22,6 +22,7 @@ import numpy as np
 
 from edgecls.errors import EdgeclsError, first_line
 from edgecls.formats import METADATA_KEY, ModelMetadata
+from edgecls.runtime.base import Closable
 
 PROTOCOLS = ("http", "grpc")
 REQUEST_TIMEOUT_S = 30.0  # one inference; a served model that takes longer is treated as gone
@@ -71,7 +72,7 @@ def _server_message(exc: Exception) -> str:
     return first_line(text.split(" NOTE: ")[0], 300)
 
 
-class ServedModel:
+class ServedModel(Closable):
     """One served model: its metadata, and inference on it. One connection; use one per thread."""
 
     def __init__(self, server: ServerAddress, model: str, timeout: float = REQUEST_TIMEOUT_S) -> None:
@@ -92,12 +93,6 @@ class ServedModel:
 
     def close(self) -> None:
         self._client.close()
-
-    def __enter__(self) -> "ServedModel":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def config(self) -> dict[str, Any]:
         """The model's Triton config (JSON form), after checking that the server and the model are ready."""
