@@ -348,3 +348,107 @@ def test_with_outputs_adds_intermediate_tensors():
     y, b, a = run(augmented, x=x)
     np.testing.assert_allclose(a, np.maximum(x, 0)) and np.testing.assert_allclose(b, a + x, rtol=1e-6)
     assert augmented.graph.output[1].type.tensor_type.elem_type == TensorProto.FLOAT
+
+
+# ----------------------------------------------------------------------------------------------- nvinfer
+
+def nvinfer_input(images: np.ndarray, mean: tuple) -> np.ndarray:
+    """What nvinfer hands the network: net-scale-factor 1/255 * (pixel - offsets), offsets 255 * mean (NCHW)."""
+    pixels = images.transpose(0, 3, 1, 2).astype(np.float32)
+    return (pixels - 255 * np.asarray(mean, np.float32).reshape(1, 3, 1, 1)) / 255
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from tiny_classifier import classifier, preprocessing, tiny_data
+    data = tiny_data(train_per_class=1, test_per_class=2)
+    return classifier(data, fragile=False), preprocessing(), data.test_images
+
+
+def test_nvinfer_rewrite_gives_edgecls_probabilities_from_nvinfers_input(tiny):
+    from edgecls.onnx_graph import fold_normalization_for_nvinfer
+    model, preprocess, images = tiny
+    original = copy(model)
+    expected = softmax(run(model, images=preprocess(images))[0])
+    rewritten = fold_normalization_for_nvinfer(model, preprocess, "images", "logits")
+    assert model == original  # a new model
+    assert [v.name for v in rewritten.graph.output] == ["probabilities"]
+    assert [d.dim_param or d.dim_value for d in rewritten.graph.output[0].type.tensor_type.shape.dim] == ["batch", 10]
+    assert [d.dim_param or d.dim_value for d in rewritten.graph.input[0].type.tensor_type.shape.dim] == [
+        "batch", 3, 32, 32]
+    assert rewritten.graph.name == "tiny_nvinfer" and rewritten.producer_name == "edgecls"
+    assert rewritten.doc_string == (f"{model.doc_string} for DeepStream nvinfer: net-scale-factor 1/255, offsets "
+                                    "255*mean, 1/std folded into the first Conv")
+    assert rewritten.ir_version == model.ir_version and list(rewritten.opset_import) == list(model.opset_import)
+    assert not rewritten.metadata_props
+    assert [node.name for node in rewritten.graph.node][:2] == ["center_crop", "conv1"]
+    assert rewritten.graph.node[-1].name == "softmax" and attributes(rewritten.graph.node[-1]) == {"axis": 1}
+    onnx.checker.check_model(rewritten, full_check=True)
+    found = run(rewritten, images=nvinfer_input(images, preprocess.mean))[0]
+    np.testing.assert_allclose(found, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_nvinfer_rewrite_without_the_crop_and_with_another_output_name(tiny):
+    from edgecls.onnx_graph import fold_normalization_for_nvinfer
+    model, preprocess, images = tiny
+    rewritten = fold_normalization_for_nvinfer(model, preprocess, "images", "logits", "scores", crop_in_graph=False)
+    assert [v.name for v in rewritten.graph.output] == ["scores"] and "Slice" not in ops(rewritten)
+    assert [d.dim_value for d in rewritten.graph.input[0].type.tensor_type.shape.dim][2:] == [8, 8]
+    crops = images[:, 12:20, 12:20]
+    np.testing.assert_allclose(run(rewritten, images=nvinfer_input(crops, preprocess.mean))[0],
+                               softmax(run(model, images=preprocess(images))[0]), rtol=1e-4, atol=1e-6)
+    full = copy(model)
+    full.graph.input[0].type.tensor_type.shape.dim[2].dim_value = 32
+    full.graph.input[0].type.tensor_type.shape.dim[3].dim_value = 32
+    same = type(preprocess)(preprocess.mean, preprocess.std, preprocess.class_names, 32, 32)
+    assert "Slice" not in ops(fold_normalization_for_nvinfer(full, same, "images", "logits"))
+
+
+def test_nvinfer_rewrite_refuses_graphs_it_cannot_fold(tiny):
+    from types import SimpleNamespace
+
+    from edgecls.errors import EdgeclsError
+    from edgecls.onnx_graph import fold_normalization_for_nvinfer
+    model, preprocess, _ = tiny
+
+    def refused(graph, *, output="logits", prep=preprocess) -> str:
+        with pytest.raises(EdgeclsError) as info:
+            fold_normalization_for_nvinfer(graph, prep, "images", output)
+        return str(info.value)
+
+    two = copy(model)
+    two.graph.node.append(helper.make_node("Relu", ["images"], ["side"], name="side"))
+    assert refused(two) == ("the input 'images' feeds Conv, Relu, not one Conv: its normalization cannot be folded "
+                            "into it; give the fp32 export (--precision fp16 makes the fp16 engine from it) or an int8 "
+                            "export whose first layer stayed float")
+    none = copy(model)
+    none.graph.node[0].input[0] = "elsewhere"
+    assert refused(none).startswith("the input 'images' feeds nothing, not one Conv")
+    relu = copy(model)
+    relu.graph.node[0].op_type = "Relu"
+    assert refused(relu).startswith("the input 'images' feeds Relu, not one Conv")
+    second = copy(model)
+    second.graph.node[0].input[:] = ["w1", "images", "b1"]
+    assert refused(second).startswith("the input 'images' feeds Conv, not one Conv")
+    shared = copy(model)
+    shared.graph.node.append(helper.make_node("Identity", ["w1"], ["w1_copy"], name="reader"))
+    assert refused(shared) == ("the first Conv's weights 'w1' are not a constant of that Conv alone (a quantized "
+                               "first layer?); give the fp32 export or an int8 export whose first layer stayed float")
+    computed = copy(model)
+    computed.graph.node[0].input[1] = "r1"
+    assert refused(computed).startswith("the first Conv's weights 'r1' are not a constant")
+    for weight, shown in ((np.ones((4, 3, 3), np.float32), "[4, 3, 3] (float32)"),
+                          (np.ones((4, 2, 3, 3), np.float32), "[4, 2, 3, 3] (float32)"),
+                          (np.ones((4, 3, 3, 3), np.int8), "[4, 3, 3, 3] (int8)")):
+        odd = copy(model)
+        next(i for i in odd.graph.initializer if i.name == "w1").CopyFrom(numpy_helper.from_array(weight, "w1"))
+        assert refused(odd) == (f"the first Conv's weights have shape {shown}, not float [out, 3, k, k]; this graph "
+                                "cannot be folded")
+    assert refused(model, output="probs") == "the graph has no output 'probs'; re-export the model"
+    inverted = SimpleNamespace(std=preprocess.std, input_size=8, crop_size=32)
+    assert refused(model, prep=inverted) == "the preprocessing crops 32 from 8 pixels; re-export the model"
