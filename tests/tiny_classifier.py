@@ -15,6 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+# What edgecls imports lazily when it quantizes or converts, imported with the tests: mutmut forks each mutant's run
+# from a process that collected them, so these load once instead of once per mutant (onnxruntime.tools imports torch
+# when it is installed, which ONNX Runtime's quant_pre_process then uses: seconds).
+import onnxruntime.quantization  # noqa: F401
+import onnxruntime.quantization.shape_inference  # noqa: F401
+import onnxruntime.tools  # noqa: F401
+import onnxruntime.transformers.float16  # noqa: F401
+import tqdm  # noqa: F401
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import CLASS_NAMES, synthetic_cifar
