@@ -273,9 +273,9 @@ def check_figures(request, validation, test_logits, result, timed, data, fp32):
 def check_written(request, validation, test_logits, result, timed):
     """The search writes the result, its record and its report."""
     assert result.path == request.out_path and result.path.is_file()
-    quantization = ModelMetadata.read(result.path).quantization
-    assert quantization["float_layers"] == [FRAGILE] and quantization["budget"] == {"max_drop": 5.0,
-                                                                                     "min_agreement": 90.0}
+    assert ModelMetadata.read(result.path).quantization == {
+        "target": "trt", "method": "percentile", "calibration_size": 60, "calibration_seed": 0,
+        "calibration_split": "train", "float_layers": [FRAGILE], "budget": {"max_drop": 5.0, "min_agreement": 90.0}}
     assert (result.record_path, result.record_name, result.reused) == (request.record_path, "tiny.percentile.json",
                                                                         False)
     record = CalibrationRecord.read(result.record_path)
@@ -289,18 +289,23 @@ def check_written(request, validation, test_logits, result, timed):
         f"candidate-{n}.int8.onnx" for n in range(6)]
 
 
-def test_a_budget_no_choice_holds_writes_nothing_and_reports_the_closest(data, fp32, timed, tmp_path, monkeypatch):
+def test_a_budget_no_choice_holds_writes_nothing_and_reports_the_closest(data, fp32, timed, tmp_path, monkeypatch,
+                                                                         capsys):
+    """The cpu target, a recorded held-out split, and progress bars (the default)."""
     monkeypatch.chdir(tmp_path)
     validation = ValidationImages.choose(data, np.arange(0, 120, 3), 5, None)
     # No int8 file is within 1e-9 of the float logits: every choice fails, those with the fragile layer int8 twice.
     request = Int8Search(fp32, tmp_path / "out.onnx", Gate(max_logit_diff=1e-9, min_agreement=90.0),
-                         CalibrationSettings(method="minmax", size=30, seed=4))
+                         CalibrationSettings("cpu", method="minmax", size=30, seed=4), work_dir=tmp_path / "work")
     before = len(timed)
-    result = search_int8(request, data, validation, run_file(fp32, data.test_images), progress=False)
+    result = search_int8(request, data, validation, run_file(fp32, data.test_images))
+    shown = capsys.readouterr().err
+    assert all(word in shown for word in ("calibrating", "method", "layer sensitivity", "chunk", "int8 search",
+                                          "choice"))
     report = result.report
     assert not result.passed and not report.passed and result.path is None and result.report_path is None
     assert result.record_path == Path("calibration") / "tiny.minmax.json" and not result.reused
-    assert sorted(p.name for p in tmp_path.iterdir()) == [] and len(timed) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"] and len(timed) == before
     assert [c["float_layers"][:1] for c in report.candidates] == [[], [FRAGILE], [FRAGILE], [FRAGILE]]
     assert [len(c["float_layers"]) for c in report.candidates] == [0, 1, 2, 3]  # one layer always stays int8
     assert [len(c["failures"]) for c in report.candidates] == [2, 1, 1, 1]
@@ -309,9 +314,17 @@ def test_a_budget_no_choice_holds_writes_nothing_and_reports_the_closest(data, f
     assert report.float_layers == closest["float_layers"] and report.result == {"validation": closest["validation"],
                                                                                  "test": None}
     assert report.throughput is None and report.validation["source"] == "held out in training"
-    assert report.calibration == {"size": 30, "seed": 4, "split": "train", "disjoint_from_validation": True,
-                                  "methods_tried": ["minmax"]}
+    assert report.target == "cpu" and report.calibration == {"size": 30, "seed": 4, "split": "train",
+                                                             "disjoint_from_validation": True,
+                                                             "methods_tried": ["minmax"]}
     assert all(layer.reason == "int8 in the best choice found" for layer in report.layers if layer.decision == "int8")
+    # The cpu form: the layer keeps its exported op in the report, and runs as a Conv in the files.
+    assert [layer.op for layer in report.layers] == list(OPS)
+    first = onnx.load(str(tmp_path / "work" / "candidate-0.int8.onnx"))
+    assert next(node.op_type for node in first.graph.node if node.name == "deconv") == "Conv"
+    assert ModelMetadata.read(tmp_path / "work" / "candidate-0.int8.onnx").quantization == {
+        "target": "cpu", "method": "minmax", "calibration_size": 30, "calibration_seed": 4,
+        "calibration_split": "train", "float_layers": [], "budget": {"max_drop": None, "min_agreement": 90.0}}
 
 
 def test_a_search_from_a_calibration_record_tries_its_method_alone_and_keeps_it(searched, data, fp32, tmp_path,
@@ -335,6 +348,17 @@ def test_a_search_from_a_calibration_record_tries_its_method_alone_and_keeps_it(
                    data, validation, test_logits, False) == (
         f"calibration cache {cache} holds percentile ranges, not minmax; pass --method percentile or drop "
         "--calibration-cache")
+    # Without a method asked for, the record's own method (not the first of every method) is the one tried.
+    kept = CalibrationRecord.read(cache)
+    (tmp_path / "prepared").mkdir()
+    prepared = PreparedModel.create(fp32, ModelMetadata.read(fp32), "trt", tmp_path / "prepared")
+    ranges = prepared.calibrate(data.train_images[kept.indices], "minmax")
+    relabelled = CalibrationRecord(**{**kept.__dict__, "method": "minmax", "ranges": ranges})
+    minmax = relabelled.write(tmp_path / "minmax.json")
+    again = search_int8(Int8Search(fp32, tmp_path / "m.onnx", BUDGET, CalibrationSettings(cache=minmax),
+                                   report_path=tmp_path / "m.json"), data, validation, test_logits, False)
+    assert again.record_name == "tiny.minmax.json" and again.report.method == "minmax"
+    assert {c["method"] for c in again.report.candidates} == {"minmax"}
 
 
 def test_a_search_refuses_data_of_other_classes_before_any_work(fp32, tmp_path):
@@ -344,6 +368,7 @@ def test_a_search_refuses_data_of_other_classes_before_any_work(fp32, tmp_path):
     message = refusal(search_int8, request, other, ValidationImages.choose(other, None, None, None),
                       np.zeros((10, 10), np.float32), False)
     assert message.startswith("the data has classes ['plane', ") and not (tmp_path / "work").exists()
+    assert f"but {fp32} was trained on" in message
 
 
 # ----------------------------------------------------------------------------------------------- sensitivity
