@@ -278,12 +278,17 @@ def test_quantize_leaves_the_float_layers_float_and_the_rest_int8(prepared, fp32
     trt = model.quantize(ranges, "minmax", ["conv1", "fc"], fp32)
     assert weight_kinds(trt) == {"conv1": "float", "conv2": "int8", "deconv": "int8", "fc": "float"}
     assert trt_violations(trt) == [] and producer(trt, "logits").op_type == "Gemm"
+    # The int8 deconv's output only float nodes read (on to the float fc): no Q/DQ pair of its own there.
+    assert not [node for node in trt.graph.node if node.op_type == "QuantizeLinear" and node.input[0] == "c3"]
+    # Between int8 layers the pair stays: the deconv reads conv2's ReLU through a DequantizeLinear.
+    assert producer(trt, next(n for n in trt.graph.node if n.name == "deconv").input[0]).op_type == "DequantizeLinear"
     assert {opset.domain for opset in trt.opset_import} <= {"", "ai.onnx"}
     agreement = (logits(trt, inputs).argmax(1) == logits(fp32, inputs).argmax(1)).mean()
     assert agreement >= 0.9
     cpu_model, cpu_ranges = prepared["cpu"]
     cpu = cpu_model.quantize(cpu_ranges, "minmax", [], fp32)
     assert weight_kinds(cpu) == {name: "int8" for name in LAYERS}
+    assert producer(cpu, "logits").op_type == "Gemm"  # no 8-bit grid on the logits
     assert trt_violations(cpu)  # u8 activations, int32 biases: the cpu form
     assert (logits(cpu, inputs).argmax(1) == logits(fp32, inputs).argmax(1)).mean() >= 0.9
     assert refusal(model.quantize, {"data": {"nowhere": {"lowest": 0.0, "highest": 1.0}}}, "minmax", [], fp32) \
@@ -294,8 +299,18 @@ def test_quantize_int8_writes_the_file_and_its_record(fp32, data, tmp_path, monk
     monkeypatch.chdir(tmp_path)
     exclude = np.arange(0, 120, 2)
     settings = CalibrationSettings(method="minmax", size=20, seed=2)
+    work_dirs = []
+    create = PreparedModel.create.__func__
+
+    def spied(cls, fp32_path, metadata, target, work_dir):
+        work_dirs.append(work_dir)
+        return create(cls, fp32_path, metadata, target, work_dir)
+
+    monkeypatch.setattr(PreparedModel, "create", classmethod(spied))
     result = quantize_int8(str(fp32), str(tmp_path / "out.onnx"), data, settings, exclude=exclude,
                            work_dir=tmp_path)
+    # Intermediate files go to a temporary folder inside work_dir, removed once done.
+    assert work_dirs[0].parent == tmp_path and work_dirs[0].name.startswith("edgecls-quant-")
     assert result == Int8Result(tmp_path / "out.onnx", Path("calibration/tiny.minmax.json"), "tiny.minmax.json", False)
     record = CalibrationRecord.read(result.record_path)
     assert record.indices == calibration_indices(120, 20, 2, exclude).tolist() and record.ranges["data"]
@@ -316,9 +331,25 @@ def test_quantize_int8_writes_the_file_and_its_record(fp32, data, tmp_path, monk
     foreign_path = foreign.write(tmp_path / "foreign.json")
     message = refusal(quantize_int8, fp32, tmp_path / "again.onnx", None,
                       CalibrationSettings(method="minmax", cache=foreign_path))
-    assert message.startswith(f"calibration cache {foreign_path} does not fit the graph of tiny (") and \
-        message.endswith("); drop --calibration-cache to recalibrate")
+    assert message == (f"calibration cache {foreign_path} does not fit the graph of tiny ('calibration_method'); "
+                       "drop --calibration-cache to recalibrate")  # the cause's line: ONNX Runtime's KeyError
     assert (tmp_path / "again.onnx").read_bytes() == (tmp_path / "out.onnx").read_bytes()
+
+
+def test_a_failure_without_a_calibration_record_is_reported_as_it_is(fp32, data, tmp_path, monkeypatch):
+    def failing(self, *args, **kwargs):
+        raise quantize.EdgeclsError("quantization of x failed (boom)")
+
+    monkeypatch.setattr(PreparedModel, "quantize", failing)
+    assert refusal(quantize_int8, fp32, tmp_path / "o.onnx", data, CalibrationSettings(method="minmax", size=8)) == \
+        "quantization of x failed (boom)"
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_calibration_prints_nothing_of_its_own(prepared, data, capsys):
+    model, _ = prepared["trt"]
+    ranges = model.calibrate(data.train_images[:8], "entropy")
+    assert ranges["data"] and capsys.readouterr().out == ""
 
 
 def test_quantize_int8_cpu_target_to_an_explicit_record(fp32, data, tmp_path):
