@@ -582,3 +582,59 @@ def test_the_cache_round_trip_and_what_it_ignores(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"warning: could not write the data cache {blocked / 'x.npz'} (") and err.endswith(
         "); set $EDGECLS_CACHE to a writable folder\n")
+
+
+# ----------------------------------------------------------------------------------------------- load_cifar10
+
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("EDGECLS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("EDGECLS_DATA", raising=False)
+    return tmp_path / "cache"
+
+
+def test_load_downloads_only_when_nothing_is_there(tmp_path, private_cache, monkeypatch):
+    from test_data import make_reference, write_batches
+    reference = make_reference()
+    fetched = []
+
+    def download(folder):
+        fetched.append(folder)
+        write_batches(reference, folder / "cifar-10-batches-py")
+
+    monkeypatch.setattr(data_module, "_download", download)
+    assert refusal(data_module.load_cifar10, tmp_path / "none") == f"no CIFAR-10 data at {tmp_path / 'none'}: {HOW_TO_GET}"
+    loaded = data_module.load_cifar10(tmp_path / "d", download=True)
+    assert fetched == [tmp_path / "d"] and loaded.fingerprint == reference.fingerprint
+    assert data_module.load_cifar10(tmp_path / "d", download=True).fingerprint == reference.fingerprint
+    assert fetched == [tmp_path / "d"]  # there now: not fetched again
+
+
+def test_load_reads_the_cache_and_writes_it_only_when_asked(tmp_path, private_cache, monkeypatch):
+    from test_data import make_reference, write_batches
+    reference = make_reference()
+    folder = write_batches(reference, tmp_path / "cifar-10-batches-py")
+    assert data_module.load_cifar10(folder, cache=False).fingerprint == reference.fingerprint
+    assert not private_cache.exists()
+    first = data_module.load_cifar10(str(folder))
+    assert list(private_cache.iterdir()) == [cache_path_for(folder)]
+    monkeypatch.setattr(data_module, "_read_source", lambda kind, path: pytest.fail("read the source again"))
+    again = data_module.load_cifar10(folder)
+    assert again.fingerprint == first.fingerprint and again.source == f"CIFAR-10 python batches in {folder}"
+
+
+def test_an_unreadable_file_in_the_data_is_one_line_naming_it(tmp_path, private_cache, monkeypatch):
+    import errno
+    from test_data import make_reference, write_batches
+    folder = write_batches(make_reference(), tmp_path / "cifar-10-batches-py")
+    errors = iter([OSError(errno.EACCES, "Permission denied", str(folder / "test_batch")), OSError("odd failure")])
+
+    def unreadable(kind, path):
+        raise next(errors)
+
+    monkeypatch.setattr(data_module, "_read_source", unreadable)
+    assert refusal(data_module.load_cifar10, folder) == (
+        f"cannot read {folder / 'test_batch'} (Permission denied); check that the data is readable (permissions) and "
+        "pass it with --data")
+    assert refusal(data_module.load_cifar10, folder, False, False) == (
+        f"cannot read {folder} (odd failure); check that the data is readable (permissions) and pass it with --data")
