@@ -374,7 +374,7 @@ def test_a_search_refuses_data_of_other_classes_before_any_work(fp32, tmp_path):
 # ----------------------------------------------------------------------------------------------- sensitivity
 
 def test_sensitivity_from_cached_activations_equals_each_layer_alone_int8_in_the_whole_model(data, fp32, tmp_path,
-                                                                                             monkeypatch):
+                                                                                             monkeypatch, capsys):
     monkeypatch.setattr(int8_budget, "ACTIVATION_CHUNK", 7)  # several chunks, the last one short
     metadata = ModelMetadata.read(fp32)
     prepared = PreparedModel.create(fp32, metadata, "trt", tmp_path)
@@ -382,6 +382,7 @@ def test_sensitivity_from_cached_activations_equals_each_layer_alone_int8_in_the
     ranges = {"minmax": prepared.calibrate(data.train_images[40:60], "minmax"),
               "percentile": prepared.calibrate(data.train_images[40:60], "percentile")}
     float_logits, alone = layer_sensitivity(prepared, ranges, images)
+    assert capsys.readouterr().err == ""  # no progress bar unless asked
     inputs = metadata.preprocess(images)
     whole = ort.InferenceSession(onnx.load(str(fp32)).SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(float_logits, whole.run(None, {"images": inputs})[0], rtol=1e-5, atol=1e-5)
