@@ -38,7 +38,7 @@ def dataset(train_labels: list[int], test_labels: list[int] = (0, 1), names: lis
 # ----------------------------------------------------------------------------------------------- the data set
 
 def test_the_data_set_checks_its_arrays():
-    made = Cifar10(images(2).tolist() and images(2), [1, 0], images(1), np.array([2], np.int32), ("a", 1, "c"))
+    made = Cifar10(images(2), [1, 0], images(1), np.array([2], np.int32), ("a", 1, "c"))
     assert made.class_names == ["a", "1", "c"] and made.train_labels.dtype == np.int64
     assert made.test_labels.dtype == np.int64 and made.source == "" and made.details == {}
     assert made.train_images.flags.c_contiguous
