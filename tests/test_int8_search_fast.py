@@ -6,6 +6,7 @@ replaced by a recorder of the files it is asked to time."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -300,8 +301,9 @@ def test_a_budget_no_choice_holds_writes_nothing_and_reports_the_closest(data, f
     before = len(timed)
     result = search_int8(request, data, validation, run_file(fp32, data.test_images))
     shown = capsys.readouterr().err
-    assert all(word in shown for word in ("calibrating", "method", "layer sensitivity", "chunk", "int8 search",
-                                          "choice"))
+    for desc, unit in (("calibrating", "method"), ("layer sensitivity", "chunk"), ("int8 search", "choice")):
+        assert re.search(rf"(^|\r){desc}: ", shown, re.M), desc
+        assert re.search(rf"[\d?]{unit}/s|s/{unit}\b", shown), unit
     report = result.report
     assert not result.passed and not report.passed and result.path is None and result.report_path is None
     assert result.record_path == Path("calibration") / "tiny.minmax.json" and not result.reused
@@ -381,8 +383,22 @@ def test_sensitivity_from_cached_activations_equals_each_layer_alone_int8_in_the
     images = data.train_images[:20]
     ranges = {"minmax": prepared.calibrate(data.train_images[40:60], "minmax"),
               "percentile": prepared.calibrate(data.train_images[40:60], "percentile")}
+    sessions = []
+    real_session = ort.InferenceSession
+
+    def recorded(model, options=None, providers=None):
+        sessions.append((options, providers))
+        return real_session(model, options, providers=providers)
+
+    monkeypatch.setattr(ort, "InferenceSession", recorded)
     float_logits, alone = layer_sensitivity(prepared, ranges, images)
+    monkeypatch.setattr(ort, "InferenceSession", real_session)
     assert capsys.readouterr().err == ""  # no progress bar unless asked
+    # Every session on the CPU provider, without a memory arena of its own or threads spinning between runs (many
+    # are open at once).
+    assert len(sessions) == 1 + 2 * len(LAYERS) and all(p == ["CPUExecutionProvider"] for _, p in sessions)
+    assert all(not o.enable_cpu_mem_arena and o.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+               for o, _ in sessions)
     inputs = metadata.preprocess(images)
     whole = ort.InferenceSession(onnx.load(str(fp32)).SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(float_logits, whole.run(None, {"images": inputs})[0], rtol=1e-5, atol=1e-5)
