@@ -366,9 +366,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def tiny():
-    from tiny_classifier import classifier, preprocessing, tiny_data
+    """The tiny classifier, with a mean and a std of its own per channel."""
+    from tiny_classifier import classifier, metadata, preprocessing, tiny_data
     data = tiny_data(train_per_class=1, test_per_class=2)
-    return classifier(data, fragile=False), preprocessing(), data.test_images
+    preprocess = type(preprocessing())((0.4, 0.5, 0.6), (0.2, 0.25, 0.3), preprocessing().class_names, 32, 8)
+    model = classifier(data, fragile=False)
+    type(metadata(data))(**{**metadata(data).__dict__, "preprocess": preprocess}).embed(model)
+    return model, preprocess, data.test_images
 
 
 def test_nvinfer_rewrite_gives_edgecls_probabilities_from_nvinfers_input(tiny):
@@ -407,7 +411,9 @@ def test_nvinfer_rewrite_without_the_crop_and_with_another_output_name(tiny):
     full.graph.input[0].type.tensor_type.shape.dim[2].dim_value = 32
     full.graph.input[0].type.tensor_type.shape.dim[3].dim_value = 32
     same = type(preprocess)(preprocess.mean, preprocess.std, preprocess.class_names, 32, 32)
-    assert "Slice" not in ops(fold_normalization_for_nvinfer(full, same, "images", "logits"))
+    full.graph.name = ""
+    whole = fold_normalization_for_nvinfer(full, same, "images", "logits")
+    assert "Slice" not in ops(whole) and whole.graph.name == "edgecls_nvinfer"
 
 
 def test_nvinfer_rewrite_refuses_graphs_it_cannot_fold(tiny):
