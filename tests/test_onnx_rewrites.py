@@ -459,3 +459,24 @@ def test_nvinfer_rewrite_refuses_graphs_it_cannot_fold(tiny):
     assert refused(model, output="probs") == "the graph has no output 'probs'; re-export the model"
     inverted = SimpleNamespace(std=preprocess.std, input_size=8, crop_size=32)
     assert refused(model, prep=inverted) == "the preprocessing crops 32 from 8 pixels; re-export the model"
+
+
+def test_fold_batchnorm_goes_on_past_what_it_leaves():
+    """A BatchNormalization after a Relu and one after a grouped ConvTranspose stay; one after a ConvTranspose that
+    names no group (1 by default) is folded."""
+    def bn(prefix, source, out):
+        return helper.make_node("BatchNormalization", [source, *[f"{prefix}.{n}" for n in ("gamma", "beta", "mean",
+                                                                                          "var")]], [out], name=prefix)
+
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"), bn("p", "r", "a"),
+             helper.make_node("ConvTranspose", ["a", "wg"], ["g"], name="grouped", pads=[1, 1, 1, 1], group=2),
+             bn("q", "g", "b"),
+             helper.make_node("ConvTranspose", ["b", "w"], ["c"], name="plain", pads=[1, 1, 1, 1]), bn("s", "c", "y")]
+    model = model_of(nodes, [value("x", [1, 4, 5, 5])], [value("y", [1, 4, 5, 5])],
+                     [const("wg", RNG.normal(size=(4, 2, 3, 3))), const("w", RNG.normal(size=(4, 4, 3, 3))),
+                      *bn_params("p", 4), *bn_params("q", 4), *bn_params("s", 4)])
+    folded = copy(model)
+    assert fold_batchnorm(folded) == 1
+    assert ops(folded) == ["Relu", "BatchNormalization", "ConvTranspose", "BatchNormalization", "ConvTranspose"]
+    x = RNG.normal(size=(1, 4, 5, 5)).astype(np.float32)
+    np.testing.assert_allclose(run(folded, x=x)[0], run(model, x=x)[0], rtol=1e-4, atol=1e-4)
