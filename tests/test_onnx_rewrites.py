@@ -462,8 +462,8 @@ def test_nvinfer_rewrite_refuses_graphs_it_cannot_fold(tiny):
 
 
 def test_fold_batchnorm_goes_on_past_what_it_leaves():
-    """A BatchNormalization after a Relu and one after a grouped ConvTranspose stay; one after a ConvTranspose that
-    names no group (1 by default) is folded."""
+    """A BatchNormalization after a Relu, one after a grouped ConvTranspose and one after a Conv whose weight is
+    computed stay; one after a ConvTranspose that names no group (1 by default) is folded."""
     def bn(prefix, source, out):
         return helper.make_node("BatchNormalization", [source, *[f"{prefix}.{n}" for n in ("gamma", "beta", "mean",
                                                                                           "var")]], [out], name=prefix)
@@ -471,12 +471,17 @@ def test_fold_batchnorm_goes_on_past_what_it_leaves():
     nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"), bn("p", "r", "a"),
              helper.make_node("ConvTranspose", ["a", "wg"], ["g"], name="grouped", pads=[1, 1, 1, 1], group=2),
              bn("q", "g", "b"),
-             helper.make_node("ConvTranspose", ["b", "w"], ["c"], name="plain", pads=[1, 1, 1, 1]), bn("s", "c", "y")]
+             helper.make_node("Identity", ["wc"], ["computed"], name="identity"),
+             helper.make_node("Conv", ["b", "computed"], ["d"], name="computed_weight", pads=[1, 1, 1, 1]),
+             bn("t", "d", "e"),
+             helper.make_node("ConvTranspose", ["e", "w"], ["c"], name="plain", pads=[1, 1, 1, 1]), bn("s", "c", "y")]
     model = model_of(nodes, [value("x", [1, 4, 5, 5])], [value("y", [1, 4, 5, 5])],
                      [const("wg", RNG.normal(size=(4, 2, 3, 3))), const("w", RNG.normal(size=(4, 4, 3, 3))),
-                      *bn_params("p", 4), *bn_params("q", 4), *bn_params("s", 4)])
+                      const("wc", RNG.normal(size=(4, 4, 3, 3))),
+                      *bn_params("p", 4), *bn_params("q", 4), *bn_params("t", 4), *bn_params("s", 4)])
     folded = copy(model)
     assert fold_batchnorm(folded) == 1
-    assert ops(folded) == ["Relu", "BatchNormalization", "ConvTranspose", "BatchNormalization", "ConvTranspose"]
+    assert ops(folded) == ["Relu", "BatchNormalization", "ConvTranspose", "BatchNormalization", "Identity", "Conv",
+                           "BatchNormalization", "ConvTranspose"]
     x = RNG.normal(size=(1, 4, 5, 5)).astype(np.float32)
     np.testing.assert_allclose(run(folded, x=x)[0], run(model, x=x)[0], rtol=1e-4, atol=1e-4)
