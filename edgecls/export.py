@@ -96,6 +96,11 @@ def export_fp32(model: Any, crop_size: int, metadata: ModelMetadata, out_path: s
                           dynamic_axes={metadata.input_name: {0: "batch"}, metadata.output_name: {0: "batch"}},
                           do_constant_folding=True)
         onnx_model = onnx.load(str(raw_path))
+    return finish_fp32(onnx_model, metadata, out_path)
+
+
+def finish_fp32(onnx_model: onnx.ModelProto, metadata: ModelMetadata, out_path: str | os.PathLike) -> Path:
+    """The exporter's graph as edgecls writes it: BatchNorms folded, described, its metadata embedded, checked."""
     fold_batchnorm(onnx_model)
     onnx_model.doc_string = f"edgecls {metadata.model} ({metadata.precision})"
     metadata.embed(onnx_model)

@@ -21,7 +21,6 @@ from edgecls.artifacts import sha256_file
 from edgecls.export import ExportRequest, export_model
 from edgecls.formats import CalibrationRecord, ExportSet, Int8Report, ModelMetadata, ReferenceLogits
 from edgecls.metrics import Gate
-from edgecls.onnx_graph import save_checked
 from edgecls.quantize import CalibrationSettings
 from tiny_classifier import CHECKPOINT_SHA, FRAGILE, classifier, metadata, preprocessing, tiny_data
 
@@ -77,10 +76,9 @@ class Torchless:
         self.calls.append(("fp32", crop_size, model_metadata.precision, Path(out_path).name, opset))
         if self.failure is not None:
             raise self.failure
-        written = onnx.ModelProto()
+        written = onnx.ModelProto()  # what torch.onnx.export would write, then export's own finish
         written.CopyFrom(model)
-        model_metadata.embed(written)
-        return save_checked(written, out_path)
+        return export.finish_fp32(written, model_metadata, out_path)
 
 
 @pytest.fixture
@@ -124,6 +122,7 @@ def test_a_full_export_installs_one_set_and_records_each_file_and_companion(torc
                                                                             data.test_images, preprocessing()))
     assert ModelMetadata.read(report.files["int8"]).quantization["float_layers"] == ["conv1", "fc"]
     assert ModelMetadata.read(report.files["fp16"]).precision == "fp16"
+    assert onnx.load(str(report.files["fp32"])).doc_string == "edgecls tiny (fp32)"
 
     # A re-export with fp32 alone: the record lists only its files, the others are gone, and no companion is
     # claimed (the calibration record stays in its folder, no longer this export's).
@@ -249,3 +248,25 @@ def test_a_failed_install_is_one_line_saying_to_export_again(torchless, data, tm
         f"installing the export of tiny into {out} failed ([Errno {errno.EMLINK}] Too many links); run `edgecls "
         "export` again (meanwhile readers refuse a half-installed set)")
     assert listing(out) == []
+
+
+def test_finishing_the_fp32_graph_folds_batchnorm_and_checks_it(data, tmp_path):
+    from onnx import helper, numpy_helper
+    model = classifier(data, fragile=False)
+    nodes = list(model.graph.node)
+    conv = next(node for node in nodes if node.name == "conv1")
+    conv.output[0] = "c1_raw"
+    params = [numpy_helper.from_array(np.full(4, value, np.float32), f"bn.{name}")
+              for name, value in (("gamma", 2.0), ("beta", 0.5), ("mean", 0.1), ("var", 1.0))]
+    model.graph.initializer.extend(params)
+    model.graph.node.insert(1, helper.make_node("BatchNormalization", ["c1_raw", *[p.name for p in params]], ["c1"],
+                                                name="bn"))
+    out = export.finish_fp32(model, metadata(data), str(tmp_path / "tiny.onnx"))
+    assert out == tmp_path / "tiny.onnx"
+    written = onnx.load(str(out))
+    assert "BatchNormalization" not in [node.op_type for node in written.graph.node]
+    assert written.doc_string == "edgecls tiny (fp32)" and ModelMetadata.read(out) == metadata(data)
+    broken = classifier(data)
+    broken.graph.node[1].input[0] = "nowhere"
+    assert refusal(export.finish_fp32, broken, metadata(data), tmp_path / "b.onnx").startswith(
+        f"the exported graph for {tmp_path / 'b.onnx'} fails onnx.checker: ")
