@@ -337,13 +337,34 @@ def test_quantize_int8_writes_the_file_and_its_record(fp32, data, tmp_path, monk
 
 
 def test_a_failure_without_a_calibration_record_is_reported_as_it_is(fp32, data, tmp_path, monkeypatch):
-    def failing(self, *args, **kwargs):
-        raise quantize.EdgeclsError("quantization of x failed (boom)")
+    foreign = {"data": {"elsewhere": {"lowest": 0.0, "highest": 1.0}}}  # ranges of another graph
+    monkeypatch.setattr(PreparedModel, "calibrate", lambda self, images, method: foreign)
+    assert refusal(quantize_int8, fp32, tmp_path / "o.onnx", data, CalibrationSettings(method="minmax", size=8),
+                   tmp_path / "r.json") == (
+        f"quantization of {fp32} failed ('calibration_method'); if you passed --calibration-cache, it belongs to "
+        "another model: drop it")
+    assert listing_of(tmp_path) == []
 
-    monkeypatch.setattr(PreparedModel, "quantize", failing)
-    assert refusal(quantize_int8, fp32, tmp_path / "o.onnx", data, CalibrationSettings(method="minmax", size=8)) == \
-        "quantization of x failed (boom)"
-    assert not (tmp_path / "o.onnx").exists()
+
+def listing_of(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_quantize_int8_checks_tensorrts_rules_for_trt_only(fp32, data, tmp_path, monkeypatch):
+    monkeypatch.setattr(quantize, "trt_violations", lambda model: ["q: one", "q: two"])
+    settings = CalibrationSettings(method="minmax", size=8)
+    assert refusal(quantize_int8, fp32, tmp_path / "o.onnx", data, settings, tmp_path / "r.json") == (
+        "the int8 graph breaks TensorRT's Q/DQ rules: q: one (and 1 more)")
+    assert listing_of(tmp_path) == []
+    cpu = CalibrationSettings("cpu", "minmax", 8)
+    assert quantize_int8(fp32, tmp_path / "o.onnx", data, cpu, tmp_path / "r.json").path == tmp_path / "o.onnx"
+
+
+def test_data_of_other_classes_is_refused_naming_the_model(fp32, tmp_path):
+    other = tiny_data(train_per_class=2, test_per_class=1)
+    other.class_names[0] = "plane"
+    message = refusal(quantize_int8, fp32, tmp_path / "o.onnx", other, CalibrationSettings(size=4))
+    assert message.startswith("the data has classes ['plane', ") and f"but {fp32} was trained on" in message
 
 
 def test_calibration_prints_nothing_of_its_own(prepared, data, capsys):
