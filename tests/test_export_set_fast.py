@@ -210,6 +210,12 @@ def test_fp16_keeps_float_inputs_and_outputs_sorted_nodes_and_says_fp16(fp32, da
     np.testing.assert_allclose(onnx_logits(out, data.test_images), onnx_logits(fp32, data.test_images), atol=0.05)
     with pytest.raises(EdgeclsError, match="does not exist"):
         convert_fp16(tmp_path / "missing.onnx", tmp_path / "x.onnx")
+    bare = onnx.load(str(fp32))
+    del bare.metadata_props[:]
+    onnx.save(bare, str(tmp_path / "bare.onnx"))
+    with pytest.raises(EdgeclsError) as info:
+        convert_fp16(tmp_path / "bare.onnx", tmp_path / "x.onnx")
+    assert str(info.value).startswith(f"{tmp_path / 'bare.onnx'} has no edgecls metadata")
 
 
 def test_int8_within_budget_judges_on_the_checkpoints_held_out_images(data, tmp_path, monkeypatch):

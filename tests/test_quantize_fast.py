@@ -169,7 +169,8 @@ def ranges_record(data: dict) -> dict:
 
 def test_check_ranges_refuses_what_onnx_runtime_would_turn_into_nan():
     check_ranges(ranges_record({"a": {"lowest": -1.0, "highest": 2.0}, "b": {"lowest": {"data": [0.5]},
-                                                                             "highest": {"data": [0.5]}}}), "src")
+                                                                             "highest": {"data": [0.5]}},
+                                  "c": {"lowest": [0.0, 5.0], "highest": [1.0, -2.0]}}), "src")  # the first of each
     for bad in (None, [], {}, {"data": {}}, {"data": []}):
         assert refusal(check_ranges, bad, "src") == "src holds no tensor ranges; drop --calibration-cache to recalibrate"
     for entry, shown in (({"lowest": 2.0, "highest": 1.0}, "2.0 to 1.0"),
