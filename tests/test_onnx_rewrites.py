@@ -485,3 +485,67 @@ def test_fold_batchnorm_goes_on_past_what_it_leaves():
                            "BatchNormalization", "ConvTranspose"]
     x = RNG.normal(size=(1, 4, 5, 5)).astype(np.float32)
     np.testing.assert_allclose(run(folded, x=x)[0], run(model, x=x)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_transposed_to_conv_goes_on_past_one_it_leaves():
+    nodes = [helper.make_node("ConvTranspose", ["x", "w1"], ["h"], name="a", strides=[2, 2]),
+             helper.make_node("ConvTranspose", ["h", "w2"], ["y"], name="b", pads=[1, 1, 1, 1])]
+    model = model_of(nodes, [value("x", [1, 3, 6, 6])], [value("y", [1, 3, 13, 13])],
+                     [const("w1", RNG.normal(size=(3, 3, 3, 3))), const("w2", RNG.normal(size=(3, 3, 3, 3)))])
+    rewritten = copy(model)
+    assert transposed_to_conv(rewritten) == 1 and ops(rewritten) == ["ConvTranspose", "Conv"]
+    x = RNG.normal(size=(1, 3, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(run(rewritten, x=x)[0], run(model, x=x)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_drop_unused_opsets_keeps_the_default_domain_even_when_no_node_uses_it():
+    model = model_of([helper.make_node("Gelu", ["x"], ["y"], domain="com.microsoft")], [value("x", [2])],
+                     [value("y", [2])], [])
+    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    assert drop_unused_opsets(model) == 0 and [o.domain for o in model.opset_import] == ["", "com.microsoft"]
+
+
+def test_an_unread_quantize_of_a_layer_is_removed():
+    model = qdq_model([])
+    assert unquantize_float_side_outputs(model, set()) == 1 and ops(model) == ["Conv"]
+
+
+def two_pairs(first_exposed: int) -> onnx.ModelProto:
+    """conv a -> Q/DQ (exposed `first_exposed` times as graph outputs, else read by float relu_a), and conv b -> Q/DQ
+    read by Add(b's DQ, x) (float) and, directly, by Neg."""
+    inits = [const("wa", RNG.normal(size=(2, 2, 1, 1))), const("wb", RNG.normal(size=(2, 2, 1, 1))),
+             const("s", 0.05), numpy_helper.from_array(np.array(0, np.int8), "z")]
+    nodes = [helper.make_node("Conv", ["x", "wa"], ["ca"], name="a"),
+             helper.make_node("QuantizeLinear", ["ca", "s", "z"], ["qa"], name="qa")]
+    outputs = []
+    if first_exposed:
+        for index in range(first_exposed):
+            nodes.append(helper.make_node("DequantizeLinear", ["qa", "s", "z"], [f"out_a{index}"], name=f"dqa{index}"))
+            outputs.append(value(f"out_a{index}", [1, 2, 3, 3]))
+    else:
+        nodes += [helper.make_node("DequantizeLinear", ["qa", "s", "z"], ["da"], name="dqa"),
+                  helper.make_node("Relu", ["da"], ["ra"], name="relu_a")]
+        outputs.append(value("ra", [1, 2, 3, 3]))
+    nodes += [helper.make_node("Conv", ["x", "wb"], ["cb"], name="b"),
+              helper.make_node("QuantizeLinear", ["cb", "s", "z"], ["qb"], name="qb"),
+              helper.make_node("DequantizeLinear", ["qb", "s", "z"], ["logits"], name="dqb"),
+              helper.make_node("Add", ["logits", "x"], ["sum"], name="add"),
+              helper.make_node("Neg", ["cb"], ["neg"], name="neg")]
+    outputs += [value("logits", [1, 2, 3, 3]), value("sum", [1, 2, 3, 3]), value("neg", [1, 2, 3, 3])]
+    return model_of(nodes, [value("x", [1, 2, 3, 3])], outputs, inits)
+
+
+def test_every_removable_pair_is_counted_and_the_readers_follow():
+    model = two_pairs(0)
+    assert unquantize_float_side_outputs(model, {"relu_a", "add", "neg"}) == 2
+    assert ops(model) == ["Conv", "Relu", "Conv", "Add", "Neg"]
+    nodes = {node.name: node for node in model.graph.node}
+    assert list(nodes["relu_a"].input) == ["ca"] and list(nodes["b"].output) == ["logits"]
+    assert list(nodes["add"].input) == ["logits", "x"] and list(nodes["neg"].input) == ["logits"]
+    onnx.checker.check_model(model, full_check=True)
+
+
+def test_a_pair_exposed_twice_stays_and_the_next_one_goes():
+    model = two_pairs(2)
+    assert unquantize_float_side_outputs(model, {"add", "neg"}) == 1
+    assert ops(model) == ["Conv", "QuantizeLinear", "DequantizeLinear", "DequantizeLinear", "Conv", "Add", "Neg"]
