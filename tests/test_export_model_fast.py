@@ -7,6 +7,8 @@ re-export), and that a failed or refused export installs nothing."""
 from __future__ import annotations
 
 import errno
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +19,9 @@ import pytest
 
 from conftest import refusal, write_image_folder
 from edgecls import export
-from edgecls.artifacts import sha256_file
+from edgecls.artifacts import live_writer, sha256_file
+from edgecls.data import Cifar10
+from edgecls.errors import EdgeclsError
 from edgecls.export import ExportRequest, export_model
 from edgecls.formats import CalibrationRecord, ExportSet, Int8Report, ModelMetadata, ReferenceLogits
 from edgecls.metrics import Gate
@@ -49,6 +53,9 @@ class TinyCheckpoint:
         return None if self.held_out is None else {"seed": 4, "size": len(self.held_out)}
 
     def validation_indices(self, data) -> np.ndarray | None:
+        assert isinstance(data, Cifar10)
+        if isinstance(self.held_out, str):  # the data lacks the images this checkpoint held out
+            raise EdgeclsError(self.held_out)
         return self.held_out
 
     def build_model(self) -> onnx.ModelProto:
@@ -74,6 +81,8 @@ class Torchless:
 
     def export_fp32(self, model, crop_size, model_metadata, out_path, opset=17):
         self.calls.append(("fp32", crop_size, model_metadata.precision, Path(out_path).name, opset))
+        # Meanwhile, readers of the output folder see an export in progress (its staging folder names it).
+        assert live_writer(Path(out_path).parent.parent, "export") == os.getpid()
         if self.failure is not None:
             raise self.failure
         written = onnx.ModelProto()  # what torch.onnx.export would write, then export's own finish
@@ -136,10 +145,14 @@ def test_a_full_export_installs_one_set_and_records_each_file_and_companion(torc
                                                                                          "tiny.minmax.json")
 
 
-def test_without_int8_no_calibration_folder_is_made(torchless, data, tmp_path):
+def test_without_int8_no_calibration_folder_is_made_nor_validation_images_looked_for(torchless, data, tmp_path):
+    torchless.checkpoint.held_out = "validation images not in this data"
     report = export_model(ExportRequest(torchless.checkpoint.path, tmp_path / "out",
                                         calibration_dir=tmp_path / "cal"), data, progress=True)
     assert report.passed and not (tmp_path / "cal").exists() and report.int8_search is None
+    assert refusal(export_model, ExportRequest(torchless.checkpoint.path, tmp_path / "out", int8=True,
+                                               calibration_dir=tmp_path / "cal"), data, False) == \
+        "validation images not in this data"
 
 
 def test_an_int8_file_from_a_calibration_record_names_that_record(torchless, data, tmp_path):
@@ -155,22 +168,27 @@ def test_an_int8_file_from_a_calibration_record_names_that_record(torchless, dat
     assert (tmp_path / "b" / "tiny.int8.onnx").read_bytes() == (tmp_path / "a" / "tiny.int8.onnx").read_bytes()
 
 
-def test_an_int8_budget_installs_the_report_as_a_companion(torchless, data, tmp_path, monkeypatch):
+def test_an_int8_budget_installs_the_report_as_a_companion(torchless, data, tmp_path, monkeypatch, capsys):
     import edgecls.int8_budget
     timed = {"batch_size": 64, "images_per_s": {"fp32": 1.0, "all_int8": 2.0, "result": 2.0}, "vs_fp32": 2.0,
              "vs_all_int8": 1.0}
     monkeypatch.setattr(edgecls.int8_budget, "cpu_throughput", lambda files, images: timed)  # seconds per file
     torchless.checkpoint.model = classifier(data)  # with the fragile layer
+    torchless.checkpoint.held_out = np.arange(1, 120, 2)
     out, calibration = tmp_path / "out", tmp_path / "cal"
     request = ExportRequest(torchless.checkpoint.path, out, int8=True, calibration=MINMAX,
                             calibration_dir=calibration, budget=Gate(max_drop=5.0, min_agreement=90.0))
-    report = export_model(request, data, progress=False)
+    report = export_model(request, data)  # progress bars by default
+    shown = capsys.readouterr().err
+    assert re.search(r"(^|\r)int8 search: ", shown, re.M) and re.search(r"(^|\r)parity: ", shown, re.M)
     assert report.passed and report.int8_search.passed
     assert report.int8_report == calibration / "tiny.int8-report.json"
     assert listing(calibration) == ["tiny.int8-report.json", "tiny.minmax.json"]
     assert Int8Report.read(report.int8_report) == report.int8_search.report
     assert report.int8_search.report.float_layers == [FRAGILE]
-    assert report.int8_search.report.validation["size"] == 100  # no held-out split: all but the 20 calibration images
+    assert report.int8_search.report.validation == {  # the images the checkpoint held out judge
+        "source": "held out in training", "size": 60, "seed": 4, "seen_in_training": False,
+        "note": "60 training images held out in training (seed 4): the model never saw them"}
     record = ExportSet.read(out / "tiny.export.json")
     assert record.companions == {name: sha256_file(calibration / name) for name in listing(calibration)}
     assert ModelMetadata.read(out / "tiny.int8.onnx").quantization["float_layers"] == [FRAGILE]
