@@ -96,6 +96,11 @@ def export_fp32(model: Any, crop_size: int, metadata: ModelMetadata, out_path: s
                           dynamic_axes={metadata.input_name: {0: "batch"}, metadata.output_name: {0: "batch"}},
                           do_constant_folding=True)
         onnx_model = onnx.load(str(raw_path))
+    return finish_fp32(onnx_model, metadata, out_path)
+
+
+def finish_fp32(onnx_model: onnx.ModelProto, metadata: ModelMetadata, out_path: str | os.PathLike) -> Path:
+    """The exporter's graph as edgecls writes it: BatchNorms folded, described, its metadata embedded, checked."""
     fold_batchnorm(onnx_model)
     onnx_model.doc_string = f"edgecls {metadata.model} ({metadata.precision})"
     metadata.embed(onnx_model)
@@ -184,14 +189,12 @@ def export_model(request: ExportRequest, data: Any = None, progress: bool = True
     the set replaces the model's earlier export in `out_dir` as a whole.
     int8 calibrates on training images outside the checkpoint's validation split.
     """
-    from edgecls.checkpoint import load_checkpoint
     from edgecls.data import load_cifar10
-    from edgecls.evaluate import torch_logits
 
     started = time.perf_counter()
     fp16, int8, budget, settings = request.fp16, request.int8, request.budget, request.calibration
     calibration_dir = request.calibration_dir
-    checkpoint = load_checkpoint(request.checkpoint)
+    checkpoint = load_source(request.checkpoint)
     out = request.out_dir
     dataset = data if hasattr(data, "test_images") else load_cifar10(data)
     dataset.check_fits(checkpoint.preprocess, checkpoint.path)
@@ -205,7 +208,7 @@ def export_model(request: ExportRequest, data: Any = None, progress: bool = True
     with staging_dir(out, "export") as staging, temporary_files_in(staging), contextlib.ExitStack() as cleanup:
         try:
             reference = ReferenceLogits(
-                torch_logits(model, dataset.test_images, checkpoint.preprocess, batch_size=PARITY_BATCH),
+                reference_logits(model, dataset.test_images, checkpoint.preprocess),
                 np.asarray(dataset.test_labels), digest_rows(dataset.test_images), model=name,
                 checkpoint_sha256=checkpoint.sha256, data_fingerprint=dataset.fingerprint)
             staged = {"fp32": export_fp32(model, checkpoint.preprocess.crop_size, checkpoint.model_metadata("fp32"),
@@ -275,6 +278,21 @@ def export_model(request: ExportRequest, data: Any = None, progress: bool = True
             result.path = report.files[result.precision]
     report.seconds = time.perf_counter() - started
     return report
+
+
+def load_source(path: Path) -> Any:
+    """The checkpoint an export reads (`edgecls.checkpoint.Checkpoint`), imported here so that torch is not imported
+    with this module; the fast tests put a torch-free checkpoint of a small ONNX network in its place."""
+    from edgecls.checkpoint import load_checkpoint
+
+    return load_checkpoint(path)
+
+
+def reference_logits(model: Any, images: np.ndarray, preprocess: Any) -> np.ndarray:
+    """The PyTorch model's logits on uint8 `images`: the reference every exported file is compared with."""
+    from edgecls.evaluate import torch_logits
+
+    return torch_logits(model, images, preprocess, batch_size=PARITY_BATCH)
 
 
 def install_set(record: ExportSet, staging: Path, out: Path, also_install: Sequence[tuple[Path, Path]] = ()) -> None:
