@@ -132,8 +132,8 @@ HOLD_BEFORE_RENAME = textwrap.dedent('''
 # (Forking is safe here: torch has run nothing yet, so no OpenMP thread pool exists to be lost in the child.)
 FORKING_PARENT = textwrap.dedent('''
     import json, os, sys
-    import edgecls.cli, edgecls.export, edgecls.quantize  # noqa: the imports every child would repeat
-    import onnxruntime.quantization.shape_inference  # noqa: int8 export's (it pulls in sympy)
+    import edgecls.cli, edgecls.checkpoint, edgecls.data, edgecls.evaluate, edgecls.export, edgecls.quantize  # noqa
+    import onnxruntime.quantization.shape_inference, sympy, torch, torch.onnx  # noqa (edgecls imports them lazily)
 
     for line in sys.stdin:
         request = json.loads(line)
