@@ -132,8 +132,8 @@ HOLD_BEFORE_RENAME = textwrap.dedent('''
 # (Forking is safe here: torch has run nothing yet, so no OpenMP thread pool exists to be lost in the child.)
 FORKING_PARENT = textwrap.dedent('''
     import json, os, sys
-    import edgecls.cli, edgecls.export, edgecls.quantize  # noqa: the imports every child would repeat
-    import onnxruntime.quantization.shape_inference  # noqa: int8 export's (it pulls in sympy)
+    import edgecls.cli, edgecls.checkpoint, edgecls.data, edgecls.evaluate, edgecls.export, edgecls.quantize  # noqa
+    import onnxruntime.quantization.shape_inference, sympy, torch, torch.onnx  # noqa (edgecls imports them lazily)
 
     for line in sys.stdin:
         request = json.loads(line)
@@ -162,9 +162,10 @@ FORKING_PARENT = textwrap.dedent('''
 
 @contextlib.contextmanager
 def forking_parent(env: dict[str, str]) -> Iterator[subprocess.Popen]:
-    """FORKING_PARENT running with `env`; it ends (and is reaped) with the block."""
+    """FORKING_PARENT running with `env`; it ends (and is reaped) with the block. Its pipes are unbuffered here, so
+    that select() sees whether the exit code of a child has been printed."""
     parent = subprocess.Popen([sys.executable, "-c", FORKING_PARENT], env=env, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, bufsize=0)
     try:
         yield parent
     finally:
@@ -193,13 +194,19 @@ def run_held(args: list[str], watch: list[Path | str], stop_at: int, env: dict[s
         running, kill = lambda: process.poll() is None, lambda: process.send_signal(signal.SIGKILL)
         reap = lambda: process.wait(timeout=600)  # noqa: E731
     else:
-        parent.stdin.write(json.dumps({"args": args, "env": hold, "hook": HOLD_BEFORE_RENAME, "output": str(output)})
-                           + "\n")
-        parent.stdin.flush()
+        request = {"args": args, "env": hold, "hook": HOLD_BEFORE_RENAME, "output": str(output)}
+        parent.stdin.write(json.dumps(request).encode() + b"\n")
         pid = int(parent.stdout.readline())
         running = lambda: not select.select([parent.stdout], [], [], 0)[0]  # noqa: E731  (its exit code not yet out)
-        kill, reap = lambda: os.kill(pid, signal.SIGKILL), lambda: int(parent.stdout.readline())  # noqa: E731
-    returncode = None
+
+        def kill() -> None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+        def reap() -> int:
+            if not select.select([parent.stdout], [], [], 600)[0]:
+                kill()  # never left running: the exit code of a stuck command is then -9
+            return int(parent.stdout.readline())
     try:
         deadline = time.monotonic() + 600
         while stop_at and (not log.exists() or len(log.read_text().splitlines()) < stop_at):
@@ -208,6 +215,9 @@ def run_held(args: list[str], watch: list[Path | str], stop_at: int, env: dict[s
             time.sleep(0.05)
         if stop_at:
             kill()
+    except BaseException:
+        kill()  # a failed check: the command must not outlive the test
+        raise
     finally:
         returncode = reap()  # reaped: a zombie would still look like the owner of its temporary files
     if not stop_at:
@@ -242,7 +252,10 @@ def what_readers_see(out: Path, model: str = "new2") -> dict[str, tuple[str, str
 
 @pytest.fixture
 def forked_edgecls(tmp_path: Path) -> Iterator[subprocess.Popen]:
-    with forking_parent(subprocess_env(tmp_path)) as parent:
+    """A forking parent whose system temporary folder is tmp_path/tmp: what its children leave there is theirs alone
+    (the machine's /tmp is shared with other test runs, which make edgecls-quant-* folders of their own)."""
+    (tmp_path / "tmp").mkdir()
+    with forking_parent({**subprocess_env(tmp_path), "TMPDIR": str(tmp_path / "tmp")}) as parent:
         yield parent
 
 
@@ -262,7 +275,6 @@ def test_an_export_killed_anywhere_leaves_one_complete_set_or_a_refusal(tmp_path
                          "--fp16", "--int8", "--calibration-size", "50", "--calibration-dir", str(calibration)],
                         watch, stop_at, {}, tmp_path, forked_edgecls)
 
-    system_temporaries = set(Path(tempfile.gettempdir()).glob("edgecls-quant-*"))
     renames = export(first, 0)  # one whole export: the set the others try to replace
     installing = [i for i, folder in enumerate(renames, 1) if folder in (str(out), str(calibration))]
     staging = [i for i in range(1, len(renames) + 1) if i not in installing]
@@ -308,7 +320,7 @@ def test_an_export_killed_anywhere_leaves_one_complete_set_or_a_refusal(tmp_path
     # system's temporary folder): the next export sweeps them and installs.
     debris = [p.name for folder in (out, calibration) for p in folder.iterdir() if p.name.startswith(".")]
     assert debris, "the kills left nothing to sweep: the test did not kill where it meant to"
-    assert set(Path(tempfile.gettempdir()).glob("edgecls-quant-*")) <= system_temporaries
+    assert not list((tmp_path / "tmp").glob("edgecls-quant-*"))  # the children's system temporary folder
     export(second, 0)
     assert sorted(p.name for p in out.iterdir()) == sorted([*ExportSet.member_names("new2"), "new2.export.json"])
     assert [p.name for p in calibration.iterdir()] == ["new2.percentile.json"]
