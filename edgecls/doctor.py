@@ -130,12 +130,7 @@ def probe_device(statuses: Optional[Sequence[BindingStatus]] = None) -> DeviceFa
     from edgecls.video import opencv_facts
 
     statuses = probe() if statuses is None else list(statuses)
-    trt_problem = tensorrt_problem()
-    trt_version = None
-    if trt_problem is None:
-        import tensorrt as trt
-
-        trt_version = str(trt.__version__)
+    trt_version, trt_problem = tensorrt_facts()
     gpu = gpu_info(statuses)
     cores = unsupported = None
     if gpu is not None and trt_version is not None:
@@ -150,6 +145,16 @@ def probe_device(statuses: Optional[Sequence[BindingStatus]] = None) -> DeviceFa
         providers = tuple(onnxruntime.get_available_providers())
     return DeviceFacts(jetson_release(), platform.python_version(), _version("numpy"), trt_version, trt_problem,
                        statuses, gpu, cores, unsupported, ort_version, providers, serving_status(), opencv_facts())
+
+
+def tensorrt_facts() -> Tuple[Optional[str], Optional[str]]:
+    """TensorRT's version when it loads here, else None and why not."""
+    problem = tensorrt_problem()
+    if problem is not None:
+        return None, problem
+    import tensorrt as trt
+
+    return str(trt.__version__), None
 
 
 def device_checks(statuses: Optional[Sequence[BindingStatus]] = None) -> List[Check]:
