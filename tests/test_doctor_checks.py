@@ -158,18 +158,19 @@ def test_the_facts_are_read_from_this_machine():
     assert doctor.device_checks([]) == checks_of(found)
 
 
-@pytest.mark.parametrize("cores, unsupported", [
-    (2, "TensorRT 10.8.0 has no DLA support on Jetson (10.7 was the last 10.x release with DLA; it came back in "
-        "11.4.1 for Jetson AGX Orin on JetPack 7.2.2+); build without --dla"),
-    (0, None), (None, None)])
-def test_dla_cores_are_read_only_where_tensorrt_and_a_gpu_are(monkeypatch, cores, unsupported):
+@pytest.mark.parametrize("version, cores, unsupported", [
+    ("10.8.0", 2, "TensorRT 10.8.0 has no DLA support on Jetson (10.7 was the last 10.x release with DLA; it came "
+                  "back in 11.4.1 for Jetson AGX Orin on JetPack 7.2.2+); build without --dla"),
+    ("8.5.2", 2, None),  # fp16 engines on its DLA: yes (int8 Q/DQ files: no, not what this line asks)
+    ("10.8.0", 0, None), ("10.8.0", None, None)])
+def test_dla_cores_are_read_only_where_tensorrt_and_a_gpu_are(monkeypatch, version, cores, unsupported):
     """TensorRT's own answers (its version, its builder's DLA count) given as facts: no TensorRT is imported."""
     asked = []
-    monkeypatch.setattr(doctor, "tensorrt_facts", lambda: ("10.8.0", None))
+    monkeypatch.setattr(doctor, "tensorrt_facts", lambda: (version, None))
     monkeypatch.setattr(doctor, "dla_cores", lambda: asked.append("dla") or cores)
     seen = BindingStatus("pycuda", "2024.1", ORIN, None)
     found = doctor.probe_device([seen])
-    assert (found.tensorrt, found.tensorrt_problem, found.gpu) == ("10.8.0", None, ORIN)
+    assert (found.tensorrt, found.tensorrt_problem, found.gpu) == (version, None, ORIN)
     assert (found.dla_cores, found.dla_unsupported, asked) == (cores, unsupported, ["dla"])
     assert doctor.probe_device([]).dla_cores is None and asked == ["dla"]  # no GPU: not asked
     monkeypatch.setattr(doctor, "tensorrt_facts", lambda: (None, "absent"))
