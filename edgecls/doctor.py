@@ -28,6 +28,7 @@ PROBE_IMAGES = 256  # images each doctor engine runs on
 PROBE_BATCH = (1, 32, 64)  # the doctor engines' batch profile: small, quick to build
 PROBE_WORKSPACE_MIB = 256
 SMOKE_PRECISIONS = ("fp16", "int8")
+DLA_PRECISION = "fp16"  # what the DLA line asks about: TensorRT 8 puts no int8 Q/DQ file on a DLA
 
 
 @dataclass(frozen=True)
@@ -130,26 +131,33 @@ def probe_device(statuses: Optional[Sequence[BindingStatus]] = None) -> DeviceFa
     from edgecls.video import opencv_facts
 
     statuses = probe() if statuses is None else list(statuses)
-    trt_problem = tensorrt_problem()
-    trt_version = None
-    if trt_problem is None:
-        import tensorrt as trt
-
-        trt_version = str(trt.__version__)
+    trt_version, trt_problem = tensorrt_facts()
     gpu = gpu_info(statuses)
     cores = unsupported = None
     if gpu is not None and trt_version is not None:
         cores = dla_cores()
         if cores:  # the cores exist; whether this TensorRT can build for them (NVIDIA's "Working with DLA")
-            unsupported = dla_unsupported(trt_version, "fp16")
+            unsupported = dla_unsupported(trt_version, DLA_PRECISION)
     ort_version = _version("onnxruntime")
-    providers: Tuple[str, ...] = ()
-    if ort_version is not None:
-        import onnxruntime
-
-        providers = tuple(onnxruntime.get_available_providers())
+    providers = _onnxruntime_providers() if ort_version is not None else ()
     return DeviceFacts(jetson_release(), platform.python_version(), _version("numpy"), trt_version, trt_problem,
                        statuses, gpu, cores, unsupported, ort_version, providers, serving_status(), opencv_facts())
+
+
+def _onnxruntime_providers() -> Tuple[str, ...]:
+    import onnxruntime
+
+    return tuple(onnxruntime.get_available_providers())
+
+
+def tensorrt_facts() -> Tuple[Optional[str], Optional[str]]:
+    """TensorRT's version when it loads here, else None and why not."""
+    problem = tensorrt_problem()
+    if problem is not None:
+        return None, problem
+    import tensorrt as trt
+
+    return str(trt.__version__), None
 
 
 def device_checks(statuses: Optional[Sequence[BindingStatus]] = None) -> List[Check]:

@@ -149,12 +149,33 @@ def test_the_facts_are_read_from_this_machine():
     assert found.numpy == np.__version__ and found.bindings == []
     assert found.tensorrt_problem == tensorrt_problem() and (found.tensorrt is None) == (found.tensorrt_problem
                                                                                       is not None)
+    assert doctor.tensorrt_facts() == (found.tensorrt, found.tensorrt_problem)
     assert found.onnxruntime == onnxruntime.__version__
     assert found.providers == tuple(onnxruntime.get_available_providers())
     assert found.serving == serving_status() and found.opencv == opencv_facts()
     if found.gpu is None or found.tensorrt is None:
         assert found.dla_cores is None and found.dla_unsupported is None
     assert doctor.device_checks([]) == checks_of(found)
+
+
+@pytest.mark.parametrize("version, cores, unsupported", [
+    ("10.8.0", 2, "TensorRT 10.8.0 has no DLA support on Jetson (10.7 was the last 10.x release with DLA; it came "
+                  "back in 11.4.1 for Jetson AGX Orin on JetPack 7.2.2+); build without --dla"),
+    ("8.5.2", 2, None),  # fp16 engines on its DLA: yes (int8 Q/DQ files: no, not what this line asks)
+    ("10.8.0", 0, None), ("10.8.0", None, None)])
+def test_dla_cores_are_read_only_where_tensorrt_and_a_gpu_are(monkeypatch, version, cores, unsupported):
+    """TensorRT's own answers (its version, its builder's DLA count) given as facts: no TensorRT is imported."""
+    asked = []
+    monkeypatch.setattr(doctor, "tensorrt_facts", lambda: (version, None))
+    monkeypatch.setattr(doctor, "dla_cores", lambda: asked.append("dla") or cores)
+    seen = BindingStatus("pycuda", "2024.1", ORIN, None)
+    found = doctor.probe_device([seen])
+    assert (found.tensorrt, found.tensorrt_problem, found.gpu) == (version, None, ORIN)
+    assert (found.dla_cores, found.dla_unsupported, asked) == (cores, unsupported, ["dla"])
+    assert doctor.probe_device([]).dla_cores is None and asked == ["dla"]  # no GPU: not asked
+    monkeypatch.setattr(doctor, "tensorrt_facts", lambda: (None, "absent"))
+    absent = doctor.probe_device([seen])
+    assert (absent.tensorrt, absent.tensorrt_problem, absent.dla_cores) == (None, "absent", None) and asked == ["dla"]
 
 
 @pytest.mark.skipif(UNAVAILABLE is None, reason="TensorRT and a GPU are here: tests/test_doctor.py runs the engines")
@@ -352,7 +373,7 @@ def summary(path: Path) -> dict:
 
     model = onnx.load(str(path))
     return {
-        "ir_version": model.ir_version, "opsets": [(o.domain, o.version) for o in model.opset_import],
+        "graph": model.graph.name, "ir_version": model.ir_version, "opsets": [(o.domain, o.version) for o in model.opset_import],
         "metadata": ModelMetadata.read(path).to_dict(),
         "inputs": [(v.name, [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]) for v in model.graph.input],
         "outputs": [(v.name, [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim])
@@ -372,12 +393,15 @@ def test_probe_models_are_the_expected_small_cnn_in_fp16_and_tensorrt_int8(tmp_p
     record = json.loads((tmp_path / "doctor-probe.calibration.json").read_text())
     assert (record["size"], record["method"], record["indices"]) == (128, "percentile", list(range(128)))
     fp32 = summary(tmp_path / "doctor-probe.onnx")
+    fp16, int8 = summary(files["fp16"]), summary(files["int8"])
+    pinned = {"fp32": fp32, "int8 quantization": int8["metadata"]["quantization"],
+              "calibration": {key: record[key] for key in ("model", "data_fingerprint", "method", "size", "seed",
+                                                           "split")}}
     expected_path = GOLDEN / "doctor-probe-model.json"
     if os.environ.get("EDGECLS_UPDATE_GOLDEN") == "1":
-        expected_path.write_text(json.dumps(fp32, indent=1) + "\n")
-    assert json.loads(json.dumps(fp32)) == json.loads(expected_path.read_text()), \
+        expected_path.write_text(json.dumps(pinned, indent=1) + "\n")
+    assert json.loads(json.dumps(pinned)) == json.loads(expected_path.read_text()), \
         f"the probe model differs from {expected_path} (regenerate with EDGECLS_UPDATE_GOLDEN=1 after a change)"
-    fp16, int8 = summary(files["fp16"]), summary(files["int8"])
     assert fp16["metadata"] == {**fp32["metadata"], "precision": "fp16"}
     assert int8["metadata"]["precision"] == "int8" and int8["metadata"]["quantization"]["target"] == "trt"
     quantized = [n for n in int8["nodes"] if n[0] in ("Conv", "Gemm")]
