@@ -25,9 +25,9 @@ import pytest
 
 from conftest import refusal
 from edgecls import artifacts
-from edgecls.artifacts import (artifact_kind, check_npz_sizes, check_output_file, check_regular_file, live_writer,
-                               output_target, read_at_most, read_bounded, sha256_file, staging_dir, storage_error,
-                               sweep_abandoned, temporary_prefix, write_json)
+from edgecls.artifacts import (artifact_kind, check_npz_sizes, check_output_file, check_output_folder,
+                               check_regular_file, live_writer, output_target, read_at_most, read_bounded, sha256_file,
+                               staging_dir, storage_error, sweep_abandoned, temporary_prefix, write_json)
 
 MB = 1 << 20
 
@@ -476,3 +476,28 @@ def test_inside_compares_whole_path_components(tmp_path):
     assert not artifacts._inside(tmp_path / "ab" / "b.onnx", tmp_path / "a")  # a sibling that starts alike
     assert not artifacts._inside(tmp_path, tmp_path / "a")
     assert artifacts._inside("relative/x.onnx", os.getcwd())  # relative paths are taken from the working folder
+
+
+# ================================================================================================= output folders
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
+def test_an_output_folder_that_is_something_else_is_refused_naming_what_it_is(tmp_path):
+    file, fifo = tmp_path / "export", tmp_path / "engines"
+    file.write_text("")
+    os.mkfifo(fifo)
+    for path, kind in ((file, "a file"), (fifo, "a named pipe (FIFO)"), (Path("/dev/null"), "a character device")):
+        assert refusal(check_output_folder, path) == (f"output folder {path} is {kind}, not a folder; give a folder (it "
+                                                      "is created if new)")
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    assert refusal(check_output_folder, loop) == (f"cannot use output folder {loop} (Too many levels of symbolic "
+                                                  "links); choose another folder")
+
+
+def test_a_folder_that_cannot_be_made_after_its_check_is_one_line(tmp_path, monkeypatch):
+    def read_only(self: Path, *args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)  # mounted read-only between the check and the work
+    assert refusal(artifacts.ensure_writable_dir, tmp_path / "new") == (
+        f"cannot create output folder {tmp_path / 'new'}: Read-only file system; choose another folder")
