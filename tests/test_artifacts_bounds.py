@@ -6,13 +6,16 @@ no large file is written."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import hashlib
 import io
 import os
+import shutil
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 import zipfile
 from pathlib import Path
@@ -22,9 +25,9 @@ import pytest
 
 from conftest import refusal
 from edgecls import artifacts
-from edgecls.artifacts import (artifact_kind, check_npz_sizes, check_output_file, check_regular_file, live_writer,
-                               output_target, read_at_most, read_bounded, sha256_file, staging_dir, sweep_abandoned,
-                               temporary_prefix, write_json)
+from edgecls.artifacts import (artifact_kind, check_npz_sizes, check_output_file, check_output_folder,
+                               check_regular_file, live_writer, output_target, read_at_most, read_bounded, sha256_file,
+                               staging_dir, storage_error, sweep_abandoned, temporary_prefix, write_json)
 
 MB = 1 << 20
 
@@ -415,3 +418,86 @@ def test_a_worker_without_prctl_still_ends_with_a_parent_that_is_gone(monkeypatc
         artifacts.end_with_parent(os.getppid() + 1)
         assert exits == [1]
         exits.clear()
+
+
+# ================================================================================================= which disk is full
+
+@pytest.fixture
+def own_tmpdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """$TMPDIR, as this process sees it, in a folder of the test's own (the user's output folder is beside it)."""
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    return temporary
+
+
+def full(code: int = errno.ENOSPC, filename: str | os.PathLike | None = None) -> OSError:
+    return OSError(code, os.strerror(code)) if filename is None else OSError(code, os.strerror(code), str(filename))
+
+
+def test_a_full_disk_is_named_by_the_file_that_could_not_be_written(tmp_path, own_tmpdir):
+    out, library = tmp_path / "out", tmp_path / "lib"
+    staging = out / (temporary_prefix("export") + "abcdefgh.tmp")
+    assert str(storage_error(full(filename=staging / "new2.onnx"), staging, "new2.onnx")) == (
+        f"no space left on the disk holding {out} while writing new2.onnx; free space or choose another folder "
+        "(files already there are unchanged)")  # its own file: the user's folder
+    assert str(storage_error(full(errno.EROFS, library / "cache.bin"), out, "new2.onnx")) == (
+        f"{library} is on a read-only file system while writing new2.onnx; choose another folder (files already "
+        "there are unchanged)")  # a library's file elsewhere: that file's folder
+    assert str(storage_error(full(filename=own_tmpdir / "ort.quant" / "x.onnx"), out, "the export of new2")) == (
+        f"no space left on the disk holding {own_tmpdir / 'ort.quant'} (the temporary folder, $TMPDIR) while writing "
+        "the export of new2; free space or set TMPDIR to a folder with room (files already there are unchanged)")
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+def test_a_no_space_error_naming_no_file_is_put_on_the_temporary_folder_only_when_its_disk_alone_is_short(
+        tmp_path, own_tmpdir, monkeypatch, code):
+    out = tmp_path / "out"
+    room = {str(own_tmpdir): artifacts.ROOM_BYTES - 1, str(out): artifacts.ROOM_BYTES}
+    monkeypatch.setattr(artifacts, "_free_bytes", lambda folder: room[str(folder)])
+    assert str(storage_error(full(code), out, "x")).startswith(
+        f"no space left on the disk holding {own_tmpdir} (the temporary folder, $TMPDIR) while writing x; free space "
+        "or set TMPDIR to a folder with room")
+    for temporary_room, out_room in ((artifacts.ROOM_BYTES, artifacts.ROOM_BYTES),  # $TMPDIR has room
+                                     (0, artifacts.ROOM_BYTES - 1)):  # both are short: the output's own disk
+        room.update({str(own_tmpdir): temporary_room, str(out): out_room})
+        assert str(storage_error(full(code), out, "x")).startswith(f"no space left on the disk holding {out} while")
+    room.update({str(own_tmpdir): 0, str(out): artifacts.ROOM_BYTES})
+    assert str(storage_error(full(errno.EROFS), out, "x")).startswith(f"{out} is on a read-only file system")
+
+
+def test_free_bytes_is_what_the_disk_has_left_and_nothing_where_it_cannot_be_asked(tmp_path):
+    assert artifacts._free_bytes(tmp_path) == shutil.disk_usage(tmp_path).free > 0
+    assert artifacts._free_bytes(tmp_path / "missing") == 0
+
+
+def test_inside_compares_whole_path_components(tmp_path):
+    assert artifacts._inside(tmp_path / "a" / "b.onnx", tmp_path / "a") and artifacts._inside(tmp_path, tmp_path)
+    assert not artifacts._inside(tmp_path / "ab" / "b.onnx", tmp_path / "a")  # a sibling that starts alike
+    assert not artifacts._inside(tmp_path, tmp_path / "a")
+    assert artifacts._inside("relative/x.onnx", os.getcwd())  # relative paths are taken from the working folder
+
+
+# ================================================================================================= output folders
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
+def test_an_output_folder_that_is_something_else_is_refused_naming_what_it_is(tmp_path):
+    file, fifo = tmp_path / "export", tmp_path / "engines"
+    file.write_text("")
+    os.mkfifo(fifo)
+    for path, kind in ((file, "a file"), (fifo, "a named pipe (FIFO)"), (Path("/dev/null"), "a character device")):
+        assert refusal(check_output_folder, path) == (f"output folder {path} is {kind}, not a folder; give a folder (it "
+                                                      "is created if new)")
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    assert refusal(check_output_folder, loop) == (f"cannot use output folder {loop} (Too many levels of symbolic "
+                                                  "links); choose another folder")
+
+
+def test_a_folder_that_cannot_be_made_after_its_check_is_one_line(tmp_path, monkeypatch):
+    def read_only(self: Path, *args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)  # mounted read-only between the check and the work
+    assert refusal(artifacts.ensure_writable_dir, tmp_path / "new") == (
+        f"cannot create output folder {tmp_path / 'new'}: Read-only file system; choose another folder")
