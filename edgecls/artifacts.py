@@ -213,7 +213,10 @@ def check_output_file(path: str | os.PathLike, inputs: Iterable[str | os.PathLik
     Returns the file to write.
     """
     given = Path(path)
-    target = output_target(given)
+    try:
+        target = output_target(given)
+    except OSError as exc:  # a name the system refuses (too long, a link loop ...)
+        raise EdgeclsError(f"cannot write {given} ({exc.strerror}); choose another path") from exc
     shown = str(given) if target == given else f"{given} (a link to {target})"
     try:
         info = os.stat(given)  # follows the link to what it names, even a pipe behind /dev/stdout

@@ -63,6 +63,7 @@ def test_no_output_replaces_an_input_an_artifact_or_a_device(tmp_path, new2_expo
         str(fifo): "a named pipe (FIFO), not a regular file",
         "/dev/null": "a character device, not a regular file",
         str(tmp_path): "is a folder",
+        str(tmp_path / ("a" * 300 + ".json")): "(File name too long); choose another path",
     }
     for target, why in refusals.items():
         code, output = run_cli("bench", "--engine", str(model), "--reference", str(export / "new2.reference.npz"),
