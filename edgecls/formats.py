@@ -690,7 +690,9 @@ class BenchResult(_Record, what="bench file", fix="write it again with `edgecls 
             for key in ("p50_ms", "p90_ms", "p99_ms"):  # null when no request of that level was answered
                 _typed(row.get(key), "Optional[float]", f"load[{index}].{key}")
             if row.get("batching") is not None:
-                _numbers(row["batching"], ("batches", "mean_batch"), f"load[{index}].batching")
+                _numbers(row["batching"], ("batches",), f"load[{index}].batching")
+                _typed(row["batching"].get("mean_batch"), "Optional[float]",  # null when no batch was formed
+                       f"load[{index}].batching.mean_batch")
         return values
 
     @property

@@ -97,6 +97,8 @@ def test_a_served_bench_file_reads_back_whole_and_its_optional_figures_may_be_nu
     # A level that no request answered has no percentiles; a server without metrics measures no batches.
     silent = edit_json(edit_json(served_result(), "load.0.p99_ms", None), "load.0.batching", None)
     assert read_back(tmp_path, silent).load[0]["p99_ms"] is None
+    no_batch = edit_json(served_result(), "load.0.batching.mean_batch", None)  # metrics read, but no batch formed
+    assert read_back(tmp_path, no_batch).load[0]["batching"]["mean_batch"] is None
     assert read_back(tmp_path, edit_json(served_result(), "model.checkpoint_sha256", None)).model["path"] == \
         "export/new2.onnx"
 

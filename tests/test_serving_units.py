@@ -190,3 +190,20 @@ def test_batches_formed_come_from_tritons_metrics():
     assert batching_between(zero, counters) == {"batches": 15, "images": 120, "mean_batch": 8.0, "requests_failed": 4}
     with pytest.raises(EdgeclsError, match="cannot read Triton's metrics at http://127.0.0.1:9/metrics"):
         batch_counters("http://127.0.0.1:9/metrics", "new2", timeout=2)
+
+
+def test_a_level_no_request_of_which_is_answered_has_no_latency_rather_than_nan():
+    import json
+
+    import numpy as np
+
+    from edgecls.serving.client import parse_server, run_load
+
+    with socket.socket() as probe:  # a free loopback port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    row = run_load(parse_server(f"http://127.0.0.1:{port}"), "new2", "images", [np.zeros((1, 3, 28, 28), np.float32)],
+                   LoadLevel(concurrency=2, duration=0.3, warmup=0.0, timeout=2.0))
+    assert row["failed"] > 0 and row["timed_requests"] == 0 and row["first_failure"]
+    assert [row[key] for key in ("p50_ms", "p90_ms", "p99_ms", "mean_ms")] == [None] * 4
+    json.dumps(row, allow_nan=False)  # what the bench file holds: JSON without NaN

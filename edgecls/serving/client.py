@@ -323,14 +323,19 @@ def run_load(server: ServerAddress, model: str, input_name: str, batches: Sequen
         stop.set()
         for client in clients:
             client.close()
-    milliseconds = np.asarray(done) * 1e3 if done else np.asarray([np.nan])
-    p50, p90, p99 = np.percentile(milliseconds, [50, 90, 99])
+    milliseconds = np.asarray(done) * 1e3
+    # no request answered in the timed window: no latency to give (null in the bench file, "-" in the table)
+    p50, p90, p99, mean = (*np.percentile(milliseconds, [50, 90, 99]), np.mean(milliseconds)) if done else [None] * 4
     return {"concurrency": concurrency, "request_batch": int(len(batches[0])), "timed_requests": len(done),
             "sent": totals["sent"], "answered": totals["answered"], "failed": totals["failed"],
             "lost": totals["sent"] - totals["answered"] - totals["failed"],
-            "first_failure": failures[0] if failures else None, "p50_ms": float(p50), "p90_ms": float(p90),
-            "p99_ms": float(p99), "mean_ms": float(np.mean(milliseconds)), "images_per_s": count / elapsed,
+            "first_failure": failures[0] if failures else None, "p50_ms": _float(p50), "p90_ms": _float(p90),
+            "p99_ms": _float(p99), "mean_ms": _float(mean), "images_per_s": count / elapsed,
             "seconds": elapsed, "complete": not gone}
+
+
+def _float(value: Optional[float]) -> Optional[float]:
+    return None if value is None else float(value)
 
 
 def _alive(server: ServerAddress) -> bool:
