@@ -93,6 +93,8 @@ def test_hold_out_takes_validation_images_out_of_training_only():
         "to that class or pass a smaller --val-split")
     assert refusal(uneven.hold_out, np.array([0, 1, 2])).startswith(
         "the 3 validation images would take every training image of a (2), b (1): ")
+    assert refusal(dataset([0, 1, 2, 2]).hold_out, np.array([2, 3])).startswith(
+        "the 2 validation images would take every training image of c (2): ")  # the last class too
     many = dataset([0] * 1500 + [1], names=("a", "b"))
     assert refusal(many.hold_out, np.arange(1500)).startswith("the 1,500 validation images would take every "
                                                               "training image of a (1500)")
@@ -122,6 +124,9 @@ def test_subset_keeps_each_class_share_and_says_so():
     assert refusal(data.subset, 2, None, -1) == "seed -1 is negative; use a whole number from 0 up"
     # The rounding leftovers go to the largest remainders: 7 of 6/3/1 -> 4.2, 2.1, 0.7 -> 4, 2, 1.
     assert data.subset(train=7, seed=0).class_counts() == [4, 2, 1]
+    default = data.subset(train=7)
+    assert default.source == "here (subset: 7 train / 6 test, seed 0)"
+    assert np.array_equal(default.train_images, data.subset(train=7, seed=0).train_images)
     assert data.subset(train=9, seed=0).class_counts() == [5, 3, 1]
 
 
@@ -203,6 +208,9 @@ def test_image_names_and_sizes():
 
 def test_usable_cores_are_this_processes(monkeypatch):
     assert data_module._usable_cores() == len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert data_module._usable_cores() == 1  # the one core it may run on, not the machine's 8
     monkeypatch.delattr(os, "sched_getaffinity")
     monkeypatch.setattr(os, "cpu_count", lambda: None)
     assert data_module._usable_cores() == 1
@@ -244,6 +252,7 @@ def test_held_out_test_is_a_seeded_fifth_of_each_class():
     expected = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:n]
                                        for c, n in enumerate((2, 1, 2))]))
     assert np.array_equal(chosen, expected)
+    assert "c (0)" in refusal(data_module._held_out_test, np.array([0] * 5 + [1] * 5), ["a", "b", "c"], "root")
     assert refusal(data_module._held_out_test, np.array([0] * 4 + [1] * 5 + [2] * 1), ["a", "b", "c"], "root") == (
         "too few images to split off a test set in root/train/: a (4), c (1); each class needs at least 5 images, "
         "or give test/<class>/ folders of test images")
@@ -318,7 +327,11 @@ def test_no_data_errors_say_what_is_there_and_what_to_do(tmp_path):
     assert str(data_module._no_data_error(photos)) == expected.format(
         photos, f"; it holds class folders (cat, dog, eel, fox, ...) directly: move them into {photos / 'train'}/ "
                 "(a test split is then held out of them)")
-    for name in ("eel", "fox", "gnu"):
+    (photos / "gnu" / "1.jpg").unlink()
+    assert str(data_module._no_data_error(photos)).endswith("; it holds class folders (cat, dog, eel, fox) directly: "
+                                                            f"move them into {photos / 'train'}/ (a test split is then "
+                                                            "held out of them)")  # four: no "..."
+    for name in ("eel", "fox"):
         (photos / name / "1.jpg").unlink()
     assert str(data_module._no_data_error(photos)).endswith("; it holds class folders (cat, dog) directly: move them "
                                                             f"into {photos / 'train'}/ (a test split is then held "
@@ -430,6 +443,8 @@ def test_unpickling_allows_only_numpy_arrays():
 
 
 def test_from_batches_needs_label_names():
+    assert refusal(data_module._from_batches, {"batches.meta": ("m", b"garbage")}, "src").startswith(
+        "m is corrupt or truncated (")
     meta = ("m", pickle.dumps({b"other": 1}, protocol=2))
     assert refusal(data_module._from_batches, {"batches.meta": meta}, "src") == (
         f"m is not a CIFAR-10 batch file (no label_names); fetch {CIFAR10_URL} again or use --download")
