@@ -653,3 +653,78 @@ def test_an_unreadable_file_in_the_data_is_one_line_naming_it(tmp_path, private_
         "pass it with --data")
     assert refusal(data_module.load_cifar10, folder, False, False) == (
         f"cannot read {folder} (odd failure); check that the data is readable (permissions) and pass it with --data")
+
+
+# ----------------------------------------------------------------------------------------------- archives, in detail
+
+def png() -> bytes:
+    from PIL import Image
+    encoded = io.BytesIO()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(encoded, "PNG")
+    return encoded.getvalue()
+
+
+def test_archive_limits_are_inclusive(tmp_path, monkeypatch):
+    image = png()
+    monkeypatch.setattr(data_module, "MAX_IMAGE_BYTES", len(image))
+    monkeypatch.setattr(data_module, "MAX_BATCH_BYTES", 12)
+    monkeypatch.setattr(data_module, "MAX_ARCHIVE_BYTES", len(image) + 12 + len(image) + 1)
+    monkeypatch.setattr(data_module, "MAX_ARCHIVE_MEMBERS", 3)
+    # An image member of exactly its limit, a batch file of exactly its own, a larger non-data member, three members
+    # and every byte counted: all within the limits (the archive then lacks the other batch files).
+    edge = tar_with({"train/a/1.png": image, "cifar-10-batches-py/data_batch_1": b"y" * 12,
+                     "readme": b"z" * (len(image) + 1)}, tmp_path / "edge.tar")
+    assert refusal(data_module._read_archive, edge).startswith(f"archive {edge} lacks data_batch_2")
+    big_batch = tar_with({"data_batch_1": b"y" * 13}, tmp_path / "batch.tar")
+    assert refusal(data_module._read_archive, big_batch) == (
+        f"{big_batch}:data_batch_1 is 13 bytes, far more than any CIFAR-10 file (at most 12); the data is damaged or "
+        "is not CIFAR-10")
+
+
+def test_archive_member_names_at_the_root_inside_a_folder_or_with_dot_slash(tmp_path):
+    image = png()
+    folders = {"train/a/1.png": image, "train/a/2.png": image, "test/a/1.png": image}
+    root = tar_with({**{f"./{name}": blob for name, blob in folders.items()}}, tmp_path / "root.tar")
+    assert refusal(data_module._read_archive, root) == (
+        f"{root}/train/ has one class folder (a); a classifier needs two classes or more: add a folder of images per "
+        "class")
+    inside = tar_with({f"top/{name}": blob for name, blob in folders.items()}, tmp_path / "inside.tar")
+    assert refusal(data_module._read_archive, inside).startswith(f"{inside}:top/train/ has one class folder (a)")
+    with tarfile.open(tmp_path / "dirs.tar", "w") as archive:  # a folder named like an image is no image
+        info = tarfile.TarInfo("train/a/folder.png")
+        info.type = tarfile.DIRTYPE
+        archive.addfile(info)
+    assert "holds no CIFAR-10 data" in refusal(data_module._read_archive, tmp_path / "dirs.tar")
+
+
+def test_a_damaged_archive_says_what_the_decompressor_found(tmp_path):
+    whole = tar_with({"train/a/1.png": png()}, tmp_path / "a.tar.gz", "w:gz")
+    (tmp_path / "cut.tar.gz").write_bytes(whole.read_bytes()[:40])
+    assert refusal(data_module._read_archive, tmp_path / "cut.tar.gz") == (
+        f"archive {tmp_path / 'cut.tar.gz'} is corrupt or truncated (empty file); download or copy it again")
+
+
+def test_the_official_archive_names_itself_as_the_source(tmp_path):
+    from test_data import make_reference, write_official_tar
+    path = write_official_tar(make_reference(), tmp_path / "cifar-10-python.tar.gz")
+    assert data_module._read_archive(path).source == f"CIFAR-10 python batches in {path}"
+
+
+def test_the_end_marker_is_the_last_1024_bytes_exactly(tmp_path):
+    blob = tar_with({"a": b"x" * 512}, tmp_path / "a.tar").read_bytes()[:1024] + bytes(1024)
+    (tmp_path / "exact.tar").write_bytes(blob)  # header, one full data block, the marker: nothing more
+    data_module._check_tar_end(tmp_path / "exact.tar")
+
+
+def test_decode_images_gives_the_pixels(tmp_path):
+    decoded = data_module.decode_images([("a.png", png()), ("b.png", png())])
+    assert decoded.shape == (2, 32, 32, 3) and decoded.dtype == np.uint8 and not decoded.any()
+
+
+def test_the_source_signature_does_not_depend_on_the_working_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "tree"
+    (folder / "train" / "a").mkdir(parents=True)
+    (folder / "train" / "a" / "1.png").write_bytes(b"1")
+    first = data_module._source_signature(folder)
+    monkeypatch.chdir(folder / "train")
+    assert data_module._source_signature(folder) == first
