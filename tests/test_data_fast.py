@@ -266,13 +266,19 @@ def test_a_trees_images_are_ordered_by_split_class_and_name():
     keys = keys_of({("test", "b"): 1, ("train", "b"): 2, ("train", "a"): 1, ("test", "a"): 2})
     keys[1], keys[2] = keys[2], keys[1]  # read out of order
     pixels = images(len(keys))
-    sizes = np.array([[32, 32], [64, 48], [32, 32], [20, 10], [32, 32], [100, 200]])
+    sizes = np.array([[32, 32], [64, 48], [32, 32], [10, 14], [30, 5], [100, 200]])  # height, width
     data = data_module._from_tree(keys, pixels, sizes, None, "root", "src")
     order = [3, 2, 1, 4, 5, 0]  # train a, train b (by file name), test a, test b
     assert np.array_equal(np.concatenate([data.train_images, data.test_images]), pixels[order])
     assert data.train_labels.tolist() == [0, 1, 1] and data.test_labels.tolist() == [0, 0, 1]
     assert data.class_names == ["a", "b"] and data.source == "src"
-    assert data.details == {"test_split": "test/", "resized": 3, "smallest": [10, 20], "largest": [200, 100]}
+    assert data.details == {"test_split": "test/", "resized": 4, "smallest": [14, 10], "largest": [200, 100]}
+
+
+def test_a_tree_without_test_images_needs_five_images_a_class():
+    keys = keys_of({("train", "a"): 5, ("train", "b"): 4})
+    assert refusal(data_module._from_tree, keys, images(9), np.full((9, 2), 32), None, "root", "s").startswith(
+        "too few images to split off a test set in root/train/: b (4); ")
 
 
 def test_a_tree_without_test_images_holds_a_share_out():
@@ -496,6 +502,9 @@ def test_an_uncompressed_tar_must_end_with_its_marker(tmp_path):
     zeros = tmp_path / "zeros.tar"
     zeros.write_bytes(bytes(1024))
     data_module._check_tar_end(zeros)
+    zeros.write_bytes(b"\x01" + bytes(1023))  # exactly 1024 bytes, not all zero
+    with pytest.raises(tarfile.ReadError):
+        data_module._check_tar_end(zeros)
 
 
 def test_archive_members_are_bounded_before_they_are_read(tmp_path, monkeypatch):
