@@ -737,3 +737,34 @@ def test_the_source_signature_does_not_depend_on_the_working_folder(tmp_path, mo
     first = data_module._source_signature(folder)
     monkeypatch.chdir(folder / "train")
     assert data_module._source_signature(folder) == first
+
+
+def test_download_calls_torchvision_and_says_what_failed(tmp_path, monkeypatch):
+    """torchvision's CIFAR10 (which downloads from the network, unreachable here) replaced by a recorder."""
+    import sys
+    import types
+    calls = []
+
+    class CIFAR10:
+        def __init__(self, root, train, download):
+            calls.append((root, train, download))
+            if failure is not None:
+                raise failure
+
+    package, datasets = types.ModuleType("torchvision"), types.ModuleType("torchvision.datasets")
+    datasets.CIFAR10 = CIFAR10
+    package.datasets = datasets
+    monkeypatch.setitem(sys.modules, "torchvision", package)
+    monkeypatch.setitem(sys.modules, "torchvision.datasets", datasets)
+    failure = None
+    data_module._download(tmp_path / "a" / "b")
+    assert calls == [(str(tmp_path / "a" / "b"), True, True)] and (tmp_path / "a" / "b").is_dir()
+    failure = OSError("network unreachable\nsecond line")
+    assert refusal(data_module._download, tmp_path / "c") == (
+        f"downloading CIFAR-10 into {tmp_path / 'c'} failed (network unreachable second line); fetch {CIFAR10_URL} by "
+        f"hand and pass it with --data (or put it in {tmp_path / 'c'})")
+    failure = RuntimeError("x" * 400)
+    assert f"failed ({'x' * 300}); fetch" in refusal(data_module._download, tmp_path / "d")  # 300 characters
+    monkeypatch.setitem(sys.modules, "torchvision.datasets", None)  # not installed
+    assert refusal(data_module._download, tmp_path / "e") == (
+        f"--download needs torchvision (pip install torchvision); or fetch {CIFAR10_URL} by hand")
