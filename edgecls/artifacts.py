@@ -33,6 +33,8 @@ _STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 # A temporary file or staging folder whose owner cannot be checked (another machine sharing the folder) is
 # abandoned once it is this old: no edgecls write takes a day.
 STALE_AFTER_S = 24 * 3600
+# A disk with less free space than this may be the one a "no space" error that names no file came from.
+ROOM_BYTES = 1 << 30
 
 
 def _process_space() -> str:
@@ -54,18 +56,47 @@ _TEMPORARY_NAME = re.compile(r"\.(?P<label>.+)\.(?P<host>[0-9a-f]{6})-(?P<pid>\d
 
 def storage_error(exc: OSError, folder: str | os.PathLike, writing: str) -> EdgeclsError:
     """An error of the disk while writing `writing` into `folder`, as one line that says where and what to do."""
-    while _TEMPORARY_NAME.fullmatch(Path(folder).name):  # a staging folder: name the user's folder that holds it
-        folder = Path(folder).parent
+    folder, other_folder = _disk_that_failed(exc, folder)
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        why, fix = f"no space left on the disk holding {folder}", "free space or choose another folder"
+        why, fix = f"no space left on the disk holding {folder}", f"free space or {other_folder}"
     elif exc.errno == errno.EROFS:
-        why, fix = f"{folder} is on a read-only file system", "choose another folder"
+        why, fix = f"{folder} is on a read-only file system", other_folder
     elif exc.errno == errno.EFBIG:
-        why, fix = f"a file would exceed the largest size allowed in {folder}", "choose another folder"
+        why, fix = f"a file would exceed the largest size allowed in {folder}", other_folder
     else:
         why = f"cannot write in {folder} ({exc.strerror or type(exc).__name__})"
         fix = "check its permissions or choose another folder"
     return EdgeclsError(f"{why} while writing {writing}; {fix} (files already there are unchanged)")
+
+
+def _disk_that_failed(exc: OSError, folder: str | os.PathLike) -> tuple[str, str]:
+    """The folder to name for `exc`, raised while writing into `folder`, and where else to write."""
+    while _TEMPORARY_NAME.fullmatch(Path(folder).name):  # a staging folder: name the user's folder that holds it
+        folder = Path(folder).parent
+    temporary = tempfile.gettempdir()
+    failed = os.path.abspath(exc.filename) if isinstance(exc.filename, (str, os.PathLike)) else None
+    if failed is not None and not _inside(failed, folder):  # a library's file elsewhere
+        folder = os.path.dirname(failed)
+        elsewhere = _inside(folder, temporary)
+    else:  # a "no space" that names no file is the temporary folder's when only its disk is short of room
+        elsewhere = failed is None and exc.errno in (errno.ENOSPC, errno.EDQUOT) and \
+            _free_bytes(temporary) < ROOM_BYTES <= _free_bytes(folder)
+        folder = temporary if elsewhere else folder
+    if elsewhere:
+        return f"{folder} (the temporary folder, $TMPDIR)", "set TMPDIR to a folder with room"
+    return str(folder), "choose another folder"
+
+
+def _free_bytes(folder: str | os.PathLike) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 0
+
+
+def _inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    path, folder = os.path.abspath(path), os.path.abspath(folder)
+    return os.path.commonpath([path, folder]) == folder
 
 
 def is_storage_error(exc: OSError) -> bool:
@@ -73,18 +104,56 @@ def is_storage_error(exc: OSError) -> bool:
     return exc.errno in _STORAGE_ERRNOS
 
 
-def ensure_writable_dir(path: str | os.PathLike) -> Path:
-    """Create `path` if needed, check we can write there (raise EdgeclsError otherwise), and remove what killed
-    edgecls processes left there (`sweep_abandoned`)."""
+def check_output_folder(path: str | os.PathLike) -> Path:
+    """Refuse, before any work, an output folder that could not be written; creates nothing (the folders' half of
+    `check_output_file`). Refused: an existing path that is not a folder (a file, a device, a FIFO), a folder that is
+    not writable, a new name below a file or below a folder that takes no new entries. Returns the folder."""
     folder = Path(path)
+    try:
+        info = os.stat(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        _check_can_create(folder)
+        return folder
+    except OSError as exc:
+        raise EdgeclsError(f"cannot use output folder {folder} ({exc.strerror}); choose another folder") from exc
+    if not stat.S_ISDIR(info.st_mode):
+        kind = "a file" if stat.S_ISREG(info.st_mode) else _file_type(info.st_mode)
+        raise EdgeclsError(f"output folder {folder} is {kind}, not a folder; give a folder (it is created if new)")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise EdgeclsError(f"output folder {folder} is not writable; fix its permissions or choose another folder")
+    return folder
+
+
+def ensure_writable_dir(path: str | os.PathLike) -> Path:
+    """Check `path` (`check_output_folder`), create it if needed, and remove what killed edgecls processes left there
+    (`sweep_abandoned`)."""
+    folder = check_output_folder(path)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise EdgeclsError(f"cannot create output folder {folder}: {exc.strerror}; choose another folder") from exc
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise EdgeclsError(f"output folder {folder} is not writable; fix its permissions or choose another folder")
     sweep_abandoned(folder)
     return folder
+
+
+@contextlib.contextmanager
+def output_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """`ensure_writable_dir(path)` for the work of a with block; the folders it had to create are removed again at
+    the end if they hold nothing then (the work failed or wrote nothing): a failed command creates no folder."""
+    folder = Path(path)
+    created = []  # deepest first
+    for above in (folder, *folder.parents):
+        if above.exists():
+            break
+        created.append(above)
+    try:
+        yield ensure_writable_dir(folder)
+    finally:
+        for made in created:
+            try:
+                made.rmdir()  # only an empty folder goes
+            except OSError:
+                break
 
 
 # Where a command prints JSON (`bench --json -`, `doctor --json -`), this name means standard output.
@@ -173,6 +242,12 @@ def check_output_file(path: str | os.PathLike, inputs: Iterable[str | os.PathLik
         if kind is not None and kind not in writes:
             raise EdgeclsError(f"{shown} is an edgecls {kind}, which this command does not write: it will not be "
                                "replaced; give another file name")
+    _check_can_create(target)
+    return target
+
+
+def _check_can_create(target: Path) -> None:
+    """Refuse `target` when the nearest existing folder above it is a file or takes no new entries."""
     existing = target.parent.absolute()
     while not existing.exists():
         existing = existing.parent
@@ -186,7 +261,6 @@ def check_output_file(path: str | os.PathLike, inputs: Iterable[str | os.PathLik
     except OSError as exc:
         raise EdgeclsError(f"cannot write {target}: folder {existing} takes no new files ({exc.strerror}); "
                            "choose another path") from exc
-    return target
 
 
 def temporary_prefix(label: str) -> str:
@@ -264,16 +338,17 @@ def copy_beside(source: str | os.PathLike, destination: str | os.PathLike) -> Pa
 @contextlib.contextmanager
 def staging_dir(folder: str | os.PathLike, label: str) -> Iterator[Path]:
     """A private folder inside `folder` for files that are installed together later (same disk, so installing is a
-    rename); removed when the block ends, and by a later run's sweep when this process is killed."""
-    parent = ensure_writable_dir(folder)
-    try:
-        staging = Path(tempfile.mkdtemp(prefix=temporary_prefix(label), suffix=".tmp", dir=parent))
-    except OSError as exc:
-        raise storage_error(exc, parent, f"a {label} staging folder") from exc
-    try:
-        yield staging
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    rename); removed when the block ends, and by a later run's sweep when this process is killed. `folder` is made if
+    new, and removed again if nothing was installed in it (`output_folder`)."""
+    with output_folder(folder) as parent:
+        try:
+            staging = Path(tempfile.mkdtemp(prefix=temporary_prefix(label), suffix=".tmp", dir=parent))
+        except OSError as exc:
+            raise storage_error(exc, parent, f"a {label} staging folder") from exc
+        try:
+            yield staging
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 @contextlib.contextmanager

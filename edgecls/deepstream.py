@@ -387,7 +387,7 @@ def deploy_deepstream(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, 
     `deepstream_app_<model>.txt` and `<model>.deepstream-agreement.json` into `out_dir`, after measuring the
     emulated agreement on the test split of `data` (a location, or a loaded data set)."""
     from edgecls import reference as references
-    from edgecls.artifacts import ensure_writable_dir, staging_dir, write_json
+    from edgecls.artifacts import check_output_folder, staging_dir, write_json
     from edgecls.data import load_cifar10
     from edgecls.formats import ModelMetadata
     from edgecls.onnx_graph import load_onnx, save_checked
@@ -404,7 +404,7 @@ def deploy_deepstream(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, 
     if precision not in allowed:
         raise EdgeclsError(f"--precision {precision} does not fit {onnx_path} ({metadata.precision}): "
                            f"choose {' or '.join(allowed)}{' or give the int8 export' if precision == 'int8' else ''}")
-    out = ensure_writable_dir(out_dir)
+    out = check_output_folder(out_dir)  # made by the staging below, and only kept if something is installed
     dataset = data if hasattr(data, "test_images") else load_cifar10(data)
     dataset.check_fits(metadata.preprocess, onnx_path)
     found = request.reference if request.reference is not None else references.find(onnx_path, metadata.model)

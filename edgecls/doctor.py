@@ -12,16 +12,16 @@ import platform
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from edgecls.defaults import EXPORT_DIR
-from edgecls.engines import dla_cores, dla_unsupported, gpu_info, jetson_release
+from edgecls.engines import JetsonRelease, build_engine, dla_cores, dla_unsupported, gpu_info, jetson_release
 from edgecls.errors import EdgeclsError, first_line
 from edgecls.formats import ModelMetadata
 from edgecls.metrics import Parity, parity
-from edgecls.runtime.cuda_memory import BindingStatus, probe
+from edgecls.runtime.cuda_memory import BindingStatus, GpuInfo, probe
 from edgecls.runtime.tensorrt_backend import TENSORRT_INSTALL_HINT, tensorrt_problem
 
 PROBE_IMAGES = 256  # images each doctor engine runs on
@@ -104,30 +104,81 @@ def _version(module: str) -> Optional[str]:
         return None
 
 
+@dataclass(frozen=True)
+class DeviceFacts:
+    """What the doctor reads from the machine (`probe_device`), kept apart from what it makes of them
+    (`checks_of`), so that the decisions can be checked on any set of facts."""
+
+    jetson: JetsonRelease
+    python: str
+    numpy: Optional[str]  # None: absent or broken
+    tensorrt: Optional[str]  # its version, when it loads
+    tensorrt_problem: Optional[str]  # why it does not (TENSORRT_INSTALL_HINT: not installed)
+    bindings: List[BindingStatus]
+    gpu: Optional[GpuInfo]
+    dla_cores: Optional[int] = None  # read only where a GPU and TensorRT are
+    dla_unsupported: Optional[str] = None  # why this TensorRT cannot build for them; read only when there are some
+    onnxruntime: Optional[str] = None  # None: not installed
+    providers: Tuple[str, ...] = ()  # ONNX Runtime's execution providers
+    serving: Tuple[bool, str] = (False, "")  # `edgecls.serving.interpreter.serving_status`
+    opencv: Dict[str, Any] = field(default_factory=dict)  # `edgecls.video.opencv_facts`
+
+
+def probe_device(statuses: Optional[Sequence[BindingStatus]] = None) -> DeviceFacts:
+    """Read every fact the doctor reports from this machine as it is."""
+    from edgecls.serving.interpreter import serving_status
+    from edgecls.video import opencv_facts
+
+    statuses = probe() if statuses is None else list(statuses)
+    trt_problem = tensorrt_problem()
+    trt_version = None
+    if trt_problem is None:
+        import tensorrt as trt
+
+        trt_version = str(trt.__version__)
+    gpu = gpu_info(statuses)
+    cores = unsupported = None
+    if gpu is not None and trt_version is not None:
+        cores = dla_cores()
+        if cores:  # the cores exist; whether this TensorRT can build for them (NVIDIA's "Working with DLA")
+            unsupported = dla_unsupported(trt_version, "fp16")
+    ort_version = _version("onnxruntime")
+    providers: Tuple[str, ...] = ()
+    if ort_version is not None:
+        import onnxruntime
+
+        providers = tuple(onnxruntime.get_available_providers())
+    return DeviceFacts(jetson_release(), platform.python_version(), _version("numpy"), trt_version, trt_problem,
+                       statuses, gpu, cores, unsupported, ort_version, providers, serving_status(), opencv_facts())
+
+
 def device_checks(statuses: Optional[Sequence[BindingStatus]] = None) -> List[Check]:
     """Every fact about this device, and what blocks TensorRT here."""
-    statuses = probe() if statuses is None else list(statuses)
-    jetson = jetson_release()
+    return checks_of(probe_device(statuses))
+
+
+def checks_of(facts: DeviceFacts) -> List[Check]:
+    """The report's lines for these facts: each fact, and whether it blocks building or running engines."""
+    jetson = facts.jetson
     checks = [Check("board", jetson.board or "not a Jetson (no /proc/device-tree/model)")]
     if jetson.l4t:
         checks.append(Check("L4T / JetPack", f"R{jetson.l4t} (JetPack {jetson.jetpack or '?'})"))
-    python = platform.python_version()
+    python = facts.python
     if jetson.jetpack.startswith("5") and not python.startswith("3.8."):
         checks.append(Check("Python", python, False, "JetPack 5's TensorRT bindings exist for Python 3.8 only: "
                                                      "run edgecls with /usr/bin/python3.8"))
     else:
         checks.append(Check("Python", python))
-    checks.append(Check("numpy", _version("numpy") or "?"))
+    checks.append(Check("numpy", facts.numpy or "?"))
 
-    trt_problem = tensorrt_problem()
+    trt_problem = facts.tensorrt_problem
     if trt_problem is None:
-        import tensorrt as trt
-
-        checks.append(Check("TensorRT", str(trt.__version__), True))
+        checks.append(Check("TensorRT", str(facts.tensorrt), True))
     else:
         checks.append(Check("TensorRT", "not installed" if trt_problem == TENSORRT_INSTALL_HINT else "does not load",
                             False, trt_problem))
 
+    statuses = facts.bindings
     working = [status for status in statuses if status.works]
     for status in statuses:
         if status.works:
@@ -137,7 +188,7 @@ def device_checks(statuses: Optional[Sequence[BindingStatus]] = None) -> List[Ch
             checks.append(Check(status.name, f"{status.version}, does not work" if status.version else "not installed",
                                 None if working else False, status.problem or ""))
 
-    gpu = gpu_info(statuses)
+    gpu = facts.gpu
     if gpu is None:
         checks.append(Check("GPU", "none reachable", False, "a CUDA GPU and its driver (JetPack includes both); the "
                                                             "CUDA binding lines say why none was reached"))
@@ -145,37 +196,26 @@ def device_checks(statuses: Optional[Sequence[BindingStatus]] = None) -> List[Ch
         memory = f", {gpu.total_memory / 2**30:.1f} GiB" if gpu.total_memory else ""
         checks.append(Check("GPU", f"{gpu.name}, compute {gpu.compute_capability}{memory} (via {gpu.source})", True))
         if trt_problem is None:
-            cores = dla_cores()
+            cores = facts.dla_cores
             text = str(cores) if cores is not None else "?"
-            if cores:  # the cores exist; whether this TensorRT can build for them (NVIDIA's "Working with DLA")
-                import tensorrt as trt
-
-                unsupported = dla_unsupported(trt.__version__, "fp16")
-                text += f" (not usable: {unsupported.split(';')[0]})" if unsupported else ""
+            unsupported = facts.dla_unsupported
+            text += f" (not usable: {unsupported.split(';')[0]})" if unsupported else ""
             checks.append(Check("DLA cores", text))
 
-    ort_version = _version("onnxruntime")
-    if ort_version is None:
+    if facts.onnxruntime is None:
         checks.append(Check("ONNX Runtime", "not installed", None, "pip install onnxruntime (for .onnx files)"))
     else:
-        import onnxruntime
-
-        providers = ", ".join(name.replace("ExecutionProvider", "") for name in onnxruntime.get_available_providers())
-        checks.append(Check("ONNX Runtime", f"{ort_version} ({providers})"))
-    from edgecls.serving.interpreter import serving_status
-
-    serves, how = serving_status()  # `edgecls serve` (Triton): optional, so information only
+        providers = ", ".join(name.replace("ExecutionProvider", "") for name in facts.providers)
+        checks.append(Check("ONNX Runtime", f"{facts.onnxruntime} ({providers})"))
+    serves, how = facts.serving  # `edgecls serve` (Triton): optional, so information only
     checks.append(Check("serving", how, True if serves else None))
-    checks.append(_opencv_check())
+    checks.append(_opencv_check(facts.opencv))
     return checks
 
 
-def _opencv_check() -> Check:
+def _opencv_check(facts: Dict[str, Any]) -> Check:
     """Which OpenCV `edgecls predict VIDEO` would use, and whether it reads GStreamer pipelines (CSI cameras)."""
-    from edgecls.video import opencv_facts
-
-    facts = opencv_facts()
-    if facts["version"] is None:
+    if facts.get("version") is None:
         return Check("OpenCV", "not installed (for video: pip install 'edgecls[video]'; on a Jetson: sudo apt install "
                                "python3-opencv, JetPack's build with GStreamer)")
     gstreamer = "with GStreamer" if facts["gstreamer"] else "without GStreamer (no CSI camera pipelines)"
@@ -278,8 +318,6 @@ def smoke_engines(export_dir: str | Path, data: Optional[str], work: Path) -> Tu
     """Build an fp16 and an int8 engine (the exported files, else probe models) and compare each with ONNX Runtime."""
     import time
 
-    from edgecls.engines import build_engine
-
     sources = find_exports(export_dir)
     probes = {} if all(p in sources for p in SMOKE_PRECISIONS) else make_probe_models(work)
     images, labels, described = parity_images(data)
@@ -303,7 +341,7 @@ def smoke_engines(export_dir: str | Path, data: Optional[str], work: Path) -> Tu
 
 def run_doctor(export_dir: str | Path = EXPORT_DIR, data: Optional[str] = None, build: bool = True) -> DoctorReport:
     """The whole report; builds engines only where TensorRT, a CUDA binding and a GPU are all there."""
-    report = DoctorReport(device_checks(probe()), build_skipped=not build)
+    report = DoctorReport(device_checks(), build_skipped=not build)
     if build and not report.missing:
         with tempfile.TemporaryDirectory(prefix="edgecls-doctor-") as work:
             report.engines, report.images = smoke_engines(export_dir, data, Path(work))

@@ -21,8 +21,8 @@ from typing import Any, Sequence
 import numpy as np
 import onnx
 
-from edgecls.artifacts import (copy_beside, ensure_writable_dir, is_storage_error, sha256_file, staging_dir,
-                               storage_error, temporary_files_in, utc_now)
+from edgecls.artifacts import (check_output_folder, copy_beside, is_storage_error, output_folder, sha256_file,
+                               staging_dir, storage_error, temporary_files_in, utc_now)
 from edgecls.data import digest_rows
 from edgecls.defaults import CALIBRATION_DIR, DEFAULT_OPSET, EXPORT_DIR
 from edgecls.errors import EdgeclsError, first_line
@@ -175,6 +175,9 @@ class ExportRequest:
                                "(or drop them)")
         for name in ("checkpoint", "out_dir", "calibration_dir"):
             object.__setattr__(self, name, Path(getattr(self, name)))
+        check_output_folder(self.out_dir)
+        if self.int8:
+            check_output_folder(self.calibration_dir)
 
 
 def export_model(request: ExportRequest, data: Any = None, progress: bool = True) -> ExportReport:
@@ -192,9 +195,7 @@ def export_model(request: ExportRequest, data: Any = None, progress: bool = True
     fp16, int8, budget, settings = request.fp16, request.int8, request.budget, request.calibration
     calibration_dir = request.calibration_dir
     checkpoint = load_source(request.checkpoint)
-    out = ensure_writable_dir(request.out_dir)
-    if int8:
-        ensure_writable_dir(calibration_dir)
+    out = request.out_dir
     dataset = data if hasattr(data, "test_images") else load_cifar10(data)
     dataset.check_fits(checkpoint.preprocess, checkpoint.path)
     validation = checkpoint.validation_indices(dataset) if int8 else None  # calibration must not use these
@@ -256,6 +257,7 @@ def export_model(request: ExportRequest, data: Any = None, progress: bool = True
         # The files this export installs in other folders: the record lists them, so that readers take only these.
         companions: dict[str, str] = {}
         if quantized is not None:
+            cleanup.enter_context(output_folder(calibration_dir))  # made now; removed again if installing fails
             report.calibration = quantized.record_path if quantized.reused else \
                 install_beside(quantized.record_path, Path(calibration_dir) / quantized.record_name)
             companions[report.calibration.name] = sha256_file(quantized.record_path)

@@ -96,8 +96,8 @@ class Preprocessing:
         return np.stack([center_crop(self.fit(np.asarray(image))[None], self.crop_size)[0] for image in images])
 
     def normalize(self, crops: np.ndarray) -> np.ndarray:
-        mean = np.asarray(self.mean, dtype=np.float32).reshape(1, 3, 1, 1)
-        inv_std = (1.0 / np.asarray(self.std, dtype=np.float32)).reshape(1, 3, 1, 1)
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(3, 1, 1)  # broadcast over N x 3 x H x W
+        inv_std = (1.0 / np.asarray(self.std, dtype=np.float32)).reshape(3, 1, 1)
         chw = crops.transpose(0, 3, 1, 2).astype(np.float32) * np.float32(1 / 255)
         return np.ascontiguousarray((chw - mean) * inv_std)
 
@@ -154,7 +154,8 @@ def resize_shorter_side(image: np.ndarray, size: int, window: int | None = None)
     if factor >= 2:
         height, width = image.shape[0] // factor * factor, image.shape[1] // factor * factor
         blocks = image[:height, :width].reshape(height // factor, factor, width // factor, factor, image.shape[2])
-        image = np.rint(blocks.mean(axis=(1, 3))).astype(np.uint8)
+        # The same whole numbers 0..255 in any dtype: uint8 only keeps the smaller image small, no pixel depends on it.
+        image = np.rint(blocks.mean(axis=(1, 3))).astype(np.uint8)  # pragma: no mutate
     height, width = image.shape[:2]
     scale = size / min(height, width)
     new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
@@ -165,17 +166,17 @@ def resize_shorter_side(image: np.ndarray, size: int, window: int | None = None)
         pos = np.clip((kept + 0.5) * (old / new) - 0.5, 0, old - 1)
         low = np.floor(pos).astype(np.int64)
         high = np.minimum(low + 1, old - 1)
-        return low, high, (pos - low).astype(np.float32)
+        return low, high, (pos - low).astype(np.float32)  # pragma: no mutate (float64 weights: the same pixels)
 
     y0, y1, wy = sample_positions(new_h, height)
     x0, x1, wx = sample_positions(new_w, width)
-    def gather(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:  # only the pixels the samples read, as float
-        return image[rows[:, None], cols[None, :]].astype(np.float32)
+    def gather(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:  # only the pixels the samples read
+        return image[rows[:, None], cols[None, :]]  # uint8, times the float32 weights: float32
 
     left = gather(y0, x0) * (1 - wy)[:, None, None] + gather(y1, x0) * wy[:, None, None]
     right = gather(y0, x1) * (1 - wy)[:, None, None] + gather(y1, x1) * wy[:, None, None]
     out = left * (1 - wx)[None, :, None] + right * wx[None, :, None]
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    return np.rint(out).astype(np.uint8)  # weighted means of pixels: already within 0..255
 
 
 __all__ = ["Preprocessing", "center_crop", "resize_shorter_side", "to_rgb"]

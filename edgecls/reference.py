@@ -42,8 +42,8 @@ def from_checkpoint(path: str | Path, dataset: Cifar10, device: Optional[str] = 
 
     checkpoint = load_checkpoint(path)
     dev = pick_device(device)
-    logits = torch_logits(checkpoint.build_model().to(dev), dataset.test_images, checkpoint.preprocess, device=dev)
-    return Reference(str(path), logits, np.asarray(dataset.test_labels, dtype=np.int64), checkpoint.model_name,
+    logits = torch_logits(checkpoint.build_model().to(dev), dataset.test_images, checkpoint.preprocess)  # on dev
+    return Reference(str(path), logits, dataset.test_labels, checkpoint.model_name,  # int64: Cifar10 makes them so
                      checkpoint.sha256, dataset.fingerprint, trained_on=checkpoint.data_fingerprint,
                      indices=np.arange(len(dataset.test_labels)))
 

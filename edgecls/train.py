@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from edgecls.artifacts import atomic_write, ensure_writable_dir, library_versions
+from edgecls.artifacts import atomic_write, check_output_folder, library_versions, output_folder
 from edgecls.checkpoint import load_checkpoint, save_checkpoint, validation_record
 from edgecls.data import Cifar10, check_seed, default_val_split, seeded_subset
 from edgecls.defaults import CHECKPOINT_DIR, CROP_SIZE, MIN_FITTED_BATCH, MIN_STEPS_PER_EPOCH
@@ -300,7 +300,7 @@ class TrainRequest:
         check_seed(self.seed, "--seed")
         if self.eval_every < 0:
             raise EdgeclsError(f"--eval-every {self.eval_every} is negative; use a whole number from 0 up")
-        object.__setattr__(self, "out_dir", Path(self.out_dir))
+        object.__setattr__(self, "out_dir", check_output_folder(self.out_dir))
         object.__setattr__(self, "torch_device", pick_device(self.device))
 
     def for_data(self, data: Cifar10) -> TrainRequest:
@@ -474,9 +474,9 @@ def train(request: TrainRequest, data: Cifar10,
     """Train as `request` asks on `data` and write <out>/<model>.pt (last), its log and, with eval_every,
     <model>.best.pt. `on_epoch_end` is called with each epoch's log entry, after its checkpoint is written."""
     request = request.for_data(data)
-    ensure_writable_dir(request.out_dir)
     dev, plan = request.torch_device, request.plan
-    with on_device(dev), backend_flags(cudnn_benchmark=request.cudnn_benchmark and dev.type == "cuda"):
+    with output_folder(request.out_dir), on_device(dev), \
+            backend_flags(cudnn_benchmark=request.cudnn_benchmark and dev.type == "cuda"):
         run = Run(request, data)
         if request.resume:
             run.restore()

@@ -67,6 +67,20 @@ def tiny_data_dir(tiny_cifar: Cifar10, tmp_path_factory: pytest.TempPathFactory)
 
 
 @pytest.fixture(scope="session")
+def small_cifar() -> Cifar10:
+    """A quarter of tiny_cifar's size (10 training and 4 test images a class), for the tests whose behaviour does not
+    depend on how much a model learns (resuming, refusals, files written, steps counted): a CPU epoch on it costs a
+    fifth of one on tiny_cifar."""
+    return synthetic_cifar(train_per_class=10, test_per_class=4, seed=1)
+
+
+@pytest.fixture(scope="session")
+def small_data_dir(small_cifar: Cifar10, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """small_cifar as a PNG image-folder tree (its exact pixels, like tiny_data_dir)."""
+    return write_image_folder(small_cifar, tmp_path_factory.mktemp("small_data"))
+
+
+@pytest.fixture(scope="session")
 def trained_checkpoint(tiny_cifar: Cifar10, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """Factory: the path of a checkpoint of `model_name` trained for a few CPU epochs on tiny_cifar (cached)."""
     from edgecls.train import TrainRequest, train

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from edgecls import artifacts
-from edgecls.artifacts import (atomic_write, check_output_file, copy_beside, ensure_writable_dir, is_storage_error,
-                               library_versions, sha256_file, storage_error, sweep_abandoned, temporary_prefix,
-                               utc_now, write_json)
+from edgecls.artifacts import (atomic_write, check_output_file, check_output_folder, copy_beside, ensure_writable_dir,
+                               is_storage_error, library_versions, output_folder, sha256_file, storage_error,
+                               sweep_abandoned, temporary_prefix, utc_now, write_json)
 from edgecls.errors import EdgeclsError
 
 
@@ -60,7 +60,8 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
 
 
-def test_disk_errors_are_one_line_naming_the_users_folder(tmp_path):
+def test_disk_errors_are_one_line_naming_the_users_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(artifacts, "_free_bytes", lambda folder: 0)  # that folder's disk is indeed the full one
     staging = tmp_path / (temporary_prefix("export") + "abcdefgh.tmp")
     cases = {errno.ENOSPC: f"no space left on the disk holding {tmp_path} while writing new2.onnx; free space or "
                            "choose another folder",
@@ -86,11 +87,24 @@ def test_ensure_writable_dir_creates_the_folder_or_says_why_it_cannot(tmp_path, 
     (tmp_path / "file").write_text("")
     with pytest.raises(EdgeclsError) as info:
         ensure_writable_dir(tmp_path / "file" / "out")
-    assert str(info.value) == f"cannot create output folder {tmp_path / 'file' / 'out'}: Not a directory; choose another folder"
+    assert str(info.value) == f"cannot write {tmp_path / 'file' / 'out'}: {tmp_path / 'file'} is a file, not a folder; " \
+                              "choose another path"
     monkeypatch.setattr(os, "access", lambda path, mode: not mode & os.W_OK)  # a read-only folder, even for root
     with pytest.raises(EdgeclsError) as info:
         ensure_writable_dir(deep)
     assert str(info.value) == f"output folder {deep} is not writable; fix its permissions or choose another folder"
+
+
+def test_an_output_folder_is_checked_without_being_made_and_removed_when_left_empty(tmp_path):
+    new = tmp_path / "a" / "b"
+    assert check_output_folder(new) == new and list(tmp_path.iterdir()) == []
+    with output_folder(new) as made:
+        assert made.is_dir()
+    assert list(tmp_path.iterdir()) == []  # nothing was written there: the folders it made are gone again
+    with pytest.raises(RuntimeError), output_folder(new):
+        (tmp_path / "a" / "kept.txt").write_text("x")
+        raise RuntimeError
+    assert [p.name for p in tmp_path.rglob("*")] == ["a", "kept.txt"]  # a folder that holds something stays
 
 
 def test_preparing_a_folder_removes_the_staging_folder_a_finished_process_left(tmp_path):

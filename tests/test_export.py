@@ -215,7 +215,7 @@ def test_output_folder_not_writable(tmp_path, trained_checkpoint, tiny_data_dir)
     blocker.write_text("not a folder")
     code, output = run_cli("export", "--checkpoint", str(trained_checkpoint("new2")), "--data", str(tiny_data_dir),
                            "--out", str(blocker / "export"))
-    assert_one_line_error(code, output, "cannot create output folder", str(blocker / "export"))
+    assert_one_line_error(code, output, f"cannot write {blocker / 'export'}: {blocker} is a file, not a folder")
 
 
 def test_calibration_data_missing_or_wrong_size_keeps_earlier_artifacts(tmp_path, trained_checkpoint, tiny_cifar,

@@ -229,8 +229,8 @@ def test_too_few_calibration_images_are_refused_before_any_work(torchless, data,
     assert refusal(export_model, request, data, False) == (
         "calibration size 30 exceeds the 20 training images outside the 100 validation images; pass a smaller "
         "--calibration-size")
-    assert [call[0] for call in torchless.calls] == ["load"] and listing(tmp_path / "out") == []
-    assert (tmp_path / "cal").is_dir()
+    assert [call[0] for call in torchless.calls] == ["load"]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cal").exists()  # a refused export makes no folder
 
 
 def test_data_of_other_classes_is_refused_before_any_work(torchless, tmp_path):

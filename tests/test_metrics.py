@@ -60,6 +60,14 @@ def test_parity_counts_every_kind_of_flip_and_the_logit_differences():
     assert better.accuracy_delta == pytest.approx(500 / 6 - 50.0) and better.reference == ""
 
 
+def test_logit_differences_are_computed_in_float64_so_small_ones_are_not_rounded_away():
+    model = np.array([[1.0, 0.0]], np.float32)
+    reference = np.array([[1e-8, 0.0]], np.float32)  # in float32, 1.0 - 1e-8 rounds to 1.0
+    found = parity(model, reference, np.zeros(1, np.int64))
+    assert found.max_abs_logit_diff == 1.0 - float(np.float32(1e-8)) < 1.0
+    assert found.mean_abs_logit_diff == (1.0 - float(np.float32(1e-8))) / 2
+
+
 def test_parity_of_no_images_has_no_logit_difference():
     nothing = np.zeros((0, 10), np.float32)
     with np.errstate(invalid="ignore"), pytest.warns(RuntimeWarning):  # the accuracy of no images is not a number

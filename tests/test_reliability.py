@@ -14,7 +14,9 @@ import errno
 import functools
 import gzip
 import io
+import json
 import os
+import select
 import shutil
 import signal
 import struct
@@ -93,7 +95,8 @@ def traced_peak(work: Callable[[], Any]) -> tuple[Any, int]:
 
 # ===================================================================================== lost or mixed data: kill -9
 
-# Loaded by Python at start-up from PYTHONPATH (as sitecustomize) in the killed subprocesses only: it counts the
+# Loaded by Python at start-up from PYTHONPATH (as sitecustomize) in the killed subprocesses only (or run by a forked
+# child before its command, see FORKING_PARENT): it counts the
 # renames into the folders EDGECLS_TEST_WATCH names (fnmatch patterns), logs each, and holds the process still just
 # before rename number EDGECLS_TEST_STOP_AT, where the test kills it with SIGKILL. Nothing in edgecls knows of it.
 HOLD_BEFORE_RENAME = textwrap.dedent('''
@@ -122,27 +125,93 @@ HOLD_BEFORE_RENAME = textwrap.dedent('''
 ''')
 
 
-def run_held(args: list[str], watch: list[Path | str], stop_at: int, env: dict[str, str], work: Path) -> list[str]:
-    """Run `python -m edgecls *args`; kill it with SIGKILL just before its `stop_at`-th rename into a `watch` folder
-    (0: let it finish, successfully). Returns the folders of the renames it made or was about to make."""
+# A parent for `edgecls` processes that has already imported what an export imports (torch, onnx, ONNX Runtime: 3 of
+# the 5 CPU seconds a tiny export takes): for each request (a JSON line on its stdin) it forks a child that installs
+# the hook above and runs the `edgecls` command (the same click entry point as `python -m edgecls`), prints the
+# child's pid, then reaps it and prints its exit code. The child is a process of its own, killed with a real SIGKILL.
+# (Forking is safe here: torch has run nothing yet, so no OpenMP thread pool exists to be lost in the child.)
+FORKING_PARENT = textwrap.dedent('''
+    import json, os, sys
+    import edgecls.cli, edgecls.export, edgecls.quantize  # noqa: the imports every child would repeat
+    import onnxruntime.quantization.shape_inference  # noqa: int8 export's (it pulls in sympy)
+
+    for line in sys.stdin:
+        request = json.loads(line)
+        sys.stdout.flush()
+        pid = os.fork()
+        if pid == 0:
+            os.environ.update(request["env"])
+            exec(request["hook"], {})
+            sink = os.open(request["output"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+            os.dup2(sink, 1)
+            os.dup2(sink, 2)
+            code = 0
+            try:
+                edgecls.cli.main(request["args"], prog_name="edgecls")
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        print(pid, flush=True)
+        print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+''')
+
+
+@contextlib.contextmanager
+def forking_parent(env: dict[str, str]) -> Iterator[subprocess.Popen]:
+    """FORKING_PARENT running with `env`; it ends (and is reaped) with the block."""
+    parent = subprocess.Popen([sys.executable, "-c", FORKING_PARENT], env=env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        yield parent
+    finally:
+        parent.stdin.close()  # its loop ends
+        try:
+            parent.wait(timeout=60)
+        finally:
+            if parent.poll() is None:
+                parent.kill()
+                parent.wait()
+
+
+def run_held(args: list[str], watch: list[Path | str], stop_at: int, env: dict[str, str], work: Path,
+             parent: subprocess.Popen | None = None) -> list[str]:
+    """Run `edgecls *args` (`python -m edgecls`, or a child of a forking `parent`, given `env` there); kill it with
+    SIGKILL just before its `stop_at`-th rename into a `watch` folder (0: let it finish, successfully). Returns the
+    folders of the renames it made or was about to make."""
     log, output = work / "renames.log", work / "output.txt"
     log.unlink(missing_ok=True)
-    env = {**env, "EDGECLS_TEST_WATCH": os.pathsep.join(map(str, watch)), "EDGECLS_TEST_STOP_AT": str(stop_at),
-           "EDGECLS_TEST_LOG": str(log)}
-    with open(output, "w") as sink:
-        process = subprocess.Popen([sys.executable, "-m", "edgecls", *args], env=env, stdout=sink, stderr=sink)
-        try:
-            deadline = time.monotonic() + 600
-            while stop_at and (not log.exists() or len(log.read_text().splitlines()) < stop_at):
-                assert process.poll() is None, f"ended before rename {stop_at}: {output.read_text()}"
-                assert time.monotonic() < deadline, "never reached the rename"
-                time.sleep(0.05)
-            if stop_at:
-                process.send_signal(signal.SIGKILL)
-        finally:
-            process.wait(timeout=600)  # reaped: a zombie would still look like the owner of its temporary files
+    hold = {"EDGECLS_TEST_WATCH": os.pathsep.join(map(str, watch)), "EDGECLS_TEST_STOP_AT": str(stop_at),
+            "EDGECLS_TEST_LOG": str(log)}
+    if parent is None:
+        with open(output, "w") as sink:
+            process = subprocess.Popen([sys.executable, "-m", "edgecls", *args], env={**env, **hold}, stdout=sink,
+                                       stderr=sink)
+        running, kill = lambda: process.poll() is None, lambda: process.send_signal(signal.SIGKILL)
+        reap = lambda: process.wait(timeout=600)  # noqa: E731
+    else:
+        parent.stdin.write(json.dumps({"args": args, "env": hold, "hook": HOLD_BEFORE_RENAME, "output": str(output)})
+                           + "\n")
+        parent.stdin.flush()
+        pid = int(parent.stdout.readline())
+        running = lambda: not select.select([parent.stdout], [], [], 0)[0]  # noqa: E731  (its exit code not yet out)
+        kill, reap = lambda: os.kill(pid, signal.SIGKILL), lambda: int(parent.stdout.readline())  # noqa: E731
+    returncode = None
+    try:
+        deadline = time.monotonic() + 600
+        while stop_at and (not log.exists() or len(log.read_text().splitlines()) < stop_at):
+            assert running(), f"ended before rename {stop_at}: {output.read_text()}"
+            assert time.monotonic() < deadline, "never reached the rename"
+            time.sleep(0.05)
+        if stop_at:
+            kill()
+    finally:
+        returncode = reap()  # reaped: a zombie would still look like the owner of its temporary files
     if not stop_at:
-        assert process.returncode == 0, output.read_text()
+        assert returncode == 0, output.read_text()
     return log.read_text().splitlines() if log.exists() else []
 
 
@@ -171,23 +240,27 @@ def what_readers_see(out: Path, model: str = "new2") -> dict[str, tuple[str, str
     return seen
 
 
-def test_an_export_killed_anywhere_leaves_one_complete_set_or_a_refusal(tmp_path, trained_checkpoint, tiny_data_dir):
+@pytest.fixture
+def forked_edgecls(tmp_path: Path) -> Iterator[subprocess.Popen]:
+    with forking_parent(subprocess_env(tmp_path)) as parent:
+        yield parent
+
+
+def test_an_export_killed_anywhere_leaves_one_complete_set_or_a_refusal(tmp_path, trained_checkpoint, tiny_data_dir,
+                                                                        forked_edgecls):
     """SIGKILL a real `edgecls export` while it writes its files and before each rename of its install step; after
     each kill every reader sees the earlier complete set, or refuses every file with one line: never a mix. The next
     export completes and sweeps what the killed ones left."""
     first = trained_checkpoint("new2")
     second = other_checkpoint(first, tmp_path / "other.pt")
     shas = {first: load_checkpoint(first).sha256, second: load_checkpoint(second).sha256}
-    out, calibration, hooks = tmp_path / "export", tmp_path / "calibration", tmp_path / "hooks"
-    hooks.mkdir()
-    (hooks / "sitecustomize.py").write_text(HOLD_BEFORE_RENAME)
-    env = subprocess_env(tmp_path, hooks)
+    out, calibration = tmp_path / "export", tmp_path / "calibration"
     watch = [out, calibration, out / ".export.*"]  # the install, and the staging folder it installs from
 
     def export(checkpoint: Path, stop_at: int) -> list[str]:
         return run_held(["export", "--checkpoint", str(checkpoint), "--data", str(tiny_data_dir), "--out", str(out),
                          "--fp16", "--int8", "--calibration-size", "50", "--calibration-dir", str(calibration)],
-                        watch, stop_at, env, tmp_path)
+                        watch, stop_at, {}, tmp_path, forked_edgecls)
 
     system_temporaries = set(Path(tempfile.gettempdir()).glob("edgecls-quant-*"))
     renames = export(first, 0)  # one whole export: the set the others try to replace
@@ -198,9 +271,12 @@ def test_an_export_killed_anywhere_leaves_one_complete_set_or_a_refusal(tmp_path
     assert what_readers_see(out) == {name: ("ok", shas[first]) for name in ExportSet.member_names("new2")}
 
     # Kill while staging (its first rename, one inside a folder of the staging folder -- quantization's, whose
-    # leftovers used to stay in the system's temporary folder -- and its last), then before each rename of the install.
+    # leftovers used to stay in the system's temporary folder -- and its last), then before each kind of rename of the
+    # install: the incomplete record, the first and the last of the 4 files (the two between go through the same loop
+    # between the same two states: some files new, some old, under the incomplete record), the calibration record,
+    # the complete record.
     nested = [i for i in staging if Path(renames[i - 1]).parent.name.startswith(".export.")][:1]
-    for stop_at in [staging[0], *nested, staging[-1], *installing]:
+    for stop_at in [staging[0], *nested, staging[-1], *installing[:2], *installing[-3:]]:
         export(second, stop_at)  # another checkpoint than the installed set's: a mix would show
         seen = what_readers_see(out)
         verdicts = {verdict for verdict, _ in seen.values()}
@@ -239,14 +315,14 @@ def test_an_export_killed_anywhere_leaves_one_complete_set_or_a_refusal(tmp_path
     assert what_readers_see(out) == {name: ("ok", shas[second]) for name in ExportSet.member_names("new2")}
 
 
-def test_a_killed_checkpoint_save_keeps_the_last_good_one_and_its_temporary_is_swept(tmp_path, tiny_data_dir):
+def test_a_killed_checkpoint_save_keeps_the_last_good_one_and_its_temporary_is_swept(tmp_path, small_data_dir):
     hooks = tmp_path / "hooks"
     hooks.mkdir()
     (hooks / "sitecustomize.py").write_text(HOLD_BEFORE_RENAME)
     out = tmp_path / "checkpoints"
     # Renames into checkpoints/: epoch 1's new1.pt and log, then epoch 2's new1.pt, where it is killed.
-    run_held(["train", "--model", "new1", "--data", str(tiny_data_dir), "--epochs", "3", "--batch-size", "50",
-              "--val-split", "40", "--device", "cpu", "--out", str(out)], [out], 3, subprocess_env(tmp_path, hooks),
+    run_held(["train", "--model", "new1", "--data", str(small_data_dir), "--epochs", "3", "--batch-size", "20",
+              "--val-split", "10", "--device", "cpu", "--out", str(out)], [out], 3, subprocess_env(tmp_path, hooks),
              tmp_path)
     leftovers = [p for p in out.iterdir() if p.name.startswith(".new1.pt.")]
     assert len(leftovers) == 1 and leftovers[0].stat().st_size > 0  # the complete, never installed epoch 2
@@ -365,12 +441,12 @@ def test_a_full_calibration_folder_changes_nothing(tmp_path, trained_checkpoint,
 
 
 @needs_small_disk
-def test_train_onto_a_full_disk_keeps_the_last_checkpoint(tmp_path, tiny_data_dir):
+def test_train_onto_a_full_disk_keeps_the_last_checkpoint(tmp_path, small_data_dir):
     out, copy = tmp_path / "checkpoints", tmp_path / "after"
     copy.mkdir()
     # new1's checkpoint takes about 1.8 MB with its resume state: epoch 1's fits in 3 MB, epoch 2's beside it does not.
-    result = run_on_small_disks({out: "3m"}, f"{EDGECLS} train --model new1 --data {tiny_data_dir} --epochs 3 "
-                                "--batch-size 50 --val-split 40 --device cpu "
+    result = run_on_small_disks({out: "3m"}, f"{EDGECLS} train --model new1 --data {small_data_dir} --epochs 3 "
+                                "--batch-size 20 --val-split 10 --device cpu "
                                 f"--out {out}; echo exit=$?; cp -a {out}/. {copy}/", subprocess_env(tmp_path))
     assert "exit=2" in result.stdout, result.stdout + result.stderr
     assert f"no space left on the disk holding {out} while writing new1.pt" in the_error(result.stderr)

@@ -17,17 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import refusal, run_cli
 
 from edgecls.artifacts import atomic_write, copy_beside, sha256_file, write_json
 from edgecls.cli import main
 from edgecls.errors import EdgeclsError
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run_cli(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(main, list(args))
-    return result.exit_code, result.output
 
 
 def error_line(output: str) -> str:
@@ -138,6 +134,47 @@ def test_a_failed_command_creates_no_folder(tmp_path, new2_export, monkeypatch):
     code, output = run_cli("report", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "named" / "r.html"))
     assert code == 2 and output.startswith("error: ")
     assert sorted(path.name for path in tmp_path.iterdir()) == []
+
+
+def test_every_output_folder_is_checked_before_work_and_left_out_when_nothing_is_installed(
+        tmp_path, trained_checkpoint, new2_export, tiny_cifar):
+    from edgecls.export import ExportRequest, export_model
+    from edgecls.quantize import CalibrationSettings
+
+    checkpoint = str(trained_checkpoint("new2"))
+    kept = tmp_path / "notes.txt"
+    kept.write_text("keep")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    no_data = str(tmp_path / "no-data")  # the output's refusal comes first: the data is never looked at
+    refused = {
+        str(kept): f"output folder {kept} is a file, not a folder",
+        str(fifo): f"output folder {fifo} is a named pipe (FIFO), not a folder",
+        "/dev/null": "output folder /dev/null is a character device, not a folder",
+        str(kept / "sub"): f"cannot write {kept / 'sub'}: {kept} is a file, not a folder",
+    }
+    for folder, why in refused.items():
+        for args in (["export", "--checkpoint", checkpoint, "--out", folder],
+                     ["export", "--checkpoint", checkpoint, "--int8", "--calibration-dir", folder],
+                     ["train", "--model", "new2", "--epochs", "1", "--out", folder],
+                     ["deploy", "deepstream", str(new2_export.files["fp32"]), "--out", folder]):
+            code, output = run_cli(*args, "--data", no_data)
+            assert code == 2 and why in error_line(output), (args, output)
+    assert kept.read_text() == "keep" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "pipe"]
+    # a failed export creates no folder: neither when its checkpoint is refused, nor when the work inside the
+    # staging folder fails (a calibration cache of another graph), which made the export folder
+    (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
+    code, output = run_cli("export", "--checkpoint", str(tmp_path / "broken.pt"), "--out", str(tmp_path / "a" / "b"))
+    assert code == 2 and not (tmp_path / "a").exists()
+    cache = tmp_path / "other.json"
+    record = json.loads(new2_export.calibration.read_text())
+    record["ranges"]["data"] = {"no_such_tensor": {"lowest": 0.0, "highest": 1.0}}
+    cache.write_text(json.dumps(record))
+    request = ExportRequest(Path(checkpoint), tmp_path / "new" / "export", int8=True,
+                            calibration=CalibrationSettings(cache=cache), calibration_dir=tmp_path / "new" / "cal")
+    with pytest.raises(EdgeclsError):
+        export_model(request, data=tiny_cifar, progress=False)
+    assert not (tmp_path / "new").exists()
 
 
 # ================================================================================ 3. metadata checked against the graph
@@ -482,6 +519,48 @@ def test_a_staging_folder_is_swept_only_when_its_own_process_is_gone(tmp_path):
 
 # ================================================================================ 6. messages that tell the truth
 
+@contextlib.contextmanager
+def full_folder(folder: Path):
+    """`folder` as a tiny file system filled to the last byte (a tmpfs: needs root with CAP_SYS_ADMIN)."""
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"a full folder is made by mounting a small tmpfs, which needs root: {mounted.stderr.decode()}")
+    try:
+        with contextlib.suppress(OSError), open(folder / "filler", "wb") as filler:
+            while True:
+                filler.write(b"x" * 4096)
+                filler.flush()
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def test_a_full_temporary_folder_is_not_taken_for_the_export_folder(tmp_path, trained_checkpoint, tiny_cifar,
+                                                                   monkeypatch):
+    import tempfile
+
+    import edgecls.export
+    from edgecls.export import ExportRequest, export_model
+    from edgecls.quantize import CalibrationSettings
+
+    def export_int8(out: Path):
+        request = ExportRequest(trained_checkpoint("new2"), out, int8=True, calibration=CalibrationSettings(size=100),
+                                calibration_dir=tmp_path / "cal")
+        return export_model(request, data=tiny_cifar, progress=False)
+
+    with full_folder(tmp_path / "tmp") as full:
+        monkeypatch.setattr(tempfile, "tempdir", str(full))  # $TMPDIR, as this process sees it
+        assert export_int8(tmp_path / "export").passed  # ONNX Runtime's temporary files go to the staging folder
+        # were they written to $TMPDIR again, its filling up is said, not the export folder's (which has room)
+        monkeypatch.setattr(edgecls.export, "temporary_files_in", lambda folder: contextlib.nullcontext())
+        message = refusal(export_int8, tmp_path / "again")
+    assert message == (f"no space left on the disk holding {full} (the temporary folder, $TMPDIR) while writing the "
+                       "export of new2; free space or set TMPDIR to a folder with room (files already there are "
+                       "unchanged)")
+    assert not (tmp_path / "again").exists()
+
+
 def test_messages_name_the_users_file_and_the_true_state(tmp_path, new2_export, trained_checkpoint):
     from edgecls.artifacts import staging_dir
     from edgecls.formats import ExportSet
@@ -541,29 +620,37 @@ def test_the_training_log_and_checkpoint_never_disagree_unseen(tiny_cifar, tmp_p
     from edgecls.report.gather import gather
     from edgecls.train import TrainRequest, train
 
-    options = dict(epochs=3, batch_size=40, lr=0.05, val_split=20, device="cpu", progress=False, out_dir=tmp_path)
-    data = tiny_cifar.subset(100, 20, seed=0)
+    options = dict(epochs=3, batch_size=40, lr=0.05, val_split=20, device="cpu", progress=False, out_dir=str(tmp_path))
+    # killed (SIGKILL) between the two renames of epoch 2: its checkpoint is in place, its log is not yet
+    killed_between = f"""
+import os, signal, sys
+sys.path.insert(0, {str(REPO / "tests")!r})
+from conftest import synthetic_cifar
+import edgecls.train as training
 
-    class Interrupt(Exception):
-        pass
+write_log = training.write_log
+def write_log_unless_epoch_2(path, history):
+    if len(history) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    write_log(path, history)
 
-    def stop_after_second(entry) -> None:
-        if entry.epoch == 2:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(TrainRequest("new1", **options), data, stop_after_second)
+training.write_log = write_log_unless_epoch_2
+training.train(training.TrainRequest("new1", **{options!r}), synthetic_cifar().subset(100, 20, seed=0))
+"""
+    done = subprocess.run([sys.executable, "-c", killed_between], capture_output=True, text=True,
+                          env=cli_env(tmp_path), timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr
     log = tmp_path / "new1.log.jsonl"
-    lines = log.read_text().splitlines()
-    log.write_text(lines[0] + "\n")  # what a kill between the checkpoint's rename and the log's leaves
+    assert [json.loads(line)["epoch"] for line in log.read_text().splitlines()] == [1]
     inputs = gather(tmp_path / "new1.pt")
     assert inputs.training.epochs is None
     assert inputs.missing["training log"].startswith(f"training log {log} ends at epoch 1, before the checkpoint's "
                                                      "epoch 2;")
+    data = tiny_cifar.subset(100, 20, seed=0)
     resumed = train(TrainRequest("new1", resume=True, **options), data)
     assert [json.loads(line)["epoch"] for line in log.read_text().splitlines()] == [1, 2, 3]
-    assert [json.loads(line)["loss"] for line in log.read_text().splitlines()][:2] == \
-        [h.loss for h in resumed.history[:2]]
+    uninterrupted = train(TrainRequest("new1", **{**options, "out_dir": str(tmp_path / "whole")}), data)
+    assert [h.loss for h in resumed.history] == [h.loss for h in uninterrupted.history]
 
 
 def test_output_for_logs_stays_plain_and_one_line_per_image(tmp_path, new2_export, capsys):

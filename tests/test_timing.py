@@ -254,3 +254,54 @@ def test_environment_records_the_machine_libraries_and_threads(monkeypatch):
     bare = environment({"backend": "tensorrt"})
     assert bare["gpu"] is None and bare["threads"] == {"cpu_count": timing.os.cpu_count()}
     assert bare["versions"]["cuda-python"] == "?" and "torch" not in bare["versions"]
+
+
+# ================================================================================================= int8 throughput
+
+def test_timing_images_are_a_view_of_the_split_when_it_holds_enough():
+    images = np.zeros((10, 2, 2, 3), np.uint8)
+    assert np.shares_memory(timing_images(images, 4), images) and len(timing_images(images, 10)) == 10
+    assert np.shares_memory(timing_images(images, 10), images)  # exactly enough: still no copy
+
+
+def test_timing_settings_take_durations_of_exactly_the_maximum():
+    settings = TimingSettings(duration=timing.MAX_TIMING_S, warmup=timing.MAX_TIMING_S)
+    assert (settings.duration, settings.warmup) == (3600.0, 3600.0)
+
+
+def test_cpu_throughput_times_each_file_alone_in_alternating_rounds_and_keeps_the_best(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from test_formats import METADATA, onnx_model
+
+    files = {}
+    for name, precision in (("fp32", "fp32"), ("all_int8", "int8"), ("result", "int8")):
+        model = onnx_model(METADATA.with_precision(precision))
+        files[name] = tmp_path / f"new2.{name}.onnx"
+        files[name].write_bytes(model.SerializeToString())
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    speeds = iter([40.0, 90.0, 60.0, 0.5, 80.0, 70.0])  # round 1: fp32, all_int8, result; then round 2
+    timed = []
+
+    def scripted(run: Callable[[], None], batch_size: int, duration: float, warmup: float) -> dict[str, Any]:
+        run()  # the model alone really runs on the repeated images
+        timed.append((batch_size, duration, warmup))
+        return {"images_per_s": next(speeds)}
+
+    monkeypatch.setattr(timing, "measure", scripted)
+    found = timing.cpu_throughput(files, images, batch_size=8, seconds=0.2, rounds=2)
+    assert timed == [(8, 0.2, 0.1)] * 6  # each file in turn, each round, after a warm-up of half the time
+    assert found["batch_size"] == 8 and found["images_per_s"] == {"fp32": 40.0, "all_int8": 90.0, "result": 70.0}
+    assert (found["vs_fp32"], found["vs_all_int8"]) == (70.0 / 40.0, 70.0 / 90.0)
+    assert found["environment"]["threads"]["onnxruntime"] == 0 and found["environment"]["cpu"] == timing.cpu_name()
+
+
+def test_cpu_throughput_counts_a_file_slower_than_one_image_a_second(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from test_formats import METADATA, onnx_model
+
+    files = {name: tmp_path / f"{name}.onnx" for name in ("fp32", "all_int8", "result")}
+    for path in files.values():
+        path.write_bytes(onnx_model(METADATA).SerializeToString())
+    monkeypatch.setattr(timing, "measure", lambda run, batch_size, duration, warmup: {"images_per_s": 0.25})
+    found = timing.cpu_throughput(files, np.zeros((1, 32, 32, 3), np.uint8), batch_size=1, seconds=0.01, rounds=1)
+    assert found["images_per_s"] == {"fp32": 0.25, "all_int8": 0.25, "result": 0.25} and found["vs_fp32"] == 1.0

@@ -20,7 +20,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from edgecls import reference as references
-from edgecls.artifacts import check_regular_file, read_bounded
+from edgecls.artifacts import read_bounded
 from edgecls.checkpoint import Checkpoint, load_checkpoint
 from edgecls.data import load_cifar10, resolve_data_path
 from edgecls.errors import EdgeclsError
@@ -349,12 +349,10 @@ def read_bench_runs(model: str, sha256: str, results_dir: Path, explicit: list[P
     """The bench results of this checkpoint: every `results_dir/*.json` that holds some (others are noted and
     skipped), and each `explicit` file, which must hold some."""
     runs = []
-    found = sorted(results_dir.glob("*.json")) if results_dir.is_dir() else []
+    found = sorted(results_dir.glob("*.json"))  # none when the folder does not exist
     required, seen = {path.resolve() for path in explicit}, {path.resolve() for path in found}
     for path in found + [p for p in explicit if p.resolve() not in seen]:
-        if path.resolve() in required and path.exists() and not path.is_file():
-            check_regular_file(path, "bench file")  # a device or a FIFO: say what it is, not "does not exist"
-        results = BenchResult.read_all(path)
+        results = BenchResult.read_all(path)  # a device or a FIFO is refused, saying what it is
         mine = [r for r in results if r.model["name"] == model and r.model.get("checkpoint_sha256") in (None, sha256)]
         if not mine:
             why = (f"{path} holds no bench result of this {model} checkpoint ({sha256[:12]})" if results
@@ -372,8 +370,9 @@ def read_calibration(path: Path, tensor_order: list[str]) -> Calibration:
     fix = "delete it and export again with `edgecls export --int8`"
     record = CalibrationRecord.read(path).to_dict()
     ranges = record["ranges"]
-    # ONNX Runtime's serialized TensorsData: {"CLS": "TensorsData", "data": {tensor: {"lowest", "highest"}}}
-    tensors = ranges.get("data", ranges) if isinstance(ranges, dict) else None
+    # ONNX Runtime's serialized TensorsData: {"CLS": "TensorsData", "data": {tensor: {"lowest", "highest"}}}; the
+    # record's reader has checked that `ranges` is an object
+    tensors = ranges.get("data", ranges)
     try:
         parsed = {name: TensorRange(name, _scalar(value["lowest"]), _scalar(value["highest"]))
                   for name, value in tensors.items() if name != "CLS"}

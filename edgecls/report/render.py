@@ -51,10 +51,6 @@ code { background: #eef2f6; padding: 0 3px; border-radius: 3px; }
 """
 
 
-class Html(str):
-    """Markup that is already safe: not escaped again."""
-
-
 def render(inputs: ReportInputs, original: Answers | None, artifacts: list[Answers], flipped: dict[str, list[Flip]],
            unrun: list[str]) -> str:
     """The whole page. `artifacts`: each artifact's answers; `flipped`: the flips of those run here, by name;
@@ -388,12 +384,12 @@ def _footer(inputs: ReportInputs) -> str:
 # ----------------------------------------------------------------------------------------------- helpers
 
 def _e(value: Any) -> str:
-    return value if isinstance(value, Html) else html.escape(str(value))
+    return html.escape(str(value))
 
 
-def _text(line: str) -> Html:
+def _text(line: str) -> str:
     """Escaped text with `code` spans, as the missing-input lines write commands."""
-    return Html(re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(line)))
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(line))
 
 
 def _p(line: str) -> str:

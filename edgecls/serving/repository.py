@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from edgecls.artifacts import (ensure_writable_dir, library_versions, sha256_file, staging_dir,
+from edgecls.artifacts import (check_output_folder, library_versions, sha256_file, staging_dir,
                                storage_error, temporary_prefix, utc_now)
 from edgecls.defaults import TRITON_ONNX_MAX_BATCH, TRITON_QUEUE_DELAY_US, TRITON_TOP_K
 from edgecls.errors import EdgeclsError
@@ -385,8 +385,7 @@ def check_output(folder: Path) -> None:
     try:
         if folder.is_symlink():
             raise EdgeclsError(f"{folder} is a symbolic link; give the folder it points to, or another folder")
-        if folder.exists() and not folder.is_dir():
-            raise EdgeclsError(f"{folder} is a file, not a folder; choose another output folder")
+        check_output_folder(folder)
         if folder.is_dir() and any(folder.iterdir()):
             record = folder / TritonRepository.FILE_NAME
             if not record.is_file():
@@ -396,7 +395,7 @@ def check_output(folder: Path) -> None:
             TritonRepository.read(record)
     except OSError as exc:
         raise EdgeclsError(f"cannot read output folder {folder} ({exc.strerror}); check its permissions") from exc
-    ensure_writable_dir(folder.parent)
+    check_output_folder(folder.parent)  # the repository is renamed into it
 
 
 def write_repository(paths: Sequence[str | os.PathLike], output: str | os.PathLike,
