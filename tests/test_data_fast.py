@@ -242,6 +242,7 @@ def test_class_order_is_cifar10s_or_sorted_and_splits_must_agree():
         "class folders differ between train/ and test/ in root (only in train: none; only in test: d); give both "
         "the same class folders")
     assert "(only in train: d; only in test: none)" in refusal(data_module._class_order, ["a", "d"], ["a"], "r")
+    assert "(only in train: none; only in test: d, e)" in refusal(data_module._class_order, ["a"], ["a", "e", "d"], "r")
 
 
 def test_held_out_test_is_a_seeded_fifth_of_each_class():
@@ -472,7 +473,15 @@ def test_read_file_is_bounded(tmp_path):
         f"{small} is 5 bytes, far more than any CIFAR-10 file (at most 4); the data is damaged or is not CIFAR-10")
     fifo = tmp_path / "b.png"
     os.mkfifo(fifo)
-    assert str(fifo) in refusal(data_module._read_file, fifo, 100)
+    assert refusal(data_module._read_file, fifo, 100).startswith(f"data file {fifo} is ")
+
+
+def test_read_file_is_bounded_even_when_the_file_grows_meanwhile(tmp_path, monkeypatch):
+    path = tmp_path / "a.png"
+    path.write_bytes(b"12345")
+    monkeypatch.setattr(data_module, "read_at_most", lambda handle, limit: b"x" * (limit + 1))
+    assert refusal(data_module._read_file, path, 5) == (
+        f"{path} is 6 bytes, far more than any CIFAR-10 file (at most 5); the data is damaged or is not CIFAR-10")
 
 
 def tar_with(members: dict[str, bytes], path: Path, mode: str = "w") -> Path:
@@ -770,3 +779,25 @@ def test_download_calls_torchvision_and_says_what_failed(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torchvision.datasets", None)  # not installed
     assert refusal(data_module._download, tmp_path / "e") == (
         f"--download needs torchvision (pip install torchvision); or fetch {CIFAR10_URL} by hand")
+
+
+def small_tree(root: Path, classes: dict[str, int], split: str = "train") -> Path:
+    from PIL import Image
+    for name, count in classes.items():
+        (root / split / name).mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            Image.fromarray(np.full((32, 32, 3), index * 10, np.uint8)).save(root / split / name / f"{index}.png")
+    return root
+
+
+def test_a_tree_folder_skips_hidden_folders_and_loose_files(tmp_path):
+    root = small_tree(tmp_path / "t", {"a": 5, "b": 5, ".hidden": 2})
+    (root / "train" / "notes.txt").write_text("not a class")
+    data = data_module._read_tree_folder(root)
+    assert data.class_names == ["a", "b"] and data.class_counts() == [4, 4] and data.class_counts("test") == [1, 1]
+    assert data.details == {"test_split": {"held_out_percent": 20, "seed": 0}, "resized": 0, "smallest": [32, 32],
+                            "largest": [32, 32]}
+    assert data.source == f"image folders in {root} (no test images: 2 held out of train/, 20% of each class)"
+    (root / "train" / "c").mkdir()
+    assert refusal(data_module._read_tree_folder, root) == (
+        f"class folder c in {root}/train/ holds no images; add images or remove the folder")
