@@ -801,3 +801,42 @@ def test_a_tree_folder_skips_hidden_folders_and_loose_files(tmp_path):
     (root / "train" / "c").mkdir()
     assert refusal(data_module._read_tree_folder, root) == (
         f"class folder c in {root}/train/ holds no images; add images or remove the folder")
+
+
+class InlineExecutor:
+    """concurrent.futures.ProcessPoolExecutor's place: runs each chunk at once, and records how it was made."""
+
+    made: list = []
+
+    def __init__(self, workers, mp_context=None, initializer=None, initargs=()):
+        InlineExecutor.made.append((workers, mp_context.get_start_method(), initializer, initargs))
+
+    def submit(self, function, *args):
+        import concurrent.futures
+        future = concurrent.futures.Future()
+        future.set_result(function(*args))
+        return future
+
+    def shutdown(self, cancel_futures=False):
+        pass
+
+
+def test_large_sets_decode_in_up_to_8_forked_processes(monkeypatch):
+    import concurrent.futures
+    import multiprocessing
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", InlineExecutor)
+    monkeypatch.setattr(data_module, "_POOL_MIN_IMAGES", 3)
+    InlineExecutor.made = []
+    blobs = [(f"{i}.png", png()) for i in range(3)]
+    for cores, expected in ((12, 8), (3, 3)):
+        monkeypatch.setattr(data_module, "_usable_cores", lambda: cores)
+        pixels, sizes = data_module._decode_stream(iter(blobs), 3)
+        assert pixels.shape == (3, 32, 32, 3) and sizes.tolist() == [[32, 32]] * 3
+        assert InlineExecutor.made[-1] == (expected, "fork", data_module.end_with_parent, (os.getpid(),))
+    made = len(InlineExecutor.made)
+    assert data_module._decode_stream(iter(blobs[:2]), 2)[0].shape == (2, 32, 32, 3)  # below the threshold: here
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    assert data_module._decode_stream(iter(blobs), 3)[0].shape == (3, 32, 32, 3)  # no fork: here too
+    assert len(InlineExecutor.made) == made
+    empty_pixels, empty_sizes = data_module._decode_stream(iter([]), 0)
+    assert empty_pixels.shape == (0, 32, 32, 3) and empty_pixels.dtype == np.uint8 and empty_sizes.shape == (0, 2)
