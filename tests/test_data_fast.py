@@ -18,7 +18,6 @@ from edgecls import data as data_module
 from edgecls.data import (CIFAR10_CLASSES, CIFAR10_URL, DEFAULT_DATA_DIR, MAX_SEED, Cifar10, cache_dir,
                           cache_path_for, check_seed, default_val_split, digest_rows, find_images, image_digests,
                           imbalance_warning, resolve_data_path, seeded_subset)
-from edgecls.errors import EdgeclsError
 from edgecls.preprocess import Preprocessing
 
 HOW_TO_GET = (f"run with --download, or fetch {CIFAR10_URL} (or an image-folder tree) and pass its path with --data "
@@ -316,8 +315,8 @@ def test_no_data_errors_say_what_is_there_and_what_to_do(tmp_path):
     empty = tmp_path / "empty"
     (empty / ".hidden").mkdir(parents=True)
     assert str(data_module._no_data_error(empty)) == f"data folder {empty} is empty: {HOW_TO_GET}"
-    expected = (f"{{}} holds no CIFAR-10 data or image folders (expected cifar-10-batches-py/, cifar-10-python.tar.gz, "
-                f"or train/<class>/ image folders, and optionally test/<class>/){{}}")
+    expected = ("{} holds no CIFAR-10 data or image folders (expected cifar-10-batches-py/, cifar-10-python.tar.gz, "
+                "or train/<class>/ image folders, and optionally test/<class>/){}")
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("x")

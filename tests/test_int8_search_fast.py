@@ -5,7 +5,6 @@ replaced by a recorder of the files it is asked to time."""
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict
 from pathlib import Path

@@ -4,7 +4,6 @@ tests/tiny_classifier.py and on small Q/DQ graphs built here."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ from edgecls.quantize import (CalibrationSettings, ImageBatches, Int8Result, Pre
                               fp32_metadata, load_calibration_record, new_calibration_record, ort_method,
                               quantizable_layers, quantization_options, quantization_record, quantize_int8, save_int8,
                               trt_violations, validate_options)
-from tiny_classifier import CHECKPOINT_SHA, FRAGILE, LAYERS, classifier, tiny_data, write_classifier
+from tiny_classifier import CHECKPOINT_SHA, LAYERS, classifier, tiny_data, write_classifier
 
 
 @pytest.fixture(scope="module")
