@@ -606,14 +606,15 @@ def test_the_cache_round_trip_and_what_it_ignores(tmp_path, capsys):
     assert data_module._read_cache(tmp_path / "none.npz", "sig") is None and capsys.readouterr().err == ""
     cache.write_bytes(b"garbage")
     assert data_module._read_cache(cache, "sig") is None
-    assert capsys.readouterr().err.startswith(f"warning: ignoring the data cache {cache}, which is unreadable or "
-                                              "damaged (")
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: ignoring the data cache {cache}, which is unreadable or damaged (")
+    assert err.endswith("); rebuilding it\n") and "(None)" not in err and "\n" not in err[:-1]
     blocked = tmp_path / "file"
     blocked.write_text("x")
     data_module._write_cache(blocked / "x.npz", "sig", data)
     err = capsys.readouterr().err
     assert err.startswith(f"warning: could not write the data cache {blocked / 'x.npz'} (") and err.endswith(
-        "); set $EDGECLS_CACHE to a writable folder\n")
+        "); set $EDGECLS_CACHE to a writable folder\n") and "(None)" not in err
 
 
 # ----------------------------------------------------------------------------------------------- load_cifar10
@@ -769,6 +770,8 @@ def test_download_calls_torchvision_and_says_what_failed(tmp_path, monkeypatch):
     failure = None
     data_module._download(tmp_path / "a" / "b")
     assert calls == [(str(tmp_path / "a" / "b"), True, True)] and (tmp_path / "a" / "b").is_dir()
+    data_module._download(tmp_path / "a" / "b")  # into a folder that is already there
+    assert len(calls) == 2
     failure = OSError("network unreachable\nsecond line")
     assert refusal(data_module._download, tmp_path / "c") == (
         f"downloading CIFAR-10 into {tmp_path / 'c'} failed (network unreachable second line); fetch {CIFAR10_URL} by "
