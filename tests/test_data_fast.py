@@ -748,6 +748,10 @@ def test_the_source_signature_does_not_depend_on_the_working_folder(tmp_path, mo
     first = data_module._source_signature(folder)
     monkeypatch.chdir(folder / "train")
     assert data_module._source_signature(folder) == first
+    stat = (folder / "train" / "a" / "1.png").stat()
+    (folder / "train" / "a" / "1.png").rename(folder / "train" / "a" / "2.png")  # same size and time, new name
+    os.utime(folder / "train" / "a" / "2.png", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert data_module._source_signature(folder) != first
 
 
 def test_download_calls_torchvision_and_says_what_failed(tmp_path, monkeypatch):
