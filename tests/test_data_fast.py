@@ -18,7 +18,6 @@ from edgecls import data as data_module
 from edgecls.data import (CIFAR10_CLASSES, CIFAR10_URL, DEFAULT_DATA_DIR, MAX_SEED, Cifar10, cache_dir,
                           cache_path_for, check_seed, default_val_split, digest_rows, find_images, image_digests,
                           imbalance_warning, resolve_data_path, seeded_subset)
-from edgecls.errors import EdgeclsError
 from edgecls.preprocess import Preprocessing
 
 HOW_TO_GET = (f"run with --download, or fetch {CIFAR10_URL} (or an image-folder tree) and pass its path with --data "
@@ -93,6 +92,8 @@ def test_hold_out_takes_validation_images_out_of_training_only():
         "to that class or pass a smaller --val-split")
     assert refusal(uneven.hold_out, np.array([0, 1, 2])).startswith(
         "the 3 validation images would take every training image of a (2), b (1): ")
+    assert refusal(dataset([0, 1, 2, 2]).hold_out, np.array([2, 3])).startswith(
+        "the 2 validation images would take every training image of c (2): ")  # the last class too
     many = dataset([0] * 1500 + [1], names=("a", "b"))
     assert refusal(many.hold_out, np.arange(1500)).startswith("the 1,500 validation images would take every "
                                                               "training image of a (1500)")
@@ -122,6 +123,9 @@ def test_subset_keeps_each_class_share_and_says_so():
     assert refusal(data.subset, 2, None, -1) == "seed -1 is negative; use a whole number from 0 up"
     # The rounding leftovers go to the largest remainders: 7 of 6/3/1 -> 4.2, 2.1, 0.7 -> 4, 2, 1.
     assert data.subset(train=7, seed=0).class_counts() == [4, 2, 1]
+    default = data.subset(train=7)
+    assert default.source == "here (subset: 7 train / 6 test, seed 0)"
+    assert np.array_equal(default.train_images, data.subset(train=7, seed=0).train_images)
     assert data.subset(train=9, seed=0).class_counts() == [5, 3, 1]
 
 
@@ -203,6 +207,9 @@ def test_image_names_and_sizes():
 
 def test_usable_cores_are_this_processes(monkeypatch):
     assert data_module._usable_cores() == len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert data_module._usable_cores() == 1  # the one core it may run on, not the machine's 8
     monkeypatch.delattr(os, "sched_getaffinity")
     monkeypatch.setattr(os, "cpu_count", lambda: None)
     assert data_module._usable_cores() == 1
@@ -234,6 +241,7 @@ def test_class_order_is_cifar10s_or_sorted_and_splits_must_agree():
         "class folders differ between train/ and test/ in root (only in train: none; only in test: d); give both "
         "the same class folders")
     assert "(only in train: d; only in test: none)" in refusal(data_module._class_order, ["a", "d"], ["a"], "r")
+    assert "(only in train: none; only in test: d, e)" in refusal(data_module._class_order, ["a"], ["a", "e", "d"], "r")
 
 
 def test_held_out_test_is_a_seeded_fifth_of_each_class():
@@ -244,6 +252,7 @@ def test_held_out_test_is_a_seeded_fifth_of_each_class():
     expected = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:n]
                                        for c, n in enumerate((2, 1, 2))]))
     assert np.array_equal(chosen, expected)
+    assert "c (0)" in refusal(data_module._held_out_test, np.array([0] * 5 + [1] * 5), ["a", "b", "c"], "root")
     assert refusal(data_module._held_out_test, np.array([0] * 4 + [1] * 5 + [2] * 1), ["a", "b", "c"], "root") == (
         "too few images to split off a test set in root/train/: a (4), c (1); each class needs at least 5 images, "
         "or give test/<class>/ folders of test images")
@@ -257,13 +266,19 @@ def test_a_trees_images_are_ordered_by_split_class_and_name():
     keys = keys_of({("test", "b"): 1, ("train", "b"): 2, ("train", "a"): 1, ("test", "a"): 2})
     keys[1], keys[2] = keys[2], keys[1]  # read out of order
     pixels = images(len(keys))
-    sizes = np.array([[32, 32], [64, 48], [32, 32], [20, 10], [32, 32], [100, 200]])
+    sizes = np.array([[32, 32], [64, 48], [32, 32], [10, 14], [30, 5], [100, 200]])  # height, width
     data = data_module._from_tree(keys, pixels, sizes, None, "root", "src")
     order = [3, 2, 1, 4, 5, 0]  # train a, train b (by file name), test a, test b
     assert np.array_equal(np.concatenate([data.train_images, data.test_images]), pixels[order])
     assert data.train_labels.tolist() == [0, 1, 1] and data.test_labels.tolist() == [0, 0, 1]
     assert data.class_names == ["a", "b"] and data.source == "src"
-    assert data.details == {"test_split": "test/", "resized": 3, "smallest": [10, 20], "largest": [200, 100]}
+    assert data.details == {"test_split": "test/", "resized": 4, "smallest": [14, 10], "largest": [200, 100]}
+
+
+def test_a_tree_without_test_images_needs_five_images_a_class():
+    keys = keys_of({("train", "a"): 5, ("train", "b"): 4})
+    assert refusal(data_module._from_tree, keys, images(9), np.full((9, 2), 32), None, "root", "s").startswith(
+        "too few images to split off a test set in root/train/: b (4); ")
 
 
 def test_a_tree_without_test_images_holds_a_share_out():
@@ -300,8 +315,8 @@ def test_no_data_errors_say_what_is_there_and_what_to_do(tmp_path):
     empty = tmp_path / "empty"
     (empty / ".hidden").mkdir(parents=True)
     assert str(data_module._no_data_error(empty)) == f"data folder {empty} is empty: {HOW_TO_GET}"
-    expected = (f"{{}} holds no CIFAR-10 data or image folders (expected cifar-10-batches-py/, cifar-10-python.tar.gz, "
-                f"or train/<class>/ image folders, and optionally test/<class>/){{}}")
+    expected = ("{} holds no CIFAR-10 data or image folders (expected cifar-10-batches-py/, cifar-10-python.tar.gz, "
+                "or train/<class>/ image folders, and optionally test/<class>/){}")
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("x")
@@ -318,7 +333,11 @@ def test_no_data_errors_say_what_is_there_and_what_to_do(tmp_path):
     assert str(data_module._no_data_error(photos)) == expected.format(
         photos, f"; it holds class folders (cat, dog, eel, fox, ...) directly: move them into {photos / 'train'}/ "
                 "(a test split is then held out of them)")
-    for name in ("eel", "fox", "gnu"):
+    (photos / "gnu" / "1.jpg").unlink()
+    assert str(data_module._no_data_error(photos)).endswith("; it holds class folders (cat, dog, eel, fox) directly: "
+                                                            f"move them into {photos / 'train'}/ (a test split is then "
+                                                            "held out of them)")  # four: no "..."
+    for name in ("eel", "fox"):
         (photos / name / "1.jpg").unlink()
     assert str(data_module._no_data_error(photos)).endswith("; it holds class folders (cat, dog) directly: move them "
                                                             f"into {photos / 'train'}/ (a test split is then held "
@@ -430,6 +449,8 @@ def test_unpickling_allows_only_numpy_arrays():
 
 
 def test_from_batches_needs_label_names():
+    assert refusal(data_module._from_batches, {"batches.meta": ("m", b"garbage")}, "src").startswith(
+        "m is corrupt or truncated (")
     meta = ("m", pickle.dumps({b"other": 1}, protocol=2))
     assert refusal(data_module._from_batches, {"batches.meta": meta}, "src") == (
         f"m is not a CIFAR-10 batch file (no label_names); fetch {CIFAR10_URL} again or use --download")
@@ -451,7 +472,15 @@ def test_read_file_is_bounded(tmp_path):
         f"{small} is 5 bytes, far more than any CIFAR-10 file (at most 4); the data is damaged or is not CIFAR-10")
     fifo = tmp_path / "b.png"
     os.mkfifo(fifo)
-    assert str(fifo) in refusal(data_module._read_file, fifo, 100)
+    assert refusal(data_module._read_file, fifo, 100).startswith(f"data file {fifo} is ")
+
+
+def test_read_file_is_bounded_even_when_the_file_grows_meanwhile(tmp_path, monkeypatch):
+    path = tmp_path / "a.png"
+    path.write_bytes(b"12345")
+    monkeypatch.setattr(data_module, "read_at_most", lambda handle, limit: b"x" * (limit + 1))
+    assert refusal(data_module._read_file, path, 5) == (
+        f"{path} is 6 bytes, far more than any CIFAR-10 file (at most 5); the data is damaged or is not CIFAR-10")
 
 
 def tar_with(members: dict[str, bytes], path: Path, mode: str = "w") -> Path:
@@ -481,6 +510,9 @@ def test_an_uncompressed_tar_must_end_with_its_marker(tmp_path):
     zeros = tmp_path / "zeros.tar"
     zeros.write_bytes(bytes(1024))
     data_module._check_tar_end(zeros)
+    zeros.write_bytes(b"\x01" + bytes(1023))  # exactly 1024 bytes, not all zero
+    with pytest.raises(tarfile.ReadError):
+        data_module._check_tar_end(zeros)
 
 
 def test_archive_members_are_bounded_before_they_are_read(tmp_path, monkeypatch):
@@ -574,14 +606,15 @@ def test_the_cache_round_trip_and_what_it_ignores(tmp_path, capsys):
     assert data_module._read_cache(tmp_path / "none.npz", "sig") is None and capsys.readouterr().err == ""
     cache.write_bytes(b"garbage")
     assert data_module._read_cache(cache, "sig") is None
-    assert capsys.readouterr().err.startswith(f"warning: ignoring the data cache {cache}, which is unreadable or "
-                                              "damaged (")
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: ignoring the data cache {cache}, which is unreadable or damaged (")
+    assert err.endswith("); rebuilding it\n") and "(None)" not in err and "\n" not in err[:-1]
     blocked = tmp_path / "file"
     blocked.write_text("x")
     data_module._write_cache(blocked / "x.npz", "sig", data)
     err = capsys.readouterr().err
     assert err.startswith(f"warning: could not write the data cache {blocked / 'x.npz'} (") and err.endswith(
-        "); set $EDGECLS_CACHE to a writable folder\n")
+        "); set $EDGECLS_CACHE to a writable folder\n") and "(None)" not in err
 
 
 # ----------------------------------------------------------------------------------------------- load_cifar10
@@ -638,3 +671,178 @@ def test_an_unreadable_file_in_the_data_is_one_line_naming_it(tmp_path, private_
         "pass it with --data")
     assert refusal(data_module.load_cifar10, folder, False, False) == (
         f"cannot read {folder} (odd failure); check that the data is readable (permissions) and pass it with --data")
+
+
+# ----------------------------------------------------------------------------------------------- archives, in detail
+
+def png() -> bytes:
+    from PIL import Image
+    encoded = io.BytesIO()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(encoded, "PNG")
+    return encoded.getvalue()
+
+
+def test_archive_limits_are_inclusive(tmp_path, monkeypatch):
+    image = png()
+    monkeypatch.setattr(data_module, "MAX_IMAGE_BYTES", len(image))
+    monkeypatch.setattr(data_module, "MAX_BATCH_BYTES", 12)
+    monkeypatch.setattr(data_module, "MAX_ARCHIVE_BYTES", len(image) + 12 + len(image) + 1)
+    monkeypatch.setattr(data_module, "MAX_ARCHIVE_MEMBERS", 3)
+    # An image member of exactly its limit, a batch file of exactly its own, a larger non-data member, three members
+    # and every byte counted: all within the limits (the archive then lacks the other batch files).
+    edge = tar_with({"train/a/1.png": image, "cifar-10-batches-py/data_batch_1": b"y" * 12,
+                     "readme": b"z" * (len(image) + 1)}, tmp_path / "edge.tar")
+    assert refusal(data_module._read_archive, edge).startswith(f"archive {edge} lacks data_batch_2")
+    big_batch = tar_with({"data_batch_1": b"y" * 13}, tmp_path / "batch.tar")
+    assert refusal(data_module._read_archive, big_batch) == (
+        f"{big_batch}:data_batch_1 is 13 bytes, far more than any CIFAR-10 file (at most 12); the data is damaged or "
+        "is not CIFAR-10")
+
+
+def test_archive_member_names_at_the_root_inside_a_folder_or_with_dot_slash(tmp_path):
+    image = png()
+    folders = {"train/a/1.png": image, "train/a/2.png": image, "test/a/1.png": image}
+    root = tar_with({**{f"./{name}": blob for name, blob in folders.items()}}, tmp_path / "root.tar")
+    assert refusal(data_module._read_archive, root) == (
+        f"{root}/train/ has one class folder (a); a classifier needs two classes or more: add a folder of images per "
+        "class")
+    inside = tar_with({f"top/{name}": blob for name, blob in folders.items()}, tmp_path / "inside.tar")
+    assert refusal(data_module._read_archive, inside).startswith(f"{inside}:top/train/ has one class folder (a)")
+    with tarfile.open(tmp_path / "dirs.tar", "w") as archive:  # a folder named like an image is no image
+        info = tarfile.TarInfo("train/a/folder.png")
+        info.type = tarfile.DIRTYPE
+        archive.addfile(info)
+    assert "holds no CIFAR-10 data" in refusal(data_module._read_archive, tmp_path / "dirs.tar")
+
+
+def test_a_damaged_archive_says_what_the_decompressor_found(tmp_path):
+    import gzip
+    whole = gzip.compress(tar_with({"train/a/1.png": png()}, tmp_path / "a.tar").read_bytes(), mtime=0)
+    (tmp_path / "cut.tar.gz").write_bytes(whole[:len(whole) // 2])
+    assert refusal(data_module._read_archive, tmp_path / "cut.tar.gz") == (
+        f"archive {tmp_path / 'cut.tar.gz'} is corrupt or truncated (Compressed file ended before the end-of-stream "
+        "marker was reached); download or copy it again")
+
+
+def test_the_official_archive_names_itself_as_the_source(tmp_path):
+    from test_data import make_reference, write_official_tar
+    path = write_official_tar(make_reference(), tmp_path / "cifar-10-python.tar.gz")
+    assert data_module._read_archive(path).source == f"CIFAR-10 python batches in {path}"
+
+
+def test_the_end_marker_is_the_last_1024_bytes_exactly(tmp_path):
+    blob = tar_with({"a": b"x" * 512}, tmp_path / "a.tar").read_bytes()[:1024] + bytes(1024)
+    (tmp_path / "exact.tar").write_bytes(blob)  # header, one full data block, the marker: nothing more
+    data_module._check_tar_end(tmp_path / "exact.tar")
+
+
+def test_decode_images_gives_the_pixels(tmp_path):
+    decoded = data_module.decode_images([("a.png", png()), ("b.png", png())])
+    assert decoded.shape == (2, 32, 32, 3) and decoded.dtype == np.uint8 and not decoded.any()
+
+
+def test_the_source_signature_does_not_depend_on_the_working_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "tree"
+    (folder / "train" / "a").mkdir(parents=True)
+    (folder / "train" / "a" / "1.png").write_bytes(b"1")
+    first = data_module._source_signature(folder)
+    monkeypatch.chdir(folder / "train")
+    assert data_module._source_signature(folder) == first
+    stat = (folder / "train" / "a" / "1.png").stat()
+    (folder / "train" / "a" / "1.png").rename(folder / "train" / "a" / "2.png")  # same size and time, new name
+    os.utime(folder / "train" / "a" / "2.png", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert data_module._source_signature(folder) != first
+
+
+def test_download_calls_torchvision_and_says_what_failed(tmp_path, monkeypatch):
+    """torchvision's CIFAR10 (which downloads from the network, unreachable here) replaced by a recorder."""
+    import sys
+    import types
+    calls = []
+
+    class CIFAR10:
+        def __init__(self, root, train, download):
+            calls.append((root, train, download))
+            if failure is not None:
+                raise failure
+
+    package, datasets = types.ModuleType("torchvision"), types.ModuleType("torchvision.datasets")
+    datasets.CIFAR10 = CIFAR10
+    package.datasets = datasets
+    monkeypatch.setitem(sys.modules, "torchvision", package)
+    monkeypatch.setitem(sys.modules, "torchvision.datasets", datasets)
+    failure = None
+    data_module._download(tmp_path / "a" / "b")
+    assert calls == [(str(tmp_path / "a" / "b"), True, True)] and (tmp_path / "a" / "b").is_dir()
+    data_module._download(tmp_path / "a" / "b")  # into a folder that is already there
+    assert len(calls) == 2
+    failure = OSError("network unreachable\nsecond line")
+    assert refusal(data_module._download, tmp_path / "c") == (
+        f"downloading CIFAR-10 into {tmp_path / 'c'} failed (network unreachable second line); fetch {CIFAR10_URL} by "
+        f"hand and pass it with --data (or put it in {tmp_path / 'c'})")
+    failure = RuntimeError("x" * 400)
+    assert f"failed ({'x' * 300}); fetch" in refusal(data_module._download, tmp_path / "d")  # 300 characters
+    monkeypatch.setitem(sys.modules, "torchvision.datasets", None)  # not installed
+    assert refusal(data_module._download, tmp_path / "e") == (
+        f"--download needs torchvision (pip install torchvision); or fetch {CIFAR10_URL} by hand")
+
+
+def small_tree(root: Path, classes: dict[str, int], split: str = "train") -> Path:
+    from PIL import Image
+    for name, count in classes.items():
+        (root / split / name).mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            Image.fromarray(np.full((32, 32, 3), index * 10, np.uint8)).save(root / split / name / f"{index}.png")
+    return root
+
+
+def test_a_tree_folder_skips_hidden_folders_and_loose_files(tmp_path):
+    root = small_tree(tmp_path / "t", {"a": 5, "b": 5, ".hidden": 2})
+    (root / "train" / "notes.txt").write_text("not a class")
+    data = data_module._read_tree_folder(root)
+    assert data.class_names == ["a", "b"] and data.class_counts() == [4, 4] and data.class_counts("test") == [1, 1]
+    assert data.details == {"test_split": {"held_out_percent": 20, "seed": 0}, "resized": 0, "smallest": [32, 32],
+                            "largest": [32, 32]}
+    assert data.source == f"image folders in {root} (no test images: 2 held out of train/, 20% of each class)"
+    (root / "train" / "c").mkdir()
+    assert refusal(data_module._read_tree_folder, root) == (
+        f"class folder c in {root}/train/ holds no images; add images or remove the folder")
+
+
+class InlineExecutor:
+    """concurrent.futures.ProcessPoolExecutor's place: runs each chunk at once, and records how it was made."""
+
+    made: list = []
+
+    def __init__(self, workers, mp_context=None, initializer=None, initargs=()):
+        InlineExecutor.made.append((workers, mp_context.get_start_method(), initializer, initargs))
+
+    def submit(self, function, *args):
+        import concurrent.futures
+        future = concurrent.futures.Future()
+        future.set_result(function(*args))
+        return future
+
+    def shutdown(self, cancel_futures=False):
+        pass
+
+
+def test_large_sets_decode_in_up_to_8_forked_processes(monkeypatch):
+    import concurrent.futures
+    import multiprocessing
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", InlineExecutor)
+    monkeypatch.setattr(data_module, "_POOL_MIN_IMAGES", 3)
+    InlineExecutor.made = []
+    blobs = [(f"{i}.png", png()) for i in range(3)]
+    for cores, expected in ((12, 8), (3, 3)):
+        monkeypatch.setattr(data_module, "_usable_cores", lambda: cores)
+        pixels, sizes = data_module._decode_stream(iter(blobs), 3)
+        assert pixels.shape == (3, 32, 32, 3) and sizes.tolist() == [[32, 32]] * 3
+        assert InlineExecutor.made[-1] == (expected, "fork", data_module.end_with_parent, (os.getpid(),))
+    made = len(InlineExecutor.made)
+    assert data_module._decode_stream(iter(blobs[:2]), 2)[0].shape == (2, 32, 32, 3)  # below the threshold: here
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    assert data_module._decode_stream(iter(blobs), 3)[0].shape == (3, 32, 32, 3)  # no fork: here too
+    assert len(InlineExecutor.made) == made
+    empty_pixels, empty_sizes = data_module._decode_stream(iter([]), 0)
+    assert empty_pixels.shape == (0, 32, 32, 3) and empty_pixels.dtype == np.uint8 and empty_sizes.shape == (0, 2)

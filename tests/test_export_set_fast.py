@@ -21,7 +21,7 @@ from edgecls.formats import ExportSet, ModelMetadata
 from edgecls.int8_budget import ValidationImages
 from edgecls.metrics import Gate, GateResult, Parity, parity
 from edgecls.quantize import CalibrationSettings, Int8Result
-from tiny_classifier import FRAGILE, tiny_data, write_classifier
+from tiny_classifier import tiny_data, write_classifier
 
 
 def record_for(staging: Path, names: list[str], model: str = "m", companions: dict | None = None) -> ExportSet:

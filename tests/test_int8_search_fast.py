@@ -5,7 +5,6 @@ replaced by a recorder of the files it is asked to time."""
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict
 from pathlib import Path
@@ -430,3 +429,21 @@ def test_progress_bars_are_silent_unless_asked(capsys):
     assert list(int8_budget._bar([1, 2], True, "loud", "item")) == [1, 2]
     shown = capsys.readouterr().err
     assert "loud" in shown and "item" in shown
+
+
+def test_write_int8_writes_a_checked_file_that_says_how_it_was_made(data, fp32, tmp_path, monkeypatch):
+    from edgecls import quantize
+    from edgecls.int8_budget import write_int8
+    from edgecls.quantize import new_calibration_record, quantization_record
+    prepared = PreparedModel.create(fp32, ModelMetadata.read(fp32), "trt", tmp_path)
+    record = new_calibration_record(prepared.metadata, data, fp32, "minmax", 16, 2, None)
+    record = CalibrationRecord(**{**record.__dict__, "ranges": prepared.calibrate(data.train_images[record.indices],
+                                                                                   "minmax")})
+    budget = {"max_drop": 1.0, "min_agreement": None}
+    path = write_int8(prepared, record, ["fc"], budget, tmp_path / "out.onnx", fp32)
+    assert path == tmp_path / "out.onnx"
+    assert ModelMetadata.read(path).quantization == quantization_record("trt", record, ["fc"], budget)
+    monkeypatch.setattr(quantize, "trt_violations", lambda model: ["q: broken"])
+    assert refusal(write_int8, prepared, record, [], budget, tmp_path / "bad.onnx", fp32) == (
+        "the int8 graph breaks TensorRT's Q/DQ rules: q: broken (and 0 more)")
+    assert not (tmp_path / "bad.onnx").exists()

@@ -4,7 +4,6 @@ tests/tiny_classifier.py and on small Q/DQ graphs built here."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ from edgecls.quantize import (CalibrationSettings, ImageBatches, Int8Result, Pre
                               fp32_metadata, load_calibration_record, new_calibration_record, ort_method,
                               quantizable_layers, quantization_options, quantization_record, quantize_int8, save_int8,
                               trt_violations, validate_options)
-from tiny_classifier import CHECKPOINT_SHA, FRAGILE, LAYERS, classifier, tiny_data, write_classifier
+from tiny_classifier import CHECKPOINT_SHA, LAYERS, classifier, tiny_data, write_classifier
 
 
 @pytest.fixture(scope="module")
@@ -209,6 +208,10 @@ def test_a_calibration_record_must_be_this_models_and_methods(data, fp32, tmp_pa
 # ----------------------------------------------------------------------------------------------- the graph
 
 def test_quantizable_and_default_float_layers(data):
+    computed = classifier(data)
+    computed.graph.node.insert(0, helper.make_node("Identity", ["w1"], ["w1_copy"], name="copy"))
+    computed.graph.node[1].input[1] = "w1_copy"  # conv1's weight is no constant now: its bias alone counts
+    assert quantizable_layers(computed)[0] == QuantizableLayer("conv1", "Conv", 4)
     model = classifier(data)
     assert quantizable_layers(model) == [QuantizableLayer("conv1", "Conv", 112), QuantizableLayer("conv2", "Conv", 148),
                                          QuantizableLayer("deconv", "ConvTranspose", 148),
@@ -438,6 +441,31 @@ def test_trt_violations_name_each_broken_rule():
     assert trt_violations(qdq_graph(user="Gemm", weight_scales=2, axis=0)) == [
         "dq_w: Gemm weight is per-channel; per-tensor is the safe form"]
     assert trt_violations(qdq_graph(user="ConvTranspose")) == [] and trt_violations(qdq_graph(user="Gemm")) == []
+
+
+def test_trt_violations_judge_weights_and_biases_only_and_read_the_whole_graph():
+    for user in ("ConvTranspose", "Gemm"):
+        assert trt_violations(qdq_graph(user=user, bias_quantized=True)) == [
+            "dq_b: zero point must be an int8 constant 0 (symmetric)",
+            "dq_b: bias of layer is quantized (int32); TensorRT needs float biases"]
+    model = qdq_graph(zero=3)
+    model.graph.node.insert(0, helper.make_node("Identity", ["x0"], ["unused"], name="first"))  # a plain node first
+    assert trt_violations(model)[:1] == ["q_x: zero point must be an int8 constant 0 (symmetric)"]
+    no_bias = qdq_graph(weight_scales=2, axis=0)
+    del no_bias.graph.node[-1].input[2]  # a layer without a bias
+    assert trt_violations(no_bias) == []
+    dangling = qdq_graph()
+    dangling.graph.node.append(helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zero"], ["nobody"],
+                                                name="dq_unread"))
+    assert trt_violations(dangling) == []
+    # Per-channel scales on an activation (not a weight) are not the weight rules' business.
+    activation = qdq_graph(user="Gemm")
+    activation.graph.initializer.extend([numpy_helper.from_array(np.full(2, 0.1, np.float32), "x_scales"),
+                                         numpy_helper.from_array(np.zeros(2, np.int8), "x_zeros")])
+    for node in activation.graph.node[:2]:
+        node.input[1:] = ["x_scales", "x_zeros"]
+        node.attribute.append(helper.make_attribute("axis", 1))
+    assert trt_violations(activation) == []
 
 
 def test_trt_violations_need_constant_scales_and_zero_points():
