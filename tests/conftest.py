@@ -181,3 +181,24 @@ def export_dir(new2_export: "ExportReport") -> Path:
     """The shared export/ folder of new2 (fp32, fp16, int8 and the reference), made from tiny_cifar in memory: read
     only."""
     return new2_export.files["fp32"].parent
+
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def assert_golden(text: str, name: str, what: str) -> None:
+    """`text` equals the committed tests/golden/`name` (`what` says what it is in the failure, which shows the first
+    lines of a unified diff). EDGECLS_UPDATE_GOLDEN=1 rewrites the file instead, for an intended change."""
+    import difflib
+    import os
+
+    expected_path = GOLDEN / name
+    if os.environ.get("EDGECLS_UPDATE_GOLDEN") == "1":
+        expected_path.parent.mkdir(exist_ok=True)
+        expected_path.write_text(text, encoding="utf-8")
+    expected = expected_path.read_text(encoding="utf-8")
+    if text != expected:
+        diff = "".join(list(difflib.unified_diff(expected.splitlines(True), text.splitlines(True), str(expected_path),
+                                                 f"{what} now", n=1))[:80])
+        pytest.fail(f"the {what} differs from {expected_path} (after an intended change, regenerate with "
+                    f"EDGECLS_UPDATE_GOLDEN=1 and review the diff):\n{diff}", pytrace=False)

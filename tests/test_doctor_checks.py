@@ -13,14 +13,13 @@ After an intended change to the printed report, regenerate the expected files an
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
-import os
 import platform
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_golden
 from onnx import TensorProto, helper, numpy_helper
 
 from edgecls import doctor
@@ -33,7 +32,6 @@ from edgecls.preprocess import Preprocessing
 from edgecls.runtime.cuda_memory import BindingStatus, GpuInfo
 from edgecls.runtime.tensorrt_backend import TENSORRT_INSTALL_HINT
 
-GOLDEN = Path(__file__).parent / "golden"
 UNAVAILABLE = unavailable_reason()
 
 ORIN = GpuInfo("Orin", "8.7", 32 * 2**30 + 2**29, "pycuda")
@@ -102,16 +100,7 @@ CASES = {
 def test_the_printed_report_and_its_json_are_the_expected_ones(case):
     report = CASES[case]()
     text = f"{format_report(report)}\n--- --json\n{json.dumps(report.to_dict(), indent=2)}\n"
-    expected_path = GOLDEN / f"doctor-{case}.txt"
-    if os.environ.get("EDGECLS_UPDATE_GOLDEN") == "1":
-        expected_path.parent.mkdir(exist_ok=True)
-        expected_path.write_text(text, encoding="utf-8")
-    expected = expected_path.read_text(encoding="utf-8")
-    if text != expected:
-        diff = "".join(difflib.unified_diff(expected.splitlines(True), text.splitlines(True), str(expected_path),
-                                            "printed now", n=1))
-        pytest.fail(f"the doctor's report differs from {expected_path} (after an intended change, regenerate with "
-                    f"EDGECLS_UPDATE_GOLDEN=1 and review the diff):\n{diff}", pytrace=False)
+    assert_golden(text, f"doctor-{case}.txt", "doctor's report")
 
 
 def test_ready_means_nothing_missing_and_every_test_engine_built():
@@ -397,11 +386,7 @@ def test_probe_models_are_the_expected_small_cnn_in_fp16_and_tensorrt_int8(tmp_p
     pinned = {"fp32": fp32, "int8 quantization": int8["metadata"]["quantization"],
               "calibration": {key: record[key] for key in ("model", "data_fingerprint", "method", "size", "seed",
                                                            "split")}}
-    expected_path = GOLDEN / "doctor-probe-model.json"
-    if os.environ.get("EDGECLS_UPDATE_GOLDEN") == "1":
-        expected_path.write_text(json.dumps(pinned, indent=1) + "\n")
-    assert json.loads(json.dumps(pinned)) == json.loads(expected_path.read_text()), \
-        f"the probe model differs from {expected_path} (regenerate with EDGECLS_UPDATE_GOLDEN=1 after a change)"
+    assert_golden(json.dumps(pinned, indent=1) + "\n", "doctor-probe-model.json", "probe model")
     assert fp16["metadata"] == {**fp32["metadata"], "precision": "fp16"}
     assert int8["metadata"]["precision"] == "int8" and int8["metadata"]["quantization"]["target"] == "trt"
     quantized = [n for n in int8["nodes"] if n[0] in ("Conv", "Gemm")]

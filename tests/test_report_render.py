@@ -15,15 +15,14 @@ After an intended change to the page, regenerate the expected files and review t
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from conftest import assert_golden
 
 from edgecls.checkpoint import Checkpoint
 from edgecls.formats import BenchResult, EngineManifest, Int8Report, LayerDecision, ModelMetadata
@@ -34,7 +33,6 @@ from edgecls.report.compare import Answers, Flip, flips
 from edgecls.report.gather import (BenchRun, Calibration, LayerPrecision, ModelRow, OnnxFile, PlanFile, ReportInputs,
                                    TensorRange, TrainingRun)
 
-GOLDEN = Path(__file__).parent / "golden"
 CLASSES = ("cat", "dog", "ship <&>")
 PREPROCESS = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), class_names=CLASSES)
 SHA = "5ca1ab1e" * 8
@@ -336,16 +334,7 @@ CASES = {"full": render_full, "not-finite": render_not_finite, "not-a-number": r
 @pytest.mark.parametrize("case", CASES)
 def test_the_page_is_the_expected_one(case):
     page = CASES[case]()
-    expected_path = GOLDEN / f"report-{case}.html"
-    if os.environ.get("EDGECLS_UPDATE_GOLDEN") == "1":
-        expected_path.parent.mkdir(exist_ok=True)
-        expected_path.write_text(page, encoding="utf-8")
-    expected = expected_path.read_text(encoding="utf-8")
-    if page != expected:
-        diff = "".join(list(difflib.unified_diff(expected.splitlines(True), page.splitlines(True),
-                                                 str(expected_path), "rendered now", n=1))[:80])
-        pytest.fail(f"the page differs from {expected_path} (after an intended change, regenerate with "
-                    f"EDGECLS_UPDATE_GOLDEN=1 and review the diff):\n{diff}", pytrace=False)
+    assert_golden(page, f"report-{case}.html", "page")
 
 
 def test_numbers_are_right_aligned_and_text_is_not():
