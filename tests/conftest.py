@@ -16,6 +16,7 @@ from edgecls.errors import EdgeclsError
 
 if TYPE_CHECKING:
     from edgecls.export import ExportReport
+    from edgecls.formats import ModelMetadata
 
 CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -202,3 +203,19 @@ def assert_golden(text: str, name: str, what: str) -> None:
                                                  f"{what} now", n=1))[:80])
         pytest.fail(f"the {what} differs from {expected_path} (after an intended change, regenerate with "
                     f"EDGECLS_UPDATE_GOLDEN=1 and review the diff):\n{diff}", pytrace=False)
+
+
+def save_graph(nodes: list, initializers: list, meta: "ModelMetadata", path: Path) -> Path:
+    """`nodes` as an edgecls-style graph (float input `meta.input_name` N x 3 x 28 x 28, output `meta.output_name`
+    N x 10) carrying `meta`, written to `path` (its folder made if new)."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info(meta.input_name, TensorProto.FLOAT, ["batch", 3, 28, 28])],
+        [helper.make_tensor_value_info(meta.output_name, TensorProto.FLOAT, ["batch", 10])], initializer=initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    meta.embed(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(model.SerializeToString())
+    return path

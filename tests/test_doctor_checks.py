@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_golden
-from onnx import TensorProto, helper, numpy_helper
+from conftest import assert_golden, save_graph
+from onnx import helper, numpy_helper
 
 from edgecls import doctor
 from edgecls.doctor import Check, DeviceFacts, DoctorReport, EngineCheck, checks_of, format_report
@@ -188,16 +188,7 @@ def write_onnx(path: Path, precision: str, quantization: dict | None = None, sca
     nodes = [helper.make_node("GlobalAveragePool", [meta.input_name], ["pooled"], name="pool"),
              helper.make_node("Flatten", ["pooled"], ["flat"], name="flatten"),
              helper.make_node("Gemm", ["flat", "fc.w"], [meta.output_name], name="fc", transB=1)]
-    graph = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info(meta.input_name, TensorProto.FLOAT, ["batch", 3, 28, 28])],
-        [helper.make_tensor_value_info(meta.output_name, TensorProto.FLOAT, ["batch", 10])],
-        initializer=[numpy_helper.from_array(fc, "fc.w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    meta.embed(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(model.SerializeToString())
-    return path
+    return save_graph(nodes, [numpy_helper.from_array(fc, "fc.w")], meta, path)
 
 
 def test_the_first_tensorrt_style_fp16_and_int8_exports_are_found(tmp_path):

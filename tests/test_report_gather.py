@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import save_graph
 from onnx import TensorProto, helper, numpy_helper
 
 from edgecls.artifacts import sha256_file
@@ -85,15 +86,7 @@ def write_onnx(path: Path, meta: ModelMetadata, int8: bool = False) -> Path:
     nodes += [helper.make_node("GlobalAveragePool", [tensor], ["pooled"], name="pool"),
               helper.make_node("Flatten", ["pooled"], ["flat"], name="flatten"),
               helper.make_node("Gemm", ["flat", "fc.w"], [meta.output_name], name="fc", transB=1)]
-    graph = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info(meta.input_name, TensorProto.FLOAT, ["batch", 3, 28, 28])],
-        [helper.make_tensor_value_info(meta.output_name, TensorProto.FLOAT, ["batch", 10])], initializer=weights)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    meta.embed(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(model.SerializeToString())
-    return path
+    return save_graph(nodes, weights, meta, path)
 
 
 def write_reference(path: Path, sha: str, rows: int = 6) -> Path:
