@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pytest
+import tqdm
 from PIL import Image
 
 from edgecls.data import Cifar10
@@ -17,6 +19,12 @@ from edgecls.errors import EdgeclsError
 if TYPE_CHECKING:
     from edgecls.export import ExportReport
     from edgecls.formats import ModelMetadata
+
+# mutmut forks a child per mutant from this process: tqdm's monitor thread and its multiprocessing lock, made by the
+# parent's first progress bar, would be copied mid-state into the child and can hang it. A plain thread lock and no
+# monitor thread fork cleanly.
+tqdm.tqdm.monitor_interval = 0
+tqdm.tqdm.set_lock(threading.RLock())
 
 CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
