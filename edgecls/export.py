@@ -86,15 +86,18 @@ def export_fp32(model: Any, crop_size: int, metadata: ModelMetadata, out_path: s
     """
     import torch
 
+    # Any batch above 1 traces the same graph (the batch axis is dynamic; 1 would let the exporter fix it).
     example = torch.zeros(2, 3, crop_size, crop_size)
     with staging_dir(Path(out_path).parent, "onnx-export") as tmp, warnings.catch_warnings():
         # The TorchScript exporter announces its own deprecation; the warning is noise for our users.
         warnings.simplefilter("ignore")
         raw_path = tmp / "raw.onnx"
+        # Constant folding is how the exporter folds Conv + BatchNorm; without it fold_batchnorm folds every pair
+        # instead, into the same graph but for tensor names (so the option's mutants change nothing seen).
         torch.onnx.export(model.eval(), (example,), str(raw_path), dynamo=False, opset_version=opset,
+                          do_constant_folding=True,  # pragma: no mutate
                           input_names=[metadata.input_name], output_names=[metadata.output_name],
-                          dynamic_axes={metadata.input_name: {0: "batch"}, metadata.output_name: {0: "batch"}},
-                          do_constant_folding=True)
+                          dynamic_axes={metadata.input_name: {0: "batch"}, metadata.output_name: {0: "batch"}})
         onnx_model = onnx.load(str(raw_path))
     return finish_fp32(onnx_model, metadata, out_path)
 
@@ -225,9 +228,11 @@ def export_model(request: ExportRequest, data: Any = None, progress: bool = True
                     report.seconds = time.perf_counter() - started
                     return report
             elif int8:
+                # Where in the staging folder it works changes nothing seen: any name there does, and its work_dir is
+                # already the default one (temporary_files_in).
                 quantized = quantize_int8(staged["fp32"], staging / ExportSet.member_name(name, "int8"), data=dataset,
-                                          settings=settings, record_path=staging / "calibration.json",
-                                          exclude=validation, work_dir=staging)
+                                          record_path=staging / "calibration.json", work_dir=staging,  # pragma: no mutate
+                                          settings=settings, exclude=validation)
             if quantized is not None:
                 staged["int8"] = quantized.path
             files = staged.items()

@@ -10,6 +10,7 @@ import errno
 import os
 import re
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +122,8 @@ def test_a_full_export_installs_one_set_and_records_each_file_and_companion(torc
     assert not report.parity[1].verdict.gate.active and not report.parity[2].verdict.gate.active
     record = ExportSet.read(out / "tiny.export.json")
     assert record.complete and (record.model, record.checkpoint_sha256) == ("tiny", CHECKPOINT_SHA)
+    created = datetime.strptime(record.created_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    assert timedelta(0) <= datetime.now(timezone.utc) - created < timedelta(minutes=10)  # when, in UTC
     assert record.files == {name: sha256_file(out / name) for name in listing(out) if name != "tiny.export.json"}
     assert report.calibration == calibration / "tiny.minmax.json" and listing(calibration) == ["tiny.minmax.json"]
     assert record.companions == {"tiny.minmax.json": sha256_file(calibration / "tiny.minmax.json")}
@@ -183,7 +186,9 @@ def test_an_int8_budget_installs_the_report_as_a_companion(torchless, data, tmp_
                             calibration_dir=calibration, budget=Gate(max_drop=5.0, min_agreement=90.0))
     report = export_model(request, data)  # progress bars by default
     shown = capsys.readouterr().err
-    assert re.search(r"(^|\r)int8 search: ", shown, re.M) and re.search(r"(^|\r)parity: ", shown, re.M)
+    assert re.search(r"(^|\r)int8 search: ", shown, re.M)
+    assert re.search(r"(^|\r)parity: .* 0/2 \[.*file/s", shown, re.M)  # fp32 and int8, counted in files
+    assert "\n" not in shown.rpartition("parity: ")[2]  # the parity bar is cleared when done, not left behind
     assert report.passed and report.int8_search.passed
     assert report.int8_report == calibration / "tiny.int8-report.json"
     assert listing(calibration) == ["tiny.int8-report.json", "tiny.minmax.json"]
@@ -217,6 +222,7 @@ def test_an_fp32_file_that_does_not_match_pytorch_installs_nothing(torchless, da
     assert not report.passed and report.notes == [f"nothing installed in {out}: the fp32 export does not match "
                                                   "PyTorch"]
     assert [p.precision for p in report.parity] == ["fp32", "fp16"] and not report.parity[0].verdict
+    assert [p.line().split(":")[0] for p in report.parity] == ["tiny.onnx (fp32)", "tiny.fp16.onnx (fp16)"]  # as shown
     assert report.parity[1].verdict and report.files == {} and listing(out) == [] and 0 < report.seconds < 600
     torchless.offset = 0.0004  # within 1e-3 of logits below 1
     assert export_model(ExportRequest(torchless.checkpoint.path, out), data, progress=False).passed

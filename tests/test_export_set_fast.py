@@ -187,11 +187,16 @@ def fp32(data, tmp_path_factory):
     return write_classifier(data, tmp_path_factory.mktemp("tiny") / "tiny.onnx", fragile=False)
 
 
-def test_onnx_logits_run_the_file_through_its_own_preprocessing(fp32, data):
+def test_onnx_logits_run_the_file_through_its_own_preprocessing_batch_size_images_at_a_time(fp32, data, monkeypatch):
     import onnxruntime as ort
+
+    from edgecls.runtime.classifier import Classifier
     inputs = ModelMetadata.read(fp32).preprocess(data.test_images)
     expected = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).run(None, {"images": inputs})[0]
+    batches, run = [], Classifier._run
+    monkeypatch.setattr(Classifier, "_run", lambda self, batch: batches.append(len(batch)) or run(self, batch))
     np.testing.assert_allclose(onnx_logits(fp32, data.test_images, batch_size=7), expected, rtol=1e-5, atol=1e-5)
+    assert batches == [7] * 5 + [5]  # memory stays bounded: the 40 test images, 7 at a time
     np.testing.assert_allclose(onnx_logits(str(fp32), data.test_images), expected, rtol=1e-5, atol=1e-5)
 
 
