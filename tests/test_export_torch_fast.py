@@ -73,8 +73,15 @@ def test_reference_logits_are_the_models_on_the_deployment_crop_parity_batch_ima
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
 
 
+def dims(value: onnx.ValueInfoProto) -> list:
+    return [dim.dim_param or dim.dim_value for dim in value.type.tensor_type.shape.dim]
+
+
 def test_export_fp32_writes_the_model_at_the_asked_opset_with_a_dynamic_batch_and_batchnorm_folded(checkpoint_path,
-                                                                                                   data, tmp_path):
+                                                                                                   data, tmp_path,
+                                                                                                   monkeypatch):
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # export writes only where it is told: this stays empty
     checkpoint = export.load_source(checkpoint_path)
     model, meta = checkpoint.build_model(), checkpoint.model_metadata("fp32")
     out = tmp_path / "out" / "new1.onnx"
@@ -83,12 +90,13 @@ def test_export_fp32_writes_the_model_at_the_asked_opset_with_a_dynamic_batch_an
         assert export.export_fp32(model, CROP, meta, str(out), opset=13) == out
     assert shown == []  # the TorchScript exporter's deprecation notice is not passed on to users
     assert sorted(p.name for p in out.parent.iterdir()) == ["new1.onnx"]  # its staging folder is gone
+    assert list((tmp_path / "cwd").iterdir()) == []
     written = onnx.load(str(out))
     assert [entry.version for entry in written.opset_import if entry.domain in ("", "ai.onnx")] == [13]
     operators = [node.op_type for node in written.graph.node]
     assert "BatchNormalization" not in operators and operators.count("ConvTranspose") == 2  # every BatchNorm folded
-    for value, name in ((written.graph.input[0], meta.input_name), (written.graph.output[0], meta.output_name)):
-        assert value.name == name and value.type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert [(value.name, dims(value)) for value in (*written.graph.input, *written.graph.output)] == [
+        (meta.input_name, ["batch", 3, CROP, CROP]), (meta.output_name, ["batch", 10])]
     assert ModelMetadata.read(out) == meta and written.doc_string == "edgecls new1 (fp32)"
     # It computes what the model does, however many images a call holds.
     expected = export.reference_logits(model, data.test_images, checkpoint.preprocess)
