@@ -37,8 +37,11 @@ install: $(VENV)/installed $(SERVE_VENV)/installed
 
 serve-venv: $(SERVE_VENV)/installed
 
+# Two pytest-xdist workers (the CI machine has two cores): while one waits on a subprocess, a server or a lock, the
+# other computes. --dist loadfile keeps a file's tests in one worker, so its module fixtures (a server, an int8
+# search) are made once; the session's trained checkpoints and exports are made once for both (conftest.made_once).
 test: install
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile
 
 demo: install
 	DATA=$(DATA) VENV=$(VENV) bash scripts/demo.sh

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -89,19 +90,41 @@ def small_data_dir(small_cifar: Cifar10, tmp_path_factory: pytest.TempPathFactor
     return write_image_folder(small_cifar, tmp_path_factory.mktemp("small_data"))
 
 
+def made_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], Any]) -> Any:
+    """`build(folder)`, run once for the whole test run, even when pytest-xdist splits it over several processes: the
+    first process to ask builds it under a file lock, in a folder all of them share, and leaves the result pickled
+    there; the others wait for it and read it. (Under xdist each worker has its own basetemp; their parent is the
+    run's.)"""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / f"shared-{name}"
+    with FileLock(f"{root}.lock"):
+        result = root / "result.pickle"
+        if result.is_file():
+            return pickle.loads(result.read_bytes())
+        root.mkdir(exist_ok=True)
+        value = build(root)
+        result.write_bytes(pickle.dumps(value))
+        return value
+
+
 @pytest.fixture(scope="session")
 def trained_checkpoint(tiny_cifar: Cifar10, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """Factory: the path of a checkpoint of `model_name` trained for a few CPU epochs on tiny_cifar (cached)."""
+    """Factory: the path of a checkpoint of `model_name` trained for a few CPU epochs on tiny_cifar (made once per run,
+    shared by the xdist workers: read only)."""
     from edgecls.train import TrainRequest, train
 
     made: dict[str, Path] = {}
 
+    def build(model_name: str, out: Path) -> Path:
+        request = TrainRequest(model_name, epochs=3, batch_size=50, lr=0.05, val_split=40, device="cpu", out_dir=out,
+                               progress=False)
+        return train(request, tiny_cifar).checkpoint
+
     def make(model_name: str = "new2") -> Path:
         if model_name not in made:
-            out = tmp_path_factory.mktemp(f"ckpt_{model_name}")
-            request = TrainRequest(model_name, epochs=3, batch_size=50, lr=0.05, val_split=40, device="cpu", out_dir=out,
-                                   progress=False)
-            made[model_name] = train(request, tiny_cifar).checkpoint
+            made[model_name] = made_once(tmp_path_factory, f"ckpt_{model_name}", lambda out: build(model_name, out))
         return made[model_name]
 
     return make
@@ -111,18 +134,21 @@ def trained_checkpoint(tiny_cifar: Cifar10, tmp_path_factory: pytest.TempPathFac
 def exported_models(trained_checkpoint: Callable[[str], Path], tiny_cifar: Cifar10,
                     tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], "ExportReport"]:
     """Factory: the fp32 + fp16 + int8 (trt) export of a briefly trained model on tiny_cifar, made once per model
-    for the whole session. Tests only read these files; a test that changes one works on a copy."""
+    for the whole run (shared by the xdist workers). Tests only read these files; a test that changes one works on a
+    copy."""
     from edgecls.export import ExportRequest, export_model
     from edgecls.quantize import CalibrationSettings
 
     made: dict[str, "ExportReport"] = {}
 
+    def build(model_name: str, root: Path) -> "ExportReport":
+        request = ExportRequest(trained_checkpoint(model_name), root / "export", fp16=True, int8=True,
+                                calibration=CalibrationSettings(size=200), calibration_dir=root / "calibration")
+        return export_model(request, data=tiny_cifar, progress=False)
+
     def make(model_name: str) -> "ExportReport":
         if model_name not in made:
-            root = tmp_path_factory.mktemp(f"export_{model_name}")
-            request = ExportRequest(trained_checkpoint(model_name), root / "export", fp16=True, int8=True,
-                                    calibration=CalibrationSettings(size=200), calibration_dir=root / "calibration")
-            made[model_name] = export_model(request, data=tiny_cifar, progress=False)
+            made[model_name] = made_once(tmp_path_factory, f"export_{model_name}", lambda root: build(model_name, root))
         return made[model_name]
 
     return make
