@@ -189,8 +189,8 @@ class Cifar10:
     def subset(self, train: int | None = None, test: int | None = None, seed: int = 0) -> "Cifar10":
         """A smaller copy with `train` / `test` images (None: all), stratified by class, chosen with `seed`.
 
-        Each class keeps its share of the split (largest remainders get the rounding), and the chosen images keep
-        their original relative order.
+        Each class keeps its share of the split (largest remainders get the rounding, the earlier class on a tie), and
+        the chosen images keep their original relative order.
         """
         rng = np.random.default_rng(check_seed(seed))
         train_index = _stratified_indices(self.train_labels, train, len(self.class_names), rng)
@@ -438,7 +438,7 @@ def _parse_batch(name: str, data: bytes, num_classes: int) -> tuple[np.ndarray, 
     if labels.shape != (len(pixels),) or (len(labels) and (labels.min() < 0 or labels.max() >= num_classes)):
         raise _not_a_batch(name, f"labels do not match the {len(pixels)} images and {num_classes} classes")
     # Each row holds the red, green and blue planes of one image, each 32 x 32 row-major.
-    images = pixels.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE).transpose(0, 2, 3, 1)
+    images = pixels.reshape(len(pixels), 3, IMAGE_SIZE, IMAGE_SIZE).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(images), labels
 
 
@@ -523,9 +523,9 @@ def _read_archive(path: Path) -> Cifar10:
                 name = member.name
                 while name.startswith("./"):
                     name = name[2:]
-                base = name.rsplit("/", 1)[-1]
+                base = name.rpartition("/")[2]
                 match = _TREE_MEMBER.fullmatch(name)
-                wanted = member.isfile() and not base.startswith(".")  # ._* files are macOS metadata, not images
+                wanted = member.isfile()  # hidden files (._* macOS metadata): _is_image skips them
                 batch, image = wanted and base in _BATCH_FILES, wanted and match is not None and _is_image(base)
                 # Sizes come from the member's header, before a byte of it is decompressed.
                 limit = MAX_BATCH_BYTES if batch else MAX_IMAGE_BYTES if image else None
@@ -545,7 +545,7 @@ def _read_archive(path: Path) -> Cifar10:
 
     try:
         large = path.stat().st_size >= _POOL_MIN_ARCHIVE_BYTES
-        pixels, sizes = _decode_stream(tree_images(), _POOL_MIN_IMAGES if large else 0)
+        pixels, sizes = _decode_stream(tree_images(), None, None if large else 1)
     except PermissionError:
         raise  # not damage: load_cifar10 says which file cannot be read
     except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as exc:
@@ -620,10 +620,7 @@ def _read_file(path: Path, limit: int) -> bytes:
 def _read_member(archive: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     handle = archive.extractfile(member)
     assert handle is not None  # regular files always have contents
-    data = handle.read()
-    if len(data) != member.size:
-        raise tarfile.ReadError(f"{member.name} ends after {len(data)} of {member.size} bytes")
-    return data
+    return handle.read()  # a member cut short raises tarfile.ReadError ("unexpected end of data")
 
 
 def _too_large(name: str, size: int, limit: int) -> EdgeclsError:
@@ -635,7 +632,8 @@ def _too_large(name: str, size: int, limit: int) -> EdgeclsError:
 
 
 def _is_image(name: str) -> bool:
-    """An image file of a tree: one suffix list with `edgecls predict` (edgecls.imaging.IMAGE_SUFFIXES)."""
+    """An image file of a tree: one suffix list with `edgecls predict` (edgecls.imaging.IMAGE_SUFFIXES); hidden files
+    (macOS's ._* metadata among them) are not."""
     return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES and not name.startswith(".")
 
 
@@ -724,12 +722,14 @@ def decode_images(blobs: list[_Blob], workers: int | None = None) -> np.ndarray:
     return _decode_stream(iter(blobs), len(blobs), workers)[0]
 
 
-def _decode_stream(blobs: Iterator[_Blob], expected: int, workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _decode_stream(blobs: Iterator[_Blob], expected: int | None,
+                   workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(N x 32 x 32 x 3 fitted pixels, N x 2 original height and width) of the images `blobs` yields, consumed a chunk
-    at a time, so that only a few chunks of encoded files are in memory at once; `expected`: about how many there are
-    (decides whether to start worker processes)."""
+    at a time, so that only a few chunks of encoded files are in memory at once; `expected`: how many there are, the
+    progress bar's total (None: not known before the end, an archive's), which decides whether to start worker
+    processes (None counts as many: pass workers=1 where there are few)."""
     if workers is None:
-        large = expected >= _POOL_MIN_IMAGES
+        large = expected is None or expected >= _POOL_MIN_IMAGES
         workers = min(_usable_cores(), 8) if large and "fork" in multiprocessing.get_all_start_methods() else 1
     decoded: list[tuple[np.ndarray, np.ndarray]] = []
     with progress_bar(total=expected or None, desc="decoding images", unit="img") as bar:

@@ -8,6 +8,7 @@ import io
 import os
 import pickle
 import tarfile
+import types
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +128,15 @@ def test_subset_keeps_each_class_share_and_says_so():
     assert default.source == "here (subset: 7 train / 6 test, seed 0)"
     assert np.array_equal(default.train_images, data.subset(train=7, seed=0).train_images)
     assert data.subset(train=9, seed=0).class_counts() == [5, 3, 1]
+    # Asking for every training image cuts nothing: the test images are those chosen when train is not cut at all.
+    assert np.array_equal(data.subset(train=10, test=3).test_images, data.subset(test=3).test_images)
+
+
+def test_subset_rounding_ties_go_to_the_earlier_class():
+    """20 classes of 1 and 2 images in turn (30): 5 of them are 1/6 and 1/3 of an image a class, so all 5 are
+    leftovers; the ten 2-image classes tie for them, and the first five get them, whatever the number of classes."""
+    data = dataset([label for label in range(20) for _ in range(1 + label % 2)], names=[f"c{i}" for i in range(20)])
+    assert data.subset(train=5).class_counts() == [0, 1] * 5 + [0] * 10
 
 
 # ----------------------------------------------------------------------------------------------- small helpers
@@ -427,6 +437,8 @@ def test_parse_batch_refuses_what_is_no_batch():
         f"b1 is not a CIFAR-10 batch file (no data/labels){suffix}")
     assert refusal(data_module._parse_batch, "b1", pickle.dumps([1], protocol=2), 3) == (
         f"b1 is not a CIFAR-10 batch file (no data/labels){suffix}")
+    assert refusal(data_module._parse_batch, "b1", batch_bytes(rows, [b"cat", b"dog"]), 3) == (
+        f"b1 is not a CIFAR-10 batch file (no data/labels){suffix}")  # labels that are no numbers
 
 
 def test_unpickling_allows_only_numpy_arrays():
@@ -444,8 +456,23 @@ def test_unpickling_allows_only_numpy_arrays():
     with pytest.raises(pickle.UnpicklingError) as info:
         unpickler.find_class("os", "system")
     assert str(info.value) == "refusing to load os.system"
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(pickle.UnpicklingError) as info:
         unpickler.find_class("numpy.core.multiarray", "system")
+    assert str(info.value) == "refusing to load numpy._core.multiarray.system"  # numpy 1's name read as numpy 2's
+    module = "m" * 400  # a doctored file's long global name: the message keeps 300 characters of the cause
+    assert refusal(data_module._unpickle, b"c" + module.encode() + b"\nf\n.", "f") == (
+        f"f is corrupt or truncated ({('refusing to load ' + module)[:300]}); fetch {CIFAR10_URL} again or use "
+        "--download")
+
+
+def test_the_unpickler_allows_numpy_1s_names_under_numpy_1(monkeypatch):
+    """numpy 1 (JetPack 5's) has no numpy._core: its own numpy.core names are allowed as they are, nothing more."""
+    monkeypatch.setattr(data_module, "np", types.SimpleNamespace())  # the module's view of numpy: no _core
+    unpickler = data_module._BatchUnpickler(io.BytesIO(b""))
+    assert unpickler.find_class("numpy.core.multiarray", "_reconstruct") is np._core.multiarray._reconstruct
+    with pytest.raises(pickle.UnpicklingError) as info:
+        unpickler.find_class("numpy.core.multiarray", "system")
+    assert str(info.value) == "refusing to load numpy.core.multiarray.system"
 
 
 def test_from_batches_needs_label_names():
@@ -570,7 +597,7 @@ def test_a_member_cut_short_is_a_read_error(tmp_path):
     cut.write_bytes(path.read_bytes()[:512 + 3])  # the header and 3 of the 5 bytes
     with tarfile.open(cut, "r|") as archive:
         member = next(iter(archive))
-        with pytest.raises(tarfile.ReadError):
+        with pytest.raises(tarfile.ReadError, match="unexpected end of data"):  # tarfile's own check
             data_module._read_member(archive, member)
 
 
@@ -846,3 +873,72 @@ def test_large_sets_decode_in_up_to_8_forked_processes(monkeypatch):
     assert len(InlineExecutor.made) == made
     empty_pixels, empty_sizes = data_module._decode_stream(iter([]), 0)
     assert empty_pixels.shape == (0, 32, 32, 3) and empty_pixels.dtype == np.uint8 and empty_sizes.shape == (0, 2)
+
+
+def test_a_large_archive_decodes_in_worker_processes_and_its_bar_counts_without_a_total(tmp_path, monkeypatch,
+                                                                                        capsys):
+    """An archive's image count is known only once it is read: its size decides the pool, and the bar shows a count
+    (no made-up total such as "60000/8192")."""
+    import concurrent.futures
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", InlineExecutor)
+    monkeypatch.setattr(data_module, "_usable_cores", lambda: 3)
+    names = [f"{split}/{name}/{i}.png" for split in ("train", "test") for name in ("a", "b") for i in range(2)]
+    archive = tar_with({name: png() for name in names}, tmp_path / "t.tar")
+    for threshold, pooled in ((archive.stat().st_size + 1, False), (archive.stat().st_size, True)):
+        monkeypatch.setattr(data_module, "_POOL_MIN_ARCHIVE_BYTES", threshold)
+        InlineExecutor.made = []
+        data = data_module._read_archive(archive)
+        assert data.class_counts() == [2, 2] and data.class_counts("test") == [2, 2]
+        assert InlineExecutor.made == ([(3, "fork", data_module.end_with_parent, (os.getpid(),))] if pooled else [])
+        lines = capsys.readouterr().err.splitlines()
+        assert lines[0].startswith("decoding images: 0img [") and lines[-1].startswith("decoding images: 8img [")
+
+
+def test_decode_images_uses_the_workers_asked_for(monkeypatch):
+    import concurrent.futures
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", InlineExecutor)
+    InlineExecutor.made = []
+    assert data_module.decode_images([("a.png", png()), ("b.png", png())], workers=2).shape == (2, 32, 32, 3)
+    assert [made[0] for made in InlineExecutor.made] == [2]  # 2 images would decode here by default
+
+
+def test_an_archive_that_is_no_tar_says_so(tmp_path):
+    import gzip
+    text = tmp_path / "text.tar.gz"
+    text.write_bytes(gzip.compress(b"not a tar archive\n" * 100, mtime=0))
+    assert refusal(data_module._read_archive, text) == (
+        f"archive {text} is corrupt or truncated (invalid header); download or copy it again")
+
+
+def test_an_archive_gone_when_read_keeps_300_characters_of_the_cause(tmp_path):
+    gone = tmp_path / ("d" * 200) / ("e" * 200) / "x.tar"
+    cause = f"[Errno 2] No such file or directory: '{gone}'"
+    assert len(cause) > 300
+    assert refusal(data_module._read_archive, gone) == (
+        f"archive {gone} is corrupt or truncated ({cause[:300]}); download or copy it again")
+
+
+def test_a_member_claiming_gigabytes_is_refused_from_its_header(tmp_path):
+    """A header says 3 GB: refused before a byte of it is read (the archive holds only the header)."""
+    info = tarfile.TarInfo("readme")
+    info.size = 3 << 30
+    claim = tmp_path / "claim.tar"
+    claim.write_bytes(info.tobuf() + bytes(1024))
+    assert refusal(data_module._read_archive, claim) == (
+        f"archive {claim} unpacks to more than 2 GB (at readme), far more than CIFAR-10; it is not CIFAR-10 data or is "
+        "damaged")
+
+
+def test_the_compression_is_told_from_the_first_bytes_alone(tmp_path):
+    """Opening an archive reads its first bytes, not the whole of it (archives may take gigabytes)."""
+    import tracemalloc
+    plain = tmp_path / "plain.tar"
+    plain.write_bytes(bytes(16 << 20))
+    tracemalloc.start()
+    try:
+        with data_module._open_decompressed(plain) as stream:
+            assert stream.read(4) == bytes(4)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
