@@ -268,7 +268,7 @@ def resolve_data_path(data: str | os.PathLike | None) -> Path:
     """The data location: `data` (the --data option), else $EDGECLS_DATA, else DEFAULT_DATA_DIR."""
     if data is not None and str(data) != "":
         return Path(data).expanduser()
-    from_env = os.environ.get(DATA_ENV, "")
+    from_env = os.environ.get(DATA_ENV)
     if from_env:
         return Path(from_env).expanduser()
     return DEFAULT_DATA_DIR
@@ -445,7 +445,7 @@ def _parse_batch(name: str, data: bytes, num_classes: int) -> tuple[np.ndarray, 
 def _field(record: object, key: str) -> object:
     """Python 2 pickles read with encoding='bytes' have bytes keys; accept str keys too."""
     if not isinstance(record, dict):
-        raise TypeError("not a dict")
+        raise TypeError("not a dict")  # pragma: no mutate (each caller says what is wrong in its own words)
     return record[key.encode()] if key.encode() in record else record[key]
 
 
@@ -674,7 +674,7 @@ def _from_tree(keys: list[_TreeKey], pixels: np.ndarray, sizes: np.ndarray, clas
         details["test_split"] = {"held_out_percent": TEST_SPLIT_PERCENT, "seed": TEST_SPLIT_SEED}
         source += f" (no test images: {len(test):,} held out of train/, {TEST_SPLIT_PERCENT}% of each class)"
     train = np.setdiff1d(np.arange(len(order)), test)
-    area = sizes[:, 0].astype(np.int64) * sizes[:, 1]
+    area = sizes[:, 0] * sizes[:, 1]  # int64 (_decode_chunk's sizes)
     details.update(resized=int((sizes != IMAGE_SIZE).any(axis=1).sum()),
                    smallest=[int(v) for v in sizes[area.argmin(), ::-1]],
                    largest=[int(v) for v in sizes[area.argmax(), ::-1]])

@@ -4,6 +4,7 @@ end check, on arrays, tiny files and tiny archives made in tmp_path (tests/test_
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import os
 import pickle
@@ -237,6 +238,11 @@ def test_chunks_end_at_a_count_or_a_size(monkeypatch):
     monkeypatch.setattr(data_module, "_DECODE_CHUNK_BYTES", 4)
     assert [[name for name, _ in c] for c in data_module._chunks(iter(blobs[:3] + [("big", b"y" * 4)]))] == [
         ["0", "1", "2"], ["big"]]
+    monkeypatch.setattr(data_module, "_DECODE_CHUNK", 100)
+    monkeypatch.setattr(data_module, "_DECODE_CHUNK_BYTES", 10)
+    blobs = [(str(i), b"x" * size) for i, size in enumerate([5, 4, 1, 6, 3, 1, 2])]
+    assert [[name for name, _ in c] for c in data_module._chunks(iter(blobs))] == [["0", "1", "2"], ["3", "4", "5"],
+                                                                                    ["6"]]  # 10 bytes each
 
 
 # ----------------------------------------------------------------------------------------------- splits and classes
@@ -823,10 +829,11 @@ def small_tree(root: Path, classes: dict[str, int], split: str = "train") -> Pat
     return root
 
 
-def test_a_tree_folder_skips_hidden_folders_and_loose_files(tmp_path):
+def test_a_tree_folder_skips_hidden_folders_and_loose_files(tmp_path, capsys):
     root = small_tree(tmp_path / "t", {"a": 5, "b": 5, ".hidden": 2})
     (root / "train" / "notes.txt").write_text("not a class")
     data = data_module._read_tree_folder(root)
+    assert " 0/10 [" in capsys.readouterr().err.splitlines()[0]  # the bar's total: the images found, hidden ones not
     assert data.class_names == ["a", "b"] and data.class_counts() == [4, 4] and data.class_counts("test") == [1, 1]
     assert data.details == {"test_split": {"held_out_percent": 20, "seed": 0}, "resized": 0, "smallest": [32, 32],
                             "largest": [32, 32]}
@@ -837,21 +844,32 @@ def test_a_tree_folder_skips_hidden_folders_and_loose_files(tmp_path):
 
 
 class InlineExecutor:
-    """concurrent.futures.ProcessPoolExecutor's place: runs each chunk at once, and records how it was made."""
+    """concurrent.futures.ProcessPoolExecutor's place: runs each chunk at once, and records how it was made, when
+    chunks are submitted and their results collected, and how it was shut down."""
 
     made: list = []
+    events: list = []
 
     def __init__(self, workers, mp_context=None, initializer=None, initargs=()):
-        InlineExecutor.made.append((workers, mp_context.get_start_method(), initializer, initargs))
+        InlineExecutor.made.append((workers, mp_context, initializer, initargs))
 
     def submit(self, function, *args):
-        import concurrent.futures
-        future = concurrent.futures.Future()
-        future.set_result(function(*args))
+        InlineExecutor.events.append("submit")
+        future = RecordedFuture()
+        try:
+            future.set_result(function(*args))
+        except Exception as exc:  # a process pool hands the chunk's error to whoever collects it
+            future.set_exception(exc)
         return future
 
     def shutdown(self, cancel_futures=False):
-        pass
+        InlineExecutor.events.append(f"shutdown(cancel_futures={cancel_futures})")
+
+
+class RecordedFuture(concurrent.futures.Future):
+    def result(self, timeout=None):
+        InlineExecutor.events.append("collect")
+        return super().result(timeout)
 
 
 def test_large_sets_decode_in_up_to_8_forked_processes(monkeypatch):
@@ -865,7 +883,8 @@ def test_large_sets_decode_in_up_to_8_forked_processes(monkeypatch):
         monkeypatch.setattr(data_module, "_usable_cores", lambda: cores)
         pixels, sizes = data_module._decode_stream(iter(blobs), 3)
         assert pixels.shape == (3, 32, 32, 3) and sizes.tolist() == [[32, 32]] * 3
-        assert InlineExecutor.made[-1] == (expected, "fork", data_module.end_with_parent, (os.getpid(),))
+        assert InlineExecutor.made[-1] == (expected, multiprocessing.get_context("fork"), data_module.end_with_parent,
+                                           (os.getpid(),))  # fork itself, whatever the platform's default
     made = len(InlineExecutor.made)
     assert data_module._decode_stream(iter(blobs[:2]), 2)[0].shape == (2, 32, 32, 3)  # below the threshold: here
     monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
@@ -873,6 +892,24 @@ def test_large_sets_decode_in_up_to_8_forked_processes(monkeypatch):
     assert len(InlineExecutor.made) == made
     empty_pixels, empty_sizes = data_module._decode_stream(iter([]), 0)
     assert empty_pixels.shape == (0, 32, 32, 3) and empty_pixels.dtype == np.uint8 and empty_sizes.shape == (0, 2)
+    assert empty_sizes.dtype == sizes.dtype == np.int64
+
+
+def test_the_pool_holds_at_most_two_chunks_a_worker_and_cancels_the_rest_on_an_error(monkeypatch):
+    """Memory stays bounded: the oldest chunk is collected before a fifth is read (2 workers); a damaged image stops
+    the decoding, naming it, and the chunks not yet decoded are cancelled."""
+    import concurrent.futures
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", InlineExecutor)
+    monkeypatch.setattr(data_module, "_DECODE_CHUNK", 1)
+    InlineExecutor.events = []
+    pixels, sizes = data_module._decode_stream(iter([(f"{i}.png", png()) for i in range(6)]), 6, workers=2)
+    assert pixels.shape == (6, 32, 32, 3) and sizes.shape == (6, 2)
+    assert InlineExecutor.events == ["submit"] * 4 + ["collect", "submit"] * 2 + ["collect"] * 4 + [
+        "shutdown(cancel_futures=True)"]
+    InlineExecutor.events = []
+    blobs = [("0.png", png()), ("broken.png", b"not an image"), ("2.png", png())]
+    assert "broken.png" in refusal(data_module._decode_stream, iter(blobs), 3, 2)
+    assert InlineExecutor.events == ["submit"] * 3 + ["collect"] * 2 + ["shutdown(cancel_futures=True)"]
 
 
 def test_a_large_archive_decodes_in_worker_processes_and_its_bar_counts_without_a_total(tmp_path, monkeypatch,
@@ -889,7 +926,7 @@ def test_a_large_archive_decodes_in_worker_processes_and_its_bar_counts_without_
         InlineExecutor.made = []
         data = data_module._read_archive(archive)
         assert data.class_counts() == [2, 2] and data.class_counts("test") == [2, 2]
-        assert InlineExecutor.made == ([(3, "fork", data_module.end_with_parent, (os.getpid(),))] if pooled else [])
+        assert [made[0] for made in InlineExecutor.made] == ([3] if pooled else [])
         lines = capsys.readouterr().err.splitlines()
         assert lines[0].startswith("decoding images: 0img [") and lines[-1].startswith("decoding images: 8img [")
 
@@ -938,7 +975,46 @@ def test_the_compression_is_told_from_the_first_bytes_alone(tmp_path):
     try:
         with data_module._open_decompressed(plain) as stream:
             assert stream.read(4) == bytes(4)
+        data_module._check_tar_end(plain)  # reads the first bytes and the last 1024 (zeros: a tar's end marker)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert peak < 1 << 20
+
+
+def test_cache_warnings_keep_300_characters_of_the_cause(tmp_path, capsys):
+    from edgecls.artifacts import atomic_write
+    from edgecls.errors import EdgeclsError
+    odd = tmp_path / "odd.npz"  # a cache whose images are no pixels: a 400-letter field names their type
+    wrong = np.zeros(1, dtype=[("f" * 400, "u1")])
+    np.savez(odd, signature=np.array("sig"), train_images=wrong, train_labels=np.zeros(1, np.int64),
+             test_images=images(0), test_labels=np.zeros(0, np.int64), class_names=np.array(["a", "b"]),
+             source=np.array("s"), details=np.array("{}"))
+    assert data_module._read_cache(odd, "sig") is None
+    cause = " ".join(f"train images must be uint8 N x 32 x 32 x 3, got {wrong.dtype} (1,)".split())
+    assert capsys.readouterr().err == (f"warning: ignoring the data cache {odd}, which is unreadable or damaged "
+                                       f"({cause[:300]}); rebuilding it\n")
+    blocked = tmp_path / ("d" * 200) / ("e" * 200) / "file"  # a file where the cache folder should be
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("x")
+    with pytest.raises((EdgeclsError, OSError)) as info:
+        with atomic_write(blocked / "x.npz"):
+            pass
+    cause = " ".join(str(info.value).split())
+    assert len(cause) > 300
+    data_module._write_cache(blocked / "x.npz", "sig", dataset([0, 1, 2]))
+    assert capsys.readouterr().err == (f"warning: could not write the data cache {blocked / 'x.npz'} ({cause[:300]}); "
+                                       "set $EDGECLS_CACHE to a writable folder\n")
+
+
+def test_the_source_signature_is_a_stable_key(tmp_path):
+    """The cache key of a file: its path and a hash of its size, time and inode; the format is kept across releases
+    (a change would make every user decode their data again), so it is pinned here. CACHE_VERSION is what changes it."""
+    import hashlib
+    import json
+    file = tmp_path / "a.tar"
+    file.write_bytes(b"xyz")
+    os.utime(file, ns=(1_000_000_000, 2_000_000_000))
+    listing = hashlib.sha256(json.dumps([["", 3, 2_000_000_000, file.stat().st_ino]]).encode()).hexdigest()
+    assert data_module._source_signature(file) == (
+        f'{{"version": 2, "path": "{file.resolve()}", "files": "{listing}"}}')
