@@ -544,7 +544,7 @@ def _read_archive(path: Path) -> Cifar10:
                     yield f"{path}:{name}", _read_member(archive, member)
 
     try:
-        large = path.stat().st_size >= _POOL_MIN_ARCHIVE_BYTES
+        large = path.stat().st_size >= _POOL_MIN_ARCHIVE_BYTES  # its image count is known only at the end
         pixels, sizes = _decode_stream(tree_images(), None, None if large else 1)
     except PermissionError:
         raise  # not damage: load_cifar10 says which file cannot be read
@@ -674,7 +674,7 @@ def _from_tree(keys: list[_TreeKey], pixels: np.ndarray, sizes: np.ndarray, clas
         details["test_split"] = {"held_out_percent": TEST_SPLIT_PERCENT, "seed": TEST_SPLIT_SEED}
         source += f" (no test images: {len(test):,} held out of train/, {TEST_SPLIT_PERCENT}% of each class)"
     train = np.setdiff1d(np.arange(len(order)), test)
-    area = sizes[:, 0] * sizes[:, 1]  # int64 (_decode_chunk's sizes)
+    area = sizes[:, 0] * sizes[:, 1]  # at most the decoder's 64 megapixels: no overflow
     details.update(resized=int((sizes != IMAGE_SIZE).any(axis=1).sum()),
                    smallest=[int(v) for v in sizes[area.argmin(), ::-1]],
                    largest=[int(v) for v in sizes[area.argmax(), ::-1]])
@@ -725,9 +725,9 @@ def decode_images(blobs: list[_Blob], workers: int | None = None) -> np.ndarray:
 def _decode_stream(blobs: Iterator[_Blob], expected: int | None,
                    workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(N x 32 x 32 x 3 fitted pixels, N x 2 original height and width) of the images `blobs` yields, consumed a chunk
-    at a time, so that only a few chunks of encoded files are in memory at once; `expected`: how many there are, the
-    progress bar's total (None: not known before the end, an archive's), which decides whether to start worker
-    processes (None counts as many: pass workers=1 where there are few)."""
+    at a time, so that only a few chunks of encoded files are in memory at once. `expected`: how many there are (None:
+    not known until the end, as in an archive), the progress bar's total; many, or None, start worker processes unless
+    `workers` says how many."""
     if workers is None:
         large = expected is None or expected >= _POOL_MIN_IMAGES
         workers = min(_usable_cores(), 8) if large and "fork" in multiprocessing.get_all_start_methods() else 1
