@@ -934,9 +934,13 @@ def test_a_large_archive_decodes_in_worker_processes_and_its_bar_counts_without_
 def test_decode_images_uses_the_workers_asked_for(monkeypatch):
     import concurrent.futures
     monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", InlineExecutor)
+    monkeypatch.setattr(data_module, "_usable_cores", lambda: 4)
     InlineExecutor.made = []
-    assert data_module.decode_images([("a.png", png()), ("b.png", png())], workers=2).shape == (2, 32, 32, 3)
-    assert [made[0] for made in InlineExecutor.made] == [2]  # 2 images would decode here by default
+    two = [("a.png", png()), ("b.png", png())]
+    assert data_module.decode_images(two, workers=2).shape == (2, 32, 32, 3)
+    assert [made[0] for made in InlineExecutor.made] == [2]
+    assert data_module.decode_images(two).shape == (2, 32, 32, 3)
+    assert len(InlineExecutor.made) == 1  # by default, 2 images decode here: too few for worker processes
 
 
 def test_an_archive_that_is_no_tar_says_so(tmp_path):
