@@ -885,6 +885,13 @@ def test_large_sets_decode_in_up_to_8_forked_processes(monkeypatch):
         assert pixels.shape == (3, 32, 32, 3) and sizes.tolist() == [[32, 32]] * 3
         assert InlineExecutor.made[-1] == (expected, multiprocessing.get_context("fork"), data_module.end_with_parent,
                                            (os.getpid(),))  # fork itself, whatever the platform's default
+    previous = multiprocessing.get_start_method(allow_none=True)
+    multiprocessing.set_start_method("forkserver", force=True)  # Linux's default from Python 3.14 on
+    try:
+        data_module._decode_stream(iter(blobs), 3)
+    finally:
+        multiprocessing.set_start_method(previous, force=True)
+    assert InlineExecutor.made[-1][1] is multiprocessing.get_context("fork")
     made = len(InlineExecutor.made)
     assert data_module._decode_stream(iter(blobs[:2]), 2)[0].shape == (2, 32, 32, 3)  # below the threshold: here
     monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
