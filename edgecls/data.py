@@ -189,8 +189,8 @@ class Cifar10:
     def subset(self, train: int | None = None, test: int | None = None, seed: int = 0) -> "Cifar10":
         """A smaller copy with `train` / `test` images (None: all), stratified by class, chosen with `seed`.
 
-        Each class keeps its share of the split (largest remainders get the rounding), and the chosen images keep
-        their original relative order.
+        Each class keeps its share of the split (largest remainders get the rounding, the earlier class on a tie), and
+        the chosen images keep their original relative order.
         """
         rng = np.random.default_rng(check_seed(seed))
         train_index = _stratified_indices(self.train_labels, train, len(self.class_names), rng)
@@ -268,7 +268,7 @@ def resolve_data_path(data: str | os.PathLike | None) -> Path:
     """The data location: `data` (the --data option), else $EDGECLS_DATA, else DEFAULT_DATA_DIR."""
     if data is not None and str(data) != "":
         return Path(data).expanduser()
-    from_env = os.environ.get(DATA_ENV, "")
+    from_env = os.environ.get(DATA_ENV)
     if from_env:
         return Path(from_env).expanduser()
     return DEFAULT_DATA_DIR
@@ -438,14 +438,14 @@ def _parse_batch(name: str, data: bytes, num_classes: int) -> tuple[np.ndarray, 
     if labels.shape != (len(pixels),) or (len(labels) and (labels.min() < 0 or labels.max() >= num_classes)):
         raise _not_a_batch(name, f"labels do not match the {len(pixels)} images and {num_classes} classes")
     # Each row holds the red, green and blue planes of one image, each 32 x 32 row-major.
-    images = pixels.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE).transpose(0, 2, 3, 1)
+    images = pixels.reshape(len(pixels), 3, IMAGE_SIZE, IMAGE_SIZE).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(images), labels
 
 
 def _field(record: object, key: str) -> object:
     """Python 2 pickles read with encoding='bytes' have bytes keys; accept str keys too."""
     if not isinstance(record, dict):
-        raise TypeError("not a dict")
+        raise TypeError("not a dict")  # pragma: no mutate (each caller says what is wrong in its own words)
     return record[key.encode()] if key.encode() in record else record[key]
 
 
@@ -523,9 +523,9 @@ def _read_archive(path: Path) -> Cifar10:
                 name = member.name
                 while name.startswith("./"):
                     name = name[2:]
-                base = name.rsplit("/", 1)[-1]
+                base = name.rpartition("/")[2]
                 match = _TREE_MEMBER.fullmatch(name)
-                wanted = member.isfile() and not base.startswith(".")  # ._* files are macOS metadata, not images
+                wanted = member.isfile()  # hidden files (._* macOS metadata): _is_image skips them
                 batch, image = wanted and base in _BATCH_FILES, wanted and match is not None and _is_image(base)
                 # Sizes come from the member's header, before a byte of it is decompressed.
                 limit = MAX_BATCH_BYTES if batch else MAX_IMAGE_BYTES if image else None
@@ -544,8 +544,8 @@ def _read_archive(path: Path) -> Cifar10:
                     yield f"{path}:{name}", _read_member(archive, member)
 
     try:
-        large = path.stat().st_size >= _POOL_MIN_ARCHIVE_BYTES
-        pixels, sizes = _decode_stream(tree_images(), _POOL_MIN_IMAGES if large else 0)
+        large = path.stat().st_size >= _POOL_MIN_ARCHIVE_BYTES  # its image count is known only at the end
+        pixels, sizes = _decode_stream(tree_images(), None, None if large else 1)
     except PermissionError:
         raise  # not damage: load_cifar10 says which file cannot be read
     except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as exc:
@@ -620,10 +620,7 @@ def _read_file(path: Path, limit: int) -> bytes:
 def _read_member(archive: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     handle = archive.extractfile(member)
     assert handle is not None  # regular files always have contents
-    data = handle.read()
-    if len(data) != member.size:
-        raise tarfile.ReadError(f"{member.name} ends after {len(data)} of {member.size} bytes")
-    return data
+    return handle.read()  # a member cut short raises tarfile.ReadError ("unexpected end of data")
 
 
 def _too_large(name: str, size: int, limit: int) -> EdgeclsError:
@@ -635,7 +632,8 @@ def _too_large(name: str, size: int, limit: int) -> EdgeclsError:
 
 
 def _is_image(name: str) -> bool:
-    """An image file of a tree: one suffix list with `edgecls predict` (edgecls.imaging.IMAGE_SUFFIXES)."""
+    """An image file of a tree: one suffix list with `edgecls predict` (edgecls.imaging.IMAGE_SUFFIXES); hidden files
+    (macOS's ._* metadata among them) are not."""
     return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES and not name.startswith(".")
 
 
@@ -676,7 +674,7 @@ def _from_tree(keys: list[_TreeKey], pixels: np.ndarray, sizes: np.ndarray, clas
         details["test_split"] = {"held_out_percent": TEST_SPLIT_PERCENT, "seed": TEST_SPLIT_SEED}
         source += f" (no test images: {len(test):,} held out of train/, {TEST_SPLIT_PERCENT}% of each class)"
     train = np.setdiff1d(np.arange(len(order)), test)
-    area = sizes[:, 0].astype(np.int64) * sizes[:, 1]
+    area = sizes[:, 0] * sizes[:, 1]  # at most the decoder's 64 megapixels: no overflow
     details.update(resized=int((sizes != IMAGE_SIZE).any(axis=1).sum()),
                    smallest=[int(v) for v in sizes[area.argmin(), ::-1]],
                    largest=[int(v) for v in sizes[area.argmax(), ::-1]])
@@ -724,12 +722,14 @@ def decode_images(blobs: list[_Blob], workers: int | None = None) -> np.ndarray:
     return _decode_stream(iter(blobs), len(blobs), workers)[0]
 
 
-def _decode_stream(blobs: Iterator[_Blob], expected: int, workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _decode_stream(blobs: Iterator[_Blob], expected: int | None,
+                   workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(N x 32 x 32 x 3 fitted pixels, N x 2 original height and width) of the images `blobs` yields, consumed a chunk
-    at a time, so that only a few chunks of encoded files are in memory at once; `expected`: about how many there are
-    (decides whether to start worker processes)."""
+    at a time, so that only a few chunks of encoded files are in memory at once. `expected`: how many there are (None:
+    not known until the end, as in an archive), the progress bar's total; many, or None, start worker processes unless
+    `workers` says how many."""
     if workers is None:
-        large = expected >= _POOL_MIN_IMAGES
+        large = expected is None or expected >= _POOL_MIN_IMAGES
         workers = min(_usable_cores(), 8) if large and "fork" in multiprocessing.get_all_start_methods() else 1
     decoded: list[tuple[np.ndarray, np.ndarray]] = []
     with progress_bar(total=expected or None, desc="decoding images", unit="img") as bar:

@@ -4,10 +4,12 @@ end check, on arrays, tiny files and tiny archives made in tmp_path (tests/test_
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import os
 import pickle
 import tarfile
+import types
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +129,15 @@ def test_subset_keeps_each_class_share_and_says_so():
     assert default.source == "here (subset: 7 train / 6 test, seed 0)"
     assert np.array_equal(default.train_images, data.subset(train=7, seed=0).train_images)
     assert data.subset(train=9, seed=0).class_counts() == [5, 3, 1]
+    # Asking for every training image cuts nothing: the test images are those chosen when train is not cut at all.
+    assert np.array_equal(data.subset(train=10, test=3).test_images, data.subset(test=3).test_images)
+
+
+def test_subset_rounding_ties_go_to_the_earlier_class():
+    """20 classes of 1 and 2 images in turn (30): 5 of them are 1/6 and 1/3 of an image a class, so all 5 are
+    leftovers; the ten 2-image classes tie for them, and the first five get them, whatever the number of classes."""
+    data = dataset([label for label in range(20) for _ in range(1 + label % 2)], names=[f"c{i}" for i in range(20)])
+    assert data.subset(train=5).class_counts() == [0, 1] * 5 + [0] * 10
 
 
 # ----------------------------------------------------------------------------------------------- small helpers
@@ -227,6 +238,11 @@ def test_chunks_end_at_a_count_or_a_size(monkeypatch):
     monkeypatch.setattr(data_module, "_DECODE_CHUNK_BYTES", 4)
     assert [[name for name, _ in c] for c in data_module._chunks(iter(blobs[:3] + [("big", b"y" * 4)]))] == [
         ["0", "1", "2"], ["big"]]
+    monkeypatch.setattr(data_module, "_DECODE_CHUNK", 100)
+    monkeypatch.setattr(data_module, "_DECODE_CHUNK_BYTES", 10)
+    blobs = [(str(i), b"x" * size) for i, size in enumerate([5, 4, 1, 6, 3, 1, 2])]
+    assert [[name for name, _ in c] for c in data_module._chunks(iter(blobs))] == [["0", "1", "2"], ["3", "4", "5"],
+                                                                                    ["6"]]  # 10 bytes each
 
 
 # ----------------------------------------------------------------------------------------------- splits and classes
@@ -427,6 +443,8 @@ def test_parse_batch_refuses_what_is_no_batch():
         f"b1 is not a CIFAR-10 batch file (no data/labels){suffix}")
     assert refusal(data_module._parse_batch, "b1", pickle.dumps([1], protocol=2), 3) == (
         f"b1 is not a CIFAR-10 batch file (no data/labels){suffix}")
+    assert refusal(data_module._parse_batch, "b1", batch_bytes(rows, [b"cat", b"dog"]), 3) == (
+        f"b1 is not a CIFAR-10 batch file (no data/labels){suffix}")  # labels that are no numbers
 
 
 def test_unpickling_allows_only_numpy_arrays():
@@ -444,8 +462,23 @@ def test_unpickling_allows_only_numpy_arrays():
     with pytest.raises(pickle.UnpicklingError) as info:
         unpickler.find_class("os", "system")
     assert str(info.value) == "refusing to load os.system"
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(pickle.UnpicklingError) as info:
         unpickler.find_class("numpy.core.multiarray", "system")
+    assert str(info.value) == "refusing to load numpy._core.multiarray.system"  # numpy 1's name read as numpy 2's
+    module = "m" * 400  # a doctored file's long global name: the message keeps 300 characters of the cause
+    assert refusal(data_module._unpickle, b"c" + module.encode() + b"\nf\n.", "f") == (
+        f"f is corrupt or truncated ({('refusing to load ' + module)[:300]}); fetch {CIFAR10_URL} again or use "
+        "--download")
+
+
+def test_the_unpickler_allows_numpy_1s_names_under_numpy_1(monkeypatch):
+    """numpy 1 (JetPack 5's) has no numpy._core: its own numpy.core names are allowed as they are, nothing more."""
+    monkeypatch.setattr(data_module, "np", types.SimpleNamespace())  # the module's view of numpy: no _core
+    unpickler = data_module._BatchUnpickler(io.BytesIO(b""))
+    assert unpickler.find_class("numpy.core.multiarray", "_reconstruct") is np._core.multiarray._reconstruct
+    with pytest.raises(pickle.UnpicklingError) as info:
+        unpickler.find_class("numpy.core.multiarray", "system")
+    assert str(info.value) == "refusing to load numpy.core.multiarray.system"
 
 
 def test_from_batches_needs_label_names():
@@ -570,7 +603,7 @@ def test_a_member_cut_short_is_a_read_error(tmp_path):
     cut.write_bytes(path.read_bytes()[:512 + 3])  # the header and 3 of the 5 bytes
     with tarfile.open(cut, "r|") as archive:
         member = next(iter(archive))
-        with pytest.raises(tarfile.ReadError):
+        with pytest.raises(tarfile.ReadError, match="unexpected end of data"):  # tarfile's own check
             data_module._read_member(archive, member)
 
 
@@ -796,10 +829,11 @@ def small_tree(root: Path, classes: dict[str, int], split: str = "train") -> Pat
     return root
 
 
-def test_a_tree_folder_skips_hidden_folders_and_loose_files(tmp_path):
+def test_a_tree_folder_skips_hidden_folders_and_loose_files(tmp_path, capsys):
     root = small_tree(tmp_path / "t", {"a": 5, "b": 5, ".hidden": 2})
     (root / "train" / "notes.txt").write_text("not a class")
     data = data_module._read_tree_folder(root)
+    assert " 0/10 [" in capsys.readouterr().err.splitlines()[0]  # the bar's total: the images found, hidden ones not
     assert data.class_names == ["a", "b"] and data.class_counts() == [4, 4] and data.class_counts("test") == [1, 1]
     assert data.details == {"test_split": {"held_out_percent": 20, "seed": 0}, "resized": 0, "smallest": [32, 32],
                             "largest": [32, 32]}
@@ -810,21 +844,32 @@ def test_a_tree_folder_skips_hidden_folders_and_loose_files(tmp_path):
 
 
 class InlineExecutor:
-    """concurrent.futures.ProcessPoolExecutor's place: runs each chunk at once, and records how it was made."""
+    """concurrent.futures.ProcessPoolExecutor's place: runs each chunk at once, and records how it was made, when
+    chunks are submitted and their results collected, and how it was shut down."""
 
     made: list = []
+    events: list = []
 
     def __init__(self, workers, mp_context=None, initializer=None, initargs=()):
-        InlineExecutor.made.append((workers, mp_context.get_start_method(), initializer, initargs))
+        InlineExecutor.made.append((workers, mp_context, initializer, initargs))
 
     def submit(self, function, *args):
-        import concurrent.futures
-        future = concurrent.futures.Future()
-        future.set_result(function(*args))
+        InlineExecutor.events.append("submit")
+        future = RecordedFuture()
+        try:
+            future.set_result(function(*args))
+        except Exception as exc:  # a process pool hands the chunk's error to whoever collects it
+            future.set_exception(exc)
         return future
 
     def shutdown(self, cancel_futures=False):
-        pass
+        InlineExecutor.events.append(f"shutdown(cancel_futures={cancel_futures})")
+
+
+class RecordedFuture(concurrent.futures.Future):
+    def result(self, timeout=None):
+        InlineExecutor.events.append("collect")
+        return super().result(timeout)
 
 
 def test_large_sets_decode_in_up_to_8_forked_processes(monkeypatch):
@@ -838,7 +883,15 @@ def test_large_sets_decode_in_up_to_8_forked_processes(monkeypatch):
         monkeypatch.setattr(data_module, "_usable_cores", lambda: cores)
         pixels, sizes = data_module._decode_stream(iter(blobs), 3)
         assert pixels.shape == (3, 32, 32, 3) and sizes.tolist() == [[32, 32]] * 3
-        assert InlineExecutor.made[-1] == (expected, "fork", data_module.end_with_parent, (os.getpid(),))
+        assert InlineExecutor.made[-1] == (expected, multiprocessing.get_context("fork"), data_module.end_with_parent,
+                                           (os.getpid(),))  # fork itself, whatever the platform's default
+    previous = multiprocessing.get_start_method(allow_none=True)
+    multiprocessing.set_start_method("forkserver", force=True)  # Linux's default from Python 3.14 on
+    try:
+        data_module._decode_stream(iter(blobs), 3)
+    finally:
+        multiprocessing.set_start_method(previous, force=True)
+    assert InlineExecutor.made[-1][1] is multiprocessing.get_context("fork")
     made = len(InlineExecutor.made)
     assert data_module._decode_stream(iter(blobs[:2]), 2)[0].shape == (2, 32, 32, 3)  # below the threshold: here
     monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
@@ -846,3 +899,133 @@ def test_large_sets_decode_in_up_to_8_forked_processes(monkeypatch):
     assert len(InlineExecutor.made) == made
     empty_pixels, empty_sizes = data_module._decode_stream(iter([]), 0)
     assert empty_pixels.shape == (0, 32, 32, 3) and empty_pixels.dtype == np.uint8 and empty_sizes.shape == (0, 2)
+    assert empty_sizes.dtype == sizes.dtype == np.int64
+
+
+def test_the_pool_holds_at_most_two_chunks_a_worker_and_cancels_the_rest_on_an_error(monkeypatch):
+    """Memory stays bounded: the oldest chunk is collected before a fifth is read (2 workers); a damaged image stops
+    the decoding, naming it, and the chunks not yet decoded are cancelled."""
+    import concurrent.futures
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", InlineExecutor)
+    monkeypatch.setattr(data_module, "_DECODE_CHUNK", 1)
+    InlineExecutor.events = []
+    pixels, sizes = data_module._decode_stream(iter([(f"{i}.png", png()) for i in range(6)]), 6, workers=2)
+    assert pixels.shape == (6, 32, 32, 3) and sizes.shape == (6, 2)
+    assert InlineExecutor.events == ["submit"] * 4 + ["collect", "submit"] * 2 + ["collect"] * 4 + [
+        "shutdown(cancel_futures=True)"]
+    InlineExecutor.events = []
+    blobs = [("0.png", png()), ("broken.png", b"not an image"), ("2.png", png())]
+    assert "broken.png" in refusal(data_module._decode_stream, iter(blobs), 3, 2)
+    assert InlineExecutor.events == ["submit"] * 3 + ["collect"] * 2 + ["shutdown(cancel_futures=True)"]
+
+
+def test_a_large_archive_decodes_in_worker_processes_and_its_bar_counts_without_a_total(tmp_path, monkeypatch,
+                                                                                        capsys):
+    """An archive's image count is known only once it is read: its size decides the pool, and the bar shows a count
+    (no made-up total such as "60000/8192")."""
+    import concurrent.futures
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", InlineExecutor)
+    monkeypatch.setattr(data_module, "_usable_cores", lambda: 3)
+    names = [f"{split}/{name}/{i}.png" for split in ("train", "test") for name in ("a", "b") for i in range(2)]
+    archive = tar_with({name: png() for name in names}, tmp_path / "t.tar")
+    for threshold, pooled in ((archive.stat().st_size + 1, False), (archive.stat().st_size, True)):
+        monkeypatch.setattr(data_module, "_POOL_MIN_ARCHIVE_BYTES", threshold)
+        InlineExecutor.made = []
+        data = data_module._read_archive(archive)
+        assert data.class_counts() == [2, 2] and data.class_counts("test") == [2, 2]
+        assert [made[0] for made in InlineExecutor.made] == ([3] if pooled else [])
+        lines = capsys.readouterr().err.splitlines()
+        assert lines[0].startswith("decoding images: 0img [") and lines[-1].startswith("decoding images: 8img [")
+
+
+def test_decode_images_uses_the_workers_asked_for(monkeypatch):
+    import concurrent.futures
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", InlineExecutor)
+    monkeypatch.setattr(data_module, "_usable_cores", lambda: 4)
+    InlineExecutor.made = []
+    two = [("a.png", png()), ("b.png", png())]
+    assert data_module.decode_images(two, workers=2).shape == (2, 32, 32, 3)
+    assert [made[0] for made in InlineExecutor.made] == [2]
+    assert data_module.decode_images(two).shape == (2, 32, 32, 3)
+    assert len(InlineExecutor.made) == 1  # by default, 2 images decode here: too few for worker processes
+
+
+def test_an_archive_that_is_no_tar_says_so(tmp_path):
+    import gzip
+    text = tmp_path / "text.tar.gz"
+    text.write_bytes(gzip.compress(b"not a tar archive\n" * 100, mtime=0))
+    assert refusal(data_module._read_archive, text) == (
+        f"archive {text} is corrupt or truncated (invalid header); download or copy it again")
+
+
+def test_an_archive_gone_when_read_keeps_300_characters_of_the_cause(tmp_path):
+    gone = tmp_path / ("d" * 200) / ("e" * 200) / "x.tar"
+    cause = f"[Errno 2] No such file or directory: '{gone}'"
+    assert len(cause) > 300
+    assert refusal(data_module._read_archive, gone) == (
+        f"archive {gone} is corrupt or truncated ({cause[:300]}); download or copy it again")
+
+
+def test_a_member_claiming_gigabytes_is_refused_from_its_header(tmp_path):
+    """A header says 3 GB: refused before a byte of it is read (the archive holds only the header)."""
+    info = tarfile.TarInfo("readme")
+    info.size = 3 << 30
+    claim = tmp_path / "claim.tar"
+    claim.write_bytes(info.tobuf() + bytes(1024))
+    assert refusal(data_module._read_archive, claim) == (
+        f"archive {claim} unpacks to more than 2 GB (at readme), far more than CIFAR-10; it is not CIFAR-10 data or is "
+        "damaged")
+
+
+def test_the_compression_is_told_from_the_first_bytes_alone(tmp_path):
+    """Opening an archive reads its first bytes, not the whole of it (archives may take gigabytes)."""
+    import tracemalloc
+    plain = tmp_path / "plain.tar"
+    plain.write_bytes(bytes(16 << 20))
+    tracemalloc.start()
+    try:
+        with data_module._open_decompressed(plain) as stream:
+            assert stream.read(4) == bytes(4)
+        data_module._check_tar_end(plain)  # reads the first bytes and the last 1024 (zeros: a tar's end marker)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+
+
+def test_cache_warnings_keep_300_characters_of_the_cause(tmp_path, capsys):
+    from edgecls.artifacts import atomic_write
+    from edgecls.errors import EdgeclsError
+    odd = tmp_path / "odd.npz"  # a cache whose images are no pixels: a 400-letter field names their type
+    wrong = np.zeros(1, dtype=[("f" * 400, "u1")])
+    np.savez(odd, signature=np.array("sig"), train_images=wrong, train_labels=np.zeros(1, np.int64),
+             test_images=images(0), test_labels=np.zeros(0, np.int64), class_names=np.array(["a", "b"]),
+             source=np.array("s"), details=np.array("{}"))
+    assert data_module._read_cache(odd, "sig") is None
+    cause = " ".join(f"train images must be uint8 N x 32 x 32 x 3, got {wrong.dtype} (1,)".split())
+    assert capsys.readouterr().err == (f"warning: ignoring the data cache {odd}, which is unreadable or damaged "
+                                       f"({cause[:300]}); rebuilding it\n")
+    blocked = tmp_path / ("d" * 200) / ("e" * 200) / "file"  # a file where the cache folder should be
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("x")
+    with pytest.raises((EdgeclsError, OSError)) as info:
+        with atomic_write(blocked / "x.npz"):
+            pass
+    cause = " ".join(str(info.value).split())
+    assert len(cause) > 300
+    data_module._write_cache(blocked / "x.npz", "sig", dataset([0, 1, 2]))
+    assert capsys.readouterr().err == (f"warning: could not write the data cache {blocked / 'x.npz'} ({cause[:300]}); "
+                                       "set $EDGECLS_CACHE to a writable folder\n")
+
+
+def test_the_source_signature_is_a_stable_key(tmp_path):
+    """The cache key of a file: its path and a hash of its size, time and inode; the format is kept across releases
+    (a change would make every user decode their data again), so it is pinned here. CACHE_VERSION is what changes it."""
+    import hashlib
+    import json
+    file = tmp_path / "a.tar"
+    file.write_bytes(b"xyz")
+    os.utime(file, ns=(1_000_000_000, 2_000_000_000))
+    listing = hashlib.sha256(json.dumps([["", 3, 2_000_000_000, file.stat().st_ino]]).encode()).hexdigest()
+    assert data_module._source_signature(file) == (
+        f'{{"version": 2, "path": "{file.resolve()}", "files": "{listing}"}}')
