@@ -347,7 +347,7 @@ def staging_dir(folder: str | os.PathLike, label: str) -> Iterator[Path]:
         try:
             staging = Path(tempfile.mkdtemp(prefix=temporary_prefix(label), suffix=".tmp", dir=parent))
         except OSError as exc:
-            raise storage_error(exc, parent, f"a {label} staging folder") from exc
+            raise storage_error(exc, parent, f"the {label} staging folder") from exc
         try:
             yield staging
         finally:

@@ -115,6 +115,6 @@ def test_a_full_disk_before_the_model_is_exported_is_one_line_and_makes_no_folde
     monkeypatch.setattr(tempfile, "mkdtemp", full)
     out = tmp_path / "new" / "new1.onnx"
     assert refusal(export.export_fp32, checkpoint.build_model(), CROP, checkpoint.model_metadata(), out) == (
-        f"no space left on the disk holding {out.parent} while writing a onnx-export staging folder; free space or "
+        f"no space left on the disk holding {out.parent} while writing the onnx-export staging folder; free space or "
         "choose another folder (files already there are unchanged)")
     assert not out.parent.exists()
