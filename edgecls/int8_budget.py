@@ -329,7 +329,7 @@ def layer_sensitivity(prepared: PreparedModel, ranges: dict[str, dict], images: 
     float_session = session(with_outputs(model, kept))
     names = [layer.name for layer in prepared.layers]
     variants = {(method, name): session(prepared.quantize(method_ranges, method, [n for n in names if n != name],
-                                                          prepared.path, from_node(model, nodes.index(name),
+                                                          prepared.source, from_node(model, nodes.index(name),
                                                                                    cuts[name])))
                 for method, method_ranges in ranges.items() for name in names}
     float_logits: list[np.ndarray] = []

@@ -447,3 +447,10 @@ def test_write_int8_writes_a_checked_file_that_says_how_it_was_made(data, fp32, 
     assert refusal(write_int8, prepared, record, [], budget, tmp_path / "bad.onnx", fp32) == (
         "the int8 graph breaks TensorRT's Q/DQ rules: q: broken (and 0 more)")
     assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_ranges_that_do_not_fit_fail_the_sensitivity_pass_naming_the_users_fp32_file(data, fp32, tmp_path):
+    prepared = PreparedModel.create(fp32, ModelMetadata.read(fp32), "trt", tmp_path)
+    message = refusal(layer_sensitivity, prepared, {"minmax": {}}, data.train_images[:4])
+    assert message.startswith(f"quantization of {fp32} failed (") and "prepared.onnx" not in message
+    assert message.endswith("if you passed --calibration-cache, it belongs to another model: drop it")
