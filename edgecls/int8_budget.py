@@ -191,7 +191,7 @@ def search_int8(request: Int8Search, data: Cifar10, validation: ValidationImages
             test_figures = parity(run_file(chosen.path, data.test_images), test_logits, data.test_labels,
                                   "float model")
             result_figures.update(test=asdict(test_figures), test_holds_budget=gate.check(test_figures).passed)
-            all_int8 = next(c.path for c in candidates if c.method == chosen.method and not c.float_layers)
+            all_int8 = all_int8_candidate(candidates, chosen.method).path
             throughput = cpu_throughput({"fp32": fp32_path, "all_int8": all_int8, "result": chosen.path},
                                         validation.images)
             with atomic_write(out_path) as handle:
@@ -252,6 +252,11 @@ def choose(candidates: list[Candidate]) -> Candidate:
     if passing:
         return max(passing, key=lambda c: (c.int8_layers, c.figures.agreement, c.figures.accuracy))
     return max(candidates, key=lambda c: (-len(c.verdict.failures), c.figures.agreement, c.figures.accuracy))
+
+
+def all_int8_candidate(candidates: list[Candidate], method: str) -> Candidate:
+    """The choice of `method` with every layer int8: the report's throughput compares the result with it."""
+    return next(c for c in candidates if c.method == method and not c.float_layers)
 
 
 def layer_decisions(layers: list[QuantizableLayer], costs: list[tuple[Parity, float]], ranking: list[int],

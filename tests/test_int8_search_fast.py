@@ -19,8 +19,8 @@ from edgecls import int8_budget
 from edgecls.data import seeded_subset
 from edgecls.defaults import CALIBRATION_METHODS, VALIDATION_SEED
 from edgecls.formats import CalibrationRecord, Int8Report, ModelMetadata
-from edgecls.int8_budget import (SENSITIVITY, Candidate, Int8Search, ValidationImages, choose, greedy,
-                                 layer_decisions, layer_sensitivity, rank_layers, run_file, search_int8, sqnr)
+from edgecls.int8_budget import (SENSITIVITY, Candidate, Int8Search, ValidationImages, all_int8_candidate, choose,
+                                 greedy, layer_decisions, layer_sensitivity, rank_layers, run_file, search_int8, sqnr)
 from edgecls.metrics import Gate, GateResult, parity
 from edgecls.quantize import CalibrationSettings, PreparedModel, QuantizableLayer
 from tiny_classifier import CHECKPOINT_SHA, FRAGILE, LAYERS, OPS, tiny_data, write_classifier
@@ -141,6 +141,16 @@ def test_when_none_passes_the_closest_is_chosen():
     one = candidate("one", 2, 91.0, 40.0, ("a",))
     one_less_accurate = candidate("one-less", 3, 91.0, 39.0, ("a",))
     assert choose([two_failures, one_low, one_less_accurate, one]).path.name == "one"
+
+
+def test_the_all_int8_choice_is_the_chosen_methods_whichever_method_it_is():
+    tried = [candidate("minmax-all", 3, 80.0, 40.0, ("x",), "minmax", ()),
+             candidate("minmax-one", 2, 95.0, 50.0, (), "minmax", ("a",)),
+             candidate("entropy-one", 2, 96.0, 50.0, (), "entropy", ("a",)),
+             candidate("entropy-all", 3, 81.0, 41.0, ("x",), "entropy", ()),
+             candidate("percentile-all", 3, 82.0, 42.0, ("x",), "percentile", ())]
+    assert [all_int8_candidate(tried, method).path.name for method in ("minmax", "entropy", "percentile")] == [
+        "minmax-all", "entropy-all", "percentile-all"]
 
 
 def test_rank_layers_puts_the_lowest_sqnr_first_and_keeps_graph_order_on_ties():
