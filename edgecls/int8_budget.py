@@ -172,7 +172,7 @@ def search_int8(request: Int8Search, data: Cifar10, validation: ValidationImages
 
         def evaluate(method: str, float_layers: tuple[str, ...]) -> Candidate:
             path = work / f"candidate-{next(numbers)}.int8.onnx"
-            write_int8(prepared, records[method], float_layers, budget, path, fp32_path)
+            write_int8(prepared, records[method], float_layers, budget, path)
             figures = parity(run_file(path, validation.images), float_logits, validation.labels, "float model")
             return Candidate(method, float_layers, len(prepared.layers) - len(float_layers), path, figures,
                              gate.check(figures))
@@ -181,8 +181,7 @@ def search_int8(request: Int8Search, data: Cifar10, validation: ValidationImages
         with _bar(None, progress, "int8 search", "choice") as bar:
             for method in records:
                 candidates += greedy(method, [prepared.layers[i].name for i in rankings[method]], evaluate,
-                                     best_int8=max((c.int8_layers for c in candidates if c.verdict), default=0),
-                                     on_step=bar.update)
+                                     best_int8=most_int8(candidates), on_step=bar.update)
         chosen = choose(candidates)
         result_figures: dict[str, Any] = {"validation": asdict(chosen.figures), "test": None}
         throughput = None
@@ -245,6 +244,11 @@ def greedy(method: str, ranking: list[str], evaluate: Any, best_int8: int, on_st
     return tried
 
 
+def most_int8(candidates: list[Candidate]) -> int:
+    """The most int8 layers of a choice that holds the budget (0 while none does)."""
+    return max((c.int8_layers for c in candidates if c.verdict), default=0)
+
+
 def choose(candidates: list[Candidate]) -> Candidate:
     """The choice that holds the budget with the most int8 layers (then the higher agreement and accuracy); when
     none holds, the one closest to it (fewest failed limits, then the higher agreement and accuracy)."""
@@ -282,9 +286,9 @@ def layer_decisions(layers: list[QuantizableLayer], costs: list[tuple[Parity, fl
 
 
 def write_int8(prepared: PreparedModel, record: CalibrationRecord, float_layers: Sequence[str], budget: dict,
-               path: Path, source: Path) -> Path:
+               path: Path) -> Path:
     """One int8 file of the search, complete with its metadata (which layers are float, the budget)."""
-    model = prepared.quantize(record.ranges, record.method, float_layers, source)
+    model = prepared.quantize(record.ranges, record.method, float_layers, prepared.source)
     quantization = quantization_record(prepared.target, record, float_layers, budget)
     prepared.metadata.with_precision("int8", quantization).embed(model)
     return save_int8(model, prepared.target, path)
