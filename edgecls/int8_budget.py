@@ -172,7 +172,7 @@ def search_int8(request: Int8Search, data: Cifar10, validation: ValidationImages
 
         def evaluate(method: str, float_layers: tuple[str, ...]) -> Candidate:
             path = work / f"candidate-{next(numbers)}.int8.onnx"
-            write_int8(prepared, records[method], float_layers, budget, path, fp32_path)
+            write_int8(prepared, records[method], float_layers, budget, path)
             figures = parity(run_file(path, validation.images), float_logits, validation.labels, "float model")
             return Candidate(method, float_layers, len(prepared.layers) - len(float_layers), path, figures,
                              gate.check(figures))
@@ -181,8 +181,7 @@ def search_int8(request: Int8Search, data: Cifar10, validation: ValidationImages
         with _bar(None, progress, "int8 search", "choice") as bar:
             for method in records:
                 candidates += greedy(method, [prepared.layers[i].name for i in rankings[method]], evaluate,
-                                     best_int8=max((c.int8_layers for c in candidates if c.verdict), default=0),
-                                     on_step=bar.update)
+                                     best_int8=most_int8(candidates), on_step=bar.update)
         chosen = choose(candidates)
         result_figures: dict[str, Any] = {"validation": asdict(chosen.figures), "test": None}
         throughput = None
@@ -191,7 +190,7 @@ def search_int8(request: Int8Search, data: Cifar10, validation: ValidationImages
             test_figures = parity(run_file(chosen.path, data.test_images), test_logits, data.test_labels,
                                   "float model")
             result_figures.update(test=asdict(test_figures), test_holds_budget=gate.check(test_figures).passed)
-            all_int8 = next(c.path for c in candidates if c.method == chosen.method and not c.float_layers)
+            all_int8 = all_int8_candidate(candidates, chosen.method).path
             throughput = cpu_throughput({"fp32": fp32_path, "all_int8": all_int8, "result": chosen.path},
                                         validation.images)
             with atomic_write(out_path) as handle:
@@ -245,6 +244,11 @@ def greedy(method: str, ranking: list[str], evaluate: Any, best_int8: int, on_st
     return tried
 
 
+def most_int8(candidates: list[Candidate]) -> int:
+    """The most int8 layers of a choice that holds the budget (0 while none does)."""
+    return max((c.int8_layers for c in candidates if c.verdict), default=0)
+
+
 def choose(candidates: list[Candidate]) -> Candidate:
     """The choice that holds the budget with the most int8 layers (then the higher agreement and accuracy); when
     none holds, the one closest to it (fewest failed limits, then the higher agreement and accuracy)."""
@@ -252,6 +256,11 @@ def choose(candidates: list[Candidate]) -> Candidate:
     if passing:
         return max(passing, key=lambda c: (c.int8_layers, c.figures.agreement, c.figures.accuracy))
     return max(candidates, key=lambda c: (-len(c.verdict.failures), c.figures.agreement, c.figures.accuracy))
+
+
+def all_int8_candidate(candidates: list[Candidate], method: str) -> Candidate:
+    """The choice of `method` with every layer int8: the report's throughput compares the result with it."""
+    return next(c for c in candidates if c.method == method and not c.float_layers)
 
 
 def layer_decisions(layers: list[QuantizableLayer], costs: list[tuple[Parity, float]], ranking: list[int],
@@ -277,9 +286,9 @@ def layer_decisions(layers: list[QuantizableLayer], costs: list[tuple[Parity, fl
 
 
 def write_int8(prepared: PreparedModel, record: CalibrationRecord, float_layers: Sequence[str], budget: dict,
-               path: Path, source: Path) -> Path:
+               path: Path) -> Path:
     """One int8 file of the search, complete with its metadata (which layers are float, the budget)."""
-    model = prepared.quantize(record.ranges, record.method, float_layers, source)
+    model = prepared.quantize(record.ranges, record.method, float_layers, prepared.source)
     quantization = quantization_record(prepared.target, record, float_layers, budget)
     prepared.metadata.with_precision("int8", quantization).embed(model)
     return save_int8(model, prepared.target, path)
@@ -329,7 +338,7 @@ def layer_sensitivity(prepared: PreparedModel, ranges: dict[str, dict], images: 
     float_session = session(with_outputs(model, kept))
     names = [layer.name for layer in prepared.layers]
     variants = {(method, name): session(prepared.quantize(method_ranges, method, [n for n in names if n != name],
-                                                          prepared.path, from_node(model, nodes.index(name),
+                                                          prepared.source, from_node(model, nodes.index(name),
                                                                                    cuts[name])))
                 for method, method_ranges in ranges.items() for name in names}
     float_logits: list[np.ndarray] = []

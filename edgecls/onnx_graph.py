@@ -100,17 +100,16 @@ def fold_batchnorm(model: onnx.ModelProto) -> int:
         group = next((a.i for a in conv.attribute if a.name == "group"), 1)
         if conv.op_type == "ConvTranspose" and group != 1:
             continue  # its weight is (in, out/group, k, k): a per-output scale is not one axis
-        if not all(name in initializers for name in [*bn.input[1:5], *conv.input[1:]]):
+        if not all(name in initializers for name in [*bn.input[1:], *conv.input[1:]]):
             continue
         epsilon = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
-        gamma, beta, mean, var = (numpy_helper.to_array(initializers[n]).astype(np.float64) for n in bn.input[1:5])
+        gamma, beta, mean, var = (_float64(initializers[n]) for n in bn.input[1:])
         scale = gamma / np.sqrt(var + epsilon)
-        weight = numpy_helper.to_array(initializers[conv.input[1]]).astype(np.float64)
+        weight = _float64(initializers[conv.input[1]])
         out_axis = 1 if conv.op_type == "ConvTranspose" else 0
         shape = [1] * weight.ndim
-        shape[out_axis] = -1
-        bias = numpy_helper.to_array(initializers[conv.input[2]]).astype(np.float64) if len(conv.input) > 2 \
-            else np.zeros_like(mean)
+        shape[out_axis] = scale.size
+        bias = _float64(initializers[conv.input[2]]) if len(conv.input) > 2 else 0.0
         weight_name, bias_name = conv.input[1], f"{conv.name or conv.output[0]}.folded_bias"
         initializers[weight_name].CopyFrom(numpy_helper.from_array((weight * scale.reshape(shape)).astype(np.float32),
                                                                     weight_name))
@@ -124,6 +123,10 @@ def fold_batchnorm(model: onnx.ModelProto) -> int:
         folded += 1
     drop_unused_initializers(graph)
     return folded
+
+
+def _float64(initializer: onnx.TensorProto) -> np.ndarray:
+    return numpy_helper.to_array(initializer).astype(np.float64)  # pragma: no mutate (astype(None) is float64 too)
 
 
 def transposed_to_conv(model: onnx.ModelProto) -> int:
@@ -141,20 +144,20 @@ def transposed_to_conv(model: onnx.ModelProto) -> int:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         weight = numpy_helper.to_array(weights[node.input[1]])
         spatial = weight.ndim - 2
-        kernel = list(attrs.get("kernel_shape", weight.shape[2:]))
-        pads = list(attrs.get("pads", [0] * 2 * spatial))
+        kernel = list(weight.shape[2:])  # what kernel_shape, if given, must say
+        pads = list(attrs.get("pads", [0, 0] * spatial))
         if attrs.get("group", 1) != 1 or any(v != 1 for v in attrs.get("strides", [1] * spatial)) \
                 or any(v != 1 for v in attrs.get("dilations", [1] * spatial)) \
                 or any(attrs.get("output_padding", [0] * spatial)) or "output_shape" in attrs \
-                or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") \
-                or any(pad > k - 1 for pad, k in zip(pads, kernel * 2)):
+                or attrs.get("auto_pad", b"NOTSET") != b"NOTSET" \
+                or any(pad > k - 1 for pad, k in zip(pads, kernel + kernel)):
             continue
         flipped = np.flip(weight.swapaxes(0, 1), axis=tuple(range(2, weight.ndim)))
         weights[node.input[1]].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(flipped), node.input[1]))
         node.op_type = "Conv"
         del node.attribute[:]
         node.attribute.extend([helper.make_attribute("kernel_shape", kernel),
-                               helper.make_attribute("pads", [k - 1 - pad for pad, k in zip(pads, kernel * 2)]),
+                               helper.make_attribute("pads", [k - 1 - pad for pad, k in zip(pads, kernel + kernel)]),
                                helper.make_attribute("strides", [1] * spatial),
                                helper.make_attribute("dilations", [1] * spatial),
                                helper.make_attribute("group", 1)])
@@ -165,8 +168,8 @@ def transposed_to_conv(model: onnx.ModelProto) -> int:
 def drop_unused_opsets(model: onnx.ModelProto) -> int:
     """Keep only the operator domains the graph uses (quant_pre_process declares every one ONNX Runtime knows);
     returns how many were dropped."""
-    used = {node.domain or "" for node in model.graph.node} | {""}
-    kept = [opset for opset in model.opset_import if (opset.domain or "") in used or opset.domain == "ai.onnx"]
+    used = {node.domain for node in model.graph.node} | {""}  # "": the default domain, also named "ai.onnx"
+    kept = [opset for opset in model.opset_import if opset.domain in used or opset.domain == "ai.onnx"]
     dropped = len(model.opset_import) - len(kept)
     del model.opset_import[:]
     model.opset_import.extend(kept)
@@ -202,7 +205,7 @@ def unquantize_float_side_outputs(model: onnx.ModelProto, float_side: Collection
         if exposed:  # the layer writes the graph's output itself again, under its name
             for node in model.graph.node:
                 node.input[:] = [exposed[0] if name == source else name for name in node.input]
-            layer.output[:] = [exposed[0] if name == source else name for name in layer.output]
+            layer.output[list(layer.output).index(source)] = exposed[0]
             source = exposed[0]
         for reader in readers:
             reader.input[:] = [source if name in {dq.output[0] for dq in dequantizers} else name
@@ -275,27 +278,25 @@ def fold_normalization_for_nvinfer(model: onnx.ModelProto, preprocess: Preproces
     if weight.ndim != 4 or weight.shape[1] != 3 or not np.issubdtype(weight.dtype, np.floating):
         raise EdgeclsError(f"the first Conv's weights have shape {list(weight.shape)} ({weight.dtype}), not float "
                            "[out, 3, k, k]; this graph cannot be folded")
-    inv_std = 1.0 / np.asarray(preprocess.std, dtype=np.float64)
-    folded = (weight.astype(np.float64) * inv_std.reshape(1, 3, 1, 1)).astype(weight.dtype)
+    inv_std = 1.0 / np.array(preprocess.std)  # float64: the product is computed in float64 too
+    folded = (weight * inv_std.reshape(3, 1, 1)).astype(weight.dtype)  # per input channel (axis 1 of 4)
     initializers[weight_name].CopyFrom(numpy_helper.from_array(folded, weight_name))
 
     size = preprocess.input_size if crop_in_graph else preprocess.crop_size
     graph_input = next(value for value in graph.input if value.name == input_name)
     dims = graph_input.type.tensor_type.shape.dim
-    dims[2].Clear()
-    dims[2].dim_value = size
-    dims[3].Clear()
-    dims[3].dim_value = size
-    if crop_in_graph and preprocess.input_size != preprocess.crop_size:
-        if preprocess.input_size < preprocess.crop_size:
-            raise EdgeclsError(f"the preprocessing crops {preprocess.crop_size} from {preprocess.input_size} pixels; "
-                               "re-export the model")
+    for axis in (2, 3):
+        dims[axis].dim_value = size  # in place of a named size ("height") if there was one
+    if crop_in_graph and preprocess.input_size < preprocess.crop_size:
+        raise EdgeclsError(f"the preprocessing crops {preprocess.crop_size} from {preprocess.input_size} pixels; "
+                           "re-export the model")
+    if crop_in_graph and preprocess.input_size > preprocess.crop_size:
         start = (preprocess.input_size - preprocess.crop_size) // 2  # preprocess.center_crop's offsets
         cropped = f"{input_name}_center_crop"
         graph.initializer.extend([
-            numpy_helper.from_array(np.array([start, start], np.int64), "center_crop_starts"),
-            numpy_helper.from_array(np.array([start + preprocess.crop_size] * 2, np.int64), "center_crop_ends"),
-            numpy_helper.from_array(np.array([2, 3], np.int64), "center_crop_axes")])
+            helper.make_tensor("center_crop_starts", TensorProto.INT64, [2], [start, start]),
+            helper.make_tensor("center_crop_ends", TensorProto.INT64, [2], [start + preprocess.crop_size] * 2),
+            helper.make_tensor("center_crop_axes", TensorProto.INT64, [2], [2, 3])])
         graph.node.insert(0, helper.make_node("Slice", [input_name, "center_crop_starts", "center_crop_ends",
                                                         "center_crop_axes"], [cropped], name="center_crop"))
         conv.input[0] = cropped

@@ -249,6 +249,7 @@ class PreparedModel:
     target: str
     layers: list[QuantizableLayer]
     work_dir: Path
+    source: Path  # the fp32 file it was made from, which error messages name (`path` is a temporary copy)
 
     @classmethod
     def create(cls, fp32_path: Path, metadata: ModelMetadata, target: str, work_dir: Path) -> "PreparedModel":
@@ -260,7 +261,7 @@ class PreparedModel:
         layers = quantizable_layers(model)  # before the rewrite: a layer's op is the exported one
         if target == "cpu" and transposed_to_conv(model):
             onnx.save(model, str(path))
-        return cls(path, model, metadata, target, layers, work_dir)
+        return cls(path, model, metadata, target, layers, work_dir, Path(fp32_path))
 
     def calibrate(self, images: np.ndarray, method: str) -> dict[str, Any]:
         """The tensor ranges `method` finds on uint8 `images`, in ONNX Runtime's calibration-cache form."""

@@ -19,8 +19,8 @@ from edgecls import int8_budget
 from edgecls.data import seeded_subset
 from edgecls.defaults import CALIBRATION_METHODS, VALIDATION_SEED
 from edgecls.formats import CalibrationRecord, Int8Report, ModelMetadata
-from edgecls.int8_budget import (SENSITIVITY, Candidate, Int8Search, ValidationImages, choose, greedy,
-                                 layer_decisions, layer_sensitivity, rank_layers, run_file, search_int8, sqnr)
+from edgecls.int8_budget import (SENSITIVITY, Candidate, Int8Search, ValidationImages, all_int8_candidate, choose,
+                                 greedy, layer_decisions, most_int8, layer_sensitivity, rank_layers, run_file, search_int8, sqnr)
 from edgecls.metrics import Gate, GateResult, parity
 from edgecls.quantize import CalibrationSettings, PreparedModel, QuantizableLayer
 from tiny_classifier import CHECKPOINT_SHA, FRAGILE, LAYERS, OPS, tiny_data, write_classifier
@@ -141,6 +141,22 @@ def test_when_none_passes_the_closest_is_chosen():
     one = candidate("one", 2, 91.0, 40.0, ("a",))
     one_less_accurate = candidate("one-less", 3, 91.0, 39.0, ("a",))
     assert choose([two_failures, one_low, one_less_accurate, one]).path.name == "one"
+
+
+def test_the_all_int8_choice_is_the_chosen_methods_whichever_method_it_is():
+    tried = [candidate("minmax-all", 3, 80.0, 40.0, ("x",), "minmax", ()),
+             candidate("minmax-one", 2, 95.0, 50.0, (), "minmax", ("a",)),
+             candidate("entropy-one", 2, 96.0, 50.0, (), "entropy", ("a",)),
+             candidate("entropy-all", 3, 81.0, 41.0, ("x",), "entropy", ()),
+             candidate("percentile-all", 3, 82.0, 42.0, ("x",), "percentile", ())]
+    assert [all_int8_candidate(tried, method).path.name for method in ("minmax", "entropy", "percentile")] == [
+        "minmax-all", "entropy-all", "percentile-all"]
+
+
+def test_greedy_is_told_the_most_int8_layers_a_passing_choice_has_so_far():
+    assert most_int8([]) == 0 and most_int8([candidate("f", 4, 10.0, 10.0, ("x",))]) == 0
+    assert most_int8([candidate("f", 4, 10.0, 10.0, ("x",)), candidate("a", 2, 95.0, 50.0),
+                      candidate("b", 3, 91.0, 50.0), candidate("c", 1, 99.0, 50.0)]) == 3
 
 
 def test_rank_layers_puts_the_lowest_sqnr_first_and_keeps_graph_order_on_ties():
@@ -429,6 +445,7 @@ def test_progress_bars_are_silent_unless_asked(capsys):
     assert list(int8_budget._bar([1, 2], True, "loud", "item")) == [1, 2]
     shown = capsys.readouterr().err
     assert "loud" in shown and "item" in shown
+    assert shown.endswith("\r") and "\n" not in shown  # a finished bar clears its line (leave=False)
 
 
 def test_write_int8_writes_a_checked_file_that_says_how_it_was_made(data, fp32, tmp_path, monkeypatch):
@@ -440,10 +457,46 @@ def test_write_int8_writes_a_checked_file_that_says_how_it_was_made(data, fp32, 
     record = CalibrationRecord(**{**record.__dict__, "ranges": prepared.calibrate(data.train_images[record.indices],
                                                                                    "minmax")})
     budget = {"max_drop": 1.0, "min_agreement": None}
-    path = write_int8(prepared, record, ["fc"], budget, tmp_path / "out.onnx", fp32)
+    path = write_int8(prepared, record, ["fc"], budget, tmp_path / "out.onnx")
     assert path == tmp_path / "out.onnx"
     assert ModelMetadata.read(path).quantization == quantization_record("trt", record, ["fc"], budget)
     monkeypatch.setattr(quantize, "trt_violations", lambda model: ["q: broken"])
-    assert refusal(write_int8, prepared, record, [], budget, tmp_path / "bad.onnx", fp32) == (
+    assert refusal(write_int8, prepared, record, [], budget, tmp_path / "bad.onnx") == (
         "the int8 graph breaks TensorRT's Q/DQ rules: q: broken (and 0 more)")
     assert not (tmp_path / "bad.onnx").exists()
+    unfit = CalibrationRecord(**{**record.__dict__, "ranges": {}})
+    assert refusal(write_int8, prepared, unfit, [], budget, tmp_path / "unfit.onnx").startswith(
+        f"quantization of {fp32} failed (")  # the user's file, not the prepared copy
+
+
+def test_ranges_that_do_not_fit_fail_the_sensitivity_pass_naming_the_users_fp32_file(data, fp32, tmp_path):
+    prepared = PreparedModel.create(fp32, ModelMetadata.read(fp32), "trt", tmp_path)
+    message = refusal(layer_sensitivity, prepared, {"minmax": {}}, data.train_images[:4])
+    assert message.startswith(f"quantization of {fp32} failed (") and "prepared.onnx" not in message
+    assert message.endswith("if you passed --calibration-cache, it belongs to another model: drop it")
+
+
+def test_sensitivity_reads_the_logits_by_name_when_the_graph_has_another_output_first(data, tmp_path):
+    """A graph whose first output is not the logits (here their softmax): the float activations and every layer's
+    logits are still the named tensors, not whatever output comes first."""
+    from tiny_classifier import classifier
+    model = classifier(data)
+    model.graph.node.append(onnx.helper.make_node("Softmax", ["logits"], ["probabilities"], name="softmax", axis=1))
+    model.graph.output.insert(0, onnx.helper.make_tensor_value_info("probabilities", onnx.TensorProto.FLOAT,
+                                                                    ["batch", 10]))
+    path = tmp_path / "two-outputs.onnx"
+    onnx.save(model, str(path))
+    metadata = ModelMetadata.read(path)
+    (tmp_path / "work").mkdir()
+    prepared = PreparedModel.create(path, metadata, "trt", tmp_path / "work")
+    ranges = prepared.calibrate(data.train_images[40:60], "minmax")
+    images = data.train_images[:6]
+    float_logits, alone = layer_sensitivity(prepared, {"minmax": ranges}, images)
+    inputs = metadata.preprocess(images)
+    whole = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(float_logits, whole.run(["logits"], {"images": inputs})[0], rtol=1e-5, atol=1e-5)
+    for index, name in enumerate(LAYERS):
+        quantized = prepared.quantize(ranges, "minmax", [n for n in LAYERS if n != name], path)
+        session = ort.InferenceSession(quantized.SerializeToString(), providers=["CPUExecutionProvider"])
+        np.testing.assert_allclose(alone["minmax"][index], session.run(["logits"], {"images": inputs})[0],
+                                   rtol=1e-4, atol=1e-4, err_msg=name)
