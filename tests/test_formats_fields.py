@@ -15,7 +15,7 @@ import pytest
 
 from conftest import edit_json, refusal
 from edgecls.artifacts import staging_dir
-from edgecls.formats import (PARITY_NUMBERS, BenchResult, CalibrationRecord, EngineManifest, ExportSet, Int8Report,
+from edgecls.formats import (BenchResult, CalibrationRecord, EngineManifest, ExportSet, Int8Report,
                              ModelMetadata, ReferenceLogits)
 from test_formats import METADATA, REBUILD, REEXPORT, bench_result, calibration, int8_report, manifest, write_npz
 

@@ -24,7 +24,7 @@ from edgecls.metrics import accuracy, parity, per_class_accuracy
 from edgecls.preprocess import Preprocessing
 from edgecls.reference import Reference
 from edgecls.report import compare, gather as gathering
-from edgecls.report.gather import (BenchRun, OnnxFile, ReportInputs, TrainingRun, gather, graph_order,
+from edgecls.report.gather import (BenchRun, ReportInputs, TrainingRun, gather, graph_order,
                                    read_bench_runs, read_calibration, read_int8_layers, read_training_log)
 
 CLASSES = tuple(f"class{i}" for i in range(10))
@@ -557,7 +557,7 @@ def test_gather_reads_the_checkpoint_its_log_and_the_model_table(checkpoint_path
 
 
 def test_the_model_table_counts_the_checkpoints_model_with_its_own_configuration(tmp_path):
-    from edgecls.models import MODELS, create_model, model_stats
+    from edgecls.models import create_model, model_stats
 
     path = tmp_path / "new2.pt"
     save_checkpoint(path, {"model": "new2", "model_config": {"num_classes": 3}, "state_dict": {},

@@ -29,7 +29,7 @@ from edgecls.formats import BenchResult, EngineManifest, Int8Report, LayerDecisi
 from edgecls.preprocess import Preprocessing
 from edgecls.reference import Reference
 from edgecls.report import render as rendering
-from edgecls.report.compare import Answers, Flip, flips
+from edgecls.report.compare import Answers, flips
 from edgecls.report.gather import (BenchRun, Calibration, LayerPrecision, ModelRow, OnnxFile, PlanFile, ReportInputs,
                                    TensorRange, TrainingRun)
 
