@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import refusal
+from conftest import refusal, use_private_cache
 from edgecls import data as data_module
 from edgecls.data import (CIFAR10_CLASSES, CIFAR10_URL, DEFAULT_DATA_DIR, MAX_SEED, Cifar10, cache_dir,
                           cache_path_for, check_seed, default_val_split, digest_rows, find_images, image_digests,
@@ -654,9 +654,7 @@ def test_the_cache_round_trip_and_what_it_ignores(tmp_path, capsys):
 
 @pytest.fixture
 def private_cache(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("EDGECLS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("EDGECLS_DATA", raising=False)
-    return tmp_path / "cache"
+    return use_private_cache(monkeypatch, tmp_path / "cache")
 
 
 def test_load_downloads_only_when_nothing_is_there(tmp_path, private_cache, monkeypatch):
